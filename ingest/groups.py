@@ -1,0 +1,455 @@
+"""Consumer-group runner: everything between a stream and a batch handler, losing nothing.
+
+One runner is one consumer in one group. It
+
+- creates the group (MKSTREAM; an existing group is fine; recreated if the stream was deleted),
+- first re-reads its own pending entries (left by an earlier run under the same name),
+- reads new entries in batches, each read in one MULTI with a check that counts entries MAXLEN
+  trimmed before the group reached them,
+- claims entries other consumers left idle (XAUTOCLAIM, following the cursor; IDs Redis reports
+  as deleted were trimmed and are counted as lost),
+- dead-letters entries that break the contract and entries delivered more than `max_deliveries`
+  times, each in one transaction with its XACK,
+- hands the handler whole batches and acknowledges only after the handler returns (or lets the
+  handler acknowledge atomically with its own writes),
+- isolates an entry that makes the handler fail by splitting the batch, so the rest flows,
+- backs off and recovers when Redis goes away, and stops between batches when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import redis
+
+from ingest import metrics
+from ingest.backoff import Backoff
+from ingest.deadletter import dead_letter_record, queue_dead_letter
+from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
+from ingest.keys import StreamKeys
+from ingest.scripts import LuaScript
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+CREATE_GROUP = LuaScript("ingest", "create_group.lua")
+TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
+
+# Entries read from Redis: ID and fields; fields are empty when the data was trimmed away.
+RawEntry = tuple[str, Mapping[str, str] | None]
+Decoder = Callable[[str, Mapping[str, str]], T]
+
+
+class Abort(Exception):
+    """Raised by a handler that cannot go on (its output is gone): the batch stays pending and
+    the runner stops."""
+
+
+class ScriptsFlushed(Exception):
+    """The server forgot a Lua script between loading and use."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    id: str
+    value: T
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    stream: str
+    group: str
+    consumer: str
+    entries: Sequence[Entry[T]]
+
+    @property
+    def ids(self) -> list[str]:
+        return [entry.id for entry in self.entries]
+
+
+class BatchHandler(Protocol[T_contra]):
+    """Processes a batch. Raising leaves the batch pending; it is retried and, entry by entry,
+    dead-lettered after `max_deliveries`. A handler whose `acknowledges` is True XACKs the
+    entries itself, atomically with its effects; otherwise the runner XACKs after it returns."""
+
+    acknowledges: bool
+
+    def __call__(self, batch: Batch[T_contra]) -> None: ...
+
+
+@dataclass
+class RunnerStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    trimmed: int = 0
+    claimed: int = 0
+    handler_errors: int = 0
+    redis_outages: int = 0
+    recovered: int = 0
+
+
+@dataclass
+class _Failures:
+    """Last handler error per entry ID, so a dead letter can say what went wrong; bounded."""
+
+    limit: int = 10_000
+    errors: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    def record(self, entry_id: str, error: str) -> None:
+        self.errors[entry_id] = error
+        self.errors.move_to_end(entry_id)
+        while len(self.errors) > self.limit:
+            self.errors.popitem(last=False)
+
+    def pop(self, entry_id: str) -> str | None:
+        return self.errors.pop(entry_id, None)
+
+
+class GroupRunner(Generic[T]):
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        group: str,
+        consumer: str,
+        handler: BatchHandler[T],
+        decode: Decoder[T],
+        *,
+        stream: str | None = None,
+        start_id: str = "0",
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = StreamKeys(stream or settings.stream)
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.decode = decode
+        self.start_id = start_id
+        self.stats = RunnerStats()
+        self._failures = _Failures()
+        self._last_delivered = "0-0"
+        self._labels = {"stream": self.keys.stream, "group": group}
+        self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, drain: bool = False) -> RunnerStats:
+        """Process until `stop` is set, or with `drain` until the group has nothing unread or
+        unacknowledged (entries other consumers hold are claimed once idle, then processed)."""
+        log.info(
+            "consumer %s joined group %s on %s", self.consumer, self.group, self.keys.stream
+        )
+        backoff = Backoff()
+        must_recover = True
+        next_claim = 0.0
+        outage_since: float | None = None
+        while not stop.is_set():
+            try:
+                if must_recover:
+                    self.ensure_group()
+                    self.stats.recovered += self._recover_own_pending(stop)
+                    must_recover = False
+                if time.monotonic() >= next_claim:
+                    self._claim_idle(stop)
+                    next_claim = time.monotonic() + self._claim_every_s
+                got = self._read_new()
+                if outage_since is not None:
+                    log.info("redis is back after %.1fs", time.monotonic() - outage_since)
+                    outage_since = None
+                backoff.reset()
+                if got:
+                    continue
+                if drain and self._group_pending_count() == 0:
+                    break
+                self._wait_for_new()
+            except RedisUnavailable as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    self.stats.redis_outages += 1
+                    metrics.REDIS_OUTAGES.labels(component=f"group:{self.group}").inc()
+                    log.warning("redis unavailable (%s); retrying with backoff", exc)
+                must_recover = True
+                stop.wait(backoff.next_delay())
+            except Abort as exc:
+                log.warning("handler gave up (%s); stopping with its batch left pending", exc)
+                break
+            except ScriptsFlushed:
+                log.warning("Redis lost the scripts (SCRIPT FLUSH?); reloading them")
+                must_recover = True
+            except RedisCommandFailed as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("group %s is gone (stream deleted?); recreating it", self.group)
+                must_recover = True
+        log.info(
+            "consumer %s stopping: processed=%d dead_lettered=%d trimmed=%d claimed=%d",
+            self.consumer,
+            self.stats.processed,
+            self.stats.dead_lettered,
+            self.stats.trimmed,
+            self.stats.claimed,
+        )
+        return self.stats
+
+    def ensure_group(self) -> bool:
+        """Create the group unless it exists; True when it was created now."""
+        with redis_errors():
+            created = bool(
+                CREATE_GROUP(self.client, [self.keys.stream], [self.group, self.start_id])
+            )
+            TRIM_CHECK.load(self.client)
+        if created:
+            log.info("created group %s on %s at %s", self.group, self.keys.stream, self.start_id)
+        return created
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_new(self) -> int:
+        """Read and process one batch of new entries; return how many were read."""
+        pipe = self.client.pipeline(transaction=True)
+        TRIM_CHECK.queue(pipe, [self.keys.stream, self.keys.lost], [self.group])
+        pipe.xreadgroup(
+            self.group, self.consumer, {self.keys.stream: ">"}, count=self.settings.read_batch
+        )
+        try:
+            with redis_errors():
+                (lost, last_delivered), reply = pipe.execute()
+        except RedisCommandFailed as exc:
+            if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
+                raise
+            # Someone flushed the scripts. The read in the same MULTI still ran, so its
+            # entries are pending here: recover them like after an outage.
+            raise ScriptsFlushed from exc
+        self._last_delivered = str(last_delivered)
+        if lost:
+            self._count_trimmed_unread(int(lost))
+        entries: list[RawEntry] = reply[0][1] if reply else []
+        if entries:
+            self._process(entries, deliveries=None)
+        return len(entries)
+
+    def _count_trimmed_unread(self, lost: int) -> None:
+        if lost < 0:
+            log.error(
+                "group %s skipped entries trimmed by MAXLEN; Redis lost the count", self.group
+            )
+            return
+        self.stats.trimmed += lost
+        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="trimmed").inc(lost)
+        log.error(
+            "group %s lost %d entries to MAXLEN trimming before reading them", self.group, lost
+        )
+
+    def _wait_for_new(self) -> None:
+        """Block until the stream has an entry after the group's position (or BLOCK expires).
+
+        XREAD, not XREADGROUP, so that a read jumping over trimmed entries always goes through
+        the counting MULTI in `_read_new`.
+        """
+        with redis_errors():
+            self.client.xread(
+                {self.keys.stream: self._last_delivered}, count=1, block=self.settings.block_ms
+            )
+
+    def _group_pending_count(self) -> int:
+        with redis_errors():
+            summary = self.client.xpending(self.keys.stream, self.group)
+        return int(summary["pending"])
+
+    def _recover_own_pending(self, stop: threading.Event) -> int:
+        """Re-read and process what this consumer was delivered and never acknowledged."""
+        cursor, recovered = "0-0", 0
+        while not stop.is_set():
+            with redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.keys.stream: cursor},
+                    count=self.settings.read_batch,
+                )
+                pipe.xpending_range(
+                    self.keys.stream,
+                    self.group,
+                    f"({cursor}",
+                    "+",
+                    self.settings.read_batch,
+                    consumername=self.consumer,
+                )
+                reply, pending = pipe.execute()
+            entries: list[RawEntry] = reply[0][1] if reply else []
+            if not entries:
+                break
+            cursor = entries[-1][0]
+            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            self._process(entries, deliveries)
+            recovered += len(entries)
+        if recovered:
+            log.info("consumer %s re-read %d of its own pending entries", self.consumer, recovered)
+        return recovered
+
+    def _claim_idle(self, stop: threading.Event) -> None:
+        """Take over entries idle longer than claim_idle_ms, from any consumer (this one too)."""
+        cursor = "0-0"
+        while not stop.is_set():
+            with redis_errors():
+                cursor, claimed, deleted = self.client.xautoclaim(
+                    self.keys.stream,
+                    self.group,
+                    self.consumer,
+                    self.settings.claim_idle_ms,
+                    cursor,
+                    count=self.settings.read_batch,
+                )
+            if deleted:
+                # XAUTOCLAIM already removed these from the pending list: their data was trimmed.
+                with redis_errors():
+                    self.client.hincrby(self.keys.lost, self.group, len(deleted))
+                self._note_trimmed(len(deleted))
+            if claimed:
+                self.stats.claimed += len(claimed)
+                metrics.GROUP_CLAIMED.labels(**self._labels).inc(len(claimed))
+                log.info("consumer %s claimed %d idle entries", self.consumer, len(claimed))
+                self._process(claimed, self._deliveries_of(claimed))
+            if cursor == "0-0":
+                return
+
+    def _deliveries_of(self, entries: Sequence[RawEntry]) -> dict[str, int]:
+        with redis_errors():
+            pending = self.client.xpending_range(
+                self.keys.stream,
+                self.group,
+                entries[0][0],
+                entries[-1][0],
+                len(entries),
+                consumername=self.consumer,
+            )
+        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def _process(self, entries: Sequence[RawEntry], deliveries: dict[str, int] | None) -> None:
+        """Settle every entry: trimmed, dead-lettered, or handed to the handler.
+
+        `deliveries` is None for entries read fresh (delivered once); otherwise it maps the IDs
+        this consumer still owns to their delivery counts, and entries missing from it were
+        taken by another consumer meanwhile and are left alone.
+        """
+        trimmed: list[str] = []
+        dead: list[tuple[str, str, int, Mapping[str, str]]] = []
+        valid: list[Entry[T]] = []
+        max_deliveries = self.settings.max_deliveries
+        for entry_id, fields in entries:
+            count = 1 if deliveries is None else deliveries.get(entry_id, 0)
+            if count == 0:
+                continue
+            if not fields:
+                trimmed.append(entry_id)
+                continue
+            if count > max_deliveries:
+                last_error = self._failures.pop(entry_id)
+                reason = f"delivered {count} times, more than max_deliveries={max_deliveries}"
+                if last_error:
+                    reason += f"; last error: {last_error}"
+                dead.append((entry_id, reason, count, fields))
+                continue
+            try:
+                valid.append(Entry(entry_id, self.decode(entry_id, fields), count))
+            except InvalidEntry as exc:
+                dead.append((entry_id, exc.reason, count, fields))
+        if trimmed:
+            self._settle_trimmed(trimmed)
+        if dead:
+            self._dead_letter(dead)
+        if valid:
+            self._handle(valid)
+
+    def _settle_trimmed(self, ids: list[str]) -> None:
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(self.keys.stream, self.group, *ids)
+            pipe.hincrby(self.keys.lost, self.group, len(ids))
+            pipe.execute()
+        self._note_trimmed(len(ids))
+
+    def _note_trimmed(self, count: int) -> None:
+        self.stats.trimmed += count
+        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="trimmed").inc(count)
+        log.error(
+            "group %s: %d pending entries were trimmed by MAXLEN before processing",
+            self.group,
+            count,
+        )
+
+    def _dead_letter(self, dead: Sequence[tuple[str, str, int, Mapping[str, str]]]) -> None:
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=True)
+            for entry_id, reason, count, fields in dead:
+                record = dead_letter_record(
+                    self.keys.stream, self.group, entry_id, self.consumer, count, reason, fields
+                )
+                queue_dead_letter(pipe, self.keys, self.settings.dead_letter_maxlen, record)
+            pipe.xack(self.keys.stream, self.group, *[d[0] for d in dead])
+            pipe.execute()
+        self.stats.dead_lettered += len(dead)
+        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="dead_lettered").inc(len(dead))
+        first_id, first_reason = dead[0][0], dead[0][1]
+        log.warning(
+            "dead-lettered %d entries from group %s to %s (first: %s: %s)",
+            len(dead),
+            self.group,
+            self.keys.dead,
+            first_id,
+            first_reason,
+        )
+
+    def _handle(self, entries: Sequence[Entry[T]]) -> None:
+        failed = self._handle_isolating(entries)
+        if failed:
+            first_id, first_error = failed[0]
+            log.warning(
+                "handler failed on %d of %d entries, left pending for retry (first: %s: %s)",
+                len(failed),
+                len(entries),
+                first_id,
+                first_error,
+            )
+
+    def _handle_isolating(self, entries: Sequence[Entry[T]]) -> list[tuple[str, str]]:
+        """Run the handler; on failure split the batch so the entries that work go through.
+
+        Returns the entries that failed on their own, with the error; they stay pending.
+        """
+        batch = Batch(self.keys.stream, self.group, self.consumer, entries)
+        try:
+            self.handler(batch)
+        except (Abort, RedisUnavailable, redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception as exc:
+            self.stats.handler_errors += 1
+            metrics.GROUP_HANDLER_ERRORS.labels(**self._labels).inc()
+            if len(entries) > 1:
+                middle = len(entries) // 2
+                return self._handle_isolating(entries[:middle]) + self._handle_isolating(
+                    entries[middle:]
+                )
+            error = f"{type(exc).__name__}: {exc}"
+            self._failures.record(entries[0].id, error)
+            return [(entries[0].id, error)]
+        if not self.handler.acknowledges:
+            with redis_errors():
+                self.client.xack(self.keys.stream, self.group, *batch.ids)
+        self.stats.processed += len(entries)
+        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="processed").inc(len(entries))
+        return []

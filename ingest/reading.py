@@ -1,0 +1,106 @@
+"""A sensor reading and the stream contract: decode and validate entry fields, encode to fields.
+
+The contract (fixed): `sensor_id` is 1-128 chars of [A-Za-z0-9_.:-]; optional `ts` is integer
+milliseconds since the epoch (absent: the entry ID's time); optional `seq` is a non-negative
+integer; every other field not starting with `_` is a metric named [A-Za-z_][A-Za-z0-9_]{0,63}
+whose value is a finite decimal number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ingest.errors import InvalidEntry
+
+SENSOR_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+UNSIGNED = re.compile(r"\d{1,19}")
+RESERVED = frozenset({"sensor_id", "ts", "seq"})
+MAX_INT64 = 2**63 - 1
+_SHOWN_CHARS = 40
+
+
+def _shown(text: str) -> str:
+    """A field name or value as it appears in a reason: bounded, so a 10 kB name stays readable."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} chars)"
+
+
+def entry_time_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry ID such as `1700000000000-3`."""
+    ms, _, _ = entry_id.partition("-")
+    return int(ms)
+
+
+def _unsigned(name: str, text: str) -> int:
+    if UNSIGNED.fullmatch(text) is None or int(text) > MAX_INT64:
+        raise InvalidEntry(f"{name} must be a non-negative integer, got {_shown(text)}")
+    return int(text)
+
+
+def parse_metric_value(name: str, text: str) -> float:
+    if DECIMAL.fullmatch(text) is None:
+        raise InvalidEntry(f"metric {name!r} must be a finite decimal number, got {_shown(text)}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidEntry(f"metric {name!r} is out of range, got {_shown(text)}")
+    return value
+
+
+def validate_sensor_id(sensor_id: str) -> str:
+    if SENSOR_ID.fullmatch(sensor_id) is None:
+        raise InvalidEntry(
+            f"sensor_id must be 1-128 chars of A-Z a-z 0-9 _ . : -, got {_shown(sensor_id)}"
+        )
+    return sensor_id
+
+
+@dataclass(frozen=True)
+class Reading:
+    sensor_id: str
+    ts_ms: int
+    metrics: Mapping[str, float]
+    seq: int | None = None
+    # True when the entry carried no `ts` and the event time was taken from its ID.
+    ts_from_entry_id: bool = field(default=False, compare=False)
+
+    @classmethod
+    def decode(cls, entry_id: str, fields: Mapping[str, str]) -> Reading:
+        """Validate an entry's fields; raise InvalidEntry with a reason when they break the contract."""
+        if not fields:
+            raise InvalidEntry("entry has no fields")
+        sensor_id = fields.get("sensor_id")
+        if sensor_id is None:
+            raise InvalidEntry("sensor_id is missing")
+        validate_sensor_id(sensor_id)
+        ts_text = fields.get("ts")
+        seq_text = fields.get("seq")
+        metrics: dict[str, float] = {}
+        for name, text in fields.items():
+            if name in RESERVED or name.startswith("_"):
+                continue
+            if METRIC_NAME.fullmatch(name) is None:
+                raise InvalidEntry(f"field {_shown(name)} is not a valid metric name")
+            metrics[name] = parse_metric_value(name, text)
+        if not metrics:
+            raise InvalidEntry("entry has no metrics")
+        if ts_text is None:
+            ts_ms, from_id = entry_time_ms(entry_id), True
+        else:
+            ts_ms, from_id = _unsigned("ts", ts_text), False
+        seq = None if seq_text is None else _unsigned("seq", seq_text)
+        return cls(sensor_id, ts_ms, metrics, seq, from_id)
+
+    def encode(self) -> dict[str, str]:
+        """Stream fields for this reading; `repr` keeps every float exact through a round trip."""
+        fields = {"sensor_id": self.sensor_id, "ts": str(self.ts_ms)}
+        if self.seq is not None:
+            fields["seq"] = str(self.seq)
+        for name, value in self.metrics.items():
+            fields[name] = repr(float(value))
+        return fields

@@ -1,0 +1,66 @@
+"""Process plumbing every command shares: logging, signal-driven shutdown, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import NoReturn
+
+from ingest.errors import IngestError, RedisUnavailable, SettingsError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT; work in hand finishes, then the process exits.
+
+    A second signal exits at once, for an operator who does not want to wait.
+    """
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        logging.getLogger("shutdown").info(
+            "%s received: finishing the work in hand", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+class CommandLineError(Exception):
+    """A flag or argument combination that cannot work; the message says what to fix."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (and the exit status 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_command(prog: str, command: Callable[[], int | None]) -> int:
+    """Run a command, turning the errors a user can fix into one line and a non-zero status."""
+    try:
+        return command() or 0
+    except (SettingsError, CommandLineError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except RedisUnavailable as exc:
+        print(f"{prog}: error: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    except IngestError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1

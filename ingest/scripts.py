@@ -1,0 +1,36 @@
+"""Lua scripts kept as .lua files beside the code; every key a script touches arrives in KEYS."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+Arg = str | int | float
+
+
+class LuaScript:
+    def __init__(self, package: str, filename: str) -> None:
+        self.name = filename
+        self.source = resources.files(package).joinpath("lua", filename).read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA, loading the script first when the server does not know it (after a restart)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        """Add to a pipeline; the caller calls `load` and retries when the pipeline's execute raises
+        NoScriptError."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def load(self, client: redis.Redis) -> None:
+        client.script_load(self.source)

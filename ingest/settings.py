@@ -1,0 +1,174 @@
+"""One typed settings object, read once at start from the environment and command-line flags.
+
+Each setting has an environment variable and a flag; a flag wins over the environment, which wins
+over the default. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.errors import SettingsError
+from ingest.keys import DEFAULT_STREAM
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise ValueError(f"expected a TCP port (1-65535), got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+    return text
+
+
+def _stream_name(text: str) -> str:
+    if not text or any(ch.isspace() for ch in text):
+        raise ValueError(f"expected a stream name without spaces, got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected one of DEBUG, INFO, WARNING, ERROR, got {text!r}")
+    return level
+
+
+def _setting(
+    default: Any, env: str, parse: Callable[[str], Any], help: str, metavar: str = ""
+) -> Any:
+    return field(
+        default=default,
+        metadata={"env": env, "parse": parse, "help": help, "metavar": metavar},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = _setting(
+        "redis://localhost:6379/0", "REDIS_URL", _redis_url, "Redis to use", "URL"
+    )
+    stream: str = _setting(DEFAULT_STREAM, "TELEMETRY_STREAM", _stream_name, "readings stream")
+    maxlen: int = _setting(
+        1_000_000, "TELEMETRY_MAXLEN", _positive_int, "cap of the stream (XADD MAXLEN ~ N)", "N"
+    )
+    dead_letter_maxlen: int = _setting(
+        1_000_000, "TELEMETRY_DEAD_LETTER_MAXLEN", _positive_int, "cap of the dead-letter stream"
+    )
+    write_batch: int = _setting(
+        1000, "TELEMETRY_WRITE_BATCH", _positive_int, "writer flushes after this many entries"
+    )
+    flush_ms: int = _setting(
+        50, "TELEMETRY_FLUSH_MS", _positive_int, "writer flushes entries older than this", "MS"
+    )
+    read_batch: int = _setting(
+        2000, "TELEMETRY_READ_BATCH", _positive_int, "entries a consumer reads at a time"
+    )
+    block_ms: int = _setting(
+        1000, "TELEMETRY_BLOCK_MS", _positive_int, "XREADGROUP BLOCK time", "MS"
+    )
+    claim_idle_ms: int = _setting(
+        30_000,
+        "TELEMETRY_CLAIM_IDLE_MS",
+        _positive_int,
+        "claim pending entries idle this long from other consumers",
+        "MS",
+    )
+    max_deliveries: int = _setting(
+        5,
+        "TELEMETRY_MAX_DELIVERIES",
+        _positive_int,
+        "dead-letter an entry delivered more often than this",
+    )
+    trim_warn_ratio: float = _setting(
+        0.8,
+        "TELEMETRY_TRIM_WARN_RATIO",
+        _ratio,
+        "warn when a group's unread backlog exceeds this share of MAXLEN",
+        "R",
+    )
+    metrics_port: int | None = _setting(
+        None, "TELEMETRY_METRICS_PORT", _port, "serve Prometheus metrics on this port", "PORT"
+    )
+    log_level: str = _setting("INFO", "TELEMETRY_LOG_LEVEL", _log_level, "log level", "LEVEL")
+
+    @property
+    def socket_timeout_s(self) -> float:
+        """Longer than a blocking read, so a quiet stream is never mistaken for a dead server."""
+        return self.block_ms / 1000 + 2.0
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str], flags: argparse.Namespace | None = None
+    ) -> Settings:
+        """Build from the environment, then flags given on the command line (None = not given)."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            parse = spec.metadata["parse"]
+            flag_value = getattr(flags, spec.name, None) if flags is not None else None
+            if flag_value is not None:
+                source, raw = "--" + spec.name.replace("_", "-"), str(flag_value)
+            elif spec.metadata["env"] in env:
+                source, raw = spec.metadata["env"], env[spec.metadata["env"]]
+            else:
+                continue
+            try:
+                values[spec.name] = parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{source}: {exc}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; each defaults to None so the environment can fill it in."""
+    group = parser.add_argument_group("settings (flags override environment variables)")
+    for spec in dataclasses.fields(Settings):
+        group.add_argument(
+            "--" + spec.name.replace("_", "-"),
+            dest=spec.name,
+            default=None,
+            metavar=spec.metadata["metavar"] or None,
+            help=f"{spec.metadata['help']} (env {spec.metadata['env']}, default {spec.default})",
+        )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load these same settings."""
+    env = {}
+    for spec in dataclasses.fields(Settings):
+        value = getattr(settings, spec.name)
+        if value is not None:
+            env[spec.metadata["env"]] = str(value)
+    return env

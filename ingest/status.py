@@ -1,0 +1,200 @@
+"""What `telemetry status` reports about a stream and its groups, gathered with walrus.
+
+Gathering (I/O) and judging (pure: `trim_warnings`) are separate so the judgement can be tested
+on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import walrus
+
+from ingest.errors import redis_errors
+from ingest.keys import StreamKeys
+from ingest.reading import entry_time_ms
+
+PENDING_SCAN_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    name: str
+    pending: int
+    idle_ms: int
+
+
+@dataclass
+class GroupStatus:
+    name: str
+    consumers: list[ConsumerStatus]
+    pending: int
+    oldest_pending_id: str | None
+    oldest_pending_idle_ms: int | None
+    max_delivery_count: int | None
+    pending_scanned: int
+    last_delivered_id: str
+    entries_read: int | None
+    lag: int | None
+    lost_to_trimming: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamStatus:
+    stream: str
+    exists: bool
+    length: int
+    maxlen: int
+    maxlen_source: str
+    first_id: str | None
+    last_id: str | None
+    entries_added: int
+    dead_letters: int
+    groups: list[GroupStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: float) -> list[str]:
+    """Why this group is losing, or about to lose, entries to MAXLEN trimming."""
+    warnings = []
+    if group.lost_to_trimming:
+        warnings.append(
+            f"{group.lost_to_trimming} entries were trimmed before this group processed them"
+        )
+    if group.lag is None:
+        warnings.append("lag unknown (entries deleted with XDEL); cannot judge trimming risk")
+    elif group.lag >= ratio * maxlen:
+        warnings.append(
+            f"{group.lag} unread entries are {group.lag / maxlen:.0%} of MAXLEN {maxlen}: "
+            "trimming will drop entries this group has not read unless it catches up"
+        )
+    if (
+        group.oldest_pending_id is not None
+        and first_id is not None
+        and _id_key(group.oldest_pending_id) < _id_key(first_id)
+    ):
+        warnings.append(
+            "pending entries older than the stream's first entry: their data is already trimmed"
+        )
+    return warnings
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    return entry_time_ms(entry_id), int(entry_id.partition("-")[2] or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def stream_status(
+    url: str, stream: str, default_maxlen: int, warn_ratio: float
+) -> StreamStatus:
+    keys = StreamKeys(stream)
+    db = walrus.Database.from_url(url, socket_timeout=10)
+    with redis_errors():
+        recorded_maxlen = db.hget(keys.meta, "maxlen")
+        maxlen, source = (
+            (int(recorded_maxlen), "written by the stream's writers")
+            if recorded_maxlen
+            else (default_maxlen, "from settings; no writer has recorded one yet")
+        )
+        dead_letters = db.xlen(keys.dead)
+        lost = {_text(k): int(v) for k, v in db.hgetall(keys.lost).items()}
+        if not db.exists(stream):
+            return StreamStatus(
+                stream, False, 0, maxlen, source, None, None, 0, dead_letters, []
+            )
+        handle = db.Stream(stream)
+        info = handle.info()
+        first_id = _text(info["first-entry"][0]) if info.get("first-entry") else None
+        last_id = _text(info["last-entry"][0]) if info.get("last-entry") else None
+        groups = [
+            _group_status(db, handle, raw, lost, maxlen, first_id, warn_ratio)
+            for raw in handle.groups_info()
+        ]
+    return StreamStatus(
+        stream=stream,
+        exists=True,
+        length=int(info["length"]),
+        maxlen=maxlen,
+        maxlen_source=source,
+        first_id=first_id,
+        last_id=last_id,
+        entries_added=int(info.get("entries-added", 0)),
+        dead_letters=dead_letters,
+        groups=groups,
+    )
+
+
+def _group_status(
+    db: walrus.Database,
+    handle: Any,
+    raw: dict[str, Any],
+    lost: dict[str, int],
+    maxlen: int,
+    first_id: str | None,
+    warn_ratio: float,
+) -> GroupStatus:
+    name = _text(raw["name"])
+    consumers = [
+        ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]))
+        for c in handle.consumers_info(name)
+    ]
+    pending_list = db.consumer_group(name, [handle.key]).streams[handle.key].pending(
+        count=PENDING_SCAN_LIMIT
+    )
+    entries_read = raw.get("entries-read")
+    lag = raw.get("lag")
+    group = GroupStatus(
+        name=name,
+        consumers=consumers,
+        pending=int(raw["pending"]),
+        oldest_pending_id=_text(pending_list[0]["message_id"]) if pending_list else None,
+        oldest_pending_idle_ms=max((int(p["time_since_delivered"]) for p in pending_list), default=None),
+        max_delivery_count=max((int(p["times_delivered"]) for p in pending_list), default=None),
+        pending_scanned=len(pending_list),
+        last_delivered_id=_text(raw["last-delivered-id"]),
+        entries_read=None if entries_read is None else int(entries_read),
+        lag=None if lag is None else int(lag),
+        lost_to_trimming=lost.get(name, 0),
+    )
+    group.warnings = trim_warnings(group, maxlen, first_id, warn_ratio)
+    return group
+
+
+def format_status(status: StreamStatus) -> str:
+    """Human-readable report, one block per group."""
+    if not status.exists:
+        return f"stream {status.stream}: does not exist yet (dead letters: {status.dead_letters})"
+    fill = status.length / status.maxlen
+    lines = [
+        f"stream {status.stream}: {status.length} entries of MAXLEN ~{status.maxlen} "
+        f"({fill:.0%}; maxlen {status.maxlen_source})",
+        f"  first {status.first_id}  last {status.last_id}  ever added {status.entries_added}",
+        f"  dead letters: {status.dead_letters}",
+    ]
+    if not status.groups:
+        lines.append("  no consumer groups")
+    for g in status.groups:
+        idle = "-" if g.oldest_pending_idle_ms is None else f"{g.oldest_pending_idle_ms / 1000:.1f}s"
+        scanned = "" if g.pending_scanned >= g.pending else f" (first {g.pending_scanned} scanned)"
+        lines += [
+            f"  group {g.name}: lag {_or_unknown(g.lag)}, read {_or_unknown(g.entries_read)}, "
+            f"last delivered {g.last_delivered_id}, lost to trimming {g.lost_to_trimming}",
+            f"    pending {g.pending}: oldest idle {idle}, "
+            f"most deliveries {_or_unknown(g.max_delivery_count)}{scanned}",
+        ]
+        for c in g.consumers:
+            lines.append(f"    consumer {c.name}: pending {c.pending}, idle {c.idle_ms / 1000:.1f}s")
+        lines += [f"    WARNING: {w}" for w in g.warnings]
+    return "\n".join(lines)
+
+
+def _or_unknown(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
+

@@ -1,0 +1,130 @@
+"""`python -m simulator SENSOR_ID` and `telemetry simulate`: flags and the run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import secrets
+from collections.abc import Callable
+
+from ingest.connection import connect
+from ingest.errors import InvalidEntry
+from ingest.metrics import serve_metrics
+from ingest.reading import validate_sensor_id
+from ingest.runtime import CommandLineError, stop_on_signals
+from ingest.settings import Settings
+from ingest.writer import StreamWriter
+from simulator.faults import FaultConfig
+from simulator.fleet import FleetReport, FleetRunner
+from simulator.model import SensorBank
+
+
+def _number(text: str, kind: Callable[[str], float]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sensor_id", nargs="?", help="simulate this one sensor")
+    parser.add_argument("--fleet", type=_positive_int, metavar="N", help="simulate N sensors")
+    parser.add_argument("--prefix", default="dev-", help="fleet sensor id prefix (default dev-)")
+    parser.add_argument(
+        "--rate", type=_positive_float, default=1.0, metavar="HZ", help="readings/s per sensor"
+    )
+    parser.add_argument(
+        "--count", type=_positive_int, metavar="N", help="send N readings per sensor, then exit"
+    )
+    parser.add_argument("--seed", type=int, help="same seed, same readings (default: random)")
+    faults = parser.add_argument_group("faults (probabilities are per reading)")
+    faults.add_argument("--spike", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--spike-size", type=float, default=25.0, metavar="DEG")
+    faults.add_argument("--stuck", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--stuck-for", type=_positive_float, default=60.0, metavar="S")
+    faults.add_argument("--stuck-value", type=float, metavar="DEG", help="default: last value")
+    faults.add_argument("--drift", type=float, default=0.0, metavar="DEG_PER_HOUR")
+    faults.add_argument("--dropout", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--dropout-for", type=_positive_float, default=30.0, metavar="S")
+    faults.add_argument("--late", type=_probability, default=0.0, metavar="P")
+    faults.add_argument("--late-for", type=_positive_float, default=30.0, metavar="S")
+    faults.add_argument("--duplicate", type=_probability, default=0.0, metavar="P")
+
+
+def sensor_ids(args: argparse.Namespace) -> list[str]:
+    """The sensors to simulate."""
+    if (args.sensor_id is None) == (args.fleet is None):
+        raise CommandLineError("give either a SENSOR_ID or --fleet N")
+    if args.sensor_id is not None:
+        ids = [args.sensor_id]
+    else:
+        width = len(str(args.fleet - 1))
+        ids = [f"{args.prefix}{i:0{width}d}" for i in range(args.fleet)]
+    try:
+        validate_sensor_id(ids[0])
+        validate_sensor_id(ids[-1])
+    except InvalidEntry as exc:
+        raise CommandLineError(exc.reason) from None
+    return ids
+
+
+def fault_config(args: argparse.Namespace) -> FaultConfig:
+    try:
+        return _fault_config(args)
+    except ValueError as exc:
+        raise CommandLineError(str(exc)) from None
+
+
+def _fault_config(args: argparse.Namespace) -> FaultConfig:
+    return FaultConfig(
+        spike_prob=args.spike,
+        spike_size=args.spike_size,
+        stuck_prob=args.stuck,
+        stuck_s=args.stuck_for,
+        stuck_value=args.stuck_value,
+        drift_per_hour=args.drift,
+        dropout_prob=args.dropout,
+        dropout_s=args.dropout_for,
+        late_prob=args.late,
+        late_s=args.late_for,
+        duplicate_prob=args.duplicate,
+    )
+
+
+def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
+    ids = sensor_ids(args)
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    bank = SensorBank(ids, args.rate, seed, fault_config(args))
+    serve_metrics(settings.metrics_port)
+    stop = stop_on_signals()
+    client = connect(settings)
+    writer = StreamWriter(
+        client,
+        settings.stream,
+        settings.maxlen,
+        batch_size=settings.write_batch,
+        flush_ms=settings.flush_ms,
+    )
+    runner = FleetRunner(bank, writer, count_per_sensor=args.count)
+    return runner.run(stop)

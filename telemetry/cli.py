@@ -1,0 +1,109 @@
+"""`telemetry SUBCOMMAND`: every job of the system behind one command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ingest.runtime import OneLineArgumentParser, configure_logging, run_command
+from ingest.settings import Settings, add_settings_arguments
+from simulator.cli import add_simulate_arguments, run_simulate
+from telemetry.consume import run_consume
+from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
+from telemetry.up import run_up
+
+Action = Callable[[Settings, argparse.Namespace], int | None]
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> None:
+    run_simulate(settings, args)
+
+
+def _consume(settings: Settings, args: argparse.Namespace) -> None:
+    run_consume(
+        settings, args.stream_name, args.group, args.consumer, drain=args.drain,
+        start_id=args.start_id,
+    )
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> None:
+    print(show_status(settings, args.format))
+
+
+def _dead_letter_list(settings: Settings, args: argparse.Namespace) -> None:
+    print(show_dead_letters(settings, args.count, args.format))
+
+
+def _dead_letter_replay(settings: Settings, args: argparse.Namespace) -> int:
+    report, complete = replay_dead_letters(settings, args.id, args.all, args.set, args.unset)
+    print(report)
+    return 0 if complete else 1
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    return run_up(settings, os.environ, args.fleet, args.rate)
+
+
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="telemetry", description="Sensor telemetry on Redis Streams."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, action: Action, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        assert isinstance(sub, OneLineArgumentParser)
+        add_settings_arguments(sub)
+        sub.set_defaults(action=action)
+        return sub
+
+    up = command("up", _up, "run the whole pipeline here until Ctrl-C")
+    up.add_argument("--fleet", type=int, default=200, help="simulated sensors (default 200)")
+    up.add_argument("--rate", type=float, default=1.0, help="readings/s per sensor (default 1)")
+
+    add_simulate_arguments(command("simulate", _simulate, "append simulated sensor readings"))
+
+    consume = command("consume", _consume, "read a stream with a consumer group, print JSON lines")
+    consume.add_argument("stream_name", metavar="STREAM")
+    consume.add_argument("group", metavar="GROUP")
+    consume.add_argument("consumer", metavar="CONSUMER")
+    consume.add_argument("--drain", action="store_true", help="exit when nothing is left")
+    consume.add_argument(
+        "--start-id", default="0", help="where a new group starts: 0 (all) or $ (new only)"
+    )
+
+    status = command("status", _status, "stream length, groups, lag, pending, trimming risk")
+    status.add_argument("--format", choices=["table", "json"], default="table")
+
+    dead = commands.add_parser("dead-letter", help="inspect and replay dead-lettered entries")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    listing = dead_commands.add_parser("list", help="show dead letters with their reasons")
+    add_settings_arguments(listing)
+    listing.set_defaults(action=_dead_letter_list)
+    listing.add_argument("--count", type=int, default=100)
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    again = dead_commands.add_parser("replay", help="put dead letters back on the stream")
+    add_settings_arguments(again)
+    again.set_defaults(action=_dead_letter_replay)
+    again.add_argument("--id", action="append", default=[], help="dead-letter ID (repeatable)")
+    again.add_argument("--all", action="store_true", help="replay every dead letter")
+    again.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="fix a field before replaying (repeatable)")
+    again.add_argument("--unset", action="append", default=[], metavar="FIELD",
+                       help="drop a field before replaying (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+
+    def run() -> int | None:
+        settings = Settings.load(os.environ, args)
+        configure_logging(settings.log_level)
+        result: int | None = args.action(settings, args)
+        return result
+
+    return run_command("telemetry", run)

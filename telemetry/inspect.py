@@ -1,0 +1,86 @@
+"""`telemetry status` and `telemetry dead-letter`: what operators look at, as text or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from ingest.connection import connect
+from ingest.deadletter import DeadLetter, list_dead_letters, replay
+from ingest.keys import StreamKeys
+from ingest.runtime import CommandLineError
+from ingest.settings import Settings
+from ingest.status import format_status, stream_status
+
+
+def show_status(settings: Settings, output_format: str) -> str:
+    status = stream_status(
+        settings.redis_url, settings.stream, settings.maxlen, settings.trim_warn_ratio
+    )
+    if output_format == "json":
+        return json.dumps(status.as_dict(), indent=2)
+    return format_status(status)
+
+
+def show_dead_letters(settings: Settings, count: int, output_format: str) -> str:
+    letters = list_dead_letters(connect(settings), StreamKeys(settings.stream), count)
+    if output_format == "json":
+        return json.dumps([asdict(letter) for letter in letters], indent=2)
+    if not letters:
+        return f"no dead letters in {StreamKeys(settings.stream).dead}"
+    lines = []
+    for letter in letters:
+        lines.append(
+            f"{letter.dead_id}  from {letter.entry_id} (group {letter.group}, "
+            f"{letter.deliveries} deliveries): {letter.reason}"
+        )
+        lines.append(f"    fields {json.dumps(dict(letter.fields))[:300]}")
+    return "\n".join(lines)
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
+    fixes = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandLineError(f"--set expects FIELD=VALUE, got {pair!r}")
+        fixes[name] = value
+    return fixes
+
+
+def replay_dead_letters(
+    settings: Settings,
+    ids: Sequence[str],
+    replay_all: bool,
+    set_pairs: Sequence[str],
+    unset: Sequence[str],
+) -> tuple[str, bool]:
+    """Replay and report; the flag says whether every chosen dead letter went back."""
+    if bool(ids) == replay_all:
+        raise CommandLineError("give --id ID (repeatable) or --all")
+    client = connect(settings)
+    keys = StreamKeys(settings.stream)
+    fixes = parse_assignments(set_pairs)
+    letters: list[DeadLetter] = []
+    if replay_all:
+        cursor = "-"
+        while batch := list_dead_letters(client, keys, 1000, cursor):
+            letters.extend(batch)
+            cursor = "(" + batch[-1].dead_id
+    else:
+        for dead_id in ids:
+            found = list_dead_letters(client, keys, 1, dead_id)
+            if not found or found[0].dead_id != dead_id:
+                raise CommandLineError(f"no dead letter with ID {dead_id} in {keys.dead}")
+            letters.append(found[0])
+    results = replay(client, keys, settings.maxlen, letters, fixes, unset)
+    lines = []
+    for result in results:
+        if result.error is None:
+            lines.append(f"{result.dead_id} replayed as {result.new_id}")
+        else:
+            lines.append(f"{result.dead_id} kept: still invalid: {result.error}")
+    replayed = sum(r.error is None for r in results)
+    lines.append(f"{replayed} of {len(results)} dead letters replayed onto {keys.stream}")
+    return "\n".join(lines), replayed == len(results)

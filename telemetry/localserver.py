@@ -1,0 +1,142 @@
+"""Private server processes (redis-server, later mosquitto) started from the binaries on PATH.
+
+`telemetry up` uses them when no server is configured, and the tests use them so that every test
+run owns its servers and can kill, pause and restart them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ingest.errors import IngestError
+
+
+class LocalServerError(IngestError):
+    """A private server could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalServer:
+    binary = ""
+    install_hint = ""
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._owned_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.binary}-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        path = shutil.which(self.binary)
+        if path is None:
+            raise LocalServerError(f"{self.binary} not found on PATH: {self.install_hint}")
+        log = open(self.workdir / f"{self.binary}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            [path, *self.command()], cwd=self.workdir, stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.port):
+            if self.process.poll() is not None:
+                raise LocalServerError(
+                    f"{self.binary} exited at start; see {self.workdir / (self.binary + '.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalServerError(f"{self.binary} did not listen on {self.port} in time")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the server shuts down cleanly."""
+        if self.process is None:
+            return
+        self.resume()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a crash."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._owned_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class LocalRedis(LocalServer):
+    binary = "redis-server"
+    install_hint = (
+        "install Redis 7 (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) "
+        "or set REDIS_URL to a running server"
+    )
+
+    def __init__(
+        self, port: int | None = None, workdir: Path | None = None, *, appendonly: bool = False
+    ) -> None:
+        super().__init__(port, workdir)
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--protected-mode", "no",
+        ]
