@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -25,3 +28,23 @@ def connect(settings: Settings, *, socket_timeout_s: float | None = None) -> red
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+
+
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def read_range(
+    client: redis.Redis, stream: str, start: str = "-", end: str = "+", count: int | None = None
+) -> StreamEntries:
+    """XRANGE with the types a decoding client returns (redis-py declares every reply type)."""
+    return cast(StreamEntries, client.xrange(stream, min=start, max=end, count=count))
+
+
+def fields_arg(fields: Mapping[str, str]) -> dict[Any, Any]:
+    """Fields for redis-py's xadd, as bytes: text read with surrogate escapes (bytes that were
+    not UTF-8) goes back to Redis exactly as it came."""
+    return {_raw(name): _raw(value) for name, value in fields.items()}
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")

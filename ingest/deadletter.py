@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
+from ingest.connection import fields_arg, read_range
 from ingest.errors import InvalidEntry, redis_errors
 from ingest.keys import StreamKeys
 from ingest.reading import Reading, entry_time_ms
@@ -71,14 +72,14 @@ def dead_letter_record(
 def queue_dead_letter(
     pipe: Pipeline, keys: StreamKeys, maxlen: int, record: Mapping[str, str]
 ) -> None:
-    pipe.xadd(keys.dead, dict(record), maxlen=maxlen, approximate=True)
+    pipe.xadd(keys.dead, fields_arg(record), maxlen=maxlen, approximate=True)
 
 
 def list_dead_letters(
     client: redis.Redis, keys: StreamKeys, count: int = 100, start: str = "-"
 ) -> list[DeadLetter]:
     with redis_errors():
-        entries = client.xrange(keys.dead, min=start, count=count)
+        entries = read_range(client, keys.dead, start, count=count)
     return [DeadLetter.from_entry(dead_id, record) for dead_id, record in entries]
 
 
@@ -125,7 +126,7 @@ def replay(
             continue
         with redis_errors():
             pipe = client.pipeline(transaction=True)
-            pipe.xadd(keys.stream, fields, maxlen=maxlen, approximate=True)
+            pipe.xadd(keys.stream, fields_arg(fields), maxlen=maxlen, approximate=True)
             pipe.xdel(keys.dead, letter.dead_id)
             new_id, _ = pipe.execute()
         results.append(ReplayResult(letter.dead_id, str(new_id), None))

@@ -77,7 +77,7 @@ class Batch(Generic[T]):
         return [entry.id for entry in self.entries]
 
 
-class BatchHandler(Protocol[T_contra]):
+class BatchHandler(Protocol[T_contra]):  # type: ignore[misc]
     """Processes a batch. Raising leaves the batch pending; it is retried and, entry by entry,
     dead-lettered after `max_deliveries`. A handler whose `acknowledges` is True XACKs the
     entries itself, atomically with its effects; otherwise the runner XACKs after it returns."""
@@ -147,9 +147,7 @@ class GroupRunner(Generic[T]):
     def run(self, stop: threading.Event, *, drain: bool = False) -> RunnerStats:
         """Process until `stop` is set, or with `drain` until the group has nothing unread or
         unacknowledged (entries other consumers hold are claimed once idle, then processed)."""
-        log.info(
-            "consumer %s joined group %s on %s", self.consumer, self.group, self.keys.stream
-        )
+        log.info("consumer %s joined group %s on %s", self.consumer, self.group, self.keys.stream)
         backoff = Backoff()
         must_recover = True
         next_claim = 0.0
@@ -292,7 +290,7 @@ class GroupRunner(Generic[T]):
             if not entries:
                 break
             cursor = entries[-1][0]
-            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            deliveries = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
             self._process(entries, deliveries)
             recovered += len(entries)
         if recovered:
@@ -335,7 +333,7 @@ class GroupRunner(Generic[T]):
                 len(entries),
                 consumername=self.consumer,
             )
-        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     # -- settling ---------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class Reading:
 
     @classmethod
     def decode(cls, entry_id: str, fields: Mapping[str, str]) -> Reading:
-        """Validate an entry's fields; raise InvalidEntry with a reason when they break the contract."""
+        """Validate an entry's fields; InvalidEntry says how they break the contract."""
         if not fields:
             raise InvalidEntry("entry has no fields")
         sensor_id = fields.get("sensor_id")

@@ -127,9 +127,7 @@ class Settings:
         return self.block_ms / 1000 + 2.0
 
     @classmethod
-    def load(
-        cls, env: Mapping[str, str], flags: argparse.Namespace | None = None
-    ) -> Settings:
+    def load(cls, env: Mapping[str, str], flags: argparse.Namespace | None = None) -> Settings:
         """Build from the environment, then flags given on the command line (None = not given)."""
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):

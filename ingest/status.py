@@ -91,9 +91,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-def stream_status(
-    url: str, stream: str, default_maxlen: int, warn_ratio: float
-) -> StreamStatus:
+def stream_status(url: str, stream: str, default_maxlen: int, warn_ratio: float) -> StreamStatus:
     keys = StreamKeys(stream)
     db = walrus.Database.from_url(url, socket_timeout=10)
     with redis_errors():
@@ -106,9 +104,7 @@ def stream_status(
         dead_letters = db.xlen(keys.dead)
         lost = {_text(k): int(v) for k, v in db.hgetall(keys.lost).items()}
         if not db.exists(stream):
-            return StreamStatus(
-                stream, False, 0, maxlen, source, None, None, 0, dead_letters, []
-            )
+            return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [])
         handle = db.Stream(stream)
         info = handle.info()
         first_id = _text(info["first-entry"][0]) if info.get("first-entry") else None
@@ -145,8 +141,8 @@ def _group_status(
         ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]))
         for c in handle.consumers_info(name)
     ]
-    pending_list = db.consumer_group(name, [handle.key]).streams[handle.key].pending(
-        count=PENDING_SCAN_LIMIT
+    pending_list = (
+        db.consumer_group(name, [handle.key]).streams[handle.key].pending(count=PENDING_SCAN_LIMIT)
     )
     entries_read = raw.get("entries-read")
     lag = raw.get("lag")
@@ -155,7 +151,9 @@ def _group_status(
         consumers=consumers,
         pending=int(raw["pending"]),
         oldest_pending_id=_text(pending_list[0]["message_id"]) if pending_list else None,
-        oldest_pending_idle_ms=max((int(p["time_since_delivered"]) for p in pending_list), default=None),
+        oldest_pending_idle_ms=max(
+            (int(p["time_since_delivered"]) for p in pending_list), default=None
+        ),
         max_delivery_count=max((int(p["times_delivered"]) for p in pending_list), default=None),
         pending_scanned=len(pending_list),
         last_delivered_id=_text(raw["last-delivered-id"]),
@@ -181,7 +179,9 @@ def format_status(status: StreamStatus) -> str:
     if not status.groups:
         lines.append("  no consumer groups")
     for g in status.groups:
-        idle = "-" if g.oldest_pending_idle_ms is None else f"{g.oldest_pending_idle_ms / 1000:.1f}s"
+        idle = (
+            "-" if g.oldest_pending_idle_ms is None else f"{g.oldest_pending_idle_ms / 1000:.1f}s"
+        )
         scanned = "" if g.pending_scanned >= g.pending else f" (first {g.pending_scanned} scanned)"
         lines += [
             f"  group {g.name}: lag {_or_unknown(g.lag)}, read {_or_unknown(g.entries_read)}, "
@@ -190,11 +190,12 @@ def format_status(status: StreamStatus) -> str:
             f"most deliveries {_or_unknown(g.max_delivery_count)}{scanned}",
         ]
         for c in g.consumers:
-            lines.append(f"    consumer {c.name}: pending {c.pending}, idle {c.idle_ms / 1000:.1f}s")
+            lines.append(
+                f"    consumer {c.name}: pending {c.pending}, idle {c.idle_ms / 1000:.1f}s"
+            )
         lines += [f"    WARNING: {w}" for w in g.warnings]
     return "\n".join(lines)
 
 
 def _or_unknown(value: int | None) -> str:
     return "unknown" if value is None else str(value)
-

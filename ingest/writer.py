@@ -29,7 +29,7 @@ def _bulk(text: str) -> str:
 
 def pack_command(args: Sequence[str]) -> bytes:
     """RESP encoding of one command; used for the rare commands sent beside a batch."""
-    return ("*%d\r\n" % len(args) + "".join(_bulk(a) for a in args)).encode(
+    return (f"*{len(args)}\r\n" + "".join(_bulk(a) for a in args)).encode(
         "utf-8", "surrogateescape"
     )
 
@@ -46,9 +46,9 @@ class XaddPacker:
         parts: list[str] = []
         append = parts.append
         for fields in batch:
-            append("*%d\r\n%s" % (6 + 2 * len(fields), head))
+            append(f"*{6 + 2 * len(fields)}\r\n{head}")
             for name, value in fields.items():
-                append("$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(value), value))
+                append(f"${len(name)}\r\n{name}\r\n${len(value)}\r\n{value}\r\n")
         payload = "".join(parts)
         if payload.isascii():
             return payload.encode("ascii")
@@ -92,7 +92,9 @@ class StreamWriter:
         self.last_error: str | None = None
         self._flusher: threading.Thread | None = None
         if background_flush:
-            self._flusher = threading.Thread(target=self._flush_old, name="writer-flush", daemon=True)
+            self._flusher = threading.Thread(
+                target=self._flush_old, name="writer-flush", daemon=True
+            )
             self._flusher.start()
 
     @property
@@ -148,12 +150,12 @@ class StreamWriter:
         with redis_errors():
             conn = pool.get_connection()
             try:
-                conn.send_packed_command(payload, check_health=False)
+                conn.send_packed_command(payload, check_health=False)  # type: ignore[no-untyped-call]
                 if not self._meta_published:
                     conn.read_response()
                 replies = [self._read_reply(conn) for _ in batch]
             except BaseException:
-                conn.disconnect()
+                conn.disconnect()  # type: ignore[no-untyped-call]
                 raise
             finally:
                 pool.release(conn)

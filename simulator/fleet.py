@@ -104,7 +104,8 @@ class FleetRunner:
                 )
                 if achieved < 0.98 * self._slot_rate:
                     log.warning(
-                        "falling behind: %.1f%% of the target rate", 100 * achieved / self._slot_rate
+                        "falling behind: %.1f%% of the target rate",
+                        100 * achieved / self._slot_rate,
                     )
                 window_start, window_slots_from, window_sent = now, self.report.slots, 0
                 next_progress = now + self.progress_every_s

@@ -61,8 +61,9 @@ class SensorBank:
         """One schedule slot for each sensor in `idx`: the entries to send now, in order."""
         t_s = self.slots[idx] / self.rate_hz
         self.slots[idx] += 1
-        active = ~self._starts(idx, t_s, self._silent_until, self.faults.dropout_prob,
-                               self.faults.dropout_s)
+        active = ~self._starts(
+            idx, t_s, self._silent_until, self.faults.dropout_prob, self.faults.dropout_s
+        )
         idx, t_s = idx[active], t_s[active]
         if idx.size == 0:
             return []

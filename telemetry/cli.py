@@ -23,7 +23,11 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _consume(settings: Settings, args: argparse.Namespace) -> None:
     run_consume(
-        settings, args.stream_name, args.group, args.consumer, drain=args.drain,
+        settings,
+        args.stream_name,
+        args.group,
+        args.consumer,
+        drain=args.drain,
         start_id=args.start_id,
     )
 
@@ -89,10 +93,20 @@ def build_parser() -> OneLineArgumentParser:
     again.set_defaults(action=_dead_letter_replay)
     again.add_argument("--id", action="append", default=[], help="dead-letter ID (repeatable)")
     again.add_argument("--all", action="store_true", help="replay every dead letter")
-    again.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="fix a field before replaying (repeatable)")
-    again.add_argument("--unset", action="append", default=[], metavar="FIELD",
-                       help="drop a field before replaying (repeatable)")
+    again.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fix a field before replaying (repeatable)",
+    )
+    again.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="drop a field before replaying (repeatable)",
+    )
     return parser
 
 

@@ -1,4 +1,4 @@
-"""`telemetry consume STREAM GROUP CONSUMER`: a tail with a consumer group, one JSON line per entry."""
+"""`telemetry consume STREAM GROUP CONSUMER`: a tail with a consumer group, JSON lines out."""
 
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ class LocalServer:
         self.port = port or free_port()
         self._owned_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.binary}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -133,10 +134,16 @@ class LocalRedis(LocalServer):
 
     def command(self) -> list[str]:
         return [
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--protected-mode",
+            "no",
         ]

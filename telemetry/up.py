@@ -77,8 +77,12 @@ def _start(service: Service, env: Mapping[str, str]) -> None:
         # Its own session: a Ctrl-C reaches only `up`, which then stops each child once.
         start_new_session=True,
     )
-    log.info("started %s (pid %d): telemetry %s", service.name, service.process.pid,
-             " ".join(service.argv))
+    log.info(
+        "started %s (pid %d): telemetry %s",
+        service.name,
+        service.process.pid,
+        " ".join(service.argv),
+    )
 
 
 def _supervise(

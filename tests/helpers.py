@@ -1,0 +1,60 @@
+"""Small pieces several tests share."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+import redis
+
+from ingest.connection import fields_arg, read_range
+from ingest.groups import Batch, GroupRunner
+from ingest.reading import Reading
+from ingest.settings import Settings
+
+
+class Recorder:
+    """A handler that remembers what it processed, optionally failing on some entries."""
+
+    acknowledges = False
+
+    def __init__(self, fail_if: Callable[[Reading], bool] | None = None) -> None:
+        self.seen: list[str] = []
+        self.fail_if = fail_if
+
+    def __call__(self, batch: Batch[Reading]) -> None:
+        if self.fail_if is not None and any(self.fail_if(e.value) for e in batch.entries):
+            raise ValueError("refusing this reading")
+        self.seen.extend(batch.ids)
+
+
+def reading_runner(
+    client: redis.Redis, settings: Settings, handler: Recorder, consumer: str = "c1"
+) -> GroupRunner[Reading]:
+    return GroupRunner(client, settings, "aggregates", consumer, handler, Reading.decode)
+
+
+def drain(runner: GroupRunner[Reading], timeout_s: float = 60.0) -> None:
+    """Run until the group has nothing left, failing the test if that takes too long."""
+    stop = threading.Event()
+    timer = threading.Timer(timeout_s, stop.set)
+    timer.start()
+    try:
+        runner.run(stop, drain=True)
+    finally:
+        timer.cancel()
+    assert not stop.is_set(), "runner did not drain in time"
+
+
+def pending_count(client: redis.Redis, stream: str, group: str) -> int:
+    return int(client.xpending(stream, group)["pending"])
+
+
+def entries(
+    client: redis.Redis, stream: str, count: int | None = None
+) -> list[tuple[str, dict[str, str]]]:
+    return read_range(client, stream, count=count)
+
+
+def add(client: redis.Redis, stream: str, fields: Mapping[str, str]) -> str:
+    return str(client.xadd(stream, fields_arg(fields)))

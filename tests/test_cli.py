@@ -1,0 +1,150 @@
+"""The `telemetry` command as users run it: errors in one line, status, dead letters, up."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from ingest.keys import StreamKeys
+from ingest.reading import Reading
+from ingest.settings import Settings
+from telemetry.localserver import port_open
+from tests.conftest import child_env
+from tests.helpers import Recorder, add, drain, entries, reading_runner
+
+
+def telemetry(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "telemetry", *args],
+        env=child_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["status", "--maxlen", "lots"], {}, "--maxlen: expected a positive integer, got 'lots'"),
+        (["status"], {"TELEMETRY_MAXLEN": "-3"}, "TELEMETRY_MAXLEN: expected a positive integer"),
+        (["status"], {"REDIS_URL": "localhost:6379"}, "REDIS_URL: expected a redis://"),
+        (["status", "--format", "xml"], {}, "argument --format: invalid choice: 'xml'"),
+        (["simulate"], {}, "give either a SENSOR_ID or --fleet N"),
+        (["simulate", "bad id"], {}, "sensor_id must be 1-128 chars"),
+        (["simulate", "s1", "--spike", "2"], {}, "expected a probability between 0 and 1"),
+        (["simulate", "s1", "--rate", "fast"], {}, "expected a number, got 'fast'"),
+        (["dead-letter", "replay"], {}, "give --id ID (repeatable) or --all"),
+        (["frobnicate"], {}, "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_flags_and_settings_exit_non_zero_with_one_line(
+    settings: Settings, args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = telemetry(settings, *args, **env)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_redis_is_one_line_too(settings: Settings) -> None:
+    done = telemetry(settings, "status", "--redis-url", "redis://127.0.0.1:1/0")
+    assert done.returncode == 1
+    assert done.stderr.startswith("telemetry: error: cannot reach Redis")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_status_as_json_for_scripts(client: redis.Redis, settings: Settings) -> None:
+    for i in range(10):
+        add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)})
+    client.xgroup_create(settings.stream, "aggregates", "0")
+    client.xreadgroup("aggregates", "c1", {settings.stream: ">"}, count=4)
+    done = telemetry(settings, "status", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    [group] = status["groups"]
+    assert status["length"] == 10
+    assert (group["name"], group["pending"], group["lag"], group["entries_read"]) == (
+        "aggregates",
+        4,
+        6,
+        4,
+    )
+    assert group["max_delivery_count"] == 1
+    assert group["consumers"][0]["name"] == "c1"
+    table = telemetry(settings, "status")
+    assert "group aggregates: lag 6" in table.stdout
+
+
+def test_dead_letters_are_listed_fixed_and_replayed(
+    client: redis.Redis, settings: Settings
+) -> None:
+    keys = StreamKeys(settings.stream)
+    bad = add(client, settings.stream, {"sensor_id": "s1", "temp": "warm", "humidity": "0.5"})
+    drain(reading_runner(client, settings, Recorder()))
+    [(dead_id, _)] = entries(client, keys.dead)
+
+    listing = telemetry(settings, "dead-letter", "list")
+    assert f"from {bad}" in listing.stdout and "'warm'" in listing.stdout
+    still_bad = telemetry(settings, "dead-letter", "replay", "--id", dead_id)
+    assert still_bad.returncode == 1
+    assert "kept: still invalid" in still_bad.stdout
+    fixed = telemetry(settings, "dead-letter", "replay", "--id", dead_id, "--set", "temp=21.5")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "1 of 1 dead letters replayed" in fixed.stdout
+    assert client.xlen(keys.dead) == 0
+    replayed_id, fields = entries(client, settings.stream)[-1]
+    reading = Reading.decode(replayed_id, fields)
+    assert reading.metrics == {"temp": 21.5, "humidity": 0.5}
+    assert str(reading.ts_ms) == bad.split("-")[0]
+
+
+def test_up_runs_a_private_redis_and_a_fleet_and_stops_on_ctrl_c(settings: Settings) -> None:
+    env = child_env(settings)
+    env.pop("REDIS_URL")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "up", "--fleet", "50", "--rate", "5"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert up.stderr is not None
+    url = None
+    for line in up.stderr:
+        found = re.search(r"private redis-server at (redis://\S+)", line)
+        if found:
+            url = found.group(1)
+            break
+    assert url is not None
+    client = redis.Redis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and client.xlen("app:event") < 100:
+        time.sleep(0.1)
+    assert client.xlen("app:event") >= 100
+    up.send_signal(signal.SIGINT)
+    assert up.wait(30) == 0
+    log = up.stderr.read()
+    assert "stopped simulator (status 0)" in log
+    assert not port_open(int(url.rsplit(":", 1)[1].split("/")[0]))
+
+
+def test_up_without_redis_server_says_how_to_install_it(settings: Settings) -> None:
+    env = child_env(settings, PATH="/nonexistent")
+    env.pop("REDIS_URL")
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "redis-server not found on PATH: install Redis 7" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,120 @@
+"""The consumer-group runner on a real Redis: garbage, poison entries, group lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from ingest.deadletter import list_dead_letters
+from ingest.keys import StreamKeys
+from ingest.settings import Settings
+from tests.helpers import Recorder, add, drain, entries, pending_count, reading_runner
+
+GARBAGE: list[tuple[dict[str, str], str]] = [
+    ({"temp": "21.5"}, "sensor_id is missing"),
+    ({"sensor_id": "s1", "temp": "warm"}, "must be a finite decimal number, got 'warm'"),
+    ({"sensor_id": "s1", "temp": "NaN"}, "must be a finite decimal number, got 'NaN'"),
+    ({"sensor_id": "s1", "temp": "inf"}, "must be a finite decimal number, got 'inf'"),
+    ({"sensor_id": "s1", "x" * 10_240: "1"}, "(10240 chars) is not a valid metric name"),
+    ({"sensor_id": "bad*id", "temp": "1"}, "sensor_id must be 1-128 chars"),
+    ({"sensor_id": "{tag}", "temp": "1"}, "sensor_id must be 1-128 chars"),
+    ({"sensor_id": "has space", "temp": "1"}, "sensor_id must be 1-128 chars"),
+    ({"sensor_id": "sensör", "temp": "1"}, "sensor_id must be 1-128 chars"),
+    ({"sensor_id": "s1"}, "entry has no metrics"),
+]
+
+
+def test_garbage_is_dead_lettered_with_reasons_and_the_rest_flows(
+    client: redis.Redis, settings: Settings
+) -> None:
+    keys = StreamKeys(settings.stream)
+    written_valid, expected_reasons = [], {}
+    for i in range(300):
+        written_valid.append(add(client, keys.stream, {"sensor_id": f"s{i % 7}", "temp": str(i)}))
+        if i % 30 == 0:
+            fields, reason = GARBAGE[i // 30]
+            expected_reasons[add(client, keys.stream, fields)] = reason
+    # Bytes that are not UTF-8 at all (the client writes surrogate escapes back as raw bytes),
+    # and an entry made only of a field nobody reads.
+    not_utf8 = add(client, keys.stream, {"sensor_id": "\udcff\udcfe", "temp": "1"})
+    raw = redis.Redis.from_url(settings.redis_url)
+    assert raw.xrange(keys.stream, min=not_utf8, max=not_utf8) == [
+        (not_utf8.encode(), {b"sensor_id": b"\xff\xfe", b"temp": b"1"})
+    ]
+    expected_reasons[not_utf8] = "sensor_id must be 1-128 chars"
+    expected_reasons[add(client, keys.stream, {"_meta": "x"})] = "sensor_id is missing"
+    handler = Recorder()
+    runner = reading_runner(client, settings, handler)
+    drain(runner)
+
+    letters = list_dead_letters(client, keys, 1000)
+    assert sorted(handler.seen) == sorted(written_valid)
+    assert {letter.entry_id for letter in letters} == set(expected_reasons)
+    assert runner.stats.processed + runner.stats.dead_lettered == client.xlen(keys.stream)
+    assert pending_count(client, keys.stream, "aggregates") == 0
+    for letter in letters:
+        assert letter.group == "aggregates" and letter.stream == keys.stream
+        assert expected_reasons[letter.entry_id] in letter.reason
+    # The original fields come back byte for byte, even the ones that were not UTF-8.
+    undecodable = next(letter for letter in letters if letter.entry_id == not_utf8)
+    assert undecodable.fields["sensor_id"].encode("utf-8", "surrogateescape") == b"\xff\xfe"
+    raw_record = entries(client, keys.dead, count=1)[0][1]
+    assert set(raw_record) == {
+        "stream",
+        "group",
+        "id",
+        "consumer",
+        "deliveries",
+        "reason",
+        "fields",
+    }
+    assert isinstance(json.loads(raw_record["fields"]), dict)
+
+
+def test_an_entry_the_handler_always_fails_on_is_dead_lettered_after_max_deliveries(
+    client: redis.Redis, settings: Settings
+) -> None:
+    keys = StreamKeys(settings.stream)
+    ids = [add(client, keys.stream, {"sensor_id": f"s{i}", "temp": "1"}) for i in range(50)]
+    handler = Recorder(fail_if=lambda reading: reading.sensor_id == "s17")
+    runner = reading_runner(client, settings, handler)
+    drain(runner)
+
+    [letter] = list_dead_letters(client, keys)
+    assert letter.entry_id == ids[17]
+    assert letter.deliveries == settings.max_deliveries + 1
+    assert "more than max_deliveries=3" in letter.reason
+    assert "ValueError: refusing this reading" in letter.reason
+    assert sorted(handler.seen) == sorted(ids[:17] + ids[18:])
+    assert pending_count(client, keys.stream, "aggregates") == 0
+
+
+def test_an_existing_group_is_joined_and_a_deleted_stream_gets_its_group_back(
+    client: redis.Redis, settings: Settings
+) -> None:
+    client.xgroup_create(settings.stream, "aggregates", "0", mkstream=True)
+    first = add(client, settings.stream, {"sensor_id": "s1", "temp": "1"})
+    handler = Recorder()
+    runner = reading_runner(client, settings, handler)
+    assert runner.ensure_group() is False
+    drain(runner)
+    client.delete(settings.stream)
+    second = add(client, settings.stream, {"sensor_id": "s1", "temp": "2"})
+    drain(runner)
+    assert handler.seen == [first, second]
+    assert runner.ensure_group() is False
+
+
+def test_own_pending_entries_are_re_read_first_after_a_restart(
+    client: redis.Redis, settings: Settings
+) -> None:
+    ids = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(10)]
+    reading_runner(client, settings, Recorder()).ensure_group()
+    # An earlier run of consumer c1 read these and died before acknowledging.
+    client.xreadgroup("aggregates", "c1", {settings.stream: ">"}, count=4)
+    handler = Recorder()
+    runner = reading_runner(client, settings.replace(claim_idle_ms=600_000), handler)
+    drain(runner)
+    assert handler.seen == ids
+    assert runner.stats.recovered == 4
