@@ -160,6 +160,7 @@ class GroupRunner(Generic[T]):
                     must_recover = False
                 if time.monotonic() >= next_claim:
                     self._claim_idle(stop)
+                    self._watch_lag()
                     next_claim = time.monotonic() + self._claim_every_s
                 got = self._read_new()
                 if outage_since is not None:
@@ -248,6 +249,28 @@ class GroupRunner(Generic[T]):
         log.error(
             "group %s lost %d entries to MAXLEN trimming before reading them", self.group, lost
         )
+
+    def _watch_lag(self) -> None:
+        """Publish the group's lag and warn while trimming threatens entries it has not read."""
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.keys.stream)
+            pipe.hget(self.keys.meta, "maxlen")
+            groups, maxlen = pipe.execute()
+        lag = next((g.get("lag") for g in groups if g["name"] == self.group), None)
+        if lag is None:
+            return
+        metrics.GROUP_LAG.labels(**self._labels).set(lag)
+        cap = int(maxlen) if maxlen else self.settings.maxlen
+        if lag >= self.settings.trim_warn_ratio * cap:
+            log.warning(
+                "group %s is %d entries behind, %.0f%% of MAXLEN %d: trimming will drop entries "
+                "it has not read unless it catches up",
+                self.group,
+                lag,
+                100 * lag / cap,
+                cap,
+            )
 
     def _wait_for_new(self) -> None:
         """Block until the stream has an entry after the group's position (or BLOCK expires).

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
+from ingest import metrics
 from ingest.errors import RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
 
@@ -89,6 +90,7 @@ class StreamWriter:
         self._meta_published = False
         self._closed = threading.Event()
         self.written = 0
+        self._written_metric = metrics.WRITTEN.labels(stream=stream)
         self.last_error: str | None = None
         self._flusher: threading.Thread | None = None
         if background_flush:
@@ -134,6 +136,7 @@ class StreamWriter:
                     del self._buffer[: len(batch)]
                     self._oldest_at = time.monotonic()
                 self.written += len(batch)
+                self._written_metric.inc(len(batch))
 
     def close(self) -> None:
         """Stop the background flusher and write what is left."""

@@ -109,8 +109,9 @@ class FleetRunner:
                     )
                 window_start, window_slots_from, window_sent = now, self.report.slots, 0
                 next_progress = now + self.progress_every_s
-            wake = schedule_origin + self.report.slots / self._slot_rate
-            stop.wait(max(0.0, min(wake - time.monotonic(), TICK_S)))
+            # Sleep to the next slot, but at least a tick: a big fleet is stepped in batches.
+            wake = max(schedule_origin + self.report.slots / self._slot_rate, now + TICK_S)
+            stop.wait(max(0.0, wake - time.monotonic()))
         held = self.bank.release_held()
         if held:
             self._write(held, stop=threading.Event(), backoff=backoff)

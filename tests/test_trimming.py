@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
@@ -20,8 +22,13 @@ def write(client: redis.Redis, count: int, start: int = 0) -> None:
     writer.flush()
 
 
+def trimmed_metric(settings: Settings) -> float:
+    labels = {"stream": settings.stream, "group": "aggregates", "outcome": "trimmed"}
+    return REGISTRY.get_sample_value("telemetry_group_entries_total", labels) or 0.0
+
+
 def test_a_stopped_group_is_warned_about_then_its_loss_is_counted_exactly(
-    client: redis.Redis, settings: Settings
+    client: redis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     reading_runner(client, settings, Recorder()).ensure_group()
     write(client, 900)
@@ -32,11 +39,15 @@ def test_a_stopped_group_is_warned_about_then_its_loss_is_counted_exactly(
     assert any("90% of MAXLEN 1000" in w for w in group.warnings)
 
     write(client, 5100, start=900)
+    trimmed_before = trimmed_metric(settings)
     handler = Recorder()
     runner = reading_runner(client, settings, handler)
     drain(runner)
 
     assert runner.stats.trimmed > 0
+    assert "trimming will drop entries it has not read" in caplog.text
+    assert f"lost {runner.stats.trimmed} entries to MAXLEN trimming" in caplog.text
+    assert trimmed_metric(settings) - trimmed_before == runner.stats.trimmed
     assert len(handler.seen) == client.xlen(settings.stream)
     assert runner.stats.processed + runner.stats.trimmed == 6000
     assert int(client.hget(StreamKeys(settings.stream).lost, "aggregates") or 0) == (

@@ -1,0 +1,34 @@
+"""What the benchmarks share: a private Redis and a table printer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from telemetry.localserver import LocalRedis
+
+
+@contextmanager
+def redis_for_bench() -> Iterator[str]:
+    """REDIS_URL when set, else a private redis-server that nothing else uses."""
+    if "REDIS_URL" in os.environ:
+        yield os.environ["REDIS_URL"]
+        return
+    server = LocalRedis()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(lines))
