@@ -46,8 +46,16 @@ def main() -> None:
         client.flushall()
         env = {**os.environ, "REDIS_URL": url, "TELEMETRY_LOG_LEVEL": "WARNING"}
         sim = subprocess.Popen(
-            [sys.executable, "-m", "telemetry", "simulate", "--fleet", str(args.sensors),
-             "--rate", str(args.rate)],
+            [
+                sys.executable,
+                "-m",
+                "telemetry",
+                "simulate",
+                "--fleet",
+                str(args.sensors),
+                "--rate",
+                str(args.rate),
+            ],
             env=env,
         )
         try:
@@ -70,8 +78,10 @@ def main() -> None:
     worst = min(per_second)
     # One-second samples see the writer's 1000-entry batches land on either side of a tick.
     five = [sum(per_second[i : i + 5]) / 5 for i in range(0, len(per_second) - 4, 5)]
-    print(f"{args.sensors:,} sensors at {args.rate:g} Hz for {args.seconds} s after "
-          f"{args.warmup} s warm-up")
+    print(
+        f"{args.sensors:,} sensors at {args.rate:g} Hz for {args.seconds} s after "
+        f"{args.warmup} s warm-up"
+    )
     print_table(
         ["measure", "value", "ratio to target"],
         [
@@ -79,8 +89,11 @@ def main() -> None:
             ("achieved readings/s (whole window)", f"{achieved:,.0f}", f"{achieved / target:.3f}"),
             ("slowest 1 s", f"{worst:,}", f"{worst / target:.3f}"),
             ("slowest 5 s (per second)", f"{min(five):,.0f}", f"{min(five) / target:.3f}"),
-            ("median 1 s", f"{statistics.median(per_second):,.0f}",
-             f"{statistics.median(per_second) / target:.3f}"),
+            (
+                "median 1 s",
+                f"{statistics.median(per_second):,.0f}",
+                f"{statistics.median(per_second) / target:.3f}",
+            ),
             ("simulator CPU (share of one core)", f"{cpu / elapsed:.1%}", "-"),
         ],
     )

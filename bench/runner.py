@@ -41,9 +41,16 @@ def raw(_entry_id: str, fields: Mapping[str, str]) -> Mapping[str, str]:
 def fill(client: redis.Redis, entries: int) -> None:
     writer = StreamWriter(client, STREAM, entries * 2, batch_size=2000, background_flush=False)
     for i in range(entries):
-        writer.add({"sensor_id": f"dev-{i % 1000:04d}", "ts": str(1763900000000 + i),
-                    "seq": str(i // 1000), "temp": "21.53", "humidity": "0.412",
-                    "battery_v": "3.702"})
+        writer.add(
+            {
+                "sensor_id": f"dev-{i % 1000:04d}",
+                "ts": str(1763900000000 + i),
+                "seq": str(i // 1000),
+                "temp": "21.53",
+                "humidity": "0.412",
+                "battery_v": "3.702",
+            }
+        )
     writer.flush()
 
 
@@ -51,7 +58,7 @@ def bare_loop(client: redis.Redis, group: str) -> int:
     client.xgroup_create(STREAM, group, "0")
     read = 0
     while True:
-        reply = client.xreadgroup(group, "c1", {STREAM: ">"}, count=2000)
+        reply: Any = client.xreadgroup(group, "c1", {STREAM: ">"}, count=2000)
         if not reply:
             return read
         ids = [entry_id for entry_id, _ in reply[0][1]]
@@ -59,8 +66,9 @@ def bare_loop(client: redis.Redis, group: str) -> int:
         read += len(ids)
 
 
-def with_runner(settings: Settings, group: str, decode: Callable[[str, Mapping[str, str]], Any]
-                ) -> int:
+def with_runner(
+    settings: Settings, group: str, decode: Callable[[str, Mapping[str, str]], Any]
+) -> int:
     runner = GroupRunner(connect(settings), settings, group, "c1", DoNothing(), decode)
     return runner.run(threading.Event(), drain=True).processed
 

@@ -20,6 +20,7 @@ import redis
 import walrus
 
 from bench.common import print_table, redis_for_bench
+from ingest.connection import fields_arg
 from ingest.writer import StreamWriter
 
 FIELDS = {
@@ -37,11 +38,30 @@ def redis_benchmark(url: str, entries: int) -> float:
     parsed = urlparse(url)
     args = [f"{k} {v}" for k, v in FIELDS.items()]
     done = subprocess.run(
-        ["redis-benchmark", "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379),
-         "-c", "1", "-P", "64", "-n", str(entries), "--csv",
-         "XADD", "bench:reference", "MAXLEN", "~", str(MAXLEN), "*",
-         *" ".join(args).split()],
-        capture_output=True, text=True, check=True,
+        [
+            "redis-benchmark",
+            "-h",
+            parsed.hostname or "127.0.0.1",
+            "-p",
+            str(parsed.port or 6379),
+            "-c",
+            "1",
+            "-P",
+            "64",
+            "-n",
+            str(entries),
+            "--csv",
+            "XADD",
+            "bench:reference",
+            "MAXLEN",
+            "~",
+            str(MAXLEN),
+            "*",
+            *" ".join(args).split(),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rps = re.findall(r'^"XADD[^"]*","([\d.]+)"', done.stdout, re.MULTILINE)
     return float(rps[-1])
@@ -55,8 +75,9 @@ def timed(entries: int, write: Callable[[int], None]) -> float:
 
 def stream_writer(client: redis.Redis) -> Callable[[int], None]:
     def write(entries: int) -> None:
-        writer = StreamWriter(client, "bench:writer", MAXLEN, batch_size=1000,
-                              background_flush=False)
+        writer = StreamWriter(
+            client, "bench:writer", MAXLEN, batch_size=1000, background_flush=False
+        )
         for _ in range(entries):
             writer.add(dict(FIELDS))
         writer.flush()
@@ -69,7 +90,7 @@ def redis_py_pipeline(client: redis.Redis) -> Callable[[int], None]:
         for start in range(0, entries, 1000):
             pipe = client.pipeline(transaction=False)
             for _ in range(min(1000, entries - start)):
-                pipe.xadd("bench:pipeline", dict(FIELDS), maxlen=MAXLEN, approximate=True)
+                pipe.xadd("bench:pipeline", fields_arg(FIELDS), maxlen=MAXLEN, approximate=True)
             pipe.execute()
 
     return write
@@ -110,8 +131,10 @@ def main() -> None:
         (name, f"{statistics.median(rates):,.0f}", f"{statistics.median(rates) / reference:.2f}")
         for name, rates in results.items()
     ]
-    print(f"XADD of a 6-field reading, MAXLEN ~ {MAXLEN}; median of {args.rounds} rounds, "
-          f"{args.entries:,} entries each (walrus: 1/20 of that)")
+    print(
+        f"XADD of a 6-field reading, MAXLEN ~ {MAXLEN}; median of {args.rounds} rounds, "
+        f"{args.entries:,} entries each (walrus: 1/20 of that)"
+    )
     print_table(["method", "entries/s", "ratio to redis-benchmark"], rows)
 
 
