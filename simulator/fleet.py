@@ -82,10 +82,7 @@ class FleetRunner:
             if total_slots is not None:
                 behind = min(behind, total_slots - self.report.slots)
             if behind > 0:
-                first = self.report.slots
-                idx = np.arange(first, first + behind, dtype=np.intp) % n
-                entries = self.bank.step(idx, clock_ms())
-                self.report.slots += behind
+                entries = self._step(behind)
                 if not self._write(entries, stop, backoff):
                     break
                 self.report.sent += len(entries)
@@ -122,6 +119,21 @@ class FleetRunner:
             "simulator done: %d readings sent in %.1fs", self.report.sent, self.report.elapsed_s
         )
         return self.report
+
+    def _step(self, slots: int) -> list[dict[str, str]]:
+        """The next `slots` slots in schedule order, stepped at most one round at a time so that
+        a sensor due twice (a fast sensor in a slow tick) takes two readings, in order."""
+        n = len(self.bank)
+        entries: list[dict[str, str]] = []
+        now_ms = clock_ms()
+        while slots > 0:
+            chunk = min(slots, n)
+            first = self.report.slots
+            idx = np.arange(first, first + chunk, dtype=np.intp) % n
+            entries += self.bank.step(idx, now_ms)
+            self.report.slots += chunk
+            slots -= chunk
+        return entries
 
     def _write(
         self, entries: list[dict[str, str]], stop: threading.Event, backoff: Backoff

@@ -58,7 +58,8 @@ class SensorBank:
         return len(self.sensor_ids)
 
     def step(self, idx: IndexArray, ts_ms: int) -> list[Fields]:
-        """One schedule slot for each sensor in `idx`: the entries to send now, in order."""
+        """One schedule slot for each sensor in `idx` (no sensor twice): the entries to send now,
+        in order."""
         t_s = self.slots[idx] / self.rate_hz
         self.slots[idx] += 1
         active = ~self._starts(
