@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from telemetry.localserver import LocalRedis
@@ -32,3 +33,14 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("\n".join(lines))
+
+
+def ratio_rows(
+    results: Mapping[str, Sequence[float]], reference: str
+) -> list[tuple[str, str, str]]:
+    """Median rate of each method and its ratio to the reference's median."""
+    base = statistics.median(results[reference])
+    return [
+        (name, f"{statistics.median(rates):,.0f}", f"{statistics.median(rates) / base:.2f}")
+        for name, rates in results.items()
+    ]

@@ -9,7 +9,6 @@ group, so they read the same data; rounds alternate the methods.
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +16,7 @@ from typing import Any
 
 import redis
 
-from bench.common import print_table, redis_for_bench
+from bench.common import print_table, ratio_rows, redis_for_bench
 from ingest.connection import connect
 from ingest.groups import Batch, GroupRunner
 from ingest.reading import Reading
@@ -97,11 +96,7 @@ def main() -> None:
                 read = run(f"g{round_no}-{i}")
                 results[name].append(read / (time.perf_counter() - start))
                 assert read == args.entries, (name, read)
-    reference = statistics.median(results["bare XREADGROUP COUNT 2000 + XACK (reference)"])
-    rows = [
-        (name, f"{statistics.median(r):,.0f}", f"{statistics.median(r) / reference:.2f}")
-        for name, r in results.items()
-    ]
+    rows = ratio_rows(results, "bare XREADGROUP COUNT 2000 + XACK (reference)")
     print(f"{args.entries:,} six-field readings, one consumer; median of {args.rounds} rounds")
     print_table(["method", "entries/s", "ratio to bare loop"], rows)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from urllib.parse import urlparse
 import redis
 import walrus
 
-from bench.common import print_table, redis_for_bench
+from bench.common import print_table, ratio_rows, redis_for_bench
 from ingest.connection import fields_arg
 from ingest.writer import StreamWriter
 
@@ -126,11 +125,7 @@ def main() -> None:
             for name, run in methods.items():
                 client.flushall()
                 results[name].append(run(args.entries))
-    reference = statistics.median(results["redis-benchmark -c 1 -P 64 (reference)"])
-    rows = [
-        (name, f"{statistics.median(rates):,.0f}", f"{statistics.median(rates) / reference:.2f}")
-        for name, rates in results.items()
-    ]
+    rows = ratio_rows(results, "redis-benchmark -c 1 -P 64 (reference)")
     print(
         f"XADD of a 6-field reading, MAXLEN ~ {MAXLEN}; median of {args.rounds} rounds, "
         f"{args.entries:,} entries each (walrus: 1/20 of that)"

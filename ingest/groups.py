@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import redis
 
@@ -46,6 +46,8 @@ TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
 
 # Entries read from Redis: ID and fields; fields are empty when the data was trimmed away.
 RawEntry = tuple[str, Mapping[str, str] | None]
+# An entry to dead-letter: ID, reason, delivery count, original fields.
+DeadEntry = tuple[str, str, int, Mapping[str, str]]
 Decoder = Callable[[str, Mapping[str, str]], T]
 
 
@@ -58,8 +60,8 @@ class ScriptsFlushed(Exception):
     """The server forgot a Lua script between loading and use."""
 
 
-@dataclass(frozen=True)
-class Entry(Generic[T]):
+class Entry(NamedTuple, Generic[T]):
+    # A tuple rather than a dataclass: one is built per entry, on the hot path.
     id: str
     value: T
     deliveries: int
@@ -233,9 +235,9 @@ class GroupRunner(Generic[T]):
         self._last_delivered = str(last_delivered)
         if lost:
             self._count_trimmed_unread(int(lost))
-        entries: list[RawEntry] = reply[0][1] if reply else []
+        entries: list[tuple[str, dict[str, str]]] = reply[0][1] if reply else []
         if entries:
-            self._process(entries, deliveries=None)
+            self._process_fresh(entries)
         return len(entries)
 
     def _count_trimmed_unread(self, lost: int) -> None:
@@ -314,7 +316,7 @@ class GroupRunner(Generic[T]):
                 break
             cursor = entries[-1][0]
             deliveries = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
-            self._process(entries, deliveries)
+            self._process_redelivered(entries, deliveries)
             recovered += len(entries)
         if recovered:
             log.info("consumer %s re-read %d of its own pending entries", self.consumer, recovered)
@@ -342,7 +344,7 @@ class GroupRunner(Generic[T]):
                 self.stats.claimed += len(claimed)
                 metrics.GROUP_CLAIMED.labels(**self._labels).inc(len(claimed))
                 log.info("consumer %s claimed %d idle entries", self.consumer, len(claimed))
-                self._process(claimed, self._deliveries_of(claimed))
+                self._process_redelivered(claimed, self._deliveries_of(claimed))
             if cursor == "0-0":
                 return
 
@@ -360,27 +362,36 @@ class GroupRunner(Generic[T]):
 
     # -- settling ---------------------------------------------------------------------------
 
-    def _process(self, entries: Sequence[RawEntry], deliveries: dict[str, int] | None) -> None:
-        """Settle every entry: trimmed, dead-lettered, or handed to the handler.
+    def _process_fresh(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        """Settle entries delivered for the first time: dead-letter or hand to the handler."""
+        dead: list[DeadEntry] = []
+        valid: list[Entry[T]] = []
+        decode = self.decode
+        for entry_id, fields in entries:
+            try:
+                valid.append(Entry(entry_id, decode(entry_id, fields), 1))
+            except InvalidEntry as exc:
+                dead.append((entry_id, exc.reason, 1, fields))
+        self._settle([], dead, valid)
 
-        `deliveries` is None for entries read fresh (delivered once); otherwise it maps the IDs
-        this consumer still owns to their delivery counts, and entries missing from it were
-        taken by another consumer meanwhile and are left alone.
-        """
+    def _process_redelivered(self, entries: Sequence[RawEntry], deliveries: dict[str, int]) -> None:
+        """Settle entries delivered before. `deliveries` maps the IDs this consumer still owns to
+        their delivery counts; entries missing from it were taken by another consumer meanwhile
+        and are left alone."""
         trimmed: list[str] = []
-        dead: list[tuple[str, str, int, Mapping[str, str]]] = []
+        dead: list[DeadEntry] = []
         valid: list[Entry[T]] = []
         max_deliveries = self.settings.max_deliveries
         for entry_id, fields in entries:
-            count = 1 if deliveries is None else deliveries.get(entry_id, 0)
+            count = deliveries.get(entry_id, 0)
             if count == 0:
                 continue
             if not fields:
                 trimmed.append(entry_id)
                 continue
             if count > max_deliveries:
-                last_error = self._failures.pop(entry_id)
                 reason = f"delivered {count} times, more than max_deliveries={max_deliveries}"
+                last_error = self._failures.pop(entry_id)
                 if last_error:
                     reason += f"; last error: {last_error}"
                 dead.append((entry_id, reason, count, fields))
@@ -389,6 +400,9 @@ class GroupRunner(Generic[T]):
                 valid.append(Entry(entry_id, self.decode(entry_id, fields), count))
             except InvalidEntry as exc:
                 dead.append((entry_id, exc.reason, count, fields))
+        self._settle(trimmed, dead, valid)
+
+    def _settle(self, trimmed: list[str], dead: list[DeadEntry], valid: list[Entry[T]]) -> None:
         if trimmed:
             self._settle_trimmed(trimmed)
         if dead:
@@ -413,7 +427,7 @@ class GroupRunner(Generic[T]):
             count,
         )
 
-    def _dead_letter(self, dead: Sequence[tuple[str, str, int, Mapping[str, str]]]) -> None:
+    def _dead_letter(self, dead: Sequence[DeadEntry]) -> None:
         with redis_errors():
             pipe = self.client.pipeline(transaction=True)
             for entry_id, reason, count, fields in dead:

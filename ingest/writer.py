@@ -105,13 +105,7 @@ class StreamWriter:
 
     def add(self, fields: Fields) -> None:
         """Buffer one entry; raises RedisUnavailable when a due flush fails (nothing is dropped)."""
-        with self._buffer_lock:
-            if not self._buffer:
-                self._oldest_at = time.monotonic()
-            self._buffer.append(fields)
-            full = len(self._buffer) >= self._batch_size
-        if full:
-            self.flush()
+        self.add_many((fields,))
 
     def add_many(self, entries: Sequence[Fields]) -> None:
         with self._buffer_lock:

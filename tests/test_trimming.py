@@ -59,8 +59,17 @@ def test_a_stopped_group_is_warned_about_then_its_loss_is_counted_exactly(
     assert any("were trimmed before" in w for w in after.groups[0].warnings)
 
 
-def test_pending_entries_whose_data_was_trimmed_are_counted_when_claimed(
-    client: redis.Redis, settings: Settings
+@pytest.mark.parametrize(
+    ("consumer", "claim_idle_ms", "recovered"),
+    [
+        # Another consumer claims them: XAUTOCLAIM reports their IDs as deleted.
+        ("c1", 300, 0),
+        # The same consumer restarts: re-reading its pending list returns them empty.
+        ("c0", 600_000, 300),
+    ],
+)
+def test_pending_entries_whose_data_was_trimmed_are_counted(
+    client: redis.Redis, settings: Settings, consumer: str, claim_idle_ms: int, recovered: int
 ) -> None:
     reading_runner(client, settings, Recorder()).ensure_group()
     write(client, 600)
@@ -68,25 +77,12 @@ def test_pending_entries_whose_data_was_trimmed_are_counted_when_claimed(
     client.xreadgroup("aggregates", "c0", {settings.stream: ">"}, count=300)
     write(client, 3000, start=600)
     handler = Recorder()
-    runner = reading_runner(client, settings, handler, consumer="c1")
+    runner = reading_runner(
+        client, settings.replace(claim_idle_ms=claim_idle_ms), handler, consumer=consumer
+    )
     drain(runner)
 
-    assert runner.stats.processed + runner.stats.trimmed == 3600
+    assert runner.stats.recovered == recovered
     assert runner.stats.trimmed >= 300
-    assert pending_count(client, settings.stream, "aggregates") == 0
-
-
-def test_own_pending_entries_whose_data_was_trimmed_are_counted_at_restart(
-    client: redis.Redis, settings: Settings
-) -> None:
-    reading_runner(client, settings, Recorder()).ensure_group()
-    write(client, 600)
-    client.xreadgroup("aggregates", "c1", {settings.stream: ">"}, count=300)
-    write(client, 3000, start=600)
-    handler = Recorder()
-    runner = reading_runner(client, settings.replace(claim_idle_ms=600_000), handler)
-    drain(runner)
-
-    assert runner.stats.recovered == 300
     assert runner.stats.processed + runner.stats.trimmed == 3600
     assert pending_count(client, settings.stream, "aggregates") == 0
