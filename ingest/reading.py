@@ -17,10 +17,15 @@ from ingest.errors import InvalidEntry
 
 SENSOR_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-UNSIGNED = re.compile(r"\d{1,19}")
+# What a metric value may look like; `parse_metric_value` checks it without a regex.
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+DECIMAL_CHARS = "0123456789.eE+-"
+UNSIGNED = re.compile(r"[0-9]{1,19}")
 RESERVED = frozenset({"sensor_id", "ts", "seq"})
 MAX_INT64 = 2**63 - 1
+# Metric names repeat endlessly; checking each once is enough. Bounded against garbage.
+_valid_names: set[str] = set()
+_NAME_CACHE_LIMIT = 10_000
 _SHOWN_CHARS = 40
 
 
@@ -44,10 +49,16 @@ def _unsigned(name: str, text: str) -> int:
 
 
 def parse_metric_value(name: str, text: str) -> float:
-    if DECIMAL.fullmatch(text) is None:
+    # float() also takes "nan", "inf", " 1", "1_0" and non-ASCII digits; stripping the decimal
+    # characters from both ends leaves something for every one of those. It is the hot path of
+    # every consumer, so no regular expression here; tests check it against DECIMAL.
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if text.strip(DECIMAL_CHARS) or not text or math.isnan(value):
         raise InvalidEntry(f"metric {name!r} must be a finite decimal number, got {_shown(text)}")
-    value = float(text)
-    if not math.isfinite(value):
+    if math.isinf(value):
         raise InvalidEntry(f"metric {name!r} is out of range, got {_shown(text)}")
     return value
 
@@ -82,10 +93,13 @@ class Reading:
         seq_text = fields.get("seq")
         metrics: dict[str, float] = {}
         for name, text in fields.items():
-            if name in RESERVED or name.startswith("_"):
+            if name in RESERVED or name[:1] == "_":
                 continue
-            if METRIC_NAME.fullmatch(name) is None:
-                raise InvalidEntry(f"field {_shown(name)} is not a valid metric name")
+            if name not in _valid_names:
+                if METRIC_NAME.fullmatch(name) is None:
+                    raise InvalidEntry(f"field {_shown(name)} is not a valid metric name")
+                if len(_valid_names) < _NAME_CACHE_LIMIT:
+                    _valid_names.add(name)
             metrics[name] = parse_metric_value(name, text)
         if not metrics:
             raise InvalidEntry("entry has no metrics")

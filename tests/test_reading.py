@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.errors import InvalidEntry
-from ingest.reading import Reading, entry_time_ms
+from ingest.reading import DECIMAL, Reading, entry_time_ms
 from tests.helpers import entries
 
 
@@ -101,3 +101,23 @@ def test_encode_decode_round_trip_is_exact(
     assert decoded == reading
     for name, value in metrics.items():
         assert math.copysign(1, decoded.metrics[name]) == math.copysign(1, value)
+
+
+@given(
+    st.text(alphabet="0123456789.eE+-_ naifINF\u0661\uff11", max_size=12)
+    | st.from_regex(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?", fullmatch=True)
+)
+def test_metric_values_are_exactly_the_decimal_numbers_of_the_contract(text: str) -> None:
+    expected = DECIMAL.fullmatch(text) is not None and math.isfinite(float(text))
+    try:
+        Reading.decode("1-0", {"sensor_id": "s", "m": text})
+        accepted = True
+    except InvalidEntry:
+        accepted = False
+    assert accepted == expected
+
+
+@pytest.mark.parametrize("field", ["ts", "seq"])
+def test_integers_are_ascii_digits_only(field: str) -> None:
+    with pytest.raises(InvalidEntry):
+        Reading.decode("1-0", {"sensor_id": "s", "m": "1", field: "\u0663"})
