@@ -29,3 +29,36 @@ class StreamKeys:
     def meta(self) -> str:
         """Hash of facts writers publish about the stream (its MAXLEN)."""
         return f"{self.stream}:meta"
+
+    @property
+    def dead_counts(self) -> str:
+        """Hash group -> entries that group dead-lettered."""
+        return f"{self.stream}:deadcount"
+
+    def ledger(self, group: str) -> str:
+        """Hash of a group's counts: aggregated, duplicates, too old, too new, sequence gaps."""
+        return f"{self.stream}:ledger:{group}"
+
+    @property
+    def sensors(self) -> str:
+        """Sorted set sensor_id -> last event time seen (ms)."""
+        return f"{self.stream}:sensors"
+
+    def sensor_metrics(self, sensor_id: str) -> str:
+        """Set of the metric names a sensor has sent."""
+        return f"{self.stream}:metrics:{sensor_id}"
+
+    @property
+    def seq_high(self) -> str:
+        """Hash sensor_id -> highest `seq` seen."""
+        return f"{self.stream}:seqhigh"
+
+    def seq_window(self, sensor_id: str) -> str:
+        """Bitmap of the `seq` values seen recently, as a ring indexed by seq modulo its size."""
+        return f"{self.stream}:seqwin:{sensor_id}"
+
+    def aggregate_chunk(self, tier: str, sensor_id: str, metric: str, chunk_ms: int) -> str:
+        """Hash bucket_ms -> packed statistics (and bucket_ms + "h" -> histogram) for the
+        buckets of one chunk. Sensor ids may contain ':'; metric names and times cannot, so the
+        name reads unambiguously from the right."""
+        return f"{self.stream}:agg:{tier}:{sensor_id}:{metric}:{chunk_ms}"

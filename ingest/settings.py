@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.durations import parse_tier_spec
 from ingest.errors import SettingsError
 from ingest.keys import DEFAULT_STREAM
 
@@ -53,6 +54,11 @@ def _redis_url(text: str) -> str:
 def _stream_name(text: str) -> str:
     if not text or any(ch.isspace() for ch in text):
         raise ValueError(f"expected a stream name without spaces, got {text!r}")
+    return text
+
+
+def _tiers(text: str) -> str:
+    parse_tier_spec(text)
     return text
 
 
@@ -115,6 +121,17 @@ class Settings:
         _ratio,
         "warn when a group's unread backlog exceeds this share of MAXLEN",
         "R",
+    )
+    tiers: str = _setting(
+        "10s:6h,1m:7d,1h:90d",
+        "TELEMETRY_TIERS",
+        _tiers,
+        "aggregate window tiers as BUCKET:RETENTION,...",
+        "SPEC",
+    )
+    api_port: int = _setting(8000, "TELEMETRY_API_PORT", _port, "HTTP API port", "PORT")
+    api_host: str = _setting(
+        "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
     )
     metrics_port: int | None = _setting(
         None, "TELEMETRY_METRICS_PORT", _port, "serve Prometheus metrics on this port", "PORT"

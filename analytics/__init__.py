@@ -1,0 +1,1 @@
+"""Analysis of the stream: rolling aggregates per sensor and metric, and the query side."""

@@ -1,0 +1,181 @@
+"""The `aggregates` consumer group's handler: readings in, exact bucket statistics out.
+
+Each batch is deduplicated by (sensor_id, seq), pre-aggregated with numpy, and applied by one
+Lua script that first checks the batch is still this consumer's, so a reading is counted exactly
+once however consumers die, stall or re-send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from analytics.preaggregate import BatchOutcome, preaggregate
+from analytics.tiers import Tier
+from ingest.errors import redis_errors
+from ingest.groups import Batch
+from ingest.keys import StreamKeys
+from ingest.reading import Reading
+from ingest.scripts import LuaScript
+
+log = logging.getLogger(__name__)
+
+GROUP = "aggregates"
+APPLY_BATCH = LuaScript("analytics", "apply_batch.lua")
+# Readings stamped further ahead of the aggregator's clock than this are counted as too new:
+# their buckets would outlive every retention.
+MAX_FUTURE_MS = 3_600_000
+FIXED_KEYS = 4
+
+
+@dataclass
+class AggregatorStats:
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    not_owned: int = 0
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Args:
+    """KEYS and ARGV for one call of the apply script, keys numbered as they are added."""
+
+    def __init__(self, keys: StreamKeys) -> None:
+        self.keys: list[str] = [keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors]
+        self._index: dict[str, int] = {}
+        self.argv: list[Any] = []
+
+    def key(self, name: str) -> int:
+        index = self._index.get(name)
+        if index is None:
+            self.keys.append(name)
+            index = self._index[name] = len(self.keys)
+        return index
+
+    def section(self, rows: Sequence[Sequence[Any]]) -> None:
+        self.argv.append(len(rows))
+        for row in rows:
+            self.argv.extend(row)
+
+
+class Aggregator:
+    acknowledges = True
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: StreamKeys,
+        tiers: Sequence[Tier],
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.tiers = tiers
+        self.clock_ms = clock_ms
+        self.stats = AggregatorStats()
+
+    def __call__(self, batch: Batch[Reading]) -> None:
+        readings = [entry.value for entry in batch.entries]
+        readings, duplicates = _drop_repeats(readings)
+        while True:
+            result = self._apply(batch, readings, duplicates)
+            if result == 1:
+                self.stats.batches += 1
+                self.stats.readings += len(batch.entries)
+                self.stats.duplicates += duplicates
+                return
+            if result == 0:
+                # Another consumer owns these entries now, or a re-sent call already applied
+                # them; whatever this consumer still owns comes back through its pending list.
+                self.stats.not_owned += 1
+                log.info("batch of %d no longer ours; dropped", len(batch.entries))
+                return
+            seen = set(result[1])
+            with_seq = _with_seq(readings)
+            repeated = {id(with_seq[i]) for i in seen}
+            readings = [r for r in readings if id(r) not in repeated]
+            duplicates += len(repeated)
+
+    def _apply(self, batch: Batch[Reading], readings: list[Reading], duplicates: int) -> Any:
+        outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
+        args = self._arguments(batch, readings, duplicates, outcome)
+        with redis_errors():
+            return APPLY_BATCH(self.client, args.keys, args.argv)
+
+    def _arguments(
+        self,
+        batch: Batch[Reading],
+        readings: list[Reading],
+        duplicates: int,
+        outcome: BatchOutcome,
+    ) -> _Args:
+        args = _Args(self.keys)
+        ids = batch.ids
+        args.argv += [batch.group, batch.consumer, min(ids), max(ids)]
+        args.section([[entry_id] for entry_id in ids])
+        increments = [
+            ("aggregated", outcome.aggregated),
+            ("duplicates", duplicates),
+            ("too_old", outcome.too_old),
+            ("too_new", outcome.too_new),
+        ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
+        args.section(increments)
+        args.section(
+            [
+                [args.key(self.keys.seq_window(r.sensor_id)), r.sensor_id, r.seq]
+                for r in _with_seq(readings)
+            ]
+        )
+        last_seen: dict[str, int] = {}
+        metrics: set[tuple[str, str]] = set()
+        for r in readings:
+            last_seen[r.sensor_id] = max(r.ts_ms, last_seen.get(r.sensor_id, 0))
+            metrics.update((r.sensor_id, m) for m in r.metrics)
+        args.section([[ts, sensor] for sensor, ts in last_seen.items()])
+        args.section(
+            [[args.key(self.keys.sensor_metrics(sensor)), metric] for sensor, metric in metrics]
+        )
+        args.section(
+            [
+                [
+                    args.key(
+                        self.keys.aggregate_chunk(
+                            d.tier.name, d.sensor_id, d.metric, d.tier.chunk_of(d.bucket_ms)
+                        )
+                    ),
+                    d.bucket_ms,
+                    d.summary,
+                    d.histogram,
+                    d.tier.chunk_expires_at_ms(d.tier.chunk_of(d.bucket_ms)),
+                ]
+                for d in outcome.deltas
+            ]
+        )
+        return args
+
+
+def _with_seq(readings: Sequence[Reading]) -> list[Reading]:
+    """Readings that carry a seq, in the order the script records them."""
+    return sorted((r for r in readings if r.seq is not None), key=lambda r: (r.sensor_id, r.seq))
+
+
+def _drop_repeats(readings: list[Reading]) -> tuple[list[Reading], int]:
+    """Keep the first of readings that share (sensor_id, seq) within the batch."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for reading in readings:
+        if reading.seq is not None:
+            identity = (reading.sensor_id, reading.seq)
+            if identity in seen:
+                continue
+            seen.add(identity)
+        kept.append(reading)
+    return kept, len(readings) - len(kept)

@@ -1,0 +1,142 @@
+"""Pre-aggregation of a batch with numpy: one delta per (sensor, metric, tier, bucket).
+
+A consumer turns a batch of readings into the merged statistics of every bucket the batch
+touches, so Redis applies one update per bucket instead of one per reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from analytics.sketch import bin_keys
+from analytics.stats import BIN, SUMMARY
+from analytics.tiers import Tier
+from ingest.reading import Reading
+
+SUMMARY_FIELDS = ["c", "s", "q", "lo", "hi", "fts", "fv", "lts", "lv"]
+SUMMARY_DTYPE = np.dtype([(name, "<f8") for name in SUMMARY_FIELDS])
+BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
+assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
+
+
+@dataclass(frozen=True)
+class Delta:
+    tier: Tier
+    sensor_id: str
+    metric: str
+    bucket_ms: int
+    summary: bytes
+    histogram: bytes
+
+
+@dataclass
+class BatchOutcome:
+    deltas: list[Delta]
+    # Per reading: did it land in at least one tier? Readings that did not are too old or too
+    # far in the future and are counted, never merged elsewhere.
+    aggregated: int
+    too_old: int
+    too_new: int
+    # Metric values that fell outside one tier's retention but landed in a coarser tier.
+    tier_drops: dict[str, int]
+
+
+class Flat:
+    """A batch flattened to one row per metric value."""
+
+    def __init__(self, readings: Sequence[Reading]) -> None:
+        pairs: dict[tuple[str, str], int] = {}
+        pair_ids: list[int] = []
+        reading_ids: list[int] = []
+        ts: list[int] = []
+        values: list[float] = []
+        for row, reading in enumerate(readings):
+            for metric, value in reading.metrics.items():
+                pair_ids.append(pairs.setdefault((reading.sensor_id, metric), len(pairs)))
+                reading_ids.append(row)
+                ts.append(reading.ts_ms)
+                values.append(value)
+        self.pairs = list(pairs)
+        self.pair = np.asarray(pair_ids, dtype=np.int64)
+        self.reading = np.asarray(reading_ids, dtype=np.int64)
+        self.ts = np.asarray(ts, dtype=np.int64)
+        self.value = np.asarray(values, dtype=np.float64)
+        self.keys = bin_keys(self.value)
+        self.readings = len(readings)
+
+
+def preaggregate(
+    readings: Sequence[Reading], tiers: Sequence[Tier], now_ms: int, max_future_ms: int
+) -> BatchOutcome:
+    flat = Flat(readings)
+    landed = np.zeros(flat.readings, dtype=bool)
+    too_new_rows = flat.ts > now_ms + max_future_ms
+    deltas: list[Delta] = []
+    tier_drops: dict[str, int] = {}
+    for tier in tiers:
+        bucket = flat.ts - flat.ts % tier.bucket_ms
+        keep = (bucket + tier.bucket_ms + tier.retention_ms > now_ms) & ~too_new_rows
+        tier_drops[tier.name] = int((~keep & ~too_new_rows).sum())
+        landed[flat.reading[keep]] = True
+        deltas += _tier_deltas(flat, tier, bucket, keep)
+    too_new = np.zeros(flat.readings, dtype=bool)
+    too_new[flat.reading[too_new_rows]] = True
+    return BatchOutcome(
+        deltas=deltas,
+        aggregated=int(landed.sum()),
+        too_old=int((~landed & ~too_new).sum()),
+        too_new=int(too_new.sum()),
+        tier_drops=tier_drops,
+    )
+
+
+def _tier_deltas(
+    flat: Flat, tier: Tier, bucket: npt.NDArray[np.int64], keep: npt.NDArray[np.bool_]
+) -> list[Delta]:
+    if not keep.any():
+        return []
+    pair, bucket, ts = flat.pair[keep], bucket[keep], flat.ts[keep]
+    value, keys = flat.value[keep], flat.keys[keep]
+    # Sorted by group, then time, then value: a group's first row is its "first" and its last
+    # row its "last", with ties broken by value as the merge in Redis breaks them.
+    order = np.lexsort((value, ts, bucket, pair))
+    pair, bucket, ts, value, keys = pair[order], bucket[order], ts[order], value[order], keys[order]
+    starts = np.flatnonzero(np.r_[True, (pair[1:] != pair[:-1]) | (bucket[1:] != bucket[:-1])])
+    ends = np.r_[starts[1:], len(pair)] - 1
+    summary = np.empty(len(starts), dtype=SUMMARY_DTYPE)
+    summary["c"] = np.diff(np.r_[starts, len(pair)])
+    summary["s"] = np.add.reduceat(value, starts)
+    summary["q"] = np.add.reduceat(value * value, starts)
+    summary["lo"] = np.minimum.reduceat(value, starts)
+    summary["hi"] = np.maximum.reduceat(value, starts)
+    summary["fts"], summary["fv"] = ts[starts], value[starts]
+    summary["lts"], summary["lv"] = ts[ends], value[ends]
+    summaries = summary.tobytes()
+
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(pair)]))
+    combined, counts = np.unique((group << 24) | (keys + (1 << 23)), return_counts=True)
+    bins = np.empty(len(combined), dtype=BIN_DTYPE)
+    bins["key"] = (combined & ((1 << 24) - 1)) - (1 << 23)
+    bins["count"] = counts
+    bin_bytes = bins.tobytes()
+    bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1)) * BIN.size
+
+    size = SUMMARY.size
+    pairs = flat.pairs
+    first_pairs, first_buckets = pair[starts].tolist(), bucket[starts].tolist()
+    edges = bin_edges.tolist()
+    return [
+        Delta(
+            tier,
+            pairs[p][0],
+            pairs[p][1],
+            b,
+            summaries[g * size : (g + 1) * size],
+            bin_bytes[edges[g] : edges[g + 1]],
+        )
+        for g, (p, b) in enumerate(zip(first_pairs, first_buckets, strict=True))
+    ]

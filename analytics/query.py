@@ -1,0 +1,293 @@
+"""The read side: one function per question, each returning plain typed objects.
+
+    from analytics.query import Store, rolling
+    store = Store.from_settings(settings)
+    window = rolling(store, "sensor1", "temp", last_ms=5 * 60_000)
+
+A rolling window is the merge of the buckets it overlaps; the answer says which span those
+buckets actually cover and whether the first or last one reaches outside the window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from analytics.stats import BucketStats
+from analytics.tiers import Tier, parse_tiers
+from ingest.connection import connect
+from ingest.errors import redis_errors
+from ingest.keys import StreamKeys
+from ingest.settings import Settings
+
+# Finest tier first, as long as the window needs no more buckets than this.
+MAX_BUCKETS = 1440
+RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
+
+
+class QueryError(ValueError):
+    """A question that cannot be answered as asked (unknown tier, window beyond retention)."""
+
+
+@dataclass(frozen=True)
+class Store:
+    client: redis.Redis
+    keys: StreamKeys
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(
+            connect(settings, decode=False),
+            StreamKeys(settings.stream),
+            parse_tiers(settings.tiers),
+        )
+
+    def tier(self, name: str) -> Tier:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        known = ", ".join(t.name for t in self.tiers)
+        raise QueryError(f"unknown tier {name!r}; tiers are {known}")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of one bucket or of a merged window."""
+
+    start_ms: int
+    end_ms: int
+    count: int
+    mean: float
+    min: float
+    max: float
+    std: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    first: float
+    first_ts_ms: int
+    last: float
+    last_ts_ms: int
+
+    @classmethod
+    def of(cls, start_ms: int, end_ms: int, b: BucketStats) -> Stats:
+        p50, p90, p95, p99 = b.percentiles((0.5, 0.9, 0.95, 0.99))
+        return cls(
+            start_ms, end_ms, b.count, b.mean, b.minimum, b.maximum, b.std, p50, p90, p95, p99,
+            b.first, b.first_ts_ms, b.last, b.last_ts_ms,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Window:
+    sensor_id: str
+    metric: str
+    tier: str
+    from_ms: int
+    to_ms: int
+    # The span of the buckets merged: wider than [from_ms, to_ms) when an edge bucket is partial.
+    covered_from_ms: int
+    covered_to_ms: int
+    partial_first_bucket: bool
+    partial_last_bucket: bool
+    buckets: int
+    stats: Stats | None
+
+
+@dataclass(frozen=True)
+class SensorInfo:
+    sensor_id: str
+    last_seen_ms: int
+    metrics: list[str]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    sensor_id: str
+    value: float
+    window: Window
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def buckets(
+    store: Store, sensor_id: str, metric: str, tier_name: str, from_ms: int, to_ms: int
+) -> list[Stats]:
+    """Every bucket of a tier that overlaps [from_ms, to_ms), oldest first."""
+    tier = store.tier(tier_name)
+    return [
+        Stats.of(start, start + tier.bucket_ms, b)
+        for start, b in _fetch(store, tier, sensor_id, metric, from_ms, to_ms)
+    ]
+
+
+def rolling(
+    store: Store,
+    sensor_id: str,
+    metric: str,
+    last_ms: int,
+    *,
+    at_ms: int | None = None,
+    tier_name: str | None = None,
+) -> Window:
+    """The statistics of the last `last_ms` before `at_ms` (default now), merged."""
+    to_ms = now_ms() if at_ms is None else at_ms
+    return window(store, sensor_id, metric, to_ms - last_ms, to_ms, tier_name)
+
+
+def window(
+    store: Store,
+    sensor_id: str,
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    tier_name: str | None = None,
+) -> Window:
+    """The statistics of [from_ms, to_ms), merged from the buckets that overlap it."""
+    tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
+    fetched = _fetch(store, tier, sensor_id, metric, from_ms, to_ms)
+    return _merge_window(sensor_id, metric, tier, from_ms, to_ms, fetched)
+
+
+def choose_tier(tiers: Sequence[Tier], span_ms: int) -> Tier:
+    """The finest tier that keeps the whole span and needs at most MAX_BUCKETS for it."""
+    for tier in tiers:
+        if span_ms <= tier.retention_ms and span_ms <= tier.bucket_ms * MAX_BUCKETS:
+            return tier
+    raise QueryError(f"no tier keeps a window of {span_ms} ms")
+
+
+def fleet_top(
+    store: Store, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
+) -> list[Ranked]:
+    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`."""
+    if by not in RANKINGS:
+        raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
+    to_ms = now_ms() if at_ms is None else at_ms
+    from_ms = to_ms - last_ms
+    tier = choose_tier(store.tiers, last_ms)
+    sensors = [info.sensor_id for info in list_sensors(store) if metric in info.metrics]
+    with_bins = by.startswith("p")
+    fetched = _fetch_many(store, tier, sensors, metric, from_ms, to_ms, with_bins)
+    ranked = []
+    for sensor_id, found in zip(sensors, fetched, strict=True):
+        merged = _merge_window(sensor_id, metric, tier, from_ms, to_ms, found)
+        if merged.stats is not None:
+            ranked.append(Ranked(sensor_id, float(getattr(merged.stats, by)), merged))
+    ranked.sort(key=lambda r: (-r.value, r.sensor_id))
+    return ranked[:n]
+
+
+def list_sensors(store: Store) -> list[SensorInfo]:
+    """Every sensor seen, with its metrics and the event time of its newest reading."""
+    with redis_errors():
+        seen = cast(
+            list[tuple[bytes, float]],
+            store.client.zrange(store.keys.sensors, 0, -1, withscores=True),
+        )
+        pipe = store.client.pipeline(transaction=False)
+        for sensor, _ in seen:
+            pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
+        metric_sets = pipe.execute()
+    return [
+        SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metrics))
+        for (sensor, score), metrics in zip(seen, metric_sets, strict=True)
+    ]
+
+
+def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
+    with redis_errors():
+        score = store.client.zscore(store.keys.sensors, sensor_id)
+        if score is None:
+            return None
+        metrics = cast(set[bytes], store.client.smembers(store.keys.sensor_metrics(sensor_id)))
+    return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
+
+
+def _chunks(tier: Tier, from_ms: int, to_ms: int) -> list[int]:
+    first = tier.chunk_of(tier.bucket_of(from_ms))
+    last = tier.chunk_of(tier.bucket_of(max(from_ms, to_ms - 1)))
+    return list(range(first, last + 1, tier.chunk_ms))
+
+
+def _fetch(
+    store: Store, tier: Tier, sensor_id: str, metric: str, from_ms: int, to_ms: int
+) -> list[tuple[int, BucketStats]]:
+    return _fetch_many(store, tier, [sensor_id], metric, from_ms, to_ms, True)[0]
+
+
+def _fetch_many(
+    store: Store,
+    tier: Tier,
+    sensors: Sequence[str],
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    with_bins: bool,
+) -> list[list[tuple[int, BucketStats]]]:
+    chunks = _chunks(tier, from_ms, to_ms)
+    first_bucket = tier.bucket_of(from_ms)
+    with redis_errors():
+        pipe = store.client.pipeline(transaction=False)
+        for sensor_id in sensors:
+            for chunk in chunks:
+                pipe.hgetall(store.keys.aggregate_chunk(tier.name, sensor_id, metric, chunk))
+        replies: list[dict[bytes, bytes]] = pipe.execute()
+    out = []
+    for i in range(len(sensors)):
+        found: list[tuple[int, BucketStats]] = []
+        for reply in replies[i * len(chunks) : (i + 1) * len(chunks)]:
+            found += _parse_chunk(reply, first_bucket, to_ms, with_bins)
+        found.sort(key=lambda item: item[0])
+        out.append(found)
+    return out
+
+
+def _parse_chunk(
+    reply: dict[bytes, bytes], first_bucket: int, to_ms: int, with_bins: bool
+) -> Iterable[tuple[int, BucketStats]]:
+    for field, summary in reply.items():
+        if field.endswith(b"h"):
+            continue
+        start = int(field)
+        if first_bucket <= start < to_ms:
+            bins = reply.get(field + b"h") if with_bins else None
+            yield start, BucketStats.unpack(summary, bins)
+
+
+def _merge_window(
+    sensor_id: str,
+    metric: str,
+    tier: Tier,
+    from_ms: int,
+    to_ms: int,
+    found: Sequence[tuple[int, BucketStats]],
+) -> Window:
+    if not found:
+        return Window(sensor_id, metric, tier.name, from_ms, to_ms, from_ms, to_ms, False, False,
+                      0, None)  # fmt: skip
+    merged = BucketStats.empty()
+    for _, bucket in found:
+        merged.merge(bucket)
+    covered_from, covered_to = found[0][0], found[-1][0] + tier.bucket_ms
+    return Window(
+        sensor_id=sensor_id,
+        metric=metric,
+        tier=tier.name,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        covered_from_ms=covered_from,
+        covered_to_ms=covered_to,
+        partial_first_bucket=covered_from < from_ms,
+        partial_last_bucket=covered_to > to_ms,
+        buckets=len(found),
+        stats=Stats.of(covered_from, covered_to, merged),
+    )

@@ -1,0 +1,60 @@
+"""A mergeable log-bucketed histogram (the DDSketch mapping) for percentiles.
+
+A value v with |v| > ZERO_LIMIT falls in bin k with gamma^(k-1) < |v| <= gamma^k, and the bin is
+represented by 2 gamma^k / (gamma + 1), which is within RELATIVE_ERROR of every value in it.
+Values closer to zero than ZERO_LIMIT share one bin represented by 0. Bins merge by adding
+counts, so buckets written by many consumers, and buckets merged at query time, give the same
+answer as one histogram over all the values.
+
+A percentile q of n values is the value of rank floor(q (n - 1)) in sorted order (numpy's
+`percentile(..., method="lower")`), to within RELATIVE_ERROR, and never outside [min, max].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+RELATIVE_ERROR = 0.01
+GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+LOG_GAMMA = math.log(GAMMA)
+ZERO_LIMIT = 1e-9
+# Bin keys: BIAS + k for positive values, -(BIAS + k) for negative ones, 0 for the zero bin.
+BIAS = 1 << 20
+
+
+def bin_keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    magnitude = np.abs(values)
+    with np.errstate(divide="ignore"):
+        k = np.ceil(np.log(np.maximum(magnitude, ZERO_LIMIT)) / LOG_GAMMA).astype(np.int64)
+    keys = BIAS + k
+    keys = np.where(values < 0, -keys, keys)
+    return np.where(magnitude <= ZERO_LIMIT, 0, keys)
+
+
+def bin_value(key: int) -> float:
+    if key == 0:
+        return 0.0
+    k = abs(key) - BIAS
+    value = 2 * GAMMA**k / (GAMMA + 1)
+    return -value if key < 0 else value
+
+
+def quantiles(
+    bins: Mapping[int, int], qs: Sequence[float], lowest: float, highest: float
+) -> list[float]:
+    """The q-quantiles (0 <= q <= 1, ascending) of the values counted in `bins` (not empty)."""
+    total = sum(bins.values())
+    ranks = [math.floor(q * (total - 1)) for q in qs]
+    out: list[float] = []
+    seen = 0
+    for key in sorted(bins, key=bin_value):
+        seen += bins[key]
+        while len(out) < len(ranks) and seen > ranks[len(out)]:
+            out.append(min(max(bin_value(key), lowest), highest))
+        if len(out) == len(ranks):
+            break
+    return out + [highest] * (len(ranks) - len(out))

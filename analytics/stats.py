@@ -1,0 +1,78 @@
+"""Statistics of one bucket: what is stored, how buckets merge, and what is reported.
+
+Stored per bucket, all mergeable: count, sum, sum of squares, min, max, first and last value with
+their event times, and a histogram (see `sketch`). Two buckets merge by adding or by min/max;
+"first" is the value with the smallest event time (the smaller value on a tie) and "last" the
+value with the largest (the larger value on a tie), so the merge order never matters.
+
+The summary is packed as nine little-endian doubles, the histogram as (int32 key, uint32 count)
+pairs; the Lua script that merges them in Redis reads the same layout.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from analytics.sketch import quantiles
+
+SUMMARY = struct.Struct("<9d")
+BIN = struct.Struct("<iI")
+
+
+@dataclass
+class BucketStats:
+    count: int
+    total: float
+    total_sq: float
+    minimum: float
+    maximum: float
+    first_ts_ms: int
+    first: float
+    last_ts_ms: int
+    last: float
+    bins: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> BucketStats:
+        """The identity of `merge`."""
+        return cls(0, 0.0, 0.0, math.inf, -math.inf, sys.maxsize, math.inf, -1, -math.inf)
+
+    @classmethod
+    def unpack(cls, summary: bytes, histogram: bytes | None) -> BucketStats:
+        c, s, q, lo, hi, fts, fv, lts, lv = SUMMARY.unpack(summary)
+        bins: dict[int, int] = {}
+        if histogram:
+            for key, count in BIN.iter_unpack(histogram):
+                bins[key] = bins.get(key, 0) + count
+        return cls(int(c), s, q, lo, hi, int(fts), fv, int(lts), lv, bins)
+
+    def merge(self, other: BucketStats) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.total_sq += other.total_sq
+        self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
+        self.first_ts_ms, self.first = min(
+            (self.first_ts_ms, self.first), (other.first_ts_ms, other.first)
+        )
+        self.last_ts_ms, self.last = max(
+            (self.last_ts_ms, self.last), (other.last_ts_ms, other.last)
+        )
+        for key, count in other.bins.items():
+            self.bins[key] = self.bins.get(key, 0) + count
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation."""
+        return math.sqrt(max(0.0, self.total_sq / self.count - self.mean**2))
+
+    def percentiles(self, qs: Sequence[float]) -> list[float]:
+        return quantiles(self.bins, qs, self.minimum, self.maximum)

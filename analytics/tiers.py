@@ -1,0 +1,38 @@
+"""Window tiers: tumbling buckets of one size, kept for one retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingest.durations import format_duration, parse_tier_spec
+
+# Buckets per storage chunk (one Redis hash per sensor, metric, tier and chunk).
+CHUNK_BUCKETS = 360
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    bucket_ms: int
+    retention_ms: int
+
+    @property
+    def chunk_ms(self) -> int:
+        return self.bucket_ms * CHUNK_BUCKETS
+
+    def bucket_of(self, ts_ms: int) -> int:
+        return ts_ms - ts_ms % self.bucket_ms
+
+    def chunk_of(self, bucket_ms: int) -> int:
+        return bucket_ms - bucket_ms % self.chunk_ms
+
+    def chunk_expires_at_ms(self, chunk_ms: int) -> int:
+        return chunk_ms + self.chunk_ms + self.retention_ms
+
+
+def parse_tiers(text: str) -> tuple[Tier, ...]:
+    """`10s:6h,1m:7d,1h:90d` -> tiers, finest first; ValueError says what to fix."""
+    return tuple(
+        Tier(format_duration(bucket_ms), bucket_ms, retention_ms)
+        for bucket_ms, retention_ms in parse_tier_spec(text)
+    )
