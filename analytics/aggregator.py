@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from analytics.preaggregate import BatchOutcome, preaggregate
@@ -30,7 +31,8 @@ APPLY_BATCH = LuaScript("analytics", "apply_batch.lua")
 # Readings stamped further ahead of the aggregator's clock than this are counted as too new:
 # their buckets would outlive every retention.
 MAX_FUTURE_MS = 3_600_000
-FIXED_KEYS = 4
+# Bound on the (sensor, metric) pairs one process remembers having put in the sensor index.
+KNOWN_PAIRS_LIMIT = 1_000_000
 
 
 @dataclass
@@ -52,6 +54,7 @@ class _Args:
         self.keys: list[str] = [keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors]
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
+        self.new_pairs: set[tuple[str, str]] = set()
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -81,6 +84,8 @@ class Aggregator:
         self.tiers = tiers
         self.clock_ms = clock_ms
         self.stats = AggregatorStats()
+        # (sensor, metric) pairs already in the sensor index: not sent again.
+        self._known_pairs: set[tuple[str, str]] = set()
 
     def __call__(self, batch: Batch[Reading]) -> None:
         readings = [entry.value for entry in batch.entries]
@@ -98,9 +103,8 @@ class Aggregator:
                 self.stats.not_owned += 1
                 log.info("batch of %d no longer ours; dropped", len(batch.entries))
                 return
-            seen = set(result[1])
             with_seq = _with_seq(readings)
-            repeated = {id(with_seq[i]) for i in seen}
+            repeated = {id(with_seq[i]) for i in result[1]}
             readings = [r for r in readings if id(r) not in repeated]
             duplicates += len(repeated)
 
@@ -108,7 +112,12 @@ class Aggregator:
         outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
         args = self._arguments(batch, readings, duplicates, outcome)
         with redis_errors():
-            return APPLY_BATCH(self.client, args.keys, args.argv)
+            result = APPLY_BATCH(self.client, args.keys, args.argv)
+        if result == 1:
+            if len(self._known_pairs) > KNOWN_PAIRS_LIMIT:
+                self._known_pairs.clear()
+            self._known_pairs |= args.new_pairs
+        return result
 
     def _arguments(
         self,
@@ -119,7 +128,8 @@ class Aggregator:
     ) -> _Args:
         args = _Args(self.keys)
         ids = batch.ids
-        args.argv += [batch.group, batch.consumer, min(ids), max(ids)]
+        # Entries arrive in stream order; IDs do not sort as strings ("5-10" < "5-9").
+        args.argv += [batch.group, batch.consumer, ids[0], ids[-1]]
         args.section([[entry_id] for entry_id in ids])
         increments = [
             ("aggregated", outcome.aggregated),
@@ -134,32 +144,50 @@ class Aggregator:
                 for r in _with_seq(readings)
             ]
         )
-        last_seen: dict[str, int] = {}
-        metrics: set[tuple[str, str]] = set()
+        newest: dict[str, int] = {}
         for r in readings:
-            last_seen[r.sensor_id] = max(r.ts_ms, last_seen.get(r.sensor_id, 0))
-            metrics.update((r.sensor_id, m) for m in r.metrics)
-        args.section([[ts, sensor] for sensor, ts in last_seen.items()])
+            if r.ts_ms > newest.get(r.sensor_id, -1):
+                newest[r.sensor_id] = r.ts_ms
+        args.section([[ts, sensor] for sensor, ts in newest.items()])
+        args.new_pairs = {(r.sensor_id, m) for r in readings for m in r.metrics}
+        args.new_pairs -= self._known_pairs
         args.section(
-            [[args.key(self.keys.sensor_metrics(sensor)), metric] for sensor, metric in metrics]
+            [[args.key(self.keys.sensor_metrics(s)), metric] for s, metric in args.new_pairs]
         )
-        args.section(
-            [
-                [
-                    args.key(
-                        self.keys.aggregate_chunk(
-                            d.tier.name, d.sensor_id, d.metric, d.tier.chunk_of(d.bucket_ms)
-                        )
-                    ),
-                    d.bucket_ms,
-                    d.summary,
-                    d.histogram,
-                    d.tier.chunk_expires_at_ms(d.tier.chunk_of(d.bucket_ms)),
-                ]
-                for d in outcome.deltas
-            ]
-        )
+        self._delta_section(args, outcome)
         return args
+
+    def _delta_section(self, args: _Args, outcome: BatchOutcome) -> None:
+        """Bucket deltas as a handful of packed arguments rather than several per bucket:
+        packing tens of thousands of small arguments would cost more than everything else."""
+        key_index: list[int] = []
+        fields: list[str] = []
+        summaries, bins, offsets = [], [], [np.zeros(1, np.int64)]
+        expiring: dict[int, int] = {}
+        bins_so_far = 0
+        pairs = outcome.pairs
+        for deltas in outcome.tiers:
+            tier = deltas.tier
+            for p, bucket in zip(deltas.pair.tolist(), deltas.bucket.tolist(), strict=True):
+                sensor_id, metric = pairs[p]
+                chunk = tier.chunk_of(bucket)
+                index = args.key(self.keys.aggregate_chunk(tier.name, metric, chunk))
+                expiring[index] = tier.chunk_expires_at_ms(chunk)
+                key_index.append(index)
+                fields.append(f"{sensor_id}|{bucket}")
+            summaries.append(deltas.summaries)
+            bins.append(deltas.bins)
+            offsets.append(deltas.bin_offsets[1:] + bins_so_far)
+            bins_so_far += len(deltas.bins)
+        args.argv += [
+            len(fields),
+            np.asarray(key_index, dtype="<i4").tobytes(),
+            ",".join(fields),
+            b"".join(summaries),
+            b"".join(bins),
+            np.concatenate(offsets).astype("<i4").tobytes(),
+        ]
+        args.section([[index, at] for index, at in expiring.items()])
 
 
 def _with_seq(readings: Sequence[Reading]) -> list[Reading]:

@@ -24,18 +24,27 @@ assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
 
 
 @dataclass(frozen=True)
-class Delta:
+class TierDeltas:
+    """The merged statistics of every bucket of one tier that a batch touches, as arrays and
+    packed bytes ready for the apply script: group g is pair `pairs[pair[g]]`, bucket
+    `bucket[g]`, summary bytes g*72..(g+1)*72 of `summaries` and histogram bytes
+    `bin_offsets[g]..bin_offsets[g+1]` of `bins`."""
+
     tier: Tier
-    sensor_id: str
-    metric: str
-    bucket_ms: int
-    summary: bytes
-    histogram: bytes
+    pair: npt.NDArray[np.int64]
+    bucket: npt.NDArray[np.int64]
+    summaries: bytes
+    bins: bytes
+    bin_offsets: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.pair)
 
 
 @dataclass
 class BatchOutcome:
-    deltas: list[Delta]
+    pairs: list[tuple[str, str]]
+    tiers: list[TierDeltas]
     # Per reading: did it land in at least one tier? Readings that did not are too old or too
     # far in the future and are counted, never merged elsewhere.
     aggregated: int
@@ -75,18 +84,20 @@ def preaggregate(
     flat = Flat(readings)
     landed = np.zeros(flat.readings, dtype=bool)
     too_new_rows = flat.ts > now_ms + max_future_ms
-    deltas: list[Delta] = []
+    deltas: list[TierDeltas] = []
     tier_drops: dict[str, int] = {}
     for tier in tiers:
         bucket = flat.ts - flat.ts % tier.bucket_ms
         keep = (bucket + tier.bucket_ms + tier.retention_ms > now_ms) & ~too_new_rows
         tier_drops[tier.name] = int((~keep & ~too_new_rows).sum())
         landed[flat.reading[keep]] = True
-        deltas += _tier_deltas(flat, tier, bucket, keep)
+        if keep.any():
+            deltas.append(_tier_deltas(flat, tier, bucket, keep))
     too_new = np.zeros(flat.readings, dtype=bool)
     too_new[flat.reading[too_new_rows]] = True
     return BatchOutcome(
-        deltas=deltas,
+        pairs=flat.pairs,
+        tiers=deltas,
         aggregated=int(landed.sum()),
         too_old=int((~landed & ~too_new).sum()),
         too_new=int(too_new.sum()),
@@ -96,9 +107,7 @@ def preaggregate(
 
 def _tier_deltas(
     flat: Flat, tier: Tier, bucket: npt.NDArray[np.int64], keep: npt.NDArray[np.bool_]
-) -> list[Delta]:
-    if not keep.any():
-        return []
+) -> TierDeltas:
     pair, bucket, ts = flat.pair[keep], bucket[keep], flat.ts[keep]
     value, keys = flat.value[keep], flat.keys[keep]
     # Sorted by group, then time, then value: a group's first row is its "first" and its last
@@ -125,18 +134,4 @@ def _tier_deltas(
     bin_bytes = bins.tobytes()
     bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1)) * BIN.size
 
-    size = SUMMARY.size
-    pairs = flat.pairs
-    first_pairs, first_buckets = pair[starts].tolist(), bucket[starts].tolist()
-    edges = bin_edges.tolist()
-    return [
-        Delta(
-            tier,
-            pairs[p][0],
-            pairs[p][1],
-            b,
-            summaries[g * size : (g + 1) * size],
-            bin_bytes[edges[g] : edges[g + 1]],
-        )
-        for g, (p, b) in enumerate(zip(first_pairs, first_buckets, strict=True))
-    ]
+    return TierDeltas(tier, pair[starts], bucket[starts], summaries, bin_bytes, bin_edges)

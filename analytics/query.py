@@ -11,7 +11,7 @@ buckets actually cover and whether the first or last one reaches outside the win
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -66,10 +66,11 @@ class Stats:
     min: float
     max: float
     std: float
-    p50: float
-    p90: float
-    p95: float
-    p99: float
+    # Percentiles are within sketch.RELATIVE_ERROR; None where histograms were not read.
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
     first: float
     first_ts_ms: int
     last: float
@@ -181,7 +182,7 @@ def fleet_top(
     for sensor_id, found in zip(sensors, fetched, strict=True):
         merged = _merge_window(sensor_id, metric, tier, from_ms, to_ms, found)
         if merged.stats is not None:
-            ranked.append(Ranked(sensor_id, float(getattr(merged.stats, by)), merged))
+            ranked.append(Ranked(sensor_id, getattr(merged.stats, by), merged))
     ranked.sort(key=lambda r: (-r.value, r.sensor_id))
     return ranked[:n]
 
@@ -212,12 +213,6 @@ def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
     return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
 
 
-def _chunks(tier: Tier, from_ms: int, to_ms: int) -> list[int]:
-    first = tier.chunk_of(tier.bucket_of(from_ms))
-    last = tier.chunk_of(tier.bucket_of(max(from_ms, to_ms - 1)))
-    return list(range(first, last + 1, tier.chunk_ms))
-
-
 def _fetch(
     store: Store, tier: Tier, sensor_id: str, metric: str, from_ms: int, to_ms: int
 ) -> list[tuple[int, BucketStats]]:
@@ -233,34 +228,30 @@ def _fetch_many(
     to_ms: int,
     with_bins: bool,
 ) -> list[list[tuple[int, BucketStats]]]:
-    chunks = _chunks(tier, from_ms, to_ms)
-    first_bucket = tier.bucket_of(from_ms)
+    """Each sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
+    starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
+    by_chunk: dict[int, list[tuple[int, int, bytes]]] = {}
+    for start in starts:
+        items = by_chunk.setdefault(tier.chunk_of(start), [])
+        items += [
+            (s, start, f"{sensor_id}|{start}".encode()) for s, sensor_id in enumerate(sensors)
+        ]
     with redis_errors():
         pipe = store.client.pipeline(transaction=False)
-        for sensor_id in sensors:
-            for chunk in chunks:
-                pipe.hgetall(store.keys.aggregate_chunk(tier.name, sensor_id, metric, chunk))
-        replies: list[dict[bytes, bytes]] = pipe.execute()
-    out = []
-    for i in range(len(sensors)):
-        found: list[tuple[int, BucketStats]] = []
-        for reply in replies[i * len(chunks) : (i + 1) * len(chunks)]:
-            found += _parse_chunk(reply, first_bucket, to_ms, with_bins)
-        found.sort(key=lambda item: item[0])
-        out.append(found)
+        for chunk, items in by_chunk.items():
+            fields = [field for _, _, field in items]
+            if with_bins:
+                fields += [field + b"|h" for _, _, field in items]
+            pipe.hmget(store.keys.aggregate_chunk(tier.name, metric, chunk), fields)
+        replies: list[list[bytes | None]] = pipe.execute()
+    out: list[list[tuple[int, BucketStats]]] = [[] for _ in sensors]
+    for items, values in zip(by_chunk.values(), replies, strict=True):
+        for n, (s, start, _) in enumerate(items):
+            summary = values[n]
+            if summary is not None:
+                bins = values[len(items) + n] if with_bins else None
+                out[s].append((start, BucketStats.unpack(summary, bins)))
     return out
-
-
-def _parse_chunk(
-    reply: dict[bytes, bytes], first_bucket: int, to_ms: int, with_bins: bool
-) -> Iterable[tuple[int, BucketStats]]:
-    for field, summary in reply.items():
-        if field.endswith(b"h"):
-            continue
-        start = int(field)
-        if first_bucket <= start < to_ms:
-            bins = reply.get(field + b"h") if with_bins else None
-            yield start, BucketStats.unpack(summary, bins)
 
 
 def _merge_window(

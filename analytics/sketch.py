@@ -45,11 +45,14 @@ def bin_value(key: int) -> float:
 
 def quantiles(
     bins: Mapping[int, int], qs: Sequence[float], lowest: float, highest: float
-) -> list[float]:
-    """The q-quantiles (0 <= q <= 1, ascending) of the values counted in `bins` (not empty)."""
+) -> list[float | None]:
+    """The q-quantiles (0 <= q <= 1, ascending) of the values counted in `bins`; None for each
+    when there are no bins."""
     total = sum(bins.values())
+    if total == 0:
+        return [None] * len(qs)
     ranks = [math.floor(q * (total - 1)) for q in qs]
-    out: list[float] = []
+    out: list[float | None] = []
     seen = 0
     for key in sorted(bins, key=bin_value):
         seen += bins[key]

@@ -5,8 +5,9 @@ their event times, and a histogram (see `sketch`). Two buckets merge by adding o
 "first" is the value with the smallest event time (the smaller value on a tie) and "last" the
 value with the largest (the larger value on a tie), so the merge order never matters.
 
-The summary is packed as nine little-endian doubles, the histogram as (int32 key, uint32 count)
-pairs; the Lua script that merges them in Redis reads the same layout.
+A bucket is stored as its summary packed as nine little-endian doubles and its histogram as
+(int32 key, uint32 count) pairs; the Lua script that merges them in Redis reads the same
+layout.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class BucketStats:
 
     @classmethod
     def unpack(cls, summary: bytes, histogram: bytes | None) -> BucketStats:
+        """A stored bucket; a histogram may list a bin more than once."""
         c, s, q, lo, hi, fts, fv, lts, lv = SUMMARY.unpack(summary)
         bins: dict[int, int] = {}
         if histogram:
@@ -74,5 +76,5 @@ class BucketStats:
         """Population standard deviation."""
         return math.sqrt(max(0.0, self.total_sq / self.count - self.mean**2))
 
-    def percentiles(self, qs: Sequence[float]) -> list[float]:
+    def percentiles(self, qs: Sequence[float]) -> list[float | None]:
         return quantiles(self.bins, qs, self.minimum, self.maximum)

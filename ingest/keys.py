@@ -57,8 +57,9 @@ class StreamKeys:
         """Bitmap of the `seq` values seen recently, as a ring indexed by seq modulo its size."""
         return f"{self.stream}:seqwin:{sensor_id}"
 
-    def aggregate_chunk(self, tier: str, sensor_id: str, metric: str, chunk_ms: int) -> str:
-        """Hash bucket_ms -> packed statistics (and bucket_ms + "h" -> histogram) for the
-        buckets of one chunk. Sensor ids may contain ':'; metric names and times cannot, so the
-        name reads unambiguously from the right."""
-        return f"{self.stream}:agg:{tier}:{sensor_id}:{metric}:{chunk_ms}"
+    def aggregate_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
+        """Hash of one tier's buckets of one metric over one chunk of time, for every sensor:
+        field `{sensor_id}|{bucket_ms}` -> packed statistics, and the same field with `|h`
+        appended -> the bucket's histogram. One hash per chunk lets a batch update thousands
+        of buckets with a few commands, and lets a fleet question read every sensor at once."""
+        return f"{self.stream}:agg:{tier}:{metric}:{chunk_ms}"

@@ -7,11 +7,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ingest.runtime import OneLineArgumentParser, configure_logging, run_command
+import uvicorn
+
+from analytics.api import create_app
+from analytics.query import RANKINGS
+from analytics.worker import run_aggregator
+from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import Settings, add_settings_arguments
 from simulator.cli import add_simulate_arguments, run_simulate
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
+from telemetry.querycmd import fleet_query, sensor_query, sensors_listing
 from telemetry.up import run_up
 
 Action = Callable[[Settings, argparse.Namespace], int | None]
@@ -46,6 +52,30 @@ def _dead_letter_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if complete else 1
 
 
+def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
+    run_aggregator(settings, args.consumer, drain=args.drain)
+
+
+def _query(settings: Settings, args: argparse.Namespace) -> None:
+    if args.fleet:
+        print(fleet_query(settings, args.metric, args.top, args.by, args.last or "15m",
+                          args.format, args.tz))  # fmt: skip
+        return
+    if args.sensor_id is None:
+        raise CommandLineError("give a SENSOR or --fleet")
+    print(sensor_query(settings, args.sensor_id, args.metric, args.tier, args.since, args.until,
+                       args.last, args.format, args.tz))  # fmt: skip
+
+
+def _sensors(settings: Settings, args: argparse.Namespace) -> None:
+    print(sensors_listing(settings, args.format, args.tz))
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> None:
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level=settings.log_level.lower())  # fmt: skip
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     return run_up(settings, os.environ, args.fleet, args.rate)
 
@@ -77,6 +107,29 @@ def build_parser() -> OneLineArgumentParser:
     consume.add_argument(
         "--start-id", default="0", help="where a new group starts: 0 (all) or $ (new only)"
     )
+
+    aggregate = command("aggregate", _aggregate, "run a worker of the aggregates group")
+    aggregate.add_argument("--consumer", help="consumer name (default: host-pid)")
+    aggregate.add_argument("--drain", action="store_true", help="exit when nothing is left")
+
+    question = command("query", _query, "aggregates of a sensor, or the fleet's top sensors")
+    question.add_argument("sensor_id", metavar="SENSOR", nargs="?")
+    question.add_argument("--metric", help="one metric (default: all of the sensor's)")
+    question.add_argument("--tier", help="bucket tier such as 10s, 1m, 1h (default: finest fit)")
+    question.add_argument("--since", default="1h", help="ISO 8601 or a time ago (default 1h)")
+    question.add_argument("--until", default="now", help="ISO 8601, a time ago, or now")
+    question.add_argument("--last", help="one merged window over the last 5m, 1h, ...")
+    question.add_argument("--fleet", action="store_true", help="rank sensors instead")
+    question.add_argument("--top", type=int, default=10, help="with --fleet: how many")
+    question.add_argument("--by", choices=RANKINGS, default="mean", help="with --fleet: rank by")
+    question.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    question.add_argument("--tz", help="show times in this zone, such as Europe/Paris (UTC)")
+
+    listing_sensors = command("sensors", _sensors, "every known sensor, its metrics, last seen")
+    listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
+
+    command("api", _api, "serve the HTTP API (OpenAPI docs at /docs)")
 
     status = command("status", _status, "stream length, groups, lag, pending, trimming risk")
     status.add_argument("--format", choices=["table", "json"], default="table")

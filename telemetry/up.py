@@ -41,6 +41,8 @@ def services(fleet: int, rate: float) -> list[Service]:
     """What runs: each entry is a `telemetry` subcommand."""
     return [
         Service("simulator", ["simulate", "--fleet", str(fleet), "--rate", str(rate)]),
+        Service("aggregator", ["aggregate"]),
+        Service("api", ["api"]),
     ]
 
 

@@ -13,8 +13,11 @@
 -- ARGV: group, consumer, min id, max id, n ids, ids...,
 --       n ledger increments, (field, amount)...,
 --       n seqs, (window key index, sensor, seq)... sorted by sensor then seq,
---       n sensors, (sensor, last ts)..., n metric adds, (metric set key index, metric)...,
---       n deltas, (chunk key index, bucket field, summary, histogram, expire-at ms)...
+--       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
+--       n deltas, then packed: chunk key index (int32), hash fields `sensor|bucket`
+--       (comma-separated), summaries (72 bytes each), histograms (concatenated), histogram
+--       offsets (n + 1 int32),
+--       n chunk keys, (key index, expire-at ms)...
 
 local SEQ_WINDOW = 4096
 local stream, ledger, seq_high, sensors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -59,22 +62,56 @@ for i = 1, tonumber(take()) do
   seqs[i] = {KEYS[tonumber(take())], take(), tonumber(take())}
 end
 
--- 3. No (sensor, seq) of the batch may have been counted already.
-local function seen(window, sensor, seq)
-  local high = redis.call('HGET', seq_high, sensor)
-  if not high then
-    return false
+-- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
+local function call_in_slices(command, key, values, per_call)
+  local out = {}
+  for first = 1, #values, per_call do
+    local got = redis.call(command, key, unpack(values, first, math.min(first + per_call - 1, #values)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do out[#out + 1] = v end
+    end
   end
-  high = tonumber(high)
-  if seq > high or seq <= high - SEQ_WINDOW then
-    return false
+  return out
+end
+
+-- 3. No (sensor, seq) of the batch may have been counted already. The seqs come sorted by
+-- sensor then seq; each sensor's window is read and written with one BITFIELD.
+local sensor_order, by_sensor = {}, {}
+for i, s in ipairs(seqs) do
+  local group = by_sensor[s[2]]
+  if not group then
+    group = {window = s[1], items = {}}
+    by_sensor[s[2]] = group
+    sensor_order[#sensor_order + 1] = s[2]
   end
-  return redis.call('GETBIT', window, seq % SEQ_WINDOW) == 1
+  group.items[#group.items + 1] = {i - 1, s[3]}
+end
+local highs = {}
+local got = call_in_slices('HMGET', seq_high, sensor_order, 1000)
+for i, sensor in ipairs(sensor_order) do
+  highs[sensor] = got[i] and tonumber(got[i]) or nil
 end
 local already = {}
-for i, s in ipairs(seqs) do
-  if seen(s[1], s[2], s[3]) then
-    already[#already + 1] = i - 1
+for _, sensor in ipairs(sensor_order) do
+  local group, high = by_sensor[sensor], highs[sensor]
+  if high then
+    local ops, positions = {}, {}
+    for _, item in ipairs(group.items) do
+      local seq = item[2]
+      if seq <= high and seq > high - SEQ_WINDOW then
+        ops[#ops + 1] = 'GET'
+        ops[#ops + 1] = 'u1'
+        ops[#ops + 1] = seq % SEQ_WINDOW
+        positions[#positions + 1] = item[1]
+      end
+    end
+    if #ops > 0 then
+      for j, bit in ipairs(call_in_slices('BITFIELD', group.window, ops, 3000)) do
+        if bit == 1 then
+          already[#already + 1] = positions[j]
+        end
+      end
+    end
   end
 end
 if #already > 0 then
@@ -83,43 +120,67 @@ end
 
 -- 4. Record the seqs: gaps when a sensor skips ahead, filled gaps when a late one arrives.
 local gaps, filled, beyond = 0, 0, 0
-for _, s in ipairs(seqs) do
-  local window, sensor, seq = s[1], s[2], s[3]
-  local high = redis.call('HGET', seq_high, sensor)
-  if not high then
-    redis.call('SETBIT', window, seq % SEQ_WINDOW, 1)
-    redis.call('HSET', seq_high, sensor, seq)
-  else
-    high = tonumber(high)
-    if seq > high then
+local new_highs = {}
+for _, sensor in ipairs(sensor_order) do
+  local group, high = by_sensor[sensor], highs[sensor]
+  local ops = {}
+  for _, item in ipairs(group.items) do
+    local seq, record = item[2], true
+    if not high then
+      high = seq
+    elseif seq > high then
       gaps = gaps + (seq - high - 1)
       if seq - high >= SEQ_WINDOW then
-        redis.call('DEL', window)
+        redis.call('DEL', group.window)
+        ops = {}
       else
         for skipped = high + 1, seq - 1 do
-          redis.call('SETBIT', window, skipped % SEQ_WINDOW, 0)
+          ops[#ops + 1] = 'SET'
+          ops[#ops + 1] = 'u1'
+          ops[#ops + 1] = skipped % SEQ_WINDOW
+          ops[#ops + 1] = 0
         end
       end
-      redis.call('SETBIT', window, seq % SEQ_WINDOW, 1)
-      redis.call('HSET', seq_high, sensor, seq)
+      high = seq
     elseif seq > high - SEQ_WINDOW then
-      redis.call('SETBIT', window, seq % SEQ_WINDOW, 1)
       filled = filled + 1
     else
       beyond = beyond + 1
+      record = false
+    end
+    if record then
+      ops[#ops + 1] = 'SET'
+      ops[#ops + 1] = 'u1'
+      ops[#ops + 1] = seq % SEQ_WINDOW
+      ops[#ops + 1] = 1
     end
   end
+  if #ops > 0 then
+    call_in_slices('BITFIELD', group.window, ops, 4000)
+  end
+  new_highs[#new_highs + 1] = sensor
+  new_highs[#new_highs + 1] = string.format('%.0f', high)
+end
+if #new_highs > 0 then
+  call_in_slices('HSET', seq_high, new_highs, 2000)
 end
 
--- 5. Sensor index.
+-- 5. Sensor index: newest event time per sensor, and each sensor's metric names.
+local newest = {'GT'}
 for _ = 1, tonumber(take()) do
-  redis.call('ZADD', sensors, 'GT', tonumber(take()), take())
+  newest[#newest + 1] = take()
+  newest[#newest + 1] = take()
+end
+if #newest > 1 then
+  for first = 2, #newest, 2000 do
+    redis.call('ZADD', sensors, 'GT', unpack(newest, first, math.min(first + 1999, #newest)))
+  end
 end
 for _ = 1, tonumber(take()) do
   redis.call('SADD', KEYS[tonumber(take())], take())
 end
 
--- 6. Merge the bucket deltas.
+-- 6. Merge the bucket deltas, and expire every chunk key with its tier.
 local SUMMARY = '<ddddddddd'
 local function merge_summary(old, new)
   local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
@@ -134,45 +195,89 @@ local function merge_summary(old, new)
     fts1, fv1, lts1, lv1)
 end
 
+-- Histograms: (int32 key, uint32 count) pairs. Unpacked and packed with one struct call each,
+-- since a stored histogram can hold hundreds of bins.
 local function merge_bins(old, new)
   local counts, order = {}, {}
   for _, packed in ipairs({old, new}) do
-    local at = 1
-    while at < #packed do
-      local key, count
-      key, count, at = struct.unpack('<i4I4', packed, at)
-      if counts[key] then
-        counts[key] = counts[key] + count
-      else
-        counts[key] = count
-        order[#order + 1] = key
+    local n = #packed / 8
+    if n > 0 then
+      local values = {struct.unpack('<' .. string.rep('i4I4', n, ''), packed)}
+      for i = 1, 2 * n, 2 do
+        local key, count = values[i], values[i + 1]
+        if counts[key] then
+          counts[key] = counts[key] + count
+        else
+          counts[key] = count
+          order[#order + 1] = key
+        end
       end
     end
   end
-  local parts = {}
+  local flat = {}
   for i, key in ipairs(order) do
-    parts[i] = struct.pack('<i4I4', key, counts[key])
+    flat[2 * i - 1] = key
+    flat[2 * i] = counts[key]
   end
-  return table.concat(parts)
+  return struct.pack('<' .. string.rep('i4I4', #order, ''), unpack(flat))
 end
 
-local expiring = {}
+-- A histogram may list a bin more than once (readers add them up): new bins are appended, and
+-- merged into one entry per bin only when the histogram grows past a limit. Merging on every
+-- update would cost most of the script's time for the coarse tiers' wide histograms.
+local COMPACT_BYTES = 2048
+local function add_bins(old, new)
+  if #old + #new <= COMPACT_BYTES then
+    return old .. new
+  end
+  return merge_bins(old, new)
+end
+
+local n_deltas = tonumber(take())
+local key_index, fields, summaries, bins, offsets = take(), take(), take(), take(), take()
+-- Group the deltas by chunk hash, then read and write each hash with one HMGET and one HSET.
+local by_key, key_order = {}, {}
+local i = 0
+for field in string.gmatch(fields, '[^,]+') do
+  local index = struct.unpack('<i4', key_index, i * 4 + 1)
+  local from, to = struct.unpack('<i4i4', offsets, i * 4 + 1)
+  local group = by_key[index]
+  if not group then
+    group = {}
+    by_key[index] = group
+    key_order[#key_order + 1] = index
+  end
+  group[#group + 1] = {field, string.sub(summaries, i * 72 + 1, i * 72 + 72),
+    string.sub(bins, from + 1, to)}
+  i = i + 1
+end
+if i ~= n_deltas then
+  return redis.error_reply('apply_batch: ' .. i .. ' bucket fields for ' .. n_deltas .. ' deltas')
+end
+for _, index in ipairs(key_order) do
+  local key, group = KEYS[index], by_key[index]
+  local wanted = {}
+  for j, delta in ipairs(group) do
+    wanted[2 * j - 1] = delta[1]
+    wanted[2 * j] = delta[1] .. '|h'
+  end
+  local old = call_in_slices('HMGET', key, wanted, 4000)
+  local values = {}
+  for j, delta in ipairs(group) do
+    local summary, histogram = delta[2], delta[3]
+    if old[2 * j - 1] then
+      summary = merge_summary(old[2 * j - 1], summary)
+      histogram = add_bins(old[2 * j] or '', histogram)
+    end
+    values[#values + 1] = delta[1]
+    values[#values + 1] = summary
+    values[#values + 1] = delta[1] .. '|h'
+    values[#values + 1] = histogram
+  end
+  call_in_slices('HSET', key, values, 4000)
+end
 for _ = 1, tonumber(take()) do
-  local key = KEYS[tonumber(take())]
-  local field, summary, bins, expire_at = take(), take(), take(), take()
-  local bins_field = field .. 'h'
-  local old = redis.call('HMGET', key, field, bins_field)
-  if old[1] then
-    summary = merge_summary(old[1], summary)
-  end
-  if old[2] then
-    bins = merge_bins(old[2], bins)
-  end
-  redis.call('HSET', key, field, summary, bins_field, bins)
-  if not expiring[key] then
-    redis.call('PEXPIREAT', key, expire_at)
-    expiring[key] = true
-  end
+  redis.call('PEXPIREAT', KEYS[tonumber(take())], take())
 end
 
 -- 7. The ledger, then the acknowledgement.

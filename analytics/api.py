@@ -1,0 +1,121 @@
+"""The HTTP API (FastAPI): aggregates and sensors as JSON, with OpenAPI docs at /docs.
+
+telemetry api      # or: uvicorn --factory analytics.api:app_from_environment
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from analytics import query
+from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
+from analytics.times import parse_time_ms
+from ingest.durations import parse_duration_ms
+from ingest.errors import RedisUnavailable
+from ingest.reading import SENSOR_ID
+from ingest.settings import Settings
+
+SensorId = Annotated[str, Path(pattern=SENSOR_ID.pattern, description="a sensor id")]
+Metric = Annotated[str, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="metric name")]
+
+
+def _duration(text: str, name: str) -> int:
+    try:
+        return parse_duration_ms(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: {exc}") from None
+
+
+def _time(text: str, name: str, now_ms: int) -> int:
+    try:
+        return parse_time_ms(text, now_ms)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: {exc}") from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    store = Store.from_settings(settings)
+    app = FastAPI(
+        title="telemetry",
+        description="Rolling aggregates per sensor and metric, from the `aggregates` group.",
+    )
+
+    def known_sensor(sensor_id: str) -> SensorInfo:
+        info = query.sensor_info(store, sensor_id)
+        if info is None:
+            raise HTTPException(404, f"unknown sensor {sensor_id!r}")
+        return info
+
+    @app.exception_handler(RedisUnavailable)
+    async def redis_down(_request: Request, exc: RedisUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        store.client.ping()
+        return {"status": "ok"}
+
+    @app.get("/sensors")
+    def sensors() -> list[SensorInfo]:
+        """Every sensor seen, with its metrics and the time of its newest reading."""
+        return query.list_sensors(store)
+
+    @app.get("/sensors/{sensor_id}", responses={404: {"description": "unknown sensor"}})
+    def sensor(sensor_id: SensorId) -> SensorInfo:
+        return known_sensor(sensor_id)
+
+    @app.get("/sensors/{sensor_id}/aggregates", responses={404: {"description": "unknown sensor"}})
+    def aggregates(
+        sensor_id: SensorId,
+        metric: Metric,
+        tier: str = "1m",
+        from_: Annotated[str, Query(alias="from", description="ISO 8601, now, or 1h ago")] = "1h",
+        to: Annotated[str, Query(description="ISO 8601, now, or a time ago")] = "now",
+    ) -> list[Stats]:
+        """Every bucket of a tier between two times, oldest first."""
+        known_sensor(sensor_id)
+        now = query.now_ms()
+        start, end = _time(from_, "from", now), _time(to, "to", now)
+        if start >= end:
+            raise HTTPException(422, "from must be before to")
+        try:
+            return query.buckets(store, sensor_id, metric, tier, start, end)
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/sensors/{sensor_id}/rolling", responses={404: {"description": "unknown sensor"}})
+    def rolling(
+        sensor_id: SensorId,
+        metric: Metric,
+        last: Annotated[str, Query(description="window length: 30s, 5m, 1h, 7d")] = "5m",
+        tier: str | None = None,
+    ) -> Window:
+        """The last N minutes merged; the answer says which span its buckets cover."""
+        known_sensor(sensor_id)
+        try:
+            return query.rolling(store, sensor_id, metric, _duration(last, "last"), tier_name=tier)
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/fleet/top")
+    def fleet_top(
+        metric: Metric,
+        by: Annotated[str, Query(pattern="^(" + "|".join(query.RANKINGS) + ")$")] = "mean",
+        last: str = "15m",
+        n: Annotated[int, Query(ge=1, le=1000)] = 10,
+    ) -> list[Ranked]:
+        """The n sensors ranking highest by a statistic over the last window."""
+        try:
+            return query.fleet_top(store, metric, by, _duration(last, "last"), n)
+        except QueryError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    return create_app(Settings.load(os.environ))

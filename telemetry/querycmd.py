@@ -1,0 +1,161 @@
+"""`telemetry query` and `telemetry sensors`: answers as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from analytics import query
+from analytics.query import QueryError, Stats, Store
+from analytics.times import iso, parse_time_ms
+from ingest.durations import parse_duration_ms
+from ingest.runtime import CommandLineError
+from ingest.settings import Settings
+
+STAT_COLUMNS = ["count", "mean", "min", "max", "std", "p50", "p90", "p95", "p99", "first", "last"]
+
+
+def zone(name: str | None) -> tzinfo | None:
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CommandLineError(f"--tz: unknown time zone {name!r}") from None
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _stats_row(stats: Stats, tz: tzinfo | None) -> dict[str, str]:
+    row = {"start": iso(stats.start_ms, tz), "end": iso(stats.end_ms, tz)}
+    row.update({c: str(stats.count) if c == "count" else _number(getattr(stats, c))
+                for c in STAT_COLUMNS})  # fmt: skip
+    return row
+
+
+def render(rows: Sequence[dict[str, str]], output_format: str, data: Any) -> str:
+    if output_format == "json":
+        return json.dumps(data, indent=2)
+    if not rows:
+        return "no data"
+    headers = list(rows[0])
+    if output_format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, headers, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    lines = ["  ".join(h.rjust(widths[h]) for h in headers)]
+    lines += ["  ".join(r[h].rjust(widths[h]) for h in headers) for r in rows]
+    return "\n".join(lines)
+
+
+def _parse(kind: str, flag: str, text: str, now: int) -> int:
+    try:
+        return parse_duration_ms(text) if kind == "duration" else parse_time_ms(text, now)
+    except ValueError as exc:
+        raise CommandLineError(f"{flag}: {exc}") from None
+
+
+def sensor_query(
+    settings: Settings,
+    sensor_id: str,
+    metric: str | None,
+    tier: str | None,
+    since: str,
+    until: str,
+    last: str | None,
+    output_format: str,
+    tz_name: str | None,
+) -> str:
+    store = Store.from_settings(settings)
+    tz = zone(tz_name)
+    info = query.sensor_info(store, sensor_id)
+    if info is None:
+        raise CommandLineError(f"unknown sensor {sensor_id!r} (see `telemetry sensors`)")
+    metrics = [metric] if metric else info.metrics
+    now = query.now_ms()
+    try:
+        if last is not None:
+            span = _parse("duration", "--last", last, now)
+            windows = [
+                query.rolling(store, sensor_id, m, span, at_ms=now, tier_name=tier) for m in metrics
+            ]
+            rows = []
+            for w in windows:
+                if w.stats is None:
+                    continue
+                row = {"metric": w.metric, "tier": w.tier, "buckets": str(w.buckets)}
+                row.update(_stats_row(w.stats, tz))
+                row["edges"] = _edges(w)
+                rows.append(row)
+            return render(rows, output_format, [asdict(w) for w in windows])
+        start = _parse("time", "--since", since, now)
+        end = _parse("time", "--until", until, now)
+        if start >= end:
+            raise CommandLineError("--since must be before --until")
+        chosen = tier or query.choose_tier(store.tiers, end - start).name
+        rows, data = [], {}
+        for m in metrics:
+            found = query.buckets(store, sensor_id, m, chosen, start, end)
+            data[m] = [asdict(b) for b in found]
+            rows += [{"metric": m, "tier": chosen, **_stats_row(b, tz)} for b in found]
+        return render(rows, output_format, data)
+    except QueryError as exc:
+        raise CommandLineError(str(exc)) from None
+
+
+def _edges(window: query.Window) -> str:
+    parts = []
+    if window.partial_first_bucket:
+        parts.append("first bucket starts before the window")
+    if window.partial_last_bucket:
+        parts.append("last bucket ends after the window")
+    return "; ".join(parts) or "exact"
+
+
+def fleet_query(
+    settings: Settings, metric: str | None, top: int, by: str, last: str, output_format: str,
+    tz_name: str | None,
+) -> str:  # fmt: skip
+    if metric is None:
+        raise CommandLineError("--fleet needs --metric")
+    tz = zone(tz_name)
+    store = Store.from_settings(settings)
+    now = query.now_ms()
+    try:
+        ranked = query.fleet_top(
+            store, metric, by, _parse("duration", "--last", last, now), top, at_ms=now
+        )
+    except QueryError as exc:
+        raise CommandLineError(str(exc)) from None
+    rows = []
+    for rank, r in enumerate(ranked, start=1):
+        assert r.window.stats is not None
+        row = {"rank": str(rank), "sensor": r.sensor_id, by: _number(r.value)}
+        row.update(_stats_row(r.window.stats, tz))
+        rows.append(row)
+    return render(rows, output_format, [asdict(r) for r in ranked])
+
+
+def sensors_listing(settings: Settings, output_format: str, tz_name: str | None) -> str:
+    tz = zone(tz_name)
+    infos = query.list_sensors(Store.from_settings(settings))
+    rows = [
+        {
+            "sensor": i.sensor_id,
+            "last_seen": iso(i.last_seen_ms, tz),
+            "metrics": ",".join(i.metrics),
+        }
+        for i in infos
+    ]
+    return render(rows, output_format, [asdict(i) for i in infos])
