@@ -1,0 +1,131 @@
+"""Readings made up for the aggregate tests, and the exact answers numpy gives for them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from analytics.sketch import RELATIVE_ERROR
+from analytics.stats import BucketStats
+from ingest.keys import StreamKeys
+from ingest.writer import StreamWriter
+
+METRICS = ("temp", "humidity")
+QS = (0.5, 0.9, 0.95, 0.99)
+
+
+@dataclass
+class Made:
+    sensor: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    values: dict[str, npt.NDArray[np.float64]]
+    texts: dict[str, list[str]]
+
+    def sensor_id(self, index: int) -> str:
+        return f"dev-{index:04d}"
+
+
+def make_readings(sensors: int, per_sensor: int, burst: int, seed: int) -> Made:
+    """Each sensor reads once a second up to now and uploads in bursts, as buffered devices do."""
+    rng = np.random.default_rng(seed)
+    now = time.time_ns() // 1_000_000
+    order = [
+        (k, j)
+        for start in range(0, per_sensor, burst)
+        for k in range(sensors)
+        for j in range(start, min(start + burst, per_sensor))
+    ]
+    sensor = np.array([k for k, _ in order], dtype=np.int64)
+    seq = np.array([j for _, j in order], dtype=np.int64)
+    ts = now - (per_sensor - seq) * 1000 - sensor % 997
+    texts = {
+        "temp": [f"{v:.3f}" for v in 20 + 3 * rng.standard_normal(len(order))],
+        "humidity": [f"{v:.4f}" for v in rng.uniform(0.05, 0.95, len(order))],
+    }
+    values = {m: np.array([float(t) for t in texts[m]]) for m in METRICS}
+    return Made(sensor, ts, seq, values, texts)
+
+
+def write(client: redis.Redis, made: Made, stream: str = "app:event") -> None:
+    writer = StreamWriter(client, stream, 10**8, batch_size=2000, background_flush=False)
+    temp, humidity = made.texts["temp"], made.texts["humidity"]
+    for i in range(len(made.ts)):
+        writer.add(
+            {
+                "sensor_id": made.sensor_id(int(made.sensor[i])),
+                "ts": str(int(made.ts[i])),
+                "seq": str(int(made.seq[i])),
+                "temp": temp[i],
+                "humidity": humidity[i],
+            }
+        )
+    writer.flush()
+
+
+@dataclass
+class Expected:
+    count: int
+    total: float
+    minimum: float
+    maximum: float
+    percentiles: tuple[float, ...]
+
+
+def expected_buckets(made: Made, metric: str, bucket_ms: int) -> dict[tuple[str, int], Expected]:
+    """Per (sensor_id, bucket start): what numpy says about the readings in that bucket."""
+    values = made.values[metric]
+    bucket = made.ts - made.ts % bucket_ms
+    order = np.lexsort((values, bucket, made.sensor))
+    s, b, v = made.sensor[order], bucket[order], values[order]
+    starts = np.flatnonzero(np.r_[True, (s[1:] != s[:-1]) | (b[1:] != b[:-1])])
+    counts = np.diff(np.r_[starts, len(v)])
+    sums = np.add.reduceat(v, starts)
+    out = {}
+    for g, start in enumerate(starts.tolist()):
+        n = int(counts[g])
+        # Sorted by value within the bucket: numpy's "lower" percentile is an index.
+        ranks = [start + int(np.floor(q * (n - 1))) for q in QS]
+        out[(made.sensor_id(int(s[start])), int(b[start]))] = Expected(
+            n, float(sums[g]), float(v[start]), float(v[start + n - 1]),
+            tuple(float(v[r]) for r in ranks),
+        )  # fmt: skip
+    return out
+
+
+def stored_buckets(
+    url: str, tier: str, metric: str, stream: str = "app:event"
+) -> dict[tuple[str, int], BucketStats]:
+    """Every bucket the aggregates group stored for a tier and metric, read straight from Redis."""
+    raw = redis.Redis.from_url(url)
+    prefix = StreamKeys(stream).aggregate_chunk(tier, metric, 0)[: -len("0")]
+    out = {}
+    for key in raw.scan_iter(match=prefix + "*", count=1000):
+        fields: dict[bytes, bytes] = raw.hgetall(key)
+        for field, summary in fields.items():
+            if field.endswith(b"|h"):
+                continue
+            sensor_id, _, bucket = field.decode().partition("|")
+            out[(sensor_id, int(bucket))] = BucketStats.unpack(summary, fields.get(field + b"|h"))
+    return out
+
+
+def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int:
+    """Every stored bucket equals numpy's answer; returns how many were compared."""
+    for metric in METRICS:
+        expected = expected_buckets(made, metric, bucket_ms)
+        stored = stored_buckets(url, tier, metric)
+        assert stored.keys() == expected.keys(), (metric, len(stored), len(expected))
+        for key, want in expected.items():
+            got = stored[key]
+            assert (got.count, got.minimum, got.maximum) == (want.count, want.minimum, want.maximum)
+            assert abs(got.total - want.total) <= 1e-9 * abs(want.total) + 1e-12, key
+            assert abs(got.mean - want.total / want.count) <= 1e-9 * abs(got.mean) + 1e-12
+            for estimate, exact in zip(got.percentiles(QS), want.percentiles, strict=True):
+                assert estimate is not None
+                assert abs(estimate - exact) <= RELATIVE_ERROR * abs(exact) + 1e-9, key
+    return len(expected) * len(METRICS)

@@ -1,0 +1,229 @@
+"""The aggregates group on real Redis: exact under kill -9, stalls, re-sends, late data."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from analytics.aggregator import GROUP, Aggregator
+from analytics.tiers import parse_tiers
+from ingest.connection import connect
+from ingest.groups import GroupRunner
+from ingest.keys import StreamKeys
+from ingest.reading import Reading
+from ingest.settings import Settings
+from tests.aggregates_reference import assert_buckets_match, make_readings, stored_buckets, write
+from tests.conftest import RedisProcess, child_env, make_settings
+from tests.helpers import add, drain
+
+
+def aggregator_process(settings: Settings, consumer: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "aggregate", "--consumer", consumer],
+        env=child_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_until_done(client: redis.Redis, stream: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        [group] = [g for g in client.xinfo_groups(stream) if g["name"] == GROUP]
+        if group["lag"] == 0 and group["pending"] == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"aggregates group not done in {timeout_s}s: {group}")
+
+
+def ledger(client: redis.Redis, stream: str = "app:event") -> dict[str, int]:
+    raw: dict[str, str] = client.hgetall(StreamKeys(stream).ledger(GROUP))  # type: ignore[assignment]
+    return {k: int(v) for k, v in raw.items()}
+
+
+def assert_ledger(client: redis.Redis, readings: int) -> None:
+    """All aggregated, nothing dropped. Entries taken over from a dead or stalled worker arrive
+    after later ones, which shows as seq gaps opened and filled, not checked here."""
+    counts = ledger(client)
+    assert counts.pop("aggregated") == readings
+    counts.pop("seq_gaps", None)
+    counts.pop("seq_gaps_filled", None)
+    assert counts == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_million_readings_exact_while_a_worker_is_killed_five_times(
+    own_redis: RedisProcess, seed: int
+) -> None:
+    settings = make_settings(own_redis.url, claim_idle_ms=1000)
+    client = connect(settings)
+    made = make_readings(sensors=1000, per_sensor=1000, burst=50, seed=seed)
+    write(client, made)
+    rng = random.Random(seed)
+    workers = {name: aggregator_process(settings, name) for name in ("a1", "a2", "a3")}
+    try:
+        for _ in range(5):
+            time.sleep(rng.uniform(0.5, 3.0))
+            victim = rng.choice(sorted(workers))
+            workers[victim].send_signal(signal.SIGKILL)
+            workers[victim].wait()
+            workers[victim] = aggregator_process(settings, victim)
+        wait_until_done(client, settings.stream, 240)
+    finally:
+        for worker in workers.values():
+            worker.terminate()
+        for worker in workers.values():
+            assert worker.wait(30) == 0
+    assert_ledger(client, 1_000_000)
+    assert assert_buckets_match(own_redis.url, made, "10s", 10_000) > 100_000
+    assert_buckets_match(own_redis.url, made, "1m", 60_000)
+
+
+def test_a_stalled_worker_whose_batch_was_taken_over_counts_nothing(
+    own_redis: RedisProcess,
+) -> None:
+    settings = make_settings(own_redis.url, claim_idle_ms=1000, read_batch=500)
+    client = connect(settings)
+    made = make_readings(sensors=200, per_sensor=500, burst=10, seed=4)
+    write(client, made)
+    sleeper = aggregator_process(settings, "sleeper")
+    processes = [sleeper]
+    try:
+        while True:
+            time.sleep(0.05)
+            sleeper.send_signal(signal.SIGSTOP)
+            try:
+                held = client.xpending_range(settings.stream, GROUP, "-", "+", 1, "sleeper")
+            except redis.ResponseError:  # the group is not there yet
+                held = []
+            if held:
+                break
+            sleeper.send_signal(signal.SIGCONT)
+        processes.append(aggregator_process(settings, "worker"))
+        time.sleep(settings.claim_idle_ms / 1000 * 3)
+        sleeper.send_signal(signal.SIGCONT)
+        wait_until_done(client, settings.stream, 120)
+    finally:
+        sleeper.send_signal(signal.SIGCONT)
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+    assert_ledger(client, 100_000)
+    assert_buckets_match(own_redis.url, made, "10s", 10_000)
+
+
+def test_a_batch_re_sent_after_a_client_timeout_is_counted_once(
+    own_redis: RedisProcess,
+) -> None:
+    settings = make_settings(own_redis.url, read_batch=5000)
+    made = make_readings(sensors=50, per_sensor=100, burst=100, seed=5)
+    write(connect(settings), made)
+    # A client that, like redis-py's default, re-sends a command whose reply timed out.
+    resending = redis.Redis.from_url(
+        own_redis.url,
+        decode_responses=True,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_timeout=True,
+    )
+    aggregator = Aggregator(resending, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    runner = GroupRunner(resending, settings, GROUP, "c1", aggregator, Reading.decode)
+    runner.ensure_group()
+    calls_before = evalsha_calls(own_redis.url)
+    original_apply = aggregator._apply
+
+    def apply_while_redis_stalls(*args: object, **kwargs: object) -> object:
+        own_redis.pause()
+        threading.Timer(1.2, own_redis.resume).start()
+        return original_apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    aggregator._apply = apply_while_redis_stalls  # type: ignore[method-assign]
+    runner._read_new()
+    aggregator._apply = original_apply  # type: ignore[method-assign]
+
+    # Redis ran the script twice: once from the timed-out connection, once re-sent.
+    assert evalsha_calls(own_redis.url) - calls_before >= 2
+    client = connect(settings)
+    assert ledger(client) == {"aggregated": 5000}
+    assert int(client.xpending(settings.stream, GROUP)["pending"]) == 0
+    assert_buckets_match(own_redis.url, made, "10s", 10_000)
+
+
+def evalsha_calls(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contract_says(
+    client: redis.Redis, settings: Settings
+) -> None:
+    now = time.time_ns() // 1_000_000
+    minute = now - now % 60_000 - 10 * 60_000
+    day = 86_400_000
+
+    def reading(seq: int, ts: int, temp: float) -> dict[str, str]:
+        return {"sensor_id": "s1", "seq": str(seq), "ts": str(ts), "temp": str(temp)}
+
+    stream = settings.stream
+    for seq in range(10):
+        add(client, stream, reading(seq, minute + seq * 1000, 20.0 + seq))
+    runner_settings = settings.replace(read_batch=4)
+    drain(aggregator_runner(client, runner_settings))
+    # A device back online sends what it buffered: older, out of order, some sent twice.
+    late = [reading(12, minute - 50_000, 5.0), reading(11, minute - 55_000, 6.0)]
+    for fields in [
+        *late,
+        late[0],
+        reading(3, minute + 3000, 99.0),
+        reading(10, minute + 10_000, 30.0),
+    ]:
+        add(client, stream, fields)
+    add(client, stream, reading(13, now - 8 * day, 1.0))  # kept by the 1h tier only
+    add(client, stream, reading(14, now - 100 * day, 1.0))  # older than every tier
+    add(client, stream, reading(15, now + 3 * 3_600_000, 1.0))  # from a clock hours ahead
+    drain(aggregator_runner(client, runner_settings))
+
+    counts = ledger(client)
+    assert counts["aggregated"] == 14
+    assert counts["duplicates"] == 2
+    assert counts["too_old"] == 1 and counts["too_new"] == 1
+    assert counts["outside_retention:10s"] == 2 and counts["outside_retention:1h"] == 1
+    tens = stored_buckets(settings.redis_url, "10s", "temp")
+    assert tens[("s1", minute)].count == 10
+    assert tens[("s1", minute)].maximum == 29.0
+    assert tens[("s1", minute + 10_000)].count == 1
+    assert tens[("s1", minute - 50_000)].count == 1 and tens[("s1", minute - 60_000)].count == 1
+    hours = stored_buckets(settings.redis_url, "1h", "temp")
+    eight_days_ago = now - 8 * day
+    assert hours[("s1", eight_days_ago - eight_days_ago % 3_600_000)].count == 1
+
+
+def aggregator_runner(client: redis.Redis, settings: Settings) -> GroupRunner[Reading]:
+    aggregator = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    return GroupRunner(client, settings, GROUP, "c1", aggregator, Reading.decode)
+
+
+def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Path) -> None:
+    client = connect(settings)
+    made = make_readings(sensors=20, per_sensor=50, burst=50, seed=6)
+    write(client, made)
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", "aggregate", "--drain"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ledger(client) == {"aggregated": 1000}

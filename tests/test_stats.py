@@ -1,0 +1,113 @@
+"""Window maths without servers: the histogram's stated error, merges, pre-aggregation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analytics.preaggregate import preaggregate
+from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT
+from analytics.stats import BucketStats
+from analytics.tiers import parse_tiers
+from ingest.reading import Reading
+
+QS = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
+NOW = 1_800_000_000_000
+TIERS = parse_tiers("10s:6h,1m:7d,1h:90d")
+
+
+def stats_of(values: list[float], ts: list[int] | None = None) -> BucketStats:
+    times = ts or list(range(NOW - len(values), NOW))
+    readings = [Reading("s", t, {"m": v}) for t, v in zip(times, values, strict=True)]
+    outcome = preaggregate(readings, parse_tiers("1w:4w"), NOW, 0)
+    merged = BucketStats.empty()
+    deltas = outcome.tiers[0]
+    for g in range(len(deltas)):
+        summary = deltas.summaries[g * 72 : (g + 1) * 72]
+        bins = deltas.bins[deltas.bin_offsets[g] : deltas.bin_offsets[g + 1]]
+        merged.merge(BucketStats.unpack(summary, bins))
+    return merged
+
+
+def within_error(estimate: float | None, exact: float) -> bool:
+    assert estimate is not None
+    return abs(estimate - exact) <= RELATIVE_ERROR * abs(exact) + ZERO_LIMIT
+
+
+values_lists = st.lists(
+    st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, -0.0, 1e-12, 21.5]),
+    min_size=1,
+    max_size=400,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values_lists)
+def test_percentiles_are_within_the_stated_error_of_numpy(values: list[float]) -> None:
+    stats = stats_of(values)
+    data = np.asarray(values)
+    for q, estimate in zip(QS, stats.percentiles(QS), strict=True):
+        exact = float(np.percentile(data, q * 100, method="lower"))
+        assert within_error(estimate, exact), (q, estimate, exact)
+    assert stats.count == len(values)
+    assert stats.minimum == data.min() and stats.maximum == data.max()
+    assert np.isclose(stats.total, data.sum(), rtol=1e-9, atol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values_lists, st.lists(st.integers(0, 400), max_size=5))
+def test_merging_parts_equals_the_whole(values: list[float], cuts: list[int]) -> None:
+    ts = [NOW - 1000 + i % 7 for i in range(len(values))]
+    whole = stats_of(values, ts)
+    edges = sorted({0, len(values), *[c % (len(values) + 1) for c in cuts]})
+    merged = BucketStats.empty()
+    for a, b in itertools.pairwise(edges):
+        if a < b:
+            merged.merge(stats_of(values[a:b], ts[a:b]))
+    assert merged.count == whole.count and merged.bins == whole.bins
+    assert (merged.minimum, merged.maximum) == (whole.minimum, whole.maximum)
+    assert (merged.first_ts_ms, merged.first) == (whole.first_ts_ms, whole.first)
+    assert (merged.last_ts_ms, merged.last) == (whole.last_ts_ms, whole.last)
+    assert np.isclose(merged.total, whole.total, rtol=1e-9, atol=1e-6)
+
+
+def test_preaggregation_groups_by_sensor_metric_tier_and_bucket() -> None:
+    rng = np.random.default_rng(3)
+    readings = [
+        Reading(f"s{i % 5}", NOW - int(rng.integers(0, 3_600_000)), {"a": float(i), "b": -i / 3})
+        for i in range(2000)
+    ]
+    outcome = preaggregate(readings, TIERS, NOW, 0)
+    assert outcome.aggregated == 2000 and outcome.too_old == outcome.too_new == 0
+    for deltas in outcome.tiers:
+        size = deltas.tier.bucket_ms
+        for g in range(len(deltas)):
+            sensor, metric = outcome.pairs[int(deltas.pair[g])]
+            bucket = int(deltas.bucket[g])
+            expected = [
+                r.metrics[metric]
+                for r in readings
+                if r.sensor_id == sensor and bucket <= r.ts_ms < bucket + size
+            ]
+            got = BucketStats.unpack(
+                deltas.summaries[g * 72 : (g + 1) * 72],
+                deltas.bins[deltas.bin_offsets[g] : deltas.bin_offsets[g + 1]],
+            )
+            assert got.count == len(expected)
+            assert got.minimum == min(expected) and got.maximum == max(expected)
+        assert sum(int(c) for c in np.frombuffer(deltas.summaries, "<f8")[::9]) == 4000
+
+
+def test_readings_outside_every_retention_or_from_the_future_are_counted_apart() -> None:
+    readings = [
+        Reading("s", NOW - 100 * 86_400_000, {"m": 1.0}),  # older than every tier keeps
+        Reading("s", NOW - 8 * 86_400_000, {"m": 2.0}),  # only the 1h tier keeps it
+        Reading("s", NOW + 2 * 3_600_000, {"m": 3.0}),  # hours ahead of the clock
+        Reading("s", NOW - 1000, {"m": 4.0}),
+    ]
+    outcome = preaggregate(readings, TIERS, NOW, 3_600_000)
+    assert (outcome.aggregated, outcome.too_old, outcome.too_new) == (2, 1, 1)
+    assert outcome.tier_drops == {"10s": 2, "1m": 2, "1h": 1}
