@@ -19,7 +19,7 @@ from ingest.errors import RedisUnavailable
 from ingest.reading import SENSOR_ID
 from ingest.settings import Settings
 
-SensorId = Annotated[str, Path(pattern=SENSOR_ID.pattern, description="a sensor id")]
+SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 Metric = Annotated[str, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="metric name")]
 
 

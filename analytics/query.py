@@ -198,10 +198,11 @@ def list_sensors(store: Store) -> list[SensorInfo]:
         for sensor, _ in seen:
             pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
         metric_sets = pipe.execute()
-    return [
+    infos = [
         SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metrics))
         for (sensor, score), metrics in zip(seen, metric_sets, strict=True)
     ]
+    return sorted(infos, key=lambda info: info.sensor_id)
 
 
 def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
@@ -229,6 +230,8 @@ def _fetch_many(
     with_bins: bool,
 ) -> list[list[tuple[int, BucketStats]]]:
     """Each sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
+    if not sensors:
+        return []
     starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
     by_chunk: dict[int, list[tuple[int, int, bytes]]] = {}
     for start in starts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -105,7 +106,7 @@ def stored_buckets(
     prefix = StreamKeys(stream).aggregate_chunk(tier, metric, 0)[: -len("0")]
     out = {}
     for key in raw.scan_iter(match=prefix + "*", count=1000):
-        fields: dict[bytes, bytes] = raw.hgetall(key)
+        fields = cast(dict[bytes, bytes], raw.hgetall(key))
         for field, summary in fields.items():
             if field.endswith(b"|h"):
                 continue
