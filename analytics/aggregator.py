@@ -20,7 +20,7 @@ from analytics.preaggregate import BatchOutcome, preaggregate
 from analytics.tiers import Tier
 from ingest.errors import redis_errors
 from ingest.groups import Batch
-from ingest.keys import StreamKeys
+from ingest.keys import SETTLED, StreamKeys
 from ingest.reading import Reading
 from ingest.scripts import LuaScript
 
@@ -132,10 +132,10 @@ class Aggregator:
         args.argv += [batch.group, batch.consumer, ids[0], ids[-1]]
         args.section([[entry_id] for entry_id in ids])
         increments = [
-            ("aggregated", outcome.aggregated),
-            ("duplicates", duplicates),
-            ("too_old", outcome.too_old),
-            ("too_new", outcome.too_new),
+            (f"{SETTLED}aggregated", outcome.aggregated),
+            (f"{SETTLED}duplicate", duplicates),
+            (f"{SETTLED}too_old", outcome.too_old),
+            (f"{SETTLED}too_new", outcome.too_new),
         ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
         args.section(increments)
         args.section(

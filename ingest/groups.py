@@ -207,7 +207,11 @@ class GroupRunner(Generic[T]):
         """Create the group unless it exists; True when it was created now."""
         with redis_errors():
             created = bool(
-                CREATE_GROUP(self.client, [self.keys.stream], [self.group, self.start_id])
+                CREATE_GROUP(
+                    self.client,
+                    [self.keys.stream, self.keys.ledger(self.group)],
+                    [self.group, self.start_id],
+                )
             )
             TRIM_CHECK.load(self.client)
         if created:
@@ -436,6 +440,7 @@ class GroupRunner(Generic[T]):
                 )
                 queue_dead_letter(pipe, self.keys, self.settings.dead_letter_maxlen, record)
             pipe.xack(self.keys.stream, self.group, *[d[0] for d in dead])
+            pipe.hincrby(self.keys.dead_counts, self.group, len(dead))
             pipe.execute()
         self.stats.dead_lettered += len(dead)
         metrics.GROUP_ENTRIES.labels(**self._labels, outcome="dead_lettered").inc(len(dead))

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_STREAM = "app:event"
+# Ledger fields with this prefix count entries a group's handler settled, each in exactly one
+# way (aggregated, duplicate, too old, ...); `telemetry status` balances them against the stream.
+SETTLED = "settled:"
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class StreamKeys:
         return f"{self.stream}:deadcount"
 
     def ledger(self, group: str) -> str:
-        """Hash of a group's counts: aggregated, duplicates, too old, too new, sequence gaps."""
+        """Hash of a group's counts: `settled:*` outcomes, and facts such as sequence gaps."""
         return f"{self.stream}:ledger:{group}"
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 import walrus
 
 from ingest.errors import redis_errors
-from ingest.keys import StreamKeys
+from ingest.keys import SETTLED, StreamKeys
 from ingest.reading import entry_time_ms
 
 PENDING_SCAN_LIMIT = 10_000
@@ -38,6 +38,14 @@ class GroupStatus:
     entries_read: int | None
     lag: int | None
     lost_to_trimming: int
+    dead_lettered: int
+    # What the group's handler recorded: `settled` outcomes (each entry in exactly one) and
+    # other facts (sequence gaps, ...).
+    settled: dict[str, int] = field(default_factory=dict)
+    facts: dict[str, int] = field(default_factory=dict)
+    # Entries the stream took since the group started that the ledger cannot place; 0 when
+    # nothing was lost. None for groups whose handler keeps no ledger.
+    unaccounted: int | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -103,14 +111,16 @@ def stream_status(url: str, stream: str, default_maxlen: int, warn_ratio: float)
         )
         dead_letters = db.xlen(keys.dead)
         lost = {_text(k): int(v) for k, v in db.hgetall(keys.lost).items()}
+        dead_counts = {_text(k): int(v) for k, v in db.hgetall(keys.dead_counts).items()}
         if not db.exists(stream):
             return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [])
         handle = db.Stream(stream)
         info = handle.info()
         first_id = _text(info["first-entry"][0]) if info.get("first-entry") else None
         last_id = _text(info["last-entry"][0]) if info.get("last-entry") else None
+        added = int(info.get("entries-added", 0))
         groups = [
-            _group_status(db, handle, raw, lost, maxlen, first_id, warn_ratio)
+            _group_status(db, handle, raw, (lost, dead_counts), added, maxlen, first_id, warn_ratio)
             for raw in handle.groups_info()
         ]
     return StreamStatus(
@@ -131,7 +141,8 @@ def _group_status(
     db: walrus.Database,
     handle: Any,
     raw: dict[str, Any],
-    lost: dict[str, int],
+    counts: tuple[dict[str, int], dict[str, int]],
+    entries_added: int,
     maxlen: int,
     first_id: str | None,
     warn_ratio: float,
@@ -159,9 +170,24 @@ def _group_status(
         last_delivered_id=_text(raw["last-delivered-id"]),
         entries_read=None if entries_read is None else int(entries_read),
         lag=None if lag is None else int(lag),
-        lost_to_trimming=lost.get(name, 0),
+        lost_to_trimming=counts[0].get(name, 0),
+        dead_lettered=counts[1].get(name, 0),
     )
+    ledger = {_text(k): int(v) for k, v in db.hgetall(StreamKeys(handle.key).ledger(name)).items()}
+    before_start = ledger.pop("entries_before_start", None)
+    group.settled = {k.removeprefix(SETTLED): v for k, v in ledger.items() if k.startswith(SETTLED)}
+    group.facts = {k: v for k, v in ledger.items() if not k.startswith(SETTLED)}
+    if group.settled and before_start is not None and group.lag is not None:
+        group.unaccounted = (entries_added - before_start) - (
+            sum(group.settled.values())
+            + group.dead_lettered
+            + group.lost_to_trimming
+            + group.pending
+            + group.lag
+        )
     group.warnings = trim_warnings(group, maxlen, first_id, warn_ratio)
+    if group.unaccounted:
+        group.warnings.append(f"ledger does not balance: {group.unaccounted} entries unaccounted")
     return group
 
 
@@ -189,6 +215,14 @@ def format_status(status: StreamStatus) -> str:
             f"    pending {g.pending}: oldest idle {idle}, "
             f"most deliveries {_or_unknown(g.max_delivery_count)}{scanned}",
         ]
+        if g.settled:
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(g.settled.items()))
+            lines.append(
+                f"    ledger: {outcomes}; dead-lettered {g.dead_lettered}; "
+                f"unaccounted {_or_unknown(g.unaccounted)}"
+            )
+        if g.facts:
+            lines.append("    " + ", ".join(f"{k} {v}" for k, v in sorted(g.facts.items())))
         for c in g.consumers:
             lines.append(
                 f"    consumer {c.name}: pending {c.pending}, idle {c.idle_ms / 1000:.1f}s"

@@ -7,9 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import uvicorn
-
-from analytics.api import create_app
+from analytics.api import serve
 from analytics.query import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
@@ -72,8 +70,7 @@ def _sensors(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level.lower())  # fmt: skip
+    serve(settings)
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:

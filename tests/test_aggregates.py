@@ -22,6 +22,7 @@ from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
 from ingest.reading import Reading
 from ingest.settings import Settings
+from ingest.status import stream_status
 from tests.aggregates_reference import assert_buckets_match, make_readings, stored_buckets, write
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import add, drain
@@ -48,14 +49,14 @@ def wait_until_done(client: redis.Redis, stream: str, timeout_s: float) -> None:
 
 def ledger(client: redis.Redis, stream: str = "app:event") -> dict[str, int]:
     raw: dict[str, str] = client.hgetall(StreamKeys(stream).ledger(GROUP))  # type: ignore[assignment]
-    return {k: int(v) for k, v in raw.items()}
+    return {k: int(v) for k, v in raw.items() if k != "entries_before_start"}
 
 
 def assert_ledger(client: redis.Redis, readings: int) -> None:
     """All aggregated, nothing dropped. Entries taken over from a dead or stalled worker arrive
     after later ones, which shows as seq gaps opened and filled, not checked here."""
     counts = ledger(client)
-    assert counts.pop("aggregated") == readings
+    assert counts.pop("settled:aggregated") == readings
     counts.pop("seq_gaps", None)
     counts.pop("seq_gaps_filled", None)
     assert counts == {}
@@ -155,7 +156,7 @@ def test_a_batch_re_sent_after_a_client_timeout_is_counted_once(
     # Redis ran the script twice: once from the timed-out connection, once re-sent.
     assert evalsha_calls(own_redis.url) - calls_before >= 2
     client = connect(settings)
-    assert ledger(client) == {"aggregated": 5000}
+    assert ledger(client) == {"settled:aggregated": 5000}
     assert int(client.xpending(settings.stream, GROUP)["pending"]) == 0
     assert_buckets_match(own_redis.url, made, "10s", 10_000)
 
@@ -195,10 +196,14 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     drain(aggregator_runner(client, runner_settings))
 
     counts = ledger(client)
-    assert counts["aggregated"] == 14
-    assert counts["duplicates"] == 2
-    assert counts["too_old"] == 1 and counts["too_new"] == 1
+    assert counts["settled:aggregated"] == 14
+    assert counts["settled:duplicate"] == 2
+    assert counts["settled:too_old"] == 1 and counts["settled:too_new"] == 1
     assert counts["outside_retention:10s"] == 2 and counts["outside_retention:1h"] == 1
+    status = stream_status(settings.redis_url, stream, settings.maxlen, settings.trim_warn_ratio)
+    [group] = status.groups
+    assert group.settled == {"aggregated": 14, "duplicate": 2, "too_old": 1, "too_new": 1}
+    assert group.unaccounted == 0
     tens = stored_buckets(settings.redis_url, "10s", "temp")
     assert tens[("s1", minute)].count == 10
     assert tens[("s1", minute)].maximum == 29.0
@@ -226,4 +231,4 @@ def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Pa
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert ledger(client) == {"aggregated": 1000}
+    assert ledger(client) == {"settled:aggregated": 1000}

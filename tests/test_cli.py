@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import redis
@@ -15,7 +16,7 @@ import redis
 from ingest.keys import StreamKeys
 from ingest.reading import Reading
 from ingest.settings import Settings
-from telemetry.localserver import port_open
+from telemetry.localserver import free_port, port_open
 from tests.conftest import child_env
 from tests.helpers import Recorder, add, drain, entries, reading_runner
 
@@ -106,8 +107,9 @@ def test_dead_letters_are_listed_fixed_and_replayed(
     assert str(reading.ts_ms) == bad.split("-")[0]
 
 
-def test_up_runs_a_private_redis_and_a_fleet_and_stops_on_ctrl_c(settings: Settings) -> None:
-    env = child_env(settings)
+def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: Settings) -> None:
+    api_port = free_port()
+    env = child_env(settings, TELEMETRY_API_PORT=str(api_port))
     env.pop("REDIS_URL")
     up = subprocess.Popen(
         [sys.executable, "-m", "telemetry", "up", "--fleet", "50", "--rate", "5"],
@@ -128,10 +130,15 @@ def test_up_runs_a_private_redis_and_a_fleet_and_stops_on_ctrl_c(settings: Setti
     while time.monotonic() < deadline and client.xlen("app:event") < 100:
         time.sleep(0.1)
     assert client.xlen("app:event") >= 100
+    while time.monotonic() < deadline and not client.zcard("app:event:sensors"):
+        time.sleep(0.1)
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/sensors", timeout=5) as answer:
+        assert len(json.load(answer)) == 50
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
     log = up.stderr.read()
-    assert "stopped simulator (status 0)" in log
+    for service in ("simulator", "aggregator", "api"):
+        assert f"stopped {service} (status 0)" in log
     assert not port_open(int(url.rsplit(":", 1)[1].split("/")[0]))
 
 
