@@ -1,0 +1,75 @@
+"""One aggregator process against a bare redis-py loop of XREADGROUP COUNT 2000 + XACK.
+
+    python -m bench.aggregator [--readings N] [--rounds R]
+
+Two stream shapes, 1000 sensors with two metrics each, the last 20 minutes at 1 Hz:
+"buffered uploads" (each device sends 50 readings at a time, as after a connection drops) and
+"live interleaved" (every sensor's next reading in turn, as a fleet streaming live). The
+aggregator computes every statistic for the three default tiers; the bare loop only reads and
+acknowledges. Both read with COUNT 2000, each with its own consumer group on the same stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import redis
+
+from analytics.aggregator import Aggregator
+from analytics.tiers import parse_tiers
+from bench.common import print_table, redis_for_bench
+from bench.runner import bare_loop
+from ingest.connection import connect
+from ingest.groups import GroupRunner
+from ingest.keys import StreamKeys
+from ingest.reading import Reading
+from ingest.settings import Settings
+from tests.aggregates_reference import make_readings, write
+
+
+def aggregate(settings: Settings, group: str) -> int:
+    client = connect(settings)
+    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    runner = GroupRunner(client, settings, group, "c1", handler, Reading.decode)
+    return runner.run(threading.Event(), drain=True).processed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    per_sensor = args.readings // 1000
+    rows = []
+    with redis_for_bench() as url:
+        settings = Settings(redis_url=url, read_batch=2000)
+        client = redis.Redis.from_url(url, decode_responses=True)
+        for shape, burst in (("buffered uploads", 50), ("live interleaved", 1)):
+            rates: dict[str, list[float]] = {"bare": [], "aggregator": []}
+            for round_no in range(args.rounds):
+                client.flushall()
+                write(client, make_readings(1000, per_sensor, burst, seed=round_no))
+                for name in ("bare", "aggregator"):
+                    group = f"{name}-{round_no}"
+                    start = time.perf_counter()
+                    if name == "bare":
+                        read = bare_loop(client, group)
+                    else:
+                        # The aggregates group's Lua keeps its own per-group ledger; a fresh
+                        # group name per round keeps the rounds independent.
+                        read = aggregate(settings, group)
+                    rates[name].append(read / (time.perf_counter() - start))
+                    assert read == per_sensor * 1000, (name, read)
+            bare = statistics.median(rates["bare"])
+            agg = statistics.median(rates["aggregator"])
+            rows.append((shape, f"{bare:,.0f}", f"{agg:,.0f}", f"{agg / bare:.2f}"))
+    print(f"{per_sensor * 1000:,} readings, 1000 sensors x 2 metrics, tiers 10s/1m/1h; "
+          f"median of {args.rounds} rounds")  # fmt: skip
+    print_table(["stream shape", "bare loop /s", "aggregator /s", "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""What it is like to use: freshness under load, query latency over HTTP, memory per tier.
+
+    python -m bench.serving [--freshness-seconds S]
+
+- Freshness: a simulator fleet writes 10,000 readings/s (10,000 sensors at 1 Hz) while one
+  aggregator keeps up; a probe sensor's reading is timed from its XADD until GET /sensors/probe
+  over HTTP shows it. The reference is the same HTTP round trip for a reading already there.
+- Query latency: 24 h of 1-minute buckets (1,440 points) for one sensor and metric, and the
+  fleet's top 10 by mean over the last 15 minutes among 10,000 sensors, through the HTTP API.
+- Memory: MEMORY USAGE of each tier's keys after a day of 1 Hz readings, per sensor-metric-day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+
+import numpy as np
+import redis
+
+from analytics.aggregator import Aggregator
+from analytics.tiers import parse_tiers
+from bench.common import print_table, redis_for_bench
+from ingest.connection import connect
+from ingest.groups import GroupRunner
+from ingest.keys import StreamKeys
+from ingest.reading import Reading
+from ingest.settings import Settings
+from ingest.writer import StreamWriter
+from telemetry.localserver import free_port, port_open
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def start(args: list[str], url: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "telemetry", *args],
+        env={**os.environ, "REDIS_URL": url, "TELEMETRY_LOG_LEVEL": "WARNING", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def timed_ms(call: Callable[[], object], times: int) -> list[float]:
+    out = []
+    for _ in range(times):
+        begin = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - begin) * 1000)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def aggregate_all(settings: Settings) -> None:
+    client = connect(settings)
+    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    GroupRunner(client, settings, "aggregates", "bench", handler, Reading.decode).run(
+        threading.Event(), drain=True
+    )
+
+
+def freshness(url: str, api: str, seconds: int) -> list[tuple[str, str, str, str]]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    fleet = start(["simulate", "--fleet", "10000", "--rate", "1"], url)
+    worker = start(["aggregate"], url)
+    delays, reference = [], []
+    try:
+        time.sleep(5)
+        deadline = time.monotonic() + seconds
+        seq = 0
+        while time.monotonic() < deadline:
+            ts = now_ms()
+            client.xadd("app:event", {"sensor_id": "probe", "ts": ts, "seq": seq, "v": 1.0})
+            sent = time.perf_counter()
+            while True:
+                seen = get(f"{api}/sensors/probe") if seq or client.zscore(
+                    "app:event:sensors", "probe") else {}  # fmt: skip
+                if isinstance(seen, dict) and seen.get("last_seen_ms") == ts:
+                    break
+                time.sleep(0.001)
+            delays.append((time.perf_counter() - sent) * 1000)
+            reference += timed_ms(lambda: get(f"{api}/sensors/probe"), 1)
+            seq += 1
+            time.sleep(0.05)
+        rate = client.xinfo_stream("app:event")["entries-added"]
+    finally:
+        fleet.terminate()
+        worker.terminate()
+        fleet.wait()
+        worker.wait()
+    return [
+        ("freshness: XADD to visible over HTTP (ms)", f"{percentile(delays, 50):.1f}",
+         f"{percentile(delays, 99):.1f}", f"{len(delays)} probes, {rate:,} entries"),
+        ("reference: the same GET, nothing to wait for (ms)", f"{percentile(reference, 50):.1f}",
+         f"{percentile(reference, 99):.1f}", ""),
+    ]  # fmt: skip
+
+
+def query_latency(url: str, api: str) -> list[tuple[str, str, str, str]]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000, background_flush=False)
+    now = now_ms()
+    # One sensor over 24 h (a reading every 10 s); 10,000 sensors over the last 15 minutes.
+    for i in range(8640):
+        writer.add({"sensor_id": "day", "ts": str(now - i * 10_000), "temp": f"{20 + i % 7}"})
+    rng = np.random.default_rng(1)
+    for k in range(10_000):
+        for j in range(10):
+            writer.add({"sensor_id": f"dev-{k:05d}", "ts": str(now - j * 90_000),
+                        "temp": f"{rng.normal(20, 3):.2f}"})  # fmt: skip
+    writer.flush()
+    aggregate_all(Settings(redis_url=url, read_batch=5000))
+    day = timed_ms(lambda: get(f"{api}/sensors/day/aggregates?metric=temp&tier=1m&from=24h"), 200)
+    points = len(get(f"{api}/sensors/day/aggregates?metric=temp&tier=1m&from=24h"))  # type: ignore[arg-type]
+    top = timed_ms(lambda: get(f"{api}/fleet/top?metric=temp&by=mean&last=15m&n=10"), 30)
+    top99 = timed_ms(lambda: get(f"{api}/fleet/top?metric=temp&by=p99&last=15m&n=10"), 10)
+    return [
+        (f"24 h of 1-minute buckets ({points} points), ms", f"{percentile(day, 50):.1f}",
+         f"{percentile(day, 99):.1f}", "200 requests"),
+        ("fleet top 10 by mean of 10,000 sensors, last 15m, ms", f"{percentile(top, 50):.0f}",
+         f"{percentile(top, 99):.0f}", "30 requests"),
+        ("fleet top 10 by p99 of 10,000 sensors, last 15m, ms", f"{percentile(top99, 50):.0f}",
+         f"{percentile(top99, 99):.0f}", "10 requests"),
+    ]  # fmt: skip
+
+
+def memory(url: str) -> list[tuple[str, str, str]]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    sensors, seconds = 4, 86_400
+    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000, background_flush=False)
+    now = now_ms()
+    rng = np.random.default_rng(2)
+    for s in range(seconds):
+        for k in range(sensors):
+            writer.add({"sensor_id": f"m-{k}", "ts": str(now - (seconds - s) * 1000),
+                        "temp": f"{rng.normal(20, 3):.2f}"})  # fmt: skip
+    writer.flush()
+    aggregate_all(Settings(redis_url=url, read_batch=5000, tiers="10s:1d,1m:7d,1h:90d"))
+    rows = []
+    for tier, kept in (("10s", "6h"), ("1m", "7d"), ("1h", "90d")):
+        used = sum(
+            int(client.memory_usage(key) or 0)
+            for key in client.scan_iter(f"app:event:agg:{tier}:*")
+        )
+        per_day = used / sensors
+        rows.append((tier, f"{per_day / 1024:,.1f} KiB", f"kept {kept}: "
+                     f"{per_day / 1024 * {'6h': 0.25, '7d': 7, '90d': 90}[kept]:,.0f} KiB"))  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--freshness-seconds", type=int, default=30)
+    args = parser.parse_args()
+    with redis_for_bench() as url:
+        port = free_port()
+        api = start(["api"], url, TELEMETRY_API_PORT=str(port))
+        base = f"http://127.0.0.1:{port}"
+        while not port_open(port):
+            time.sleep(0.05)
+        try:
+            latency = query_latency(url, base)
+            fresh = freshness(url, base, args.freshness_seconds)
+        finally:
+            api.terminate()
+            api.wait()
+        used = memory(url)
+    print_table(["measure", "p50", "p99", "runs"], fresh + latency)
+    print()
+    print_table(["tier", "bytes per sensor-metric-day", "steady state per sensor-metric"], used)
+    print(f"(median p50 over all: {statistics.median(float(r[1]) for r in fresh + latency):.1f})")
+
+
+if __name__ == "__main__":
+    main()
