@@ -13,10 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
+from analytics.preaggregate import SUMMARY_DTYPE
 from analytics.stats import BucketStats
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
@@ -169,22 +172,81 @@ def choose_tier(tiers: Sequence[Tier], span_ms: int) -> Tier:
 def fleet_top(
     store: Store, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
 ) -> list[Ranked]:
-    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`."""
+    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`.
+
+    Every sensor's bucket summaries are merged with numpy; only the winners' windows are read
+    in full. Percentiles need histograms, so for them sensors are visited by falling maximum
+    (a percentile never exceeds the maximum) until no sensor left can beat the n-th best.
+    """
     if by not in RANKINGS:
         raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
     to_ms = now_ms() if at_ms is None else at_ms
     from_ms = to_ms - last_ms
     tier = choose_tier(store.tiers, last_ms)
-    sensors = [info.sensor_id for info in list_sensors(store) if metric in info.metrics]
-    with_bins = by.startswith("p")
-    fetched = _fetch_many(store, tier, sensors, metric, from_ms, to_ms, with_bins)
-    ranked = []
-    for sensor_id, found in zip(sensors, fetched, strict=True):
-        merged = _merge_window(sensor_id, metric, tier, from_ms, to_ms, found)
-        if merged.stats is not None:
-            ranked.append(Ranked(sensor_id, getattr(merged.stats, by), merged))
-    ranked.sort(key=lambda r: (-r.value, r.sensor_id))
+    with redis_errors():
+        sensors = [
+            s.decode() for s in cast(list[bytes], store.client.zrange(store.keys.sensors, 0, -1))
+        ]
+    merged = _merge_summaries(store, tier, sensors, metric, from_ms, to_ms)
+    if merged is None:
+        return []
+    present, score = (
+        merged[0],
+        merged[1 + SCORE_COLUMNS.index(by if by in SCORE_COLUMNS else "max")],
+    )
+    names = np.array(sensors, dtype=object)[present]
+    order = sorted(range(len(names)), key=lambda i: (-score[i], names[i]))
+    exact = by in SCORE_COLUMNS
+    ranked: list[Ranked] = []
+    for i in order:
+        if len(ranked) >= n and (exact or ranked[n - 1].value >= score[i]):
+            break
+        found = window(store, names[i], metric, from_ms, to_ms, tier.name)
+        if found.stats is not None and getattr(found.stats, by) is not None:
+            ranked.append(Ranked(names[i], getattr(found.stats, by), found))
+            ranked.sort(key=lambda r: (-r.value, r.sensor_id))
     return ranked[:n]
+
+
+SCORE_COLUMNS = ("count", "mean", "min", "max", "last")
+
+
+def _merge_summaries(
+    store: Store, tier: Tier, sensors: Sequence[str], metric: str, from_ms: int, to_ms: int
+) -> tuple[npt.NDArray[Any], ...] | None:
+    """Per sensor with data in the window: its index, then count, mean, min, max, last."""
+    if not sensors:
+        return None
+    fetched = _fetch_packed(store, tier, sensors, metric, from_ms, to_ms, with_bins=False)
+    owners = [s for s, _, summary, _ in fetched if summary is not None]
+    if not owners:
+        return None
+    table = np.frombuffer(
+        b"".join(summary for _, _, summary, _ in fetched if summary is not None),
+        dtype=SUMMARY_DTYPE,
+    )
+    owner = np.asarray(owners, dtype=np.intp)
+    size = len(sensors)
+    count = np.bincount(owner, weights=table["c"], minlength=size)
+    total = np.bincount(owner, weights=table["s"], minlength=size)
+    lowest = np.full(size, np.inf)
+    np.minimum.at(lowest, owner, table["lo"])
+    highest = np.full(size, -np.inf)
+    np.maximum.at(highest, owner, table["hi"])
+    latest = np.lexsort((table["lv"], table["lts"], owner))
+    last = np.full(size, np.nan)
+    # Rows sorted by time within each sensor: numpy writes repeated indexes in order, so each
+    # sensor keeps its latest value.
+    last[owner[latest]] = table["lv"][latest]
+    present = np.flatnonzero(count > 0)
+    return (
+        present,
+        count[present],
+        total[present] / count[present],
+        lowest[present],
+        highest[present],
+        last[present],
+    )
 
 
 def list_sensors(store: Store) -> list[SensorInfo]:
@@ -230,11 +292,30 @@ def _fetch_many(
     with_bins: bool,
 ) -> list[list[tuple[int, BucketStats]]]:
     """Each sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
+    out: list[list[tuple[int, BucketStats]]] = [[] for _ in sensors]
+    for s, start, summary, bins in _fetch_packed(
+        store, tier, sensors, metric, from_ms, to_ms, with_bins
+    ):
+        if summary is not None:
+            out[s].append((start, BucketStats.unpack(summary, bins)))
+    return out
+
+
+def _fetch_packed(
+    store: Store,
+    tier: Tier,
+    sensors: Sequence[str],
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    with_bins: bool,
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """(sensor index, bucket start, packed summary, histogram) for every bucket asked for, in
+    bucket order; summary None where there is no bucket."""
     if not sensors:
         return []
-    starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
     by_chunk: dict[int, list[tuple[int, int, bytes]]] = {}
-    for start in starts:
+    for start in range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms):
         items = by_chunk.setdefault(tier.chunk_of(start), [])
         items += [
             (s, start, f"{sensor_id}|{start}".encode()) for s, sensor_id in enumerate(sensors)
@@ -247,13 +328,10 @@ def _fetch_many(
                 fields += [field + b"|h" for _, _, field in items]
             pipe.hmget(store.keys.aggregate_chunk(tier.name, metric, chunk), fields)
         replies: list[list[bytes | None]] = pipe.execute()
-    out: list[list[tuple[int, BucketStats]]] = [[] for _ in sensors]
+    out = []
     for items, values in zip(by_chunk.values(), replies, strict=True):
         for n, (s, start, _) in enumerate(items):
-            summary = values[n]
-            if summary is not None:
-                bins = values[len(items) + n] if with_bins else None
-                out[s].append((start, BucketStats.unpack(summary, bins)))
+            out.append((s, start, values[n], values[len(items) + n] if with_bins else None))
     return out
 
 

@@ -12,6 +12,7 @@ A percentile q of n values is the value of rank floor(q (n - 1)) in sorted order
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -35,6 +36,7 @@ def bin_keys(values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     return np.where(magnitude <= ZERO_LIMIT, 0, keys)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def bin_value(key: int) -> float:
     if key == 0:
         return 0.0
@@ -54,7 +56,8 @@ def quantiles(
     ranks = [math.floor(q * (total - 1)) for q in qs]
     out: list[float | None] = []
     seen = 0
-    for key in sorted(bins, key=bin_value):
+    # Keys sort as their values do: negative keys grow more negative with magnitude.
+    for key in sorted(bins):
         seen += bins[key]
         while len(out) < len(ranks) and seen > ranks[len(out)]:
             out.append(min(max(bin_value(key), lowest), highest))

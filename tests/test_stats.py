@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.preaggregate import preaggregate
-from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT
+from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT, bin_keys, bin_value
 from analytics.stats import BucketStats
 from analytics.tiers import parse_tiers
 from ingest.reading import Reading
@@ -111,3 +111,9 @@ def test_readings_outside_every_retention_or_from_the_future_are_counted_apart()
     outcome = preaggregate(readings, TIERS, NOW, 3_600_000)
     assert (outcome.aggregated, outcome.too_old, outcome.too_new) == (2, 1, 1)
     assert outcome.tier_drops == {"10s": 2, "1m": 2, "1h": 1}
+
+
+@given(st.lists(st.floats(-1e300, 1e300, allow_nan=False), min_size=2, max_size=50))
+def test_bin_keys_sort_as_their_values(values: list[float]) -> None:
+    keys = bin_keys(np.asarray(values)).tolist()
+    assert [bin_value(k) for k in sorted(keys)] == sorted(bin_value(k) for k in keys)
