@@ -29,6 +29,8 @@ from ingest.settings import Settings
 
 # Finest tier first, as long as the window needs no more buckets than this.
 MAX_BUCKETS = 1440
+# A fleet question reads every sensor's buckets: fewer, coarser ones.
+FLEET_MAX_BUCKETS = 16
 RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
 
 
@@ -161,11 +163,15 @@ def window(
     return _merge_window(sensor_id, metric, tier, from_ms, to_ms, fetched)
 
 
-def choose_tier(tiers: Sequence[Tier], span_ms: int) -> Tier:
-    """The finest tier that keeps the whole span and needs at most MAX_BUCKETS for it."""
-    for tier in tiers:
-        if span_ms <= tier.retention_ms and span_ms <= tier.bucket_ms * MAX_BUCKETS:
+def choose_tier(tiers: Sequence[Tier], span_ms: int, max_buckets: int = MAX_BUCKETS) -> Tier:
+    """The finest tier that keeps the whole span and needs at most `max_buckets` for it (or, if
+    none is that coarse, the coarsest that keeps it)."""
+    keeping = [tier for tier in tiers if span_ms <= tier.retention_ms]
+    for tier in keeping:
+        if span_ms <= tier.bucket_ms * max_buckets:
             return tier
+    if keeping:
+        return keeping[-1]
     raise QueryError(f"no tier keeps a window of {span_ms} ms")
 
 
@@ -182,7 +188,7 @@ def fleet_top(
         raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
     to_ms = now_ms() if at_ms is None else at_ms
     from_ms = to_ms - last_ms
-    tier = choose_tier(store.tiers, last_ms)
+    tier = choose_tier(store.tiers, last_ms, FLEET_MAX_BUCKETS)
     with redis_errors():
         sensors = [
             s.decode() for s in cast(list[bytes], store.client.zrange(store.keys.sensors, 0, -1))
