@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -190,7 +189,6 @@ def main() -> None:
     print_table(["measure", "p50", "p99", "runs"], fresh + latency)
     print()
     print_table(["tier", "bytes per sensor-metric-day", "steady state per sensor-metric"], used)
-    print(f"(median p50 over all: {statistics.median(float(r[1]) for r in fresh + latency):.1f})")
 
 
 if __name__ == "__main__":
