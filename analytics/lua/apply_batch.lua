@@ -119,6 +119,12 @@ if #already > 0 then
 end
 
 -- 4. Record the seqs: gaps when a sensor skips ahead, filled gaps when a late one arrives.
+local function set_bit(ops, seq, bit)
+  ops[#ops + 1] = 'SET'
+  ops[#ops + 1] = 'u1'
+  ops[#ops + 1] = seq % SEQ_WINDOW
+  ops[#ops + 1] = bit
+end
 local gaps, filled, beyond = 0, 0, 0
 local new_highs = {}
 for _, sensor in ipairs(sensor_order) do
@@ -135,10 +141,7 @@ for _, sensor in ipairs(sensor_order) do
         ops = {}
       else
         for skipped = high + 1, seq - 1 do
-          ops[#ops + 1] = 'SET'
-          ops[#ops + 1] = 'u1'
-          ops[#ops + 1] = skipped % SEQ_WINDOW
-          ops[#ops + 1] = 0
+          set_bit(ops, skipped, 0)
         end
       end
       high = seq
@@ -149,10 +152,7 @@ for _, sensor in ipairs(sensor_order) do
       record = false
     end
     if record then
-      ops[#ops + 1] = 'SET'
-      ops[#ops + 1] = 'u1'
-      ops[#ops + 1] = seq % SEQ_WINDOW
-      ops[#ops + 1] = 1
+      set_bit(ops, seq, 1)
     end
   end
   if #ops > 0 then
