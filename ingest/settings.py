@@ -51,6 +51,12 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _mqtt_url(text: str) -> str:
+    if not text.startswith(("mqtt://", "mqtts://")):
+        raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {text!r}")
+    return text
+
+
 def _stream_name(text: str) -> str:
     if not text or any(ch.isspace() for ch in text):
         raise ValueError(f"expected a stream name without spaces, got {text!r}")
@@ -82,6 +88,13 @@ def _setting(
 class Settings:
     redis_url: str = _setting(
         "redis://localhost:6379/0", "REDIS_URL", _redis_url, "Redis to use", "URL"
+    )
+    mqtt_url: str | None = _setting(
+        None,
+        "MQTT_URL",
+        _mqtt_url,
+        "MQTT broker for the bridge (mqtt://user:pass@host:1883)",
+        "URL",
     )
     stream: str = _setting(DEFAULT_STREAM, "TELEMETRY_STREAM", _stream_name, "readings stream")
     maxlen: int = _setting(

@@ -12,6 +12,7 @@ from analytics.query import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import Settings, add_settings_arguments
+from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import add_simulate_arguments, run_simulate
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
@@ -73,6 +74,10 @@ def _api(settings: Settings, args: argparse.Namespace) -> None:
     serve(settings)
 
 
+def _bridge(settings: Settings, args: argparse.Namespace) -> None:
+    run_bridge(settings, args)
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     return run_up(settings, os.environ, args.fleet, args.rate)
 
@@ -127,6 +132,8 @@ def build_parser() -> OneLineArgumentParser:
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
 
     command("api", _api, "serve the HTTP API (OpenAPI docs at /docs)")
+
+    add_bridge_arguments(command("bridge", _bridge, "write MQTT devices' readings to the stream"))
 
     status = command("status", _status, "stream length, groups, lag, pending, trimming risk")
     status.add_argument("--format", choices=["table", "json"], default="table")

@@ -50,7 +50,10 @@ class LocalServer:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 10.0) -> None:
-        path = shutil.which(self.binary)
+        # Debian installs the brokers in /usr/sbin, which is not on every user's PATH.
+        path = shutil.which(self.binary) or shutil.which(
+            self.binary, path="/usr/sbin:/usr/local/sbin"
+        )
         if path is None:
             raise LocalServerError(f"{self.binary} not found on PATH: {self.install_hint}")
         log = open(self.workdir / f"{self.binary}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -147,3 +150,29 @@ class LocalRedis(LocalServer):
             "--protected-mode",
             "no",
         ]
+
+
+class LocalMosquitto(LocalServer):
+    binary = "mosquitto"
+    install_hint = (
+        "install Mosquitto 2 (Debian/Ubuntu: apt-get install mosquitto; macOS: brew install "
+        "mosquitto) or set MQTT_URL to a running broker"
+    )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            # A bridge that is down must find its devices' backlog kept, not dropped.
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 1000\n"
+            "log_dest stderr\n"
+        )
+        return ["-c", str(config)]

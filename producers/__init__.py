@@ -1,0 +1,1 @@
+"""Ways readings enter the stream: the MQTT bridge."""

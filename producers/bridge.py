@@ -1,0 +1,258 @@
+"""The MQTT bridge: device messages in, stream entries out, acknowledged only once written.
+
+paho's network thread only parses and queues (an exception there would kill the thread, so
+nothing in `on_message` raises). The main thread writes the queue in batches through the ingest
+writer and, only after Redis took a batch, sends the PUBACKs for its QoS 1 messages, in the
+order they arrived. While Redis is down nothing is acknowledged: the broker keeps the messages
+in the bridge's persistent session and delivers them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import Counter, Gauge
+
+from ingest.backoff import Backoff
+from ingest.connection import connect, fields_arg
+from ingest.deadletter import dead_letter_record
+from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
+from ingest.keys import StreamKeys
+from ingest.settings import Settings
+from ingest.writer import StreamWriter
+from producers.payload import TopicTemplate, parse_message, subscriptions
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter("telemetry_bridge_messages", "MQTT messages by outcome", ["outcome"])
+RECONNECTS = Counter("telemetry_bridge_reconnects", "Connections to the broker after the first")
+SILENT = Gauge("telemetry_bridge_silent", "1 while connected but no message has arrived lately")
+BATCH_MAX = 1000
+FLUSH_EVERY_S = 0.01
+SESSION_EXPIRY_S = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    mqtt_url: str
+    templates: Sequence[TopicTemplate]
+    client_id: str
+    qos: int = 1
+    protocol: int = 5
+    share: str | None = None
+    max_payload_bytes: int = 65_536
+    silence_s: float = 60.0
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass
+class BridgeCounts:
+    received: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    reconnects: int = 0
+
+
+@dataclass
+class _Message:
+    mid: int
+    qos: int
+    entries: list[dict[str, str]]
+    dead: list[dict[str, str]] = field(default_factory=list)
+
+
+class Bridge:
+    def __init__(self, settings: Settings, options: BridgeOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.keys = StreamKeys(settings.stream)
+        self.client = connect(settings)
+        self.writer = StreamWriter(
+            self.client, settings.stream, settings.maxlen, batch_size=10**9,
+            background_flush=False,
+        )  # fmt: skip
+        self.counts = BridgeCounts()
+        self._queue: deque[_Message] = deque()
+        self._last_message_at = time.monotonic()
+        self._connected = threading.Event()
+        self._connections = 0
+        self._head_written = False
+        self.mqtt = self._mqtt_client()
+
+    # -- MQTT side (paho's network thread) ------------------------------------------------
+
+    def _mqtt_client(self) -> mqtt.Client:
+        url = urlparse(self.options.mqtt_url)
+        v5 = self.options.protocol == 5
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.options.client_id,
+            # A fixed id and a session the broker keeps: QoS 1 messages wait for us.
+            clean_session=None if v5 else False,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
+        )
+        if url.username:
+            client.username_pw_set(unquote(url.username), unquote(url.password or ""))
+        if url.scheme == "mqtts":
+            client.tls_set(
+                ca_certs=self.options.ca_file,
+                certfile=self.options.cert_file,
+                keyfile=self.options.key_file,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._connections += 1
+        if self._connections > 1:
+            self.counts.reconnects += 1
+            RECONNECTS.inc()
+        prefix = f"$share/{self.options.share}/" if self.options.share else ""
+        topics = [(prefix + f, self.options.qos) for f in subscriptions(self.options.templates)]
+        client.subscribe(topics)
+        self._connected.set()
+        self._last_message_at = time.monotonic()
+        log.info("connected to %s; subscribed to %s", self._where(), [t for t, _ in topics])
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        log.warning("disconnected from %s (%s); reconnecting with backoff", self._where(), reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._queue.append(self._parse(message))
+        except Exception:
+            # Never let an exception reach paho's network thread; the message stays
+            # unacknowledged and comes back with the session.
+            log.exception("could not handle a message on %r", message.topic)
+
+    def _parse(self, message: mqtt.MQTTMessage) -> _Message:
+        self._last_message_at = time.monotonic()
+        self.counts.received += 1
+        parsed = _Message(message.mid, message.qos, [])
+        topic = message.topic
+        for item in parse_message(
+            topic, bytes(message.payload), self.options.templates, self.options.max_payload_bytes
+        ):
+            if isinstance(item, InvalidEntry):
+                raw = message.payload.decode("utf-8", "surrogateescape")
+                parsed.dead.append(
+                    dead_letter_record(
+                        self.keys.stream, "mqtt-bridge", "", self.options.client_id, 1,
+                        item.reason, {"topic": topic, "payload": raw},
+                    )
+                )  # fmt: skip
+            else:
+                parsed.entries.append(item)
+        return parsed
+
+    def _where(self) -> str:
+        url = urlparse(self.options.mqtt_url)
+        return f"{url.scheme}://{url.hostname}:{url.port or 1883}"
+
+    # -- Redis side (main thread) -------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> BridgeCounts:
+        url = urlparse(self.options.mqtt_url)
+        v5 = self.options.protocol == 5
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.mqtt.connect_async(
+            url.hostname or "localhost",
+            url.port or (8883 if url.scheme == "mqtts" else 1883),
+            keepalive=30,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self.mqtt.loop_start()
+        backoff = Backoff()
+        silent = False
+        try:
+            while not stop.is_set():
+                if self._queue:
+                    if self._write_batch():
+                        backoff.reset()
+                    else:
+                        stop.wait(backoff.next_delay())
+                    continue
+                silent = self._watch(silent)
+                stop.wait(FLUSH_EVERY_S)
+            # Finish what arrived: written and acknowledged, or left to the broker.
+            while self._queue and self._write_batch():
+                pass
+        finally:
+            self.mqtt.disconnect()
+            self.mqtt.loop_stop()
+        log.info(
+            "bridge stopping: received=%d written=%d dead_lettered=%d reconnects=%d",
+            self.counts.received, self.counts.written, self.counts.dead_lettered,
+            self.counts.reconnects,
+        )  # fmt: skip
+        return self.counts
+
+    def _watch(self, silent: bool) -> bool:
+        quiet_for = time.monotonic() - self._last_message_at
+        now_silent = self._connected.is_set() and quiet_for > self.options.silence_s
+        if now_silent and not silent:
+            log.warning("connected but no message for %.0fs", quiet_for)
+        elif silent and not now_silent:
+            log.info("messages are arriving again")
+        SILENT.set(1 if now_silent else 0)
+        return now_silent
+
+    def _write_batch(self) -> bool:
+        """Write up to BATCH_MAX queued messages, then acknowledge them; False if Redis failed
+        (the messages stay queued and unacknowledged)."""
+        batch = [self._queue[i] for i in range(min(BATCH_MAX, len(self._queue)))]
+        entries = [e for m in batch for e in m.entries]
+        dead = [d for m in batch for d in m.dead]
+        try:
+            if not self._head_written:
+                if self.writer.buffered == 0:
+                    self.writer.add_many(entries)
+                self.writer.flush()
+                # Retried after a failure below, the readings must not be written twice.
+                self._head_written = True
+            if dead:
+                with redis_errors():
+                    pipe = self.client.pipeline(transaction=False)
+                    cap = self.settings.dead_letter_maxlen
+                    for record in dead:
+                        pipe.xadd(self.keys.dead, fields_arg(record), maxlen=cap, approximate=True)
+                    pipe.execute()
+        except (RedisUnavailable, RedisCommandFailed) as exc:
+            log.warning("redis unavailable (%s); holding %d messages unacknowledged", exc,
+                        len(self._queue))  # fmt: skip
+            return False
+        self._head_written = False
+        for message in batch:
+            self._queue.popleft()
+            if message.qos > 0:
+                self.mqtt.ack(message.mid, message.qos)
+        self.counts.written += len(entries)
+        self.counts.dead_lettered += len(dead)
+        MESSAGES.labels(outcome="written").inc(len(entries))
+        MESSAGES.labels(outcome="dead_lettered").inc(len(dead))
+        return True

@@ -1,0 +1,62 @@
+"""`telemetry bridge`: flags and the run."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from ingest.metrics import serve_metrics
+from ingest.runtime import CommandLineError, stop_on_signals
+from ingest.settings import Settings
+from producers.bridge import Bridge, BridgeCounts, BridgeOptions
+from producers.payload import DEFAULT_TOPICS, TopicTemplate
+
+
+def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic", action="append", metavar="TEMPLATE",
+        help="topic template with {sensor_id} and optionally {metric}; repeatable "
+        f"(default: {' and '.join(DEFAULT_TOPICS)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--client-id", help="fixed MQTT client id, which keeps the session (default: host name)"
+    )
+    parser.add_argument("--share", metavar="GROUP", help="MQTT v5 shared subscription group")
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    parser.add_argument("--mqtt-version", type=int, choices=[3, 5], default=5, help="3 = 3.1.1")
+    parser.add_argument("--max-payload", type=int, default=65_536, metavar="BYTES")
+    parser.add_argument("--silence", type=float, default=60.0, metavar="S",
+                        help="warn when connected but nothing arrives for this long")  # fmt: skip
+    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
+    parser.add_argument("--cert-file", help="client certificate for mqtts://")
+    parser.add_argument("--key-file", help="client key for mqtts://")
+
+
+def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOptions:
+    if settings.mqtt_url is None:
+        raise CommandLineError("no broker: set MQTT_URL or --mqtt-url")
+    if args.share and args.mqtt_version != 5:
+        raise CommandLineError("--share needs --mqtt-version 5")
+    try:
+        templates = [TopicTemplate(t) for t in (args.topic or DEFAULT_TOPICS)]
+    except ValueError as exc:
+        raise CommandLineError(str(exc)) from None
+    return BridgeOptions(
+        mqtt_url=settings.mqtt_url,
+        templates=templates,
+        client_id=args.client_id or f"telemetry-bridge-{socket.gethostname()}",
+        qos=args.qos,
+        protocol=args.mqtt_version,
+        share=args.share,
+        max_payload_bytes=args.max_payload,
+        silence_s=args.silence,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+
+
+def run_bridge(settings: Settings, args: argparse.Namespace) -> BridgeCounts:
+    options = bridge_options(settings, args)
+    serve_metrics(settings.metrics_port)
+    return Bridge(settings, options).run(stop_on_signals())

@@ -1,0 +1,170 @@
+"""What a device may publish, turned into stream entries (pure: no I/O).
+
+Topics are templates with `{sensor_id}` and optionally `{metric}`:
+
+- `sensors/{sensor_id}/telemetry`: a JSON object `{"temp": 21.5, "humidity": 0.41}` with
+  optional `ts` (milliseconds since the epoch, or ISO 8601) and `seq`, or a JSON array of such
+  objects (a device flushing its buffer);
+- `sensors/{sensor_id}/{metric}`: a bare number.
+
+Every entry produced passes the stream contract. What cannot be turned into one raises
+InvalidEntry with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest.errors import InvalidEntry
+from ingest.reading import Reading
+
+DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
+
+
+@dataclass(frozen=True)
+class TopicTemplate:
+    template: str
+
+    def __post_init__(self) -> None:
+        parts = self.template.split("/")
+        if parts.count("{sensor_id}") != 1 or parts.count("{metric}") > 1:
+            raise ValueError(
+                f"topic template {self.template!r} needs one {{sensor_id}} level and at most "
+                "one {metric} level"
+            )
+        if any(p in ("+", "#") or ("{" in p and p not in ("{sensor_id}", "{metric}"))
+               for p in parts):  # fmt: skip
+            raise ValueError(f"topic template {self.template!r} has a wildcard or unknown field")
+
+    @property
+    def subscription(self) -> str:
+        return self.template.replace("{sensor_id}", "+").replace("{metric}", "+")
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        parts, wanted = topic.split("/"), self.template.split("/")
+        if len(parts) != len(wanted):
+            return None
+        found = {}
+        for part, want in zip(parts, wanted, strict=True):
+            if want in ("{sensor_id}", "{metric}"):
+                found[want[1:-1]] = part
+            elif part != want:
+                return None
+        return found
+
+
+def subscriptions(templates: Sequence[TopicTemplate]) -> list[str]:
+    """Topic filters for the templates, without a filter another one already covers: a broker
+    delivers a message once per matching subscription."""
+    filters = list(dict.fromkeys(t.subscription for t in templates))
+
+    def covers(wide: str, narrow: str) -> bool:
+        a, b = wide.split("/"), narrow.split("/")
+        return len(a) == len(b) and all(x in ("+", y) for x, y in zip(a, b, strict=True))
+
+    return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
+
+
+def parse_message(
+    topic: str, payload: bytes, templates: Sequence[TopicTemplate], max_bytes: int
+) -> list[dict[str, str] | InvalidEntry]:
+    """Stream entries for one message: fields for each valid reading, InvalidEntry for each
+    reading that is not. A message that cannot be read at all gives one InvalidEntry."""
+    if len(payload) > max_bytes:
+        return [InvalidEntry(f"payload of {len(payload)} bytes is over the {max_bytes} limit")]
+    for template in templates:
+        found = template.match(topic)
+        if found is not None:
+            break
+    else:
+        return [InvalidEntry(f"topic {topic[:200]!r} matches no configured topic")]
+    try:
+        sensor_id = found["sensor_id"]
+        if "metric" in found:
+            return [_bare_number(sensor_id, found["metric"], payload)]
+        document = _json(payload)
+    except InvalidEntry as exc:
+        return [exc]
+    items = document if isinstance(document, list) else [document]
+    if not items:
+        return [InvalidEntry("empty JSON array")]
+    out: list[dict[str, str] | InvalidEntry] = []
+    for item in items:
+        try:
+            out.append(_reading(sensor_id, item))
+        except InvalidEntry as exc:
+            out.append(exc)
+    return out
+
+
+def _json(payload: bytes) -> Any:
+    try:
+        text = payload.decode("utf-8")
+        document = json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidEntry(f"payload is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(document, dict | list):
+        raise InvalidEntry("payload must be a JSON object or an array of objects")
+    return document
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _number(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEntry(f"{name} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidEntry(f"{name} must be a finite number")
+    return repr(number)
+
+
+def _timestamp(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEntry(f"ts must be milliseconds or ISO 8601, got {value[:40]!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return str(int(moment.timestamp() * 1000))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidEntry("ts must be non-negative integer milliseconds or an ISO 8601 string")
+    return str(value)
+
+
+def _reading(sensor_id: str, item: Any) -> dict[str, str]:
+    if not isinstance(item, dict):
+        raise InvalidEntry(f"each reading must be a JSON object, got {type(item).__name__}")
+    fields = {"sensor_id": sensor_id}
+    for name, value in item.items():
+        if name == "sensor_id":
+            if value != sensor_id:
+                raise InvalidEntry(f"sensor_id {str(value)[:40]!r} contradicts the topic's")
+        elif name == "ts":
+            fields["ts"] = _timestamp(value)
+        elif name == "seq":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidEntry("seq must be a non-negative integer")
+            fields["seq"] = str(value)
+        else:
+            fields[name] = _number(f"metric {name[:40]!r}", value)
+    Reading.decode("0-0", fields)
+    return fields
+
+
+def _bare_number(sensor_id: str, metric: str, payload: bytes) -> dict[str, str]:
+    try:
+        text = payload.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise InvalidEntry("a bare-number payload must be ASCII") from None
+    fields = {"sensor_id": sensor_id, metric: text}
+    Reading.decode("0-0", fields)
+    return fields

@@ -1,0 +1,88 @@
+"""What devices may publish, and the reason for everything they may not (no servers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.errors import InvalidEntry
+from producers.payload import DEFAULT_TOPICS, TopicTemplate, parse_message, subscriptions
+
+TEMPLATES = [TopicTemplate(t) for t in DEFAULT_TOPICS]
+
+
+def parse(topic: str, payload: bytes | str) -> list[dict[str, str] | InvalidEntry]:
+    raw = payload.encode() if isinstance(payload, str) else payload
+    return parse_message(topic, raw, TEMPLATES, 1024)
+
+
+def test_an_object_an_array_and_a_bare_number() -> None:
+    assert parse("sensors/s1/telemetry", '{"temp": 21.5, "humidity": 0.41}') == [
+        {"sensor_id": "s1", "temp": "21.5", "humidity": "0.41"}
+    ]
+    assert parse("sensors/s1/telemetry", '[{"temp": 1, "seq": 7, "ts": 1700000000000}]') == [
+        {"sensor_id": "s1", "temp": "1.0", "seq": "7", "ts": "1700000000000"}
+    ]
+    assert parse("sensors/s1/telemetry", '{"temp": 2, "ts": "2023-11-14T22:13:20Z"}') == [
+        {"sensor_id": "s1", "temp": "2.0", "ts": "1700000000000"}
+    ]
+    assert parse("sensors/s1/temp", b" 21.5 ") == [{"sensor_id": "s1", "temp": "21.5"}]
+    assert parse("sensors/s1/telemetry", '{"sensor_id": "s1", "temp": 3}')[0] == {
+        "sensor_id": "s1", "temp": "3.0"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("sensors/s1/telemetry", "{not json", "payload is not JSON"),
+        ("sensors/s1/telemetry", "21.5", "must be a JSON object or an array"),
+        ("sensors/s1/telemetry", "[]", "empty JSON array"),
+        ("sensors/s1/telemetry", '{"temp": "warm"}', "must be a number, got str"),
+        ("sensors/s1/telemetry", '{"temp": true}', "must be a number, got bool"),
+        ("sensors/s1/telemetry", '{"temp": NaN}', "payload is not JSON"),
+        ("sensors/s1/telemetry", '{"temp": 1e999}', "must be a finite number"),
+        ("sensors/s1/telemetry", '{"temp": {"a": 1}}', "must be a number, got dict"),
+        ("sensors/s1/telemetry", '{"temp": 1, "sensor_id": "s2"}', "contradicts the topic"),
+        ("sensors/s1/telemetry", '{"temp": 1, "seq": -1}', "seq must be a non-negative"),
+        ("sensors/s1/telemetry", '{"temp": 1, "ts": "yesterday"}', "ts must be milliseconds"),
+        ("sensors/s1/telemetry", '{"bad name": 1}', "is not a valid metric name"),
+        ("sensors/s1/telemetry", "[" * 400 + "]" * 400, "must be a JSON object, got list"),
+        ("sensors/s1/telemetry", b"\xff\xfe", "payload is not JSON"),
+        ("sensors/s1/telemetry", "{}", "entry has no metrics"),
+        ("sensors/s*1/telemetry", '{"temp": 1}', "sensor_id must be"),
+        ("sensors/s{1}/temp", "1", "sensor_id must be"),
+        ("sensors/s1/temp", "NaN", "finite decimal number"),
+        ("sensors/s1/temp", "€", "must be ASCII"),
+        ("elsewhere/s1", "1", "matches no configured topic"),
+        ("sensors/s1/telemetry", '{"temp": ' + "1" * 2000 + "}", "over the 1024 limit"),
+    ],
+)
+def test_everything_else_has_a_reason(topic: str, payload: str | bytes, reason: str) -> None:
+    [result] = parse(topic, payload)
+    assert isinstance(result, InvalidEntry)
+    assert reason in result.reason
+
+
+def test_an_array_keeps_its_good_readings_and_refuses_the_bad_ones() -> None:
+    results = parse("sensors/s1/telemetry", json.dumps([{"temp": 1}, {"temp": "x"}, {"t": 2}]))
+    assert [isinstance(r, InvalidEntry) for r in results] == [False, True, False]
+
+
+def test_overlapping_topics_are_subscribed_once() -> None:
+    assert subscriptions(TEMPLATES) == ["sensors/+/+"]
+    other = [TopicTemplate("a/{sensor_id}/data"), TopicTemplate("b/{sensor_id}/{metric}")]
+    assert subscriptions(other) == ["a/+/data", "b/+/+"]
+
+
+@pytest.mark.parametrize("template", ["sensors/+/x", "no-sensor/{metric}", "a/{sensor}/b"])
+def test_bad_templates_are_refused(template: str) -> None:
+    with pytest.raises(ValueError, match="topic template"):
+        TopicTemplate(template)
+
+
+def test_json_nested_deeper_than_python_recurses_is_refused_not_fatal() -> None:
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    [result] = parse_message("sensors/s1/telemetry", deep, TEMPLATES, 1 << 20)
+    assert isinstance(result, InvalidEntry) and "payload is not JSON" in result.reason
