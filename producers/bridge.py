@@ -90,6 +90,7 @@ class Bridge:
         self._connected = threading.Event()
         self._connections = 0
         self._head_written = False
+        self._head_size = 0
         self.mqtt = self._mqtt_client()
 
     # -- MQTT side (paho's network thread) ------------------------------------------------
@@ -225,7 +226,10 @@ class Bridge:
     def _write_batch(self) -> bool:
         """Write up to BATCH_MAX queued messages, then acknowledge them; False if Redis failed
         (the messages stay queued and unacknowledged)."""
-        batch = [self._queue[i] for i in range(min(BATCH_MAX, len(self._queue)))]
+        # A batch retried after a failure is the same messages, however many arrived since.
+        if not self._head_size:
+            self._head_size = min(BATCH_MAX, len(self._queue))
+        batch = [self._queue[i] for i in range(self._head_size)]
         entries = [e for m in batch for e in m.entries]
         dead = [d for m in batch for d in m.dead]
         try:
@@ -247,6 +251,7 @@ class Bridge:
                         len(self._queue))  # fmt: skip
             return False
         self._head_written = False
+        self._head_size = 0
         for message in batch:
             self._queue.popleft()
             if message.qos > 0:

@@ -1,0 +1,303 @@
+"""The MQTT bridge against a real mosquitto and a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.connection import connect
+from ingest.errors import InvalidEntry
+from ingest.keys import StreamKeys
+from ingest.settings import Settings
+from producers.payload import DEFAULT_TOPICS, TopicTemplate, parse_message
+from telemetry.localserver import LocalMosquitto, LocalRedis
+from tests.conftest import child_env, make_settings
+from tests.helpers import entries
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
+    server = LocalMosquitto(workdir=tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.close()
+
+
+def bridge_process(
+    settings: Settings, broker: LocalMosquitto, client_id: str = "bridge-1", *extra: str
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "bridge", "--client-id", client_id, *extra],
+        env=child_env(settings, MQTT_URL=broker.url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_subscribed(process: subprocess.Popen[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "subscribed to" in line:
+            # Keep draining stderr so the bridge never blocks on a full pipe.
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return
+    raise AssertionError("bridge never subscribed")
+
+
+class Devices:
+    """Simulated devices publishing JSON readings with seq at QoS 1."""
+
+    def __init__(self, broker: LocalMosquitto, clients: int = 4) -> None:
+        self.clients = []
+        for i in range(clients):
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"devices-{i}")
+            client.max_inflight_messages_set(500)
+            client.max_queued_messages_set(0)
+            client.connect("127.0.0.1", broker.port)
+            client.loop_start()
+            self.clients.append(client)
+
+    def publish(self, devices: int, per_device: int) -> int:
+        infos = []
+        for seq in range(per_device):
+            for d in range(devices):
+                client = self.clients[d % len(self.clients)]
+                body = json.dumps({"temp": 20 + (seq % 10) / 10, "seq": seq})
+                infos.append(client.publish(f"sensors/dev-{d:03d}/telemetry", body, qos=1))
+        for info in infos:
+            info.wait_for_publish(30)
+        return len(infos)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.loop_stop()
+            client.disconnect()
+
+
+def wait_for(client: redis.Redis, stream: str, count: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        length = int(client.xlen(stream))
+        if length >= count:
+            time.sleep(0.5)
+            return int(client.xlen(stream))
+        time.sleep(0.1)
+    return int(client.xlen(stream))
+
+
+def seqs_by_device(client: redis.Redis, stream: str) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for _, fields in entries(client, stream):
+        found.setdefault(fields["sensor_id"], []).append(int(fields["seq"]))
+    return found
+
+
+def test_a_hundred_thousand_qos1_messages_arrive_exactly(
+    redis_url: str, broker: LocalMosquitto
+) -> None:
+    settings = make_settings(redis_url)
+    bridge = bridge_process(settings, broker)
+    wait_subscribed(bridge)
+    devices = Devices(broker)
+    try:
+        sent = devices.publish(devices=100, per_device=1000)
+        client = connect(settings)
+        assert wait_for(client, settings.stream, sent, 120) == 100_000
+    finally:
+        devices.close()
+        bridge.terminate()
+    assert bridge.wait(30) == 0
+    for seqs in seqs_by_device(client, settings.stream).values():
+        assert sorted(seqs) == list(range(1000))
+
+
+def test_a_killed_bridge_loses_nothing_the_broker_held(
+    redis_url: str, broker: LocalMosquitto
+) -> None:
+    settings = make_settings(redis_url)
+    client = connect(settings)
+    bridge = bridge_process(settings, broker)
+    wait_subscribed(bridge)
+    devices = Devices(broker)
+    publishing = threading.Thread(target=devices.publish, args=(100, 1000))
+    publishing.start()
+    try:
+        while client.xlen(settings.stream) < 30_000:
+            time.sleep(0.05)
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait()
+        time.sleep(random.uniform(0.2, 1.0))
+        bridge = bridge_process(settings, broker)
+        publishing.join()
+        wait_for(client, settings.stream, 100_000, 120)
+    finally:
+        devices.close()
+        bridge.terminate()
+        bridge.wait(30)
+    per_device = seqs_by_device(client, settings.stream)
+    duplicates = sum(len(seqs) - len(set(seqs)) for seqs in per_device.values())
+    assert all(set(seqs) == set(range(1000)) for seqs in per_device.values())
+    # At most the messages in flight at the kill: one batch the bridge wrote but had not
+    # acknowledged yet (the broker allows 1000 unacknowledged messages per client).
+    assert duplicates <= 1000
+
+
+def test_the_broker_restarting_loses_nothing_acknowledged(
+    redis_url: str, broker: LocalMosquitto
+) -> None:
+    settings = make_settings(redis_url)
+    client = connect(settings)
+    bridge = bridge_process(settings, broker)
+    wait_subscribed(bridge)
+    devices = Devices(broker, clients=1)
+    devices.publish(devices=10, per_device=100)
+    devices.close()
+    wait_for(client, settings.stream, 1000, 30)
+    broker.restart()
+    devices = Devices(broker, clients=1)
+    try:
+        # Only after the bridge reconnected and resubscribed does a message published now reach it.
+        deadline = time.monotonic() + 60
+        probe = 0
+        while time.monotonic() < deadline and client.xlen(settings.stream) < 1001:
+            body = json.dumps({"temp": 1, "seq": probe})
+            devices.clients[0].publish("sensors/late/telemetry", body, qos=1)
+            probe += 1
+            time.sleep(0.5)
+        devices.publish(devices=10, per_device=100)
+        final = wait_for(client, settings.stream, 2001, 60)
+    finally:
+        devices.close()
+        bridge.terminate()
+        bridge.wait(30)
+    per_device = seqs_by_device(client, settings.stream)
+    per_device.pop("late", None)
+    assert final >= 2001
+    assert all(Counter(seqs) == Counter({s: 2 for s in range(100)}) for seqs in per_device.values())
+
+
+def test_redis_stopped_for_ten_seconds_loses_nothing(
+    tmp_path: Path, broker: LocalMosquitto
+) -> None:
+    server = LocalRedis(workdir=tmp_path / "redis", appendonly=True)
+    server.start()
+    settings = make_settings(server.url)
+    bridge = bridge_process(settings, broker)
+    wait_subscribed(bridge)
+    devices = Devices(broker)
+    publishing = threading.Thread(target=devices.publish, args=(50, 400))
+    try:
+        publishing.start()
+        time.sleep(0.5)
+        server.stop()
+        time.sleep(10)
+        server.start()
+        publishing.join()
+        client = connect(settings)
+        wait_for(client, settings.stream, 20_000, 60)
+        per_device = seqs_by_device(client, settings.stream)
+    finally:
+        devices.close()
+        bridge.terminate()
+        bridge.wait(30)
+        server.close()
+    assert len(per_device) == 50
+    assert all(set(seqs) == set(range(400)) for seqs in per_device.values())
+
+
+def test_two_bridges_on_a_shared_subscription_write_each_message_once(
+    redis_url: str, broker: LocalMosquitto
+) -> None:
+    settings = make_settings(redis_url)
+    bridges = [bridge_process(settings, broker, f"bridge-{i}", "--share", "ingest") for i in (1, 2)]
+    for bridge in bridges:
+        wait_subscribed(bridge)
+    devices = Devices(broker)
+    try:
+        sent = devices.publish(devices=20, per_device=500)
+        client = connect(settings)
+        assert wait_for(client, settings.stream, sent, 60) == 10_000
+    finally:
+        devices.close()
+        for bridge in bridges:
+            bridge.terminate()
+            bridge.wait(30)
+    for seqs in seqs_by_device(client, settings.stream).values():
+        assert sorted(seqs) == list(range(500))
+
+
+TEMPLATES = [TopicTemplate(t) for t in DEFAULT_TOPICS]
+level = st.text(
+    alphabet=st.characters(blacklist_characters="/\x00"), max_size=12
+) | st.sampled_from(["dev-1", "s1", "+x", "#", "{x}", "*", "temp", "telemetry", "sensör"])
+topics = st.builds(lambda a, b: f"sensors/{a}/{b}", level, level) | level.map(str)
+payloads = (
+    st.binary(max_size=80)
+    | st.recursive(
+        st.none()
+        | st.booleans()
+        | st.floats()
+        | st.integers(-(10**30), 10**30)
+        | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ).map(lambda doc: json.dumps(doc).encode())
+    | st.sampled_from([b"21.5", b"NaN", b"1e999", b'{"temp": 1}', b'[{"temp": 1, "seq": 3}]'])
+)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(topics, payloads), min_size=2000, max_size=2000))
+def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
+    redis_url: str, broker: LocalMosquitto, messages: list[tuple[str, bytes]]
+) -> None:
+    redis.Redis.from_url(redis_url).flushall()
+    settings = make_settings(redis_url)
+    client = connect(settings)
+    keys = StreamKeys(settings.stream)
+    bridge = bridge_process(settings, broker, "fuzz", "--max-payload", "1024")
+    wait_subscribed(bridge)
+    before = set(client.keys("*"))
+    valid = invalid = 0
+    publisher = Devices(broker, clients=1).clients[0]
+    infos = []
+    for topic, payload in messages:
+        if "+" in topic or "#" in topic or not topic or topic.startswith("$"):
+            continue  # not publishable
+        for item in parse_message(topic, payload, TEMPLATES, 1024):
+            if isinstance(item, InvalidEntry):
+                invalid += 1
+            else:
+                valid += 1
+        infos.append(publisher.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        client.xlen(keys.stream) < valid or client.xlen(keys.dead) < invalid
+    ):
+        time.sleep(0.1)
+    publisher.disconnect()
+    assert bridge.poll() is None, "the bridge died"
+    bridge.terminate()
+    assert bridge.wait(30) == 0
+    assert (client.xlen(keys.stream), client.xlen(keys.dead)) == (valid, invalid)
+    assert set(client.keys("*")) - before <= {keys.stream, keys.dead, keys.meta}
