@@ -1,8 +1,9 @@
 """`telemetry up`: the whole pipeline on one machine, stopped with Ctrl-C.
 
-Starts a private redis-server when REDIS_URL is not set, then each service as a child process
-running its own `telemetry` subcommand (so what runs here is what runs in compose), restarts a
-child that dies, logs a status line now and then, and stops everything in order on SIGINT/SIGTERM.
+Starts a private redis-server when REDIS_URL is not set and a private mosquitto when MQTT_URL
+is not set (without one on PATH, it runs without the bridge and says so), then each service as
+a child process running its own `telemetry` subcommand, restarts a child that dies, logs a
+status line now and then, and stops everything in order on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ingest.errors import IngestError
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings, settings_env
 from ingest.status import stream_status
-from telemetry.localserver import LocalRedis
+from telemetry.localserver import LocalMosquitto, LocalRedis, LocalServerError
 
 log = logging.getLogger("telemetry.up")
 
@@ -37,13 +38,16 @@ class Service:
     restart_at: float = 0.0
 
 
-def services(fleet: int, rate: float) -> list[Service]:
+def services(fleet: int, rate: float, with_bridge: bool) -> list[Service]:
     """What runs: each entry is a `telemetry` subcommand."""
-    return [
+    running = [
         Service("simulator", ["simulate", "--fleet", str(fleet), "--rate", str(rate)]),
         Service("aggregator", ["aggregate"]),
         Service("api", ["api"]),
     ]
+    if with_bridge:
+        running.append(Service("bridge", ["bridge", "--client-id", "telemetry-up-bridge"]))
+    return running
 
 
 def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) -> int:
@@ -58,14 +62,27 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
             redis_server.url,
             redis_server.workdir,
         )
+    broker = None
+    if settings.mqtt_url is None:
+        broker = LocalMosquitto()
+        try:
+            broker.start()
+            settings = settings.replace(mqtt_url=broker.url)
+            log.info("started private mosquitto at %s (data in %s)", broker.url, broker.workdir)
+        except LocalServerError as exc:
+            log.warning("no MQTT bridge: %s", exc)
+            broker = None
     child_env = {**env, **settings_env(settings)}
-    running = services(fleet, rate)
+    running = services(fleet, rate, with_bridge=settings.mqtt_url is not None)
     try:
         for service in running:
             _start(service, child_env)
         _supervise(running, child_env, settings, stop)
     finally:
         _stop_all(running)
+        if broker is not None:
+            broker.stop()
+            log.info("stopped private mosquitto")
         if redis_server is not None:
             redis_server.stop()
             log.info("stopped private redis-server (data kept in %s)", redis_server.workdir)

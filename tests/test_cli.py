@@ -137,7 +137,7 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
     log = up.stderr.read()
-    for service in ("simulator", "aggregator", "api"):
+    for service in ("simulator", "aggregator", "api", "bridge"):
         assert f"stopped {service} (status 0)" in log
     assert not port_open(int(url.rsplit(":", 1)[1].split("/")[0]))
 
