@@ -91,6 +91,7 @@ class Bridge:
         self._connections = 0
         self._head_written = False
         self._head_size = 0
+        self._stopping = False
         self.mqtt = self._mqtt_client()
 
     # -- MQTT side (paho's network thread) ------------------------------------------------
@@ -137,6 +138,8 @@ class Bridge:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
+        if self._stopping:
+            return
         log.warning("disconnected from %s (%s); reconnecting with backoff", self._where(), reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
@@ -204,6 +207,7 @@ class Bridge:
             while self._queue and self._write_batch():
                 pass
         finally:
+            self._stopping = True
             self.mqtt.disconnect()
             self.mqtt.loop_stop()
         log.info(
