@@ -108,23 +108,36 @@ def seqs_by_device(client: redis.Redis, stream: str) -> dict[str, list[int]]:
     return found
 
 
+def publish_through_bridges(
+    redis_url: str,
+    broker: LocalMosquitto,
+    bridge_args: list[list[str]],
+    devices: int,
+    per_device: int,
+) -> None:
+    """Devices publish while the bridges run; every reading arrives exactly once."""
+    settings = make_settings(redis_url)
+    bridges = [bridge_process(settings, broker, *args) for args in bridge_args]
+    for bridge in bridges:
+        wait_subscribed(bridge)
+    publishers = Devices(broker)
+    try:
+        sent = publishers.publish(devices=devices, per_device=per_device)
+        client = connect(settings)
+        assert wait_for(client, settings.stream, sent, 120) == devices * per_device
+    finally:
+        publishers.close()
+        for bridge in bridges:
+            bridge.terminate()
+    assert [bridge.wait(30) for bridge in bridges] == [0] * len(bridges)
+    for seqs in seqs_by_device(client, settings.stream).values():
+        assert sorted(seqs) == list(range(per_device))
+
+
 def test_a_hundred_thousand_qos1_messages_arrive_exactly(
     redis_url: str, broker: LocalMosquitto
 ) -> None:
-    settings = make_settings(redis_url)
-    bridge = bridge_process(settings, broker)
-    wait_subscribed(bridge)
-    devices = Devices(broker)
-    try:
-        sent = devices.publish(devices=100, per_device=1000)
-        client = connect(settings)
-        assert wait_for(client, settings.stream, sent, 120) == 100_000
-    finally:
-        devices.close()
-        bridge.terminate()
-    assert bridge.wait(30) == 0
-    for seqs in seqs_by_device(client, settings.stream).values():
-        assert sorted(seqs) == list(range(1000))
+    publish_through_bridges(redis_url, broker, [["bridge-1"]], devices=100, per_device=1000)
 
 
 def test_a_killed_bridge_loses_nothing_the_broker_held(
@@ -224,22 +237,8 @@ def test_redis_stopped_for_ten_seconds_loses_nothing(
 def test_two_bridges_on_a_shared_subscription_write_each_message_once(
     redis_url: str, broker: LocalMosquitto
 ) -> None:
-    settings = make_settings(redis_url)
-    bridges = [bridge_process(settings, broker, f"bridge-{i}", "--share", "ingest") for i in (1, 2)]
-    for bridge in bridges:
-        wait_subscribed(bridge)
-    devices = Devices(broker)
-    try:
-        sent = devices.publish(devices=20, per_device=500)
-        client = connect(settings)
-        assert wait_for(client, settings.stream, sent, 60) == 10_000
-    finally:
-        devices.close()
-        for bridge in bridges:
-            bridge.terminate()
-            bridge.wait(30)
-    for seqs in seqs_by_device(client, settings.stream).values():
-        assert sorted(seqs) == list(range(500))
+    shared = [["bridge-1", "--share", "ingest"], ["bridge-2", "--share", "ingest"]]
+    publish_through_bridges(redis_url, broker, shared, devices=20, per_device=500)
 
 
 TEMPLATES = [TopicTemplate(t) for t in DEFAULT_TOPICS]
