@@ -1,0 +1,77 @@
+"""compose.yaml cannot run here (no Docker engine), so check what can be checked: every service
+that runs the project runs a real `telemetry` subcommand that starts with those settings, and
+every variable it sets is one the settings object reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ingest.settings import Settings
+from telemetry.localserver import LocalMosquitto, free_port
+from tests.conftest import ROOT, child_env
+
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+PROJECT_SERVICES = {
+    name: service
+    for name, service in COMPOSE["services"].items()
+    if service.get("command", [""])[0] == "telemetry"
+}
+SETTINGS_VARIABLES = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
+
+
+def test_every_project_service_is_there_and_scalable() -> None:
+    assert set(PROJECT_SERVICES) == {"bridge", "aggregator", "api", "simulator"}
+    assert COMPOSE["services"]["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    for service in COMPOSE["services"].values():
+        assert service["restart"] == "unless-stopped"
+    # Scaling needs no fixed name or host port on the workers.
+    assert "container_name" not in PROJECT_SERVICES["aggregator"]
+    assert "ports" not in PROJECT_SERVICES["aggregator"]
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT_SERVICES))
+def test_each_variable_a_service_sets_is_a_setting(name: str) -> None:
+    assert set(PROJECT_SERVICES[name]["environment"]) <= SETTINGS_VARIABLES
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT_SERVICES))
+def test_each_service_command_starts_with_its_settings(
+    name: str, redis_url: str, tmp_path: Path
+) -> None:
+    service = PROJECT_SERVICES[name]
+    broker = LocalMosquitto(workdir=tmp_path / "mosquitto")
+    broker.start()
+    environment = dict(service["environment"])
+    # The same settings, pointed at this test's servers instead of the compose network's.
+    environment["REDIS_URL"] = redis_url
+    if "MQTT_URL" in environment:
+        environment["MQTT_URL"] = broker.url
+    for port_setting in ("TELEMETRY_API_PORT", "TELEMETRY_METRICS_PORT"):
+        if port_setting in environment:
+            environment[port_setting] = str(free_port())
+    environment["TELEMETRY_API_HOST"] = "127.0.0.1"
+    base = child_env(Settings(redis_url=redis_url))
+    process = subprocess.Popen(
+        [sys.executable, "-m", *service["command"]],
+        env={**base, **environment},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        broker.close()
