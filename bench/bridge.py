@@ -24,6 +24,7 @@ import redis
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bench.common import print_table, redis_for_bench
+from ingest.connection import read_range
 from telemetry.localserver import LocalMosquitto
 
 
@@ -113,10 +114,49 @@ def bridge(broker: LocalMosquitto, url: str, client_id: str, messages: int) -> f
     return messages / elapsed
 
 
+def latency(broker: LocalMosquitto, url: str, rate: int, seconds: int) -> tuple[float, float]:
+    """Publish at `rate` messages/s with the publish time in `ts`; the delay of each reading is
+    its entry ID's time (when Redis stored it) minus `ts`. One machine, one clock."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    env = {**os.environ, "REDIS_URL": url, "MQTT_URL": broker.url, "TELEMETRY_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "bridge", "--client-id", "latency"], env=env
+    )
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="latency-publisher")
+    publisher.max_inflight_messages_set(1000)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    time.sleep(3)  # the bridge connects and subscribes
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < seconds:
+        due = int((time.monotonic() - start) * rate)
+        while sent < due:
+            body = json.dumps({"temp": 1.0, "seq": sent, "ts": time.time_ns() // 1_000_000})
+            publisher.publish(f"sensors/dev-{sent % 100:03d}/telemetry", body, qos=1)
+            sent += 1
+        time.sleep(0.001)
+    deadline = time.monotonic() + 30
+    while client.xlen("app:event") < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    publisher.loop_stop()
+    publisher.disconnect()
+    process.terminate()
+    process.wait()
+    delays = [
+        int(entry_id.split("-")[0]) - int(fields["ts"])
+        for entry_id, fields in read_range(client, "app:event")
+    ]
+    return statistics.median(delays), float(sorted(delays)[int(len(delays) * 0.99)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-rate", type=int, default=5000)
+    parser.add_argument("--latency-seconds", type=int, default=20)
     args = parser.parse_args()
     rates: dict[str, list[float]] = {"bare": [], "bridge": []}
     broker = LocalMosquitto()
@@ -131,6 +171,7 @@ def main() -> None:
                         rates[name].append(bare_subscriber(broker, client_id, args.messages))
                     else:
                         rates[name].append(bridge(broker, url, client_id, args.messages))
+            p50, p99 = latency(broker, url, args.latency_rate, args.latency_seconds)
     finally:
         broker.close()
     bare, bridged = statistics.median(rates["bare"]), statistics.median(rates["bridge"])
@@ -142,6 +183,8 @@ def main() -> None:
             ("telemetry bridge, parse + XADD + ack", f"{bridged:,.0f}", f"{bridged / bare:.2f}"),
         ],
     )
+    print(f"\npublish to stream at {args.latency_rate:,} messages/s for {args.latency_seconds} s")
+    print_table(["latency", "ms"], [("p50", f"{p50:.0f}"), ("p99", f"{p99:.0f}")])
 
 
 if __name__ == "__main__":
