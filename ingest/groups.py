@@ -43,6 +43,9 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 CREATE_GROUP = LuaScript("ingest", "create_group.lua")
 TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
+FORGET_CONSUMERS = LuaScript("ingest", "forget_consumers.lua")
+# A consumer that holds nothing and was idle this long is removed from its group.
+FORGET_IDLE_MS = 3_600_000
 
 # Entries read from Redis: ID and fields; fields are empty when the data was trimmed away.
 RawEntry = tuple[str, Mapping[str, str] | None]
@@ -163,6 +166,7 @@ class GroupRunner(Generic[T]):
                 if time.monotonic() >= next_claim:
                     self._claim_idle(stop)
                     self._watch_lag()
+                    self._forget_idle_consumers()
                     next_claim = time.monotonic() + self._claim_every_s
                 got = self._read_new()
                 if outage_since is not None:
@@ -255,6 +259,14 @@ class GroupRunner(Generic[T]):
         log.error(
             "group %s lost %d entries to MAXLEN trimming before reading them", self.group, lost
         )
+
+    def _forget_idle_consumers(self) -> None:
+        with redis_errors():
+            removed = FORGET_CONSUMERS(
+                self.client, [self.keys.stream], [self.group, FORGET_IDLE_MS, self.consumer]
+            )
+        if removed:
+            log.info("removed %d idle consumers holding nothing: %s", len(removed), removed)
 
     def _watch_lag(self) -> None:
         """Publish the group's lag and warn while trimming threatens entries it has not read."""

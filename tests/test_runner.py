@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
 from ingest.deadletter import list_dead_letters
+from ingest.groups import FORGET_CONSUMERS
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from tests.helpers import Recorder, add, drain, entries, pending_count, reading_runner
@@ -118,3 +120,18 @@ def test_own_pending_entries_are_re_read_first_after_a_restart(
     drain(runner)
     assert handler.seen == ids
     assert runner.stats.recovered == 4
+
+
+def test_idle_consumers_holding_nothing_are_forgotten_and_holders_kept(
+    client: redis.Redis, settings: Settings
+) -> None:
+    add(client, settings.stream, {"sensor_id": "s1", "temp": "1"})
+    add(client, settings.stream, {"sensor_id": "s1", "temp": "2"})
+    reading_runner(client, settings, Recorder()).ensure_group()
+    client.xreadgroup("aggregates", "holder", {settings.stream: ">"}, count=1)
+    client.xgroup_createconsumer(settings.stream, "aggregates", "empty")
+    time.sleep(0.05)
+    removed = FORGET_CONSUMERS(client, [settings.stream], ["aggregates", 10, "me"])
+    names = {c["name"] for c in client.xinfo_consumers(settings.stream, "aggregates")}
+    assert removed == ["empty"]
+    assert names == {"holder"}
