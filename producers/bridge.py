@@ -25,8 +25,8 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
 from ingest.backoff import Backoff
-from ingest.connection import connect, fields_arg
-from ingest.deadletter import dead_letter_record
+from ingest.connection import connect
+from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
@@ -85,19 +85,22 @@ class Bridge:
             background_flush=False,
         )  # fmt: skip
         self.counts = BridgeCounts()
+        self._url = urlparse(options.mqtt_url)
+        self._host = self._url.hostname or "localhost"
+        self._port = self._url.port or (8883 if self._url.scheme == "mqtts" else 1883)
         self._queue: deque[_Message] = deque()
         self._last_message_at = time.monotonic()
         self._connected = threading.Event()
         self._connections = 0
-        self._head_written = False
-        self._head_size = 0
+        # Messages taken from the queue, written or being written, not yet acknowledged.
+        self._in_flight: list[_Message] = []
         self._stopping = False
         self.mqtt = self._mqtt_client()
 
     # -- MQTT side (paho's network thread) ------------------------------------------------
 
     def _mqtt_client(self) -> mqtt.Client:
-        url = urlparse(self.options.mqtt_url)
+        url = self._url
         v5 = self.options.protocol == 5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -171,21 +174,19 @@ class Bridge:
         return parsed
 
     def _where(self) -> str:
-        url = urlparse(self.options.mqtt_url)
-        return f"{url.scheme}://{url.hostname}:{url.port or 1883}"
+        return f"{self._url.scheme}://{self._host}:{self._port}"
 
     # -- Redis side (main thread) -------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> BridgeCounts:
-        url = urlparse(self.options.mqtt_url)
         v5 = self.options.protocol == 5
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
         self.mqtt.connect_async(
-            url.hostname or "localhost",
-            url.port or (8883 if url.scheme == "mqtts" else 1883),
+            self._host,
+            self._port,
             keepalive=30,
             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
@@ -195,7 +196,7 @@ class Bridge:
         silent = False
         try:
             while not stop.is_set():
-                if self._queue:
+                if self._in_flight or self._queue:
                     if self._write_batch():
                         backoff.reset()
                     else:
@@ -204,7 +205,7 @@ class Bridge:
                 silent = self._watch(silent)
                 stop.wait(FLUSH_EVERY_S)
             # Finish what arrived: written and acknowledged, or left to the broker.
-            while self._queue and self._write_batch():
+            while (self._in_flight or self._queue) and self._write_batch():
                 pass
         finally:
             self._stopping = True
@@ -229,39 +230,32 @@ class Bridge:
 
     def _write_batch(self) -> bool:
         """Write up to BATCH_MAX queued messages, then acknowledge them; False if Redis failed
-        (the messages stay queued and unacknowledged)."""
-        # A batch retried after a failure is the same messages, however many arrived since.
-        if not self._head_size:
-            self._head_size = min(BATCH_MAX, len(self._queue))
-        batch = [self._queue[i] for i in range(self._head_size)]
-        entries = [e for m in batch for e in m.entries]
-        dead = [d for m in batch for d in m.dead]
+        (the messages stay unacknowledged and the same batch is tried again)."""
+        if not self._in_flight:
+            take = min(BATCH_MAX, len(self._queue))
+            self._in_flight = [self._queue.popleft() for _ in range(take)]
+            # The writer keeps what it could not write, so a retry sends each reading once.
+            self.writer.add_many([e for m in self._in_flight for e in m.entries])
+        dead = [d for m in self._in_flight for d in m.dead]
         try:
-            if not self._head_written:
-                if self.writer.buffered == 0:
-                    self.writer.add_many(entries)
-                self.writer.flush()
-                # Retried after a failure below, the readings must not be written twice.
-                self._head_written = True
+            self.writer.flush()
             if dead:
                 with redis_errors():
                     pipe = self.client.pipeline(transaction=False)
-                    cap = self.settings.dead_letter_maxlen
                     for record in dead:
-                        pipe.xadd(self.keys.dead, fields_arg(record), maxlen=cap, approximate=True)
+                        queue_dead_letter(pipe, self.keys, self.settings.dead_letter_maxlen, record)
                     pipe.execute()
         except (RedisUnavailable, RedisCommandFailed) as exc:
             log.warning("redis unavailable (%s); holding %d messages unacknowledged", exc,
-                        len(self._queue))  # fmt: skip
+                        len(self._in_flight) + len(self._queue))  # fmt: skip
             return False
-        self._head_written = False
-        self._head_size = 0
+        batch, self._in_flight = self._in_flight, []
         for message in batch:
-            self._queue.popleft()
             if message.qos > 0:
                 self.mqtt.ack(message.mid, message.qos)
-        self.counts.written += len(entries)
+        entries = sum(len(m.entries) for m in batch)
+        self.counts.written += entries
         self.counts.dead_lettered += len(dead)
-        MESSAGES.labels(outcome="written").inc(len(entries))
+        MESSAGES.labels(outcome="written").inc(entries)
         MESSAGES.labels(outcome="dead_lettered").inc(len(dead))
         return True
