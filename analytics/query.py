@@ -10,10 +10,11 @@ buckets actually cover and whether the first or last one reaches outside the win
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -196,31 +197,30 @@ def fleet_top(
     merged = _merge_summaries(store, tier, sensors, metric, from_ms, to_ms)
     if merged is None:
         return []
-    present, score = (
-        merged[0],
-        merged[1 + SCORE_COLUMNS.index(by if by in SCORE_COLUMNS else "max")],
-    )
+    present, columns = merged
+    # A percentile never exceeds the maximum: rank by it until the exact values decide.
+    score = columns[by if by in columns else "max"]
     names = np.array(sensors, dtype=object)[present]
     order = sorted(range(len(names)), key=lambda i: (-score[i], names[i]))
-    exact = by in SCORE_COLUMNS
+    exact = by in columns
     ranked: list[Ranked] = []
     for i in order:
         if len(ranked) >= n and (exact or ranked[n - 1].value >= score[i]):
             break
         found = window(store, names[i], metric, from_ms, to_ms, tier.name)
-        if found.stats is not None and getattr(found.stats, by) is not None:
-            ranked.append(Ranked(names[i], getattr(found.stats, by), found))
-            ranked.sort(key=lambda r: (-r.value, r.sensor_id))
+        value = None if found.stats is None else getattr(found.stats, by)
+        if value is not None:
+            bisect.insort(
+                ranked, Ranked(names[i], value, found), key=lambda r: (-r.value, r.sensor_id)
+            )
     return ranked[:n]
-
-
-SCORE_COLUMNS = ("count", "mean", "min", "max", "last")
 
 
 def _merge_summaries(
     store: Store, tier: Tier, sensors: Sequence[str], metric: str, from_ms: int, to_ms: int
-) -> tuple[npt.NDArray[Any], ...] | None:
-    """Per sensor with data in the window: its index, then count, mean, min, max, last."""
+) -> tuple[npt.NDArray[np.intp], dict[str, npt.NDArray[np.float64]]] | None:
+    """The sensors with data in the window (their indexes), and for each of them the merged
+    count, mean, min, max and last value."""
     if not sensors:
         return None
     fetched = _fetch_packed(store, tier, sensors, metric, from_ms, to_ms, with_bins=False)
@@ -239,20 +239,21 @@ def _merge_summaries(
     np.minimum.at(lowest, owner, table["lo"])
     highest = np.full(size, -np.inf)
     np.maximum.at(highest, owner, table["hi"])
-    latest = np.lexsort((table["lv"], table["lts"], owner))
+    # Sorted by sensor, then time, then value: each sensor's last row holds its last value.
+    order = np.lexsort((table["lv"], table["lts"], owner))
+    by_sensor = owner[order]
+    ends = order[np.flatnonzero(np.r_[by_sensor[1:] != by_sensor[:-1], True])]
     last = np.full(size, np.nan)
-    # Rows sorted by time within each sensor: numpy writes repeated indexes in order, so each
-    # sensor keeps its latest value.
-    last[owner[latest]] = table["lv"][latest]
+    last[owner[ends]] = table["lv"][ends]
     present = np.flatnonzero(count > 0)
-    return (
-        present,
-        count[present],
-        total[present] / count[present],
-        lowest[present],
-        highest[present],
-        last[present],
-    )
+    columns = {
+        "count": count[present],
+        "mean": total[present] / count[present],
+        "min": lowest[present],
+        "max": highest[present],
+        "last": last[present],
+    }
+    return present, columns
 
 
 def list_sensors(store: Store) -> list[SensorInfo]:
@@ -285,26 +286,14 @@ def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
 def _fetch(
     store: Store, tier: Tier, sensor_id: str, metric: str, from_ms: int, to_ms: int
 ) -> list[tuple[int, BucketStats]]:
-    return _fetch_many(store, tier, [sensor_id], metric, from_ms, to_ms, True)[0]
-
-
-def _fetch_many(
-    store: Store,
-    tier: Tier,
-    sensors: Sequence[str],
-    metric: str,
-    from_ms: int,
-    to_ms: int,
-    with_bins: bool,
-) -> list[list[tuple[int, BucketStats]]]:
-    """Each sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
-    out: list[list[tuple[int, BucketStats]]] = [[] for _ in sensors]
-    for s, start, summary, bins in _fetch_packed(
-        store, tier, sensors, metric, from_ms, to_ms, with_bins
-    ):
-        if summary is not None:
-            out[s].append((start, BucketStats.unpack(summary, bins)))
-    return out
+    """One sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
+    return [
+        (start, BucketStats.unpack(summary, bins))
+        for _, start, summary, bins in _fetch_packed(
+            store, tier, [sensor_id], metric, from_ms, to_ms, with_bins=True
+        )
+        if summary is not None
+    ]
 
 
 def _fetch_packed(

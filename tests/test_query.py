@@ -199,3 +199,26 @@ def test_queries_on_an_empty_store_say_so(own_redis: RedisProcess) -> None:
     assert query.list_sensors(store) == []
     assert query.rolling(store, "s1", "temp", 60_000).stats is None
     assert query.fleet_top(store, "temp", "mean", 60_000, 5) == []
+
+
+@pytest.mark.parametrize("by", ["last", "count", "min", "mean"])
+def test_fleet_rankings_from_merged_summaries_equal_numpy(
+    loaded: tuple[Settings, Made], by: str
+) -> None:
+    settings_, made = loaded
+    at = int(made.ts.max()) + 1
+    ranked = query.fleet_top(Store.from_settings(settings_), "temp", by, 3_600_000, 5, at_ms=at)
+    expected = {}
+    for k in range(5):
+        mine = made.sensor == k
+        values = made.values["temp"][mine]
+        expected[made.sensor_id(k)] = {
+            "last": values[np.argmax(made.ts[mine])],
+            "count": len(values),
+            "min": values.min(),
+            "mean": values.mean(),
+        }[by]
+    order = sorted(expected, key=lambda name: (-expected[name], name))
+    assert [r.sensor_id for r in ranked] == order
+    for r in ranked:
+        assert r.value == pytest.approx(expected[r.sensor_id], rel=1e-12)
