@@ -13,14 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.sketch import bin_keys
-from analytics.stats import BIN, SUMMARY
+from analytics.stats import BIN, BIN_DTYPE, SUMMARY_DTYPE
 from analytics.tiers import Tier
 from ingest.reading import Reading
-
-SUMMARY_FIELDS = ["c", "s", "q", "lo", "hi", "fts", "fv", "lts", "lv"]
-SUMMARY_DTYPE = np.dtype([(name, "<f8") for name in SUMMARY_FIELDS])
-BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
-assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
 
 
 @dataclass(frozen=True)

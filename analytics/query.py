@@ -20,8 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from analytics.preaggregate import SUMMARY_DTYPE
-from analytics.stats import BucketStats
+from analytics.stats import SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors

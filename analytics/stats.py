@@ -18,10 +18,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from analytics.sketch import quantiles
 
 SUMMARY = struct.Struct("<9d")
 BIN = struct.Struct("<iI")
+# The same layouts for numpy, to pack and read many buckets at once.
+SUMMARY_FIELDS = ["c", "s", "q", "lo", "hi", "fts", "fv", "lts", "lv"]
+SUMMARY_DTYPE = np.dtype([(name, "<f8") for name in SUMMARY_FIELDS])
+BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
+assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
 
 
 @dataclass
