@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import uvicorn
@@ -20,23 +20,17 @@ from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable
-from ingest.reading import SENSOR_ID
+from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.settings import Settings
 
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
-Metric = Annotated[str, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="metric name")]
+Metric = Annotated[str, Query(pattern=f"^{METRIC_NAME.pattern}$", description="metric name")]
 
 
-def _duration(text: str, name: str) -> int:
+def _parameter(name: str, parse: Callable[[], int]) -> int:
+    """A parsed query parameter, or 422 naming it."""
     try:
-        return parse_duration_ms(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"{name}: {exc}") from None
-
-
-def _time(text: str, name: str, now_ms: int) -> int:
-    try:
-        return parse_time_ms(text, now_ms)
+        return parse()
     except ValueError as exc:
         raise HTTPException(422, f"{name}: {exc}") from None
 
@@ -53,6 +47,10 @@ def create_app(settings: Settings) -> FastAPI:
         if info is None:
             raise HTTPException(404, f"unknown sensor {sensor_id!r}")
         return info
+
+    @app.exception_handler(QueryError)
+    async def unanswerable(_request: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(RedisUnavailable)
     async def redis_down(_request: Request, exc: RedisUnavailable) -> JSONResponse:
@@ -87,13 +85,11 @@ def create_app(settings: Settings) -> FastAPI:
         """Every bucket of a tier between two times, oldest first."""
         known_sensor(sensor_id)
         now = query.now_ms()
-        start, end = _time(from_, "from", now), _time(to, "to", now)
+        start = _parameter("from", lambda: parse_time_ms(from_, now))
+        end = _parameter("to", lambda: parse_time_ms(to, now))
         if start >= end:
             raise HTTPException(422, "from must be before to")
-        try:
-            found = query.buckets(store, sensor_id, metric, tier, start, end)
-        except QueryError as exc:
-            raise HTTPException(422, str(exc)) from None
+        found = query.buckets(store, sensor_id, metric, tier, start, end)
         # Up to thousands of plain records: serialised directly rather than validated one by
         # one against the response model, which would take most of the request's time.
         return Response(json.dumps([vars(b) for b in found]), media_type="application/json")
@@ -107,10 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Window:
         """The last N minutes merged; the answer says which span its buckets cover."""
         known_sensor(sensor_id)
-        try:
-            return query.rolling(store, sensor_id, metric, _duration(last, "last"), tier_name=tier)
-        except QueryError as exc:
-            raise HTTPException(422, str(exc)) from None
+        span = _parameter("last", lambda: parse_duration_ms(last))
+        return query.rolling(store, sensor_id, metric, span, tier_name=tier)
 
     @app.get("/fleet/top")
     def fleet_top(
@@ -120,10 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
         n: Annotated[int, Query(ge=1, le=1000)] = 10,
     ) -> list[Ranked]:
         """The n sensors ranking highest by a statistic over the last window."""
-        try:
-            return query.fleet_top(store, metric, by, _duration(last, "last"), n)
-        except QueryError as exc:
-            raise HTTPException(422, str(exc)) from None
+        span = _parameter("last", lambda: parse_duration_ms(last))
+        return query.fleet_top(store, metric, by, span, n)
 
     return app
 
