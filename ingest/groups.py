@@ -29,6 +29,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 import redis
 
 from ingest import metrics
+from ingest.backlog import backlog_warning
 from ingest.backoff import Backoff
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
@@ -280,15 +281,9 @@ class GroupRunner(Generic[T]):
             return
         metrics.GROUP_LAG.labels(**self._labels).set(lag)
         cap = int(maxlen) if maxlen else self.settings.maxlen
-        if lag >= self.settings.trim_warn_ratio * cap:
-            log.warning(
-                "group %s is %d entries behind, %.0f%% of MAXLEN %d: trimming will drop entries "
-                "it has not read unless it catches up",
-                self.group,
-                lag,
-                100 * lag / cap,
-                cap,
-            )
+        warning = backlog_warning(lag, cap, self.settings.trim_warn_ratio)
+        if warning:
+            log.warning("group %s: %s", self.group, warning)
 
     def _wait_for_new(self) -> None:
         """Block until the stream has an entry after the group's position (or BLOCK expires).

@@ -11,6 +11,7 @@ from typing import Any
 
 import walrus
 
+from ingest.backlog import backlog_warning
 from ingest.errors import redis_errors
 from ingest.keys import SETTLED, StreamKeys
 from ingest.reading import entry_time_ms
@@ -75,11 +76,8 @@ def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: 
         )
     if group.lag is None:
         warnings.append("lag unknown (entries deleted with XDEL); cannot judge trimming risk")
-    elif group.lag >= ratio * maxlen:
-        warnings.append(
-            f"{group.lag} unread entries are {group.lag / maxlen:.0%} of MAXLEN {maxlen}: "
-            "trimming will drop entries this group has not read unless it catches up"
-        )
+    elif backlog := backlog_warning(group.lag, maxlen, ratio):
+        warnings.append(backlog)
     if (
         group.oldest_pending_id is not None
         and first_id is not None
