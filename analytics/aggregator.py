@@ -55,6 +55,7 @@ class _Args:
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
         self.new_pairs: set[tuple[str, str]] = set()
+        self.with_seq: list[Reading] = []
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -91,7 +92,7 @@ class Aggregator:
         readings = [entry.value for entry in batch.entries]
         readings, duplicates = _drop_repeats(readings)
         while True:
-            result = self._apply(batch, readings, duplicates)
+            result, with_seq = self._apply(batch, readings, duplicates)
             if result == 1:
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
@@ -103,12 +104,14 @@ class Aggregator:
                 self.stats.not_owned += 1
                 log.info("batch of %d no longer ours; dropped", len(batch.entries))
                 return
-            with_seq = _with_seq(readings)
             repeated = {id(with_seq[i]) for i in result[1]}
             readings = [r for r in readings if id(r) not in repeated]
             duplicates += len(repeated)
 
-    def _apply(self, batch: Batch[Reading], readings: list[Reading], duplicates: int) -> Any:
+    def _apply(
+        self, batch: Batch[Reading], readings: list[Reading], duplicates: int
+    ) -> tuple[Any, list[Reading]]:
+        """The script's answer, and the readings with a seq in the order it numbered them."""
         outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
         args = self._arguments(batch, readings, duplicates, outcome)
         with redis_errors():
@@ -117,7 +120,7 @@ class Aggregator:
             if len(self._known_pairs) > KNOWN_PAIRS_LIMIT:
                 self._known_pairs.clear()
             self._known_pairs |= args.new_pairs
-        return result
+        return result, args.with_seq
 
     def _arguments(
         self,
@@ -138,10 +141,11 @@ class Aggregator:
             (f"{SETTLED}too_new", outcome.too_new),
         ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
         args.section(increments)
+        args.with_seq = _with_seq(readings)
         args.section(
             [
                 [args.key(self.keys.seq_window(r.sensor_id)), r.sensor_id, r.seq]
-                for r in _with_seq(readings)
+                for r in args.with_seq
             ]
         )
         newest: dict[str, int] = {}

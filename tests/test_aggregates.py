@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from redis.retry import Retry
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
 from ingest.connection import connect
-from ingest.groups import GroupRunner
+from ingest.groups import Batch, GroupRunner
 from ingest.keys import StreamKeys
 from ingest.reading import Reading
 from ingest.settings import Settings
@@ -144,10 +145,12 @@ def test_a_batch_re_sent_after_a_client_timeout_is_counted_once(
     calls_before = evalsha_calls(own_redis.url)
     original_apply = aggregator._apply
 
-    def apply_while_redis_stalls(*args: object, **kwargs: object) -> object:
+    def apply_while_redis_stalls(
+        batch: Batch[Reading], readings: list[Reading], duplicates: int
+    ) -> tuple[Any, list[Reading]]:
         own_redis.pause()
         threading.Timer(1.2, own_redis.resume).start()
-        return original_apply(*args, **kwargs)  # type: ignore[arg-type]
+        return original_apply(batch, readings, duplicates)
 
     aggregator._apply = apply_while_redis_stalls  # type: ignore[method-assign]
     runner._read_new()
