@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,7 +20,7 @@ import paho.mqtt.client as mqtt
 import redis
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.common import print_table, redis_for_bench
+from bench.common import print_table, redis_for_bench, start_telemetry
 from ingest.connection import read_range
 from telemetry.localserver import LocalMosquitto
 
@@ -97,12 +94,9 @@ def bare_subscriber(broker: LocalMosquitto, client_id: str, messages: int) -> fl
 def bridge(broker: LocalMosquitto, url: str, client_id: str, messages: int) -> float:
     client = redis.Redis.from_url(url)
     client.flushall()
-    env = {**os.environ, "REDIS_URL": url, "MQTT_URL": broker.url, "TELEMETRY_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "bridge", "--client-id", client_id,
-         "--mqtt-version", "3"],
-        env=env,
-    )  # fmt: skip
+    process = start_telemetry(
+        ["bridge", "--client-id", client_id, "--mqtt-version", "3"], url, MQTT_URL=broker.url
+    )
     while client.xlen("app:event") == 0:
         time.sleep(0.001)
     start = time.perf_counter()
@@ -119,10 +113,7 @@ def latency(broker: LocalMosquitto, url: str, rate: int, seconds: int) -> tuple[
     its entry ID's time (when Redis stored it) minus `ts`. One machine, one clock."""
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
-    env = {**os.environ, "REDIS_URL": url, "MQTT_URL": broker.url, "TELEMETRY_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "bridge", "--client-id", "latency"], env=env
-    )
+    process = start_telemetry(["bridge", "--client-id", "latency"], url, MQTT_URL=broker.url)
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="latency-publisher")
     publisher.max_inflight_messages_set(1000)
     publisher.connect("127.0.0.1", broker.port)

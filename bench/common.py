@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -22,6 +24,16 @@ def redis_for_bench() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+def start_telemetry(args: list[str], url: str, **env: str) -> subprocess.Popen[bytes]:
+    """A `telemetry` subcommand against the bench's Redis, quiet but for warnings."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "telemetry", *args],
+        env={**os.environ, "REDIS_URL": url, "TELEMETRY_LOG_LEVEL": "WARNING", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import redis
 
-from bench.common import print_table, redis_for_bench
+from bench.common import print_table, redis_for_bench, start_telemetry
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,19 +42,8 @@ def main() -> None:
     with redis_for_bench() as url:
         client = redis.Redis.from_url(url, decode_responses=True)
         client.flushall()
-        env = {**os.environ, "REDIS_URL": url, "TELEMETRY_LOG_LEVEL": "WARNING"}
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "telemetry",
-                "simulate",
-                "--fleet",
-                str(args.sensors),
-                "--rate",
-                str(args.rate),
-            ],
-            env=env,
+        sim = start_telemetry(
+            ["simulate", "--fleet", str(args.sensors), "--rate", str(args.rate)], url
         )
         try:
             time.sleep(args.warmup)

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,7 +24,7 @@ import redis
 
 from analytics.aggregator import Aggregator
 from analytics.tiers import parse_tiers
-from bench.common import print_table, redis_for_bench
+from bench.common import print_table, redis_for_bench, start_telemetry
 from ingest.connection import connect
 from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
@@ -39,15 +36,6 @@ from telemetry.localserver import free_port, port_open
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def start(args: list[str], url: str, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "telemetry", *args],
-        env={**os.environ, "REDIS_URL": url, "TELEMETRY_LOG_LEVEL": "WARNING", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def get(url: str) -> object:
@@ -79,8 +67,8 @@ def aggregate_all(settings: Settings) -> None:
 def freshness(url: str, api: str, seconds: int) -> list[tuple[str, str, str, str]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
-    fleet = start(["simulate", "--fleet", "10000", "--rate", "1"], url)
-    worker = start(["aggregate"], url)
+    fleet = start_telemetry(["simulate", "--fleet", "10000", "--rate", "1"], url)
+    worker = start_telemetry(["aggregate"], url)
     delays, reference = [], []
     try:
         time.sleep(5)
@@ -175,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     with redis_for_bench() as url:
         port = free_port()
-        api = start(["api"], url, TELEMETRY_API_PORT=str(port))
+        api = start_telemetry(["api"], url, TELEMETRY_API_PORT=str(port))
         base = f"http://127.0.0.1:{port}"
         while not port_open(port):
             time.sleep(0.05)
