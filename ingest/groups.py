@@ -47,6 +47,9 @@ TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
 FORGET_CONSUMERS = LuaScript("ingest", "forget_consumers.lua")
 # A consumer that holds nothing and was idle this long is removed from its group.
 FORGET_IDLE_MS = 3_600_000
+# How long a runner with deferred batches waits before offering them again.
+DEFERRED_RETRY_S = 0.001
+DEFERRED_RETRY_MAX_S = 0.1
 
 # Entries read from Redis: ID and fields; fields are empty when the data was trimmed away.
 RawEntry = tuple[str, Mapping[str, str] | None]
@@ -58,6 +61,12 @@ Decoder = Callable[[str, Mapping[str, str]], T]
 class Abort(Exception):
     """Raised by a handler that cannot go on (its output is gone): the batch stays pending and
     the runner stops."""
+
+
+class Deferred(Exception):
+    """Raised by a handler that must let older entries go first (it settles entries in stream
+    order): the batch stays pending with this consumer and the runner offers it again shortly,
+    reading nothing new meanwhile. Not a failure: it counts towards no dead-lettering."""
 
 
 class ScriptsFlushed(Exception):
@@ -147,6 +156,9 @@ class GroupRunner(Generic[T]):
         self._last_delivered = "0-0"
         self._labels = {"stream": self.keys.stream, "group": group}
         self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
+        # Batches the handler deferred, oldest first; offered again before anything new is read.
+        self._deferred: list[Sequence[Entry[T]]] = []
+        self._deferred_rounds = 0
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -161,6 +173,8 @@ class GroupRunner(Generic[T]):
         while not stop.is_set():
             try:
                 if must_recover:
+                    # Re-reading the pending list brings back whatever was deferred.
+                    self._deferred.clear()
                     self.ensure_group()
                     self.stats.recovered += self._recover_own_pending(stop)
                     must_recover = False
@@ -169,6 +183,9 @@ class GroupRunner(Generic[T]):
                     self._watch_lag()
                     self._forget_idle_consumers()
                     next_claim = time.monotonic() + self._claim_every_s
+                if self._deferred:
+                    self._retry_deferred(stop)
+                    continue
                 got = self._read_new()
                 if outage_since is not None:
                     log.info("redis is back after %.1fs", time.monotonic() - outage_since)
@@ -461,6 +478,19 @@ class GroupRunner(Generic[T]):
             first_reason,
         )
 
+    def _retry_deferred(self, stop: threading.Event) -> None:
+        waiting = self._deferred
+        self._deferred = []
+        for entries in waiting:
+            self._handle(entries)
+        if self._deferred:
+            # Short waits while older batches are being settled, longer while their consumer
+            # may be dead and they wait to be claimed.
+            self._deferred_rounds += 1
+            stop.wait(min(DEFERRED_RETRY_S * 2**self._deferred_rounds, DEFERRED_RETRY_MAX_S))
+        else:
+            self._deferred_rounds = 0
+
     def _handle(self, entries: Sequence[Entry[T]]) -> None:
         failed = self._handle_isolating(entries)
         if failed:
@@ -481,6 +511,9 @@ class GroupRunner(Generic[T]):
         batch = Batch(self.keys.stream, self.group, self.consumer, entries)
         try:
             self.handler(batch)
+        except Deferred:
+            self._deferred.append(entries)
+            return []
         except (Abort, RedisUnavailable, redis.ConnectionError, redis.TimeoutError):
             raise
         except Exception as exc:

@@ -66,3 +66,33 @@ class StreamKeys:
         appended -> the bucket's histogram. One hash per chunk lets a batch update thousands
         of buckets with a few commands, and lets a fleet question read every sensor at once."""
         return f"{self.stream}:agg:{tier}:{metric}:{chunk_ms}"
+
+
+DEFAULT_ALERTS_STREAM = "app:alerts"
+
+
+@dataclass(frozen=True)
+class AlertKeys:
+    """The alerts group's output and its per-(sensor, rule) state, prefixed by the alerts stream."""
+
+    stream: str = DEFAULT_ALERTS_STREAM
+
+    @property
+    def open(self) -> str:
+        """Hash `{sensor_id}|{rule}` -> JSON of the change that raised the open alert."""
+        return f"{self.stream}:open"
+
+    @property
+    def clock(self) -> str:
+        """Hash sensor_id -> `ts_ms:seq` of the newest reading evaluated, so older ones are
+        recognised as out of order and repeats as duplicates."""
+        return f"{self.stream}:clock"
+
+    def state(self, rule: str) -> str:
+        """Hash sensor_id -> the rule's encoded state for that sensor (absent: nothing to keep)."""
+        return f"{self.stream}:state:{rule}"
+
+    def heard(self, rule: str) -> str:
+        """Sorted set sensor_id -> when a silence rule last heard from it (stream time, ms);
+        a sensor leaves it when its silence alert is raised and returns when it speaks."""
+        return f"{self.stream}:heard:{rule}"

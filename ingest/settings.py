@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.durations import parse_tier_spec
 from ingest.errors import SettingsError
-from ingest.keys import DEFAULT_STREAM
+from ingest.keys import DEFAULT_ALERTS_STREAM, DEFAULT_STREAM
 
 
 def _positive_int(text: str) -> int:
@@ -60,6 +61,13 @@ def _mqtt_url(text: str) -> str:
 def _stream_name(text: str) -> str:
     if not text or any(ch.isspace() for ch in text):
         raise ValueError(f"expected a stream name without spaces, got {text!r}")
+    return text
+
+
+def _webhooks(text: str) -> str:
+    for url in text.split(","):
+        if urllib.parse.urlsplit(url.strip()).scheme not in ("http", "https"):
+            raise ValueError(f"expected http:// or https:// URLs, got {url.strip()!r}")
     return text
 
 
@@ -141,6 +149,22 @@ class Settings:
         _tiers,
         "aggregate window tiers as BUCKET:RETENTION,...",
         "SPEC",
+    )
+    alerts_stream: str = _setting(
+        DEFAULT_ALERTS_STREAM, "TELEMETRY_ALERTS_STREAM", _stream_name, "alert changes stream"
+    )
+    alerts_maxlen: int = _setting(
+        100_000, "TELEMETRY_ALERTS_MAXLEN", _positive_int, "cap of the alerts stream", "N"
+    )
+    rules: str | None = _setting(
+        None, "TELEMETRY_ALERT_RULES", str, "alert rules file (TOML)", "FILE"
+    )
+    webhooks: str | None = _setting(
+        None,
+        "TELEMETRY_ALERT_WEBHOOKS",
+        _webhooks,
+        "URLs (comma-separated) that receive every alert change as a JSON POST",
+        "URLS",
     )
     api_port: int = _setting(8000, "TELEMETRY_API_PORT", _port, "HTTP API port", "PORT")
     api_host: str = _setting(

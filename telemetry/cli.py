@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from analytics.alerts.worker import run_alert_worker
 from analytics.api import serve
 from analytics.query import RANKINGS
 from analytics.worker import run_aggregator
@@ -53,6 +54,10 @@ def _dead_letter_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
     run_aggregator(settings, args.consumer, drain=args.drain)
+
+
+def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
+    run_alert_worker(settings, args.consumer, drain=args.drain)
 
 
 def _query(settings: Settings, args: argparse.Namespace) -> None:
@@ -113,6 +118,12 @@ def build_parser() -> OneLineArgumentParser:
     aggregate = command("aggregate", _aggregate, "run a worker of the aggregates group")
     aggregate.add_argument("--consumer", help="consumer name (default: host-pid)")
     aggregate.add_argument("--drain", action="store_true", help="exit when nothing is left")
+
+    alerting = command(
+        "alert-worker", _alert_worker, "run a worker of the alerts group (needs --rules FILE)"
+    )
+    alerting.add_argument("--consumer", help="consumer name (default: host-pid)")
+    alerting.add_argument("--drain", action="store_true", help="exit when nothing is left")
 
     question = command("query", _query, "aggregates of a sensor, or the fleet's top sensors")
     question.add_argument("sensor_id", metavar="SENSOR", nargs="?")

@@ -1,0 +1,1 @@
+"""Alerts: rules read from a file, evaluated by the `alerts` consumer group, changes on a stream."""

@@ -1,0 +1,50 @@
+"""`telemetry alert-worker`: one worker of the `alerts` consumer group, with its silence sweep
+and, when an MQTT broker or webhooks are configured, the fan-out of alert changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from analytics.alerts.evaluator import GROUP, AlertEvaluator
+from analytics.alerts.rules import Rule, load_rules
+from analytics.alerts.silence import SilenceSweeper
+from analytics.worker import default_consumer_name
+from ingest.connection import connect
+from ingest.groups import GroupRunner, RunnerStats
+from ingest.keys import AlertKeys, StreamKeys
+from ingest.metrics import serve_metrics
+from ingest.reading import Reading
+from ingest.runtime import CommandLineError, stop_on_signals
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def rules_from(settings: Settings) -> list[Rule]:
+    if settings.rules is None:
+        raise CommandLineError("give the rules file with --rules FILE (or TELEMETRY_ALERT_RULES)")
+    return load_rules(settings.rules)
+
+
+def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
+    rules = rules_from(settings)
+    log.info("evaluating %d rules from %s", len(rules), settings.rules)
+    serve_metrics(settings.metrics_port)
+    client = connect(settings)
+    keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
+    evaluator = AlertEvaluator(client, keys, alert_keys, rules, settings.alerts_maxlen)
+    runner = GroupRunner(
+        client, settings, GROUP, consumer or default_consumer_name(), evaluator, Reading.decode
+    )
+    stop = stop_on_signals()
+    sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
+    background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
+    for thread in background:
+        thread.start()
+    try:
+        return runner.run(stop, drain=drain)
+    finally:
+        stop.set()
+        for thread in background:
+            thread.join(timeout=5)

@@ -1,0 +1,292 @@
+"""The alerts group on real Redis: exact alert sequences from the simulator's faults, the same
+alerts from one worker or several, through kill -9, and bad rules files refused at start."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from analytics.alerts.evaluator import GROUP
+from ingest.keys import AlertKeys, StreamKeys
+from ingest.settings import Settings
+from simulator.faults import FaultConfig
+from simulator.model import SensorBank
+from tests.alerting import LiveWorker, changes, comparable, evaluate_all, timeline, write
+from tests.conftest import child_env
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+THRESHOLD_RULES = """
+[[rule]]
+name = "hot"
+type = "threshold"
+metric = "temp"
+severity = "critical"
+above = 40.0
+clear = 38.0
+for = "30s"
+"""
+
+
+def reading(sensor: str, i: int, temp: float, *, step_ms: int = 1000) -> dict[str, str]:
+    return {"sensor_id": sensor, "ts": str(T0 + i * step_ms), "seq": str(i), "temp": repr(temp)}
+
+
+def test_threshold_waits_for_its_duration_and_clears_past_the_clear_level(
+    client: redis.Redis, settings: Settings
+) -> None:
+    temps = [20.0] * 5 + [41.0] * 20 + [20.0] + [41.0] * 40 + [39.0] * 5 + [37.5] + [41.0] * 3
+    write(client, settings.stream, [reading("s1", i, t) for i, t in enumerate(temps)], first_ms=1)
+    evaluate_all(client, settings, THRESHOLD_RULES)
+    got = changes(client, settings.alerts_stream)
+    # The first hot spell lasts 20 s: too short. The second starts at reading 26 and holds; the
+    # 39s do not clear it (clear is 38); 37.5 does.
+    assert [(c["state"], int(c["ts"]) - T0) for c in got] == [
+        ("raised", 56_000),
+        ("resolved", 71_000),
+    ]
+    raised, resolved = got
+    assert raised["value"] == "41.0" and raised["limit"] == "40.0"
+    assert raised["severity"] == "critical" and raised["kind"] == "threshold"
+    assert resolved["raised_ts"] == str(T0 + 56_000) and resolved["limit"] == "38.0"
+    assert client.hlen(AlertKeys(settings.alerts_stream).open) == 0
+
+
+def _bank_readings(faults: FaultConfig, n: int, seed: int) -> list[dict[str, str]]:
+    bank = SensorBank(["s1"], 1.0, seed, faults)
+    out: list[dict[str, str]] = []
+    idx = np.array([0])
+    for i in range(n):
+        out.extend(bank.step(idx, T0 + i * 1000))
+    return out
+
+
+def test_stuck_high_sensor_raises_after_the_duration_and_resolves_below_clear(
+    client: redis.Redis, settings: Settings
+) -> None:
+    faults = FaultConfig(stuck_prob=0.002, stuck_s=90.0, stuck_value=45.0)
+    readings = _bank_readings(faults, 3000, seed=7)
+    write(client, settings.stream, readings, first_ms=1)
+    evaluate_all(client, settings, THRESHOLD_RULES)
+
+    # The reference, straight from the data: each run of readings above 40 that lasts 30 s
+    # raises at its first reading 30 s in, and resolves at the first reading at or below 38.
+    expected: list[tuple[str, str, str, int]] = []
+    ts = [int(r["ts"]) for r in readings]
+    temp = [float(r["temp"]) for r in readings]
+    i = 0
+    while i < len(temp):
+        if temp[i] <= 40.0:
+            i += 1
+            continue
+        start = i
+        while i < len(temp) and temp[i] > 40.0 and ts[i] - ts[start] < 30_000:
+            i += 1
+        if i == len(temp) or temp[i] <= 40.0:
+            continue
+        expected.append(("s1", "hot", "raised", ts[i]))
+        while i < len(temp) and temp[i] > 38.0:
+            i += 1
+        if i < len(temp):
+            expected.append(("s1", "hot", "resolved", ts[i]))
+    assert len(expected) >= 4, "the seed should give at least two stuck episodes"
+    assert timeline(changes(client, settings.alerts_stream)) == expected
+
+
+ANOMALY_RULES = """
+[[rule]]
+name = "odd"
+type = "anomaly"
+metric = "temp"
+z = 6.0
+window = "10m"
+min_samples = 30
+"""
+
+
+def test_spikes_raise_an_anomaly_that_resolves_on_the_next_reading(
+    client: redis.Redis, settings: Settings
+) -> None:
+    clean = _bank_readings(FaultConfig(), 3000, seed=1)
+    spiky = _bank_readings(FaultConfig(spike_prob=0.005, spike_size=25.0), 3000, seed=1)
+    spikes = [i for i, (a, b) in enumerate(zip(clean, spiky, strict=True)) if a != b]
+    assert len(spikes) >= 5 and spikes[0] > 100 and spikes[-1] < 2999
+    assert all(b - a > 1 for a, b in itertools.pairwise(spikes))
+    write(client, settings.stream, spiky, first_ms=1)
+    evaluate_all(client, settings, ANOMALY_RULES)
+
+    expected = []
+    for i in spikes:
+        expected.append(("s1", "odd", "raised", T0 + i * 1000))
+        expected.append(("s1", "odd", "resolved", T0 + (i + 1) * 1000))
+    assert timeline(changes(client, settings.alerts_stream)) == expected
+
+
+SILENCE_RULES = """
+[[rule]]
+name = "quiet"
+type = "silence"
+after = "1s"
+"""
+
+
+def test_silence_is_raised_within_its_time_and_resolved_when_the_sensor_speaks(
+    client: redis.Redis, settings: Settings
+) -> None:
+    worker = LiveWorker(client, settings.replace(block_ms=100), SILENCE_RULES)
+    try:
+        for i in range(10):
+            client.xadd(settings.stream, {"sensor_id": "s1", "temp": str(20 + i)})
+            time.sleep(0.05)
+        last_heard_ms = int(time.time() * 1000)
+        deadline = time.monotonic() + 5
+        raised: list[dict[str, str]] = []
+        while not raised and time.monotonic() < deadline:
+            raised = changes(client, settings.alerts_stream)
+            time.sleep(0.05)
+        assert [c["state"] for c in raised] == ["raised"]
+        assert int(raised[0]["detected_ms"]) - last_heard_ms <= 1000 + 1000
+        assert int(raised[0]["detected_ms"]) - last_heard_ms >= 1000 - 50
+        time.sleep(1.5)  # still silent: raised once only
+        assert len(changes(client, settings.alerts_stream)) == 1
+        client.xadd(settings.stream, {"sensor_id": "s1", "temp": "20.5"})
+        deadline = time.monotonic() + 5
+        while len(changes(client, settings.alerts_stream)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [c["state"] for c in changes(client, settings.alerts_stream)] == [
+            "raised",
+            "resolved",
+        ]
+    finally:
+        worker.stop()
+    assert client.xpending(settings.stream, GROUP)["pending"] == 0
+
+
+FLEET_RULES = """
+[[rule]]
+name = "hot"
+type = "threshold"
+metric = "temp"
+above = 40.0
+clear = 38.0
+for = "20s"
+
+[[rule]]
+name = "cold"
+type = "threshold"
+sensors = "dev-1*"
+metric = "temp"
+below = 18.0
+clear = 18.5
+
+[[rule]]
+name = "odd"
+type = "anomaly"
+metric = "temp"
+z = 6.0
+min_samples = 20
+
+[[rule]]
+name = "fast"
+type = "rate"
+metric = "temp"
+faster_than = 0.3
+window = "20s"
+cooldown = "30s"
+"""
+FLEET_FAULTS = FaultConfig(
+    spike_prob=0.003,
+    stuck_prob=0.002,
+    stuck_s=40.0,
+    stuck_value=45.0,
+    late_prob=0.002,
+    late_s=10.0,
+    duplicate_prob=0.003,
+)
+
+
+def fleet_readings(sensors: int, steps: int, seed: int) -> list[dict[str, str]]:
+    bank = SensorBank([f"dev-{i}" for i in range(sensors)], 1.0, seed, FLEET_FAULTS)
+    idx = np.arange(sensors)
+    out: list[dict[str, str]] = []
+    for step in range(steps):
+        out.extend(bank.step(idx, T0 + step * 1000))
+    return out + bank.release_held()
+
+
+def on_stream(settings: Settings, name: str) -> Settings:
+    return settings.replace(stream=f"{name}:event", alerts_stream=f"{name}:alerts")
+
+
+def alert_worker(settings: Settings, rules: Path, consumer: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "alert-worker", "--rules", str(rules),
+         "--consumer", consumer, "--drain"],  # fmt: skip
+        env=child_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def reference_changes(
+    client: redis.Redis, settings: Settings, readings: list[dict[str, str]]
+) -> list[tuple[tuple[str, str], ...]]:
+    ref = on_stream(settings, "reference")
+    write(client, ref.stream, readings, first_ms=1)
+    evaluate_all(client, ref, FLEET_RULES)
+    found = comparable(changes(client, ref.alerts_stream))
+    kinds = {dict(c)["kind"] for c in found}
+    assert kinds == {"threshold", "anomaly", "rate"}, "the faults should trip every kind of rule"
+    return found
+
+
+def test_one_two_and_four_workers_give_the_same_alerts(
+    client: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    readings = fleet_readings(200, 150, seed=3)
+    expected = reference_changes(client, settings, readings)
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(FLEET_RULES)
+    for workers in (1, 2, 4):
+        run = on_stream(settings.replace(read_batch=300), f"w{workers}")
+        write(client, run.stream, readings, first_ms=1)
+        procs = [alert_worker(run, rules, f"c{i}") for i in range(workers)]
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+        assert comparable(changes(client, run.alerts_stream)) == expected, f"{workers} workers"
+        ledger = client.hgetall(StreamKeys(run.stream).ledger(GROUP))
+        assert int(ledger["settled:evaluated"]) + int(ledger.get("settled:stale", 0)) == len(
+            readings
+        )
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_loses_and_repeats_no_alert_change(
+    client: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    readings = fleet_readings(500, 200, seed=5)
+    expected = reference_changes(client, settings, readings)
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(FLEET_RULES)
+    run = on_stream(settings.replace(read_batch=200), "killed")
+    write(client, run.stream, readings, first_ms=1)
+    rng = random.Random(5)
+    steady = [alert_worker(run, rules, f"steady-{i}") for i in range(2)]
+    victim = alert_worker(run, rules, "victim-0")
+    for round_ in range(1, 4):
+        time.sleep(rng.uniform(0.5, 2.0))
+        victim.kill()
+        victim.wait()
+        victim = alert_worker(run, rules, f"victim-{round_}")
+    for proc in [*steady, victim]:
+        assert proc.wait(timeout=180) == 0
+    assert comparable(changes(client, run.alerts_stream)) == expected
+    assert client.xpending(run.stream, GROUP)["pending"] == 0
