@@ -16,10 +16,13 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from analytics import query
+from analytics.alerts.listing import AlertChange, list_alerts
 from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
+from ingest.connection import connect
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable
+from ingest.keys import AlertKeys
 from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.settings import Settings
 
@@ -37,9 +40,13 @@ def _parameter(name: str, parse: Callable[[], int]) -> int:
 
 def create_app(settings: Settings) -> FastAPI:
     store = Store.from_settings(settings)
+    # Aggregates are packed binary; everything else is read as text.
+    text_client = connect(settings)
+    alert_keys = AlertKeys(settings.alerts_stream)
     app = FastAPI(
         title="telemetry",
-        description="Rolling aggregates per sensor and metric, from the `aggregates` group.",
+        description="Rolling aggregates per sensor and metric from the `aggregates` group, and "
+        "alerts from the `alerts` group.",
     )
 
     def known_sensor(sensor_id: str) -> SensorInfo:
@@ -105,6 +112,22 @@ def create_app(settings: Settings) -> FastAPI:
         known_sensor(sensor_id)
         span = _parameter("last", lambda: parse_duration_ms(last))
         return query.rolling(store, sensor_id, metric, span, tier_name=tier)
+
+    @app.get("/alerts")
+    def alerts(
+        open: bool = False,
+        sensor: Annotated[str, Query(description="sensor id glob", max_length=200)] = "*",
+        since: Annotated[str | None, Query(description="ISO 8601 or a time ago (1h)")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[AlertChange]:
+        """Open alerts, or alert changes newest first (since a time when given)."""
+        since_ms = (
+            None
+            if since is None
+            else _parameter("since", lambda: parse_time_ms(since, query.now_ms()))
+        )
+        return list_alerts(text_client, alert_keys, open_only=open, sensor_glob=sensor,
+                           since_ms=since_ms, limit=limit)  # fmt: skip
 
     @app.get("/fleet/top")
     def fleet_top(

@@ -43,6 +43,13 @@ def read_range(
     return cast(StreamEntries, client.xrange(stream, min=start, max=end, count=count))
 
 
+def read_range_newest_first(
+    client: redis.Redis, stream: str, end: str = "+", start: str = "-", count: int | None = None
+) -> StreamEntries:
+    """XREVRANGE, typed like `read_range`."""
+    return cast(StreamEntries, client.xrevrange(stream, max=end, min=start, count=count))
+
+
 def fields_arg(fields: Mapping[str, str]) -> dict[Any, Any]:
     """Fields for redis-py's xadd, as bytes: text read with surrogate escapes (bytes that were
     not UTF-8) goes back to Redis exactly as it came."""

@@ -15,6 +15,7 @@ from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_lo
 from ingest.settings import Settings, add_settings_arguments
 from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import add_simulate_arguments, run_simulate
+from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
 from telemetry.querycmd import fleet_query, sensor_query, sensors_listing
@@ -58,6 +59,10 @@ def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
     run_alert_worker(settings, args.consumer, drain=args.drain)
+
+
+def _alerts(settings: Settings, args: argparse.Namespace) -> None:
+    print(alerts_listing(settings, args.open, args.sensor, args.since, args.format, args.tz))
 
 
 def _query(settings: Settings, args: argparse.Namespace) -> None:
@@ -124,6 +129,13 @@ def build_parser() -> OneLineArgumentParser:
     )
     alerting.add_argument("--consumer", help="consumer name (default: host-pid)")
     alerting.add_argument("--drain", action="store_true", help="exit when nothing is left")
+
+    alert_list = command("alerts", _alerts, "list open alerts or recent alert changes")
+    alert_list.add_argument("--open", action="store_true", help="only alerts open now")
+    alert_list.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
+    alert_list.add_argument("--since", help="changes since: ISO 8601 or a time ago such as 1h")
+    alert_list.add_argument("--format", choices=["table", "json"], default="table")
+    alert_list.add_argument("--tz", help="show times in this zone (default UTC)")
 
     question = command("query", _query, "aggregates of a sensor, or the fleet's top sensors")
     question.add_argument("sensor_id", metavar="SENSOR", nargs="?")

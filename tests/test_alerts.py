@@ -4,6 +4,7 @@ alerts from one worker or several, through kill -9, and bad rules files refused 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from analytics.alerts.evaluator import GROUP
+from analytics.api import create_app
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.settings import Settings
 from simulator.faults import FaultConfig
@@ -227,9 +230,9 @@ def on_stream(settings: Settings, name: str) -> Settings:
 
 
 def alert_worker(settings: Settings, rules: Path, consumer: str) -> subprocess.Popen[bytes]:
+    command = ["alert-worker", "--rules", str(rules), "--consumer", consumer, "--drain"]
     return subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "alert-worker", "--rules", str(rules),
-         "--consumer", consumer, "--drain"],  # fmt: skip
+        [sys.executable, "-m", "telemetry", *command],
         env=child_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -290,3 +293,100 @@ def test_kill_9_of_a_worker_loses_and_repeats_no_alert_change(
         assert proc.wait(timeout=180) == 0
     assert comparable(changes(client, run.alerts_stream)) == expected
     assert client.xpending(run.stream, GROUP)["pending"] == 0
+
+
+def test_a_late_burst_gives_the_alerts_its_data_implies_once(
+    client: redis.Redis, settings: Settings
+) -> None:
+    faults = FaultConfig(
+        stuck_prob=0.004, stuck_s=40.0, stuck_value=45.0, late_prob=0.01, late_s=60.0,
+        duplicate_prob=0.01,
+    )  # fmt: skip
+    bank = SensorBank([f"dev-{i}" for i in range(20)], 1.0, 9, faults)
+    sent: list[dict[str, str]] = []
+    for step in range(600):
+        sent.extend(bank.step(np.arange(20), T0 + step * 1000))
+    sent += bank.release_held()
+    in_time = sorted({(r["sensor_id"], r["seq"]): r for r in sent}.values(),
+                     key=lambda r: (int(r["ts"]), r["sensor_id"]))  # fmt: skip
+    assert len(in_time) < len(sent), "the run should send duplicates"
+    assert sent != in_time, "the run should hold readings back"
+
+    late = on_stream(settings, "late")
+    write(client, late.stream, sent, first_ms=1)
+    evaluate_all(client, late, THRESHOLD_RULES)
+    punctual = on_stream(settings, "punctual")
+    write(client, punctual.stream, in_time, first_ms=1)
+    evaluate_all(client, punctual, THRESHOLD_RULES)
+
+    got = timeline(changes(client, late.alerts_stream))
+    assert got == timeline(changes(client, punctual.alerts_stream))
+    assert len(got) == len(set(got)) >= 4
+    ledger = client.hgetall(StreamKeys(late.stream).ledger(GROUP))
+    assert int(ledger["settled:stale"]) == len(sent) - len(in_time)
+
+
+@pytest.mark.parametrize(
+    ("rules", "line", "reason"),
+    [
+        ("[[rule]]\nname = 'a'\ntype = 'threshold'\nmetric = 'temp'\nabove = 4\nclear = 5\n",
+         6, "clear must be at or below above"),
+        ("[[rule]]\nname = 'a'\ntype = 'gauge'\nmetric = 'temp'\n", 3, "type must be one of"),
+        ("[[rule]]\nname = 'a'\ntype = 'silence'\nafter = '-5s'\n", 4, "expected a duration"),
+        ("[[rule]]\nname = 'a'\ntype = 'threshold'\nmetric = 'temp'\nabove = 4\n\n"
+         "[[rule]]\nname = 'b'\ntype = 'rate'\nmetric = 'temp'\nfaster_than = 1\nfor = '5s'\n",
+         12, "'for' is not a setting of a rate rule"),
+        ("[[rule]]\nname = 'a'\ntype = 'anomaly'\nz = 3\n", 1, "metric is missing"),
+        ("[[rule]\nname = 'a'\n", 1, "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_a_rules_file_that_makes_no_sense_stops_the_worker_with_file_line_and_reason(
+    settings: Settings, tmp_path: Path, rules: str, line: int, reason: str
+) -> None:
+    path = tmp_path / "alerts.toml"
+    path.write_text(rules)
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", "alert-worker", "--rules", str(path), "--drain"],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    [message] = done.stderr.strip().splitlines()
+    if "TOML" not in reason:
+        assert f"{path}:{line}: " in message
+    assert reason in message
+
+
+def test_alerts_are_listed_by_the_cli_and_http(client: redis.Redis, settings: Settings) -> None:
+    temps = [41.0] * 40 + [30.0] * 5
+    write(client, settings.stream, [reading("s1", i, t) for i, t in enumerate(temps)], first_ms=1)
+    write(client, settings.stream, [reading("s2", i, 45.0) for i in range(40)], first_ms=100)
+    evaluate_all(client, settings, THRESHOLD_RULES)
+
+    def cli(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "telemetry", "alerts", *flags],
+                              env=child_env(settings), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    listed = json.loads(cli("--format", "json").stdout)
+    assert [(a["sensor_id"], a["state"]) for a in listed] == [
+        ("s2", "raised"),
+        ("s1", "resolved"),
+        ("s1", "raised"),
+    ]
+    [still_open] = json.loads(cli("--open", "--format", "json").stdout)
+    assert still_open["sensor_id"] == "s2" and still_open["ts_ms"] == T0 + 30_000
+    table = cli("--open", "--sensor", "s1*").stdout
+    assert table.strip() == "no open alerts"
+    assert "s2" in cli("--open").stdout.splitlines()[1]
+    assert cli("--since", "yesterday").returncode == 2
+
+    http = TestClient(create_app(settings))
+    assert [a["state"] for a in http.get("/alerts", params={"sensor": "s1"}).json()] == [
+        "resolved",
+        "raised",
+    ]
+    assert [a["sensor_id"] for a in http.get("/alerts", params={"open": "true"}).json()] == ["s2"]
+    assert http.get("/alerts", params={"since": "soon"}).status_code == 422

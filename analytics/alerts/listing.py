@@ -1,0 +1,86 @@
+"""Reading alerts back: the open ones, and the history of changes on the alerts stream."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+
+import redis
+
+from ingest.connection import read_range_newest_first
+from ingest.errors import redis_errors
+from ingest.keys import AlertKeys
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    """One alert change (or, for open alerts, the change that raised it)."""
+
+    sensor_id: str
+    rule: str
+    kind: str
+    severity: str
+    metric: str
+    state: str
+    ts_ms: int
+    value: str
+    limit: str
+    message: str
+    # When the raised alert began (resolved changes only), and the alerts stream entry.
+    raised_ms: int | None = None
+    id: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str], entry_id: str | None = None) -> AlertChange:
+        raised = fields.get("raised_ts")
+        return cls(
+            sensor_id=fields["sensor_id"],
+            rule=fields["rule"],
+            kind=fields.get("kind", ""),
+            severity=fields.get("severity", ""),
+            metric=fields.get("metric", ""),
+            state=fields["state"],
+            ts_ms=int(fields["ts"]),
+            value=fields.get("value", ""),
+            limit=fields.get("limit", ""),
+            message=fields.get("message", ""),
+            raised_ms=int(raised) if raised else None,
+            id=entry_id,
+        )
+
+
+def list_alerts(
+    client: redis.Redis,
+    keys: AlertKeys,
+    *,
+    open_only: bool = False,
+    sensor_glob: str = "*",
+    since_ms: int | None = None,
+    limit: int = 1000,
+) -> list[AlertChange]:
+    """Open alerts (newest first), or the changes recorded since `since_ms` (newest first)."""
+    found: list[AlertChange] = []
+    if open_only:
+        with redis_errors():
+            raw: dict[str, str] = client.hgetall(keys.open)  # type: ignore[assignment]
+        for text in raw.values():
+            change = AlertChange.from_fields(json.loads(text))
+            if fnmatch.fnmatchcase(change.sensor_id, sensor_glob) and (
+                since_ms is None or change.ts_ms >= since_ms
+            ):
+                found.append(change)
+        found.sort(key=lambda c: (-c.ts_ms, c.sensor_id, c.rule))
+        return found[:limit]
+    oldest = "-" if since_ms is None else str(since_ms)
+    newest = "+"
+    while len(found) < limit:
+        with redis_errors():
+            page = read_range_newest_first(client, keys.stream, newest, oldest, count=1000)
+        for entry_id, fields in page:
+            if fnmatch.fnmatchcase(fields.get("sensor_id", ""), sensor_glob):
+                found.append(AlertChange.from_fields(dict(fields), entry_id))
+        if len(page) < 1000:
+            break
+        newest = f"({page[-1][0]}"
+    return found[:limit]
