@@ -18,7 +18,7 @@ import redis
 
 from ingest.connection import connect
 from ingest.settings import Settings, settings_env
-from telemetry.localserver import LocalRedis
+from telemetry.localserver import LocalMosquitto, LocalRedis
 from tests.containers import ContainerRedis, docker_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,15 @@ def redis_url(shared_redis: str) -> str:
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A Redis owned by this test alone, which it may kill, pause and restart."""
     server = start_redis(tmp_path / "redis")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
+    """A mosquitto owned by this test, with persistence on."""
+    server = LocalMosquitto(workdir=tmp_path / "mosquitto")
+    server.start()
     yield server
     server.close()
 

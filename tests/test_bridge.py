@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -28,14 +27,6 @@ from producers.payload import DEFAULT_TOPICS, TopicTemplate, parse_message
 from telemetry.localserver import LocalMosquitto, LocalRedis
 from tests.conftest import child_env, make_settings
 from tests.helpers import entries
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
-    server = LocalMosquitto(workdir=tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.close()
 
 
 def bridge_process(

@@ -7,6 +7,8 @@ import logging
 import threading
 
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
+from analytics.alerts.fanout import GROUP as FANOUT_GROUP
+from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
 from analytics.alerts.rules import Rule, load_rules
 from analytics.alerts.silence import SilenceSweeper
 from analytics.worker import default_consumer_name
@@ -40,6 +42,16 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
     background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
+    fanout = AlertFanout(targets_from(settings.mqtt_url, settings.webhooks))
+    if fanout.targets:
+        log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
+        fanout_runner = GroupRunner(
+            connect(settings), settings, FANOUT_GROUP, runner.consumer, fanout, decode_change,
+            stream=settings.alerts_stream, start_id="$",
+        )  # fmt: skip
+        background.append(
+            threading.Thread(target=fanout_runner.run, args=(stop,), name="fanout", daemon=True)
+        )
     for thread in background:
         thread.start()
     try:
@@ -48,3 +60,4 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
         stop.set()
         for thread in background:
             thread.join(timeout=5)
+        fanout.close()

@@ -1,0 +1,183 @@
+"""Alert changes out to the world: MQTT (`alerts/{sensor_id}`, QoS 1) and webhooks (JSON POST).
+
+The consumer group `alert-fanout` on the alerts stream hands each change to one worker, which
+queues it for every target and acknowledges. Each target sends from its own thread and queue,
+retrying with capped, jittered backoff, so a dead webhook delays nothing but itself. The alerts
+stream stays the record: a change a target could not take after its retries (or that was still
+queued when the worker died) is counted and logged, and can be read back with `telemetry alerts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import Counter
+
+from ingest.backoff import Backoff
+from ingest.errors import InvalidEntry
+from ingest.groups import Batch
+
+log = logging.getLogger(__name__)
+
+GROUP = "alert-fanout"
+QUEUE_LIMIT = 10_000
+ATTEMPTS = 8
+WEBHOOK_TIMEOUT_S = 5.0
+SENT = Counter(
+    "telemetry_alert_fanout_total", "alert changes handed to a target", ["target", "outcome"]
+)
+
+
+def decode_change(entry_id: str, fields: Mapping[str, str]) -> dict[str, str]:
+    if "sensor_id" not in fields or "state" not in fields:
+        raise InvalidEntry("an alert change needs sensor_id and state")
+    return {"id": entry_id, **fields}
+
+
+class Target(Protocol):
+    name: str
+
+    def offer(self, change: Mapping[str, str]) -> None: ...
+    def close(self) -> None: ...
+
+
+class MqttTarget:
+    """Publishes to `alerts/{sensor_id}` at QoS 1; paho queues and re-sends across reconnects."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        self.name = f"mqtt://{parsed.hostname}:{parsed.port or 1883}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"telemetry-alerts-{socket.gethostname()}-{os.getpid()}",
+        )
+        if parsed.username:
+            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
+        if parsed.scheme == "mqtts":
+            self.client.tls_set()
+        self.client.max_queued_messages_set(QUEUE_LIMIT)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        default_port = 8883 if parsed.scheme == "mqtts" else 1883
+        self.client.connect_async(parsed.hostname or "localhost", parsed.port or default_port)
+        self.client.loop_start()
+
+    def offer(self, change: Mapping[str, str]) -> None:
+        info = self.client.publish(f"alerts/{change['sensor_id']}", json.dumps(change), qos=1)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            SENT.labels(self.name, "dropped").inc()
+            log.warning("MQTT queue full; dropped alert change %s", change.get("id"))
+        else:
+            SENT.labels(self.name, "queued").inc()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class WebhookTarget:
+    """POSTs each change as JSON from its own thread, retrying with backoff."""
+
+    def __init__(self, url: str) -> None:
+        self.name = url
+        self.url = url
+        self._queue: deque[Mapping[str, str]] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self.delivered = 0
+        self.failed = 0
+        self._thread = threading.Thread(
+            target=self._send_forever, name=f"webhook {url}", daemon=True
+        )
+        self._thread.start()
+
+    def offer(self, change: Mapping[str, str]) -> None:
+        with self._ready:
+            if len(self._queue) >= QUEUE_LIMIT:
+                self._queue.popleft()
+                self.failed += 1
+                SENT.labels(self.name, "dropped").inc()
+            self._queue.append(change)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join(timeout=WEBHOOK_TIMEOUT_S)
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                change = self._queue[0]
+            outcome = "delivered" if self._deliver(change) else "failed"
+            with self._ready:
+                if self._queue and self._queue[0] is change:
+                    self._queue.popleft()
+            if outcome == "delivered":
+                self.delivered += 1
+            else:
+                self.failed += 1
+            SENT.labels(self.name, outcome).inc()
+
+    def _deliver(self, change: Mapping[str, str]) -> bool:
+        body = json.dumps(change).encode()
+        backoff = Backoff(base_s=0.5, cap_s=30.0)
+        error = ""
+        for _ in range(ATTEMPTS):
+            request = urllib.request.Request(
+                self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S):
+                    return True
+            except (urllib.error.URLError, OSError) as exc:
+                error = str(exc)
+            with self._ready:
+                if self._ready.wait_for(lambda: self._closed, backoff.next_delay()):
+                    break
+        log.warning("webhook %s did not take change %s: %s", self.url, change.get("id"), error)
+        return False
+
+
+class AlertFanout:
+    """Handler of the `alert-fanout` group: every change to every target, without waiting."""
+
+    acknowledges = False
+
+    def __init__(self, targets: Sequence[Target]) -> None:
+        self.targets = list(targets)
+
+    def __call__(self, batch: Batch[dict[str, Any]]) -> None:
+        for entry in batch.entries:
+            for target in self.targets:
+                target.offer(entry.value)
+
+    def close(self) -> None:
+        for target in self.targets:
+            target.close()
+
+
+def targets_from(mqtt_url: str | None, webhooks: str | None) -> list[Target]:
+    targets: list[Target] = []
+    if mqtt_url:
+        targets.append(MqttTarget(mqtt_url))
+    for url in (webhooks or "").split(","):
+        if url.strip():
+            targets.append(WebhookTarget(url.strip()))
+    return targets
