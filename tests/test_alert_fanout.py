@@ -87,10 +87,10 @@ def test_changes_reach_mqtt_and_a_live_webhook_while_another_webhook_is_dead(
     rules.write_text(THRESHOLD_RULES.replace('for = "30s"', ""))
     dead_hook = f"http://127.0.0.1:{free_port()}/nobody-listens"
     subscriber, published = subscribe(broker)
+    hooks = f"{dead_hook},{webhook.url}"
     worker = subprocess.Popen(
         [sys.executable, "-m", "telemetry", "alert-worker", "--rules", str(rules)],
-        env=child_env(settings, MQTT_URL=broker.url,
-                      TELEMETRY_ALERT_WEBHOOKS=f"{dead_hook},{webhook.url}"),  # fmt: skip
+        env=child_env(settings, MQTT_URL=broker.url, TELEMETRY_ALERT_WEBHOOKS=hooks),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
