@@ -9,6 +9,7 @@ status line now and then, and stops everything in order on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 import subprocess
 import sys
 import threading
@@ -38,11 +39,23 @@ class Service:
     restart_at: float = 0.0
 
 
-def services(fleet: int, rate: float, with_bridge: bool) -> list[Service]:
+# Occasional faults so the sample rules have something to say: at 200 sensors and 1 Hz, a spike
+# every ~10 s, a sensor stuck hot about once a minute, one falling silent every ~2 minutes.
+SIMULATED_FAULTS = ["--spike", "0.0005", "--stuck", "0.0001", "--stuck-value", "45",
+                    "--dropout", "0.00005", "--dropout-for", "30"]  # fmt: skip
+
+
+def sample_rules() -> str:
+    return str(resources.files("analytics.alerts").joinpath("sample_rules.toml"))
+
+
+def services(fleet: int, rate: float, with_bridge: bool, rules: str) -> list[Service]:
     """What runs: each entry is a `telemetry` subcommand."""
+    simulate = ["simulate", "--fleet", str(fleet), "--rate", str(rate), *SIMULATED_FAULTS]
     running = [
-        Service("simulator", ["simulate", "--fleet", str(fleet), "--rate", str(rate)]),
+        Service("simulator", simulate),
         Service("aggregator", ["aggregate"]),
+        Service("alerts", ["alert-worker", "--rules", rules]),
         Service("api", ["api"]),
     ]
     if with_bridge:
@@ -73,7 +86,9 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
             log.warning("no MQTT bridge: %s", exc)
             broker = None
     child_env = {**env, **settings_env(settings)}
-    running = services(fleet, rate, with_bridge=settings.mqtt_url is not None)
+    rules = settings.rules or sample_rules()
+    log.info("alert rules from %s", rules)
+    running = services(fleet, rate, settings.mqtt_url is not None, rules)
     try:
         for service in running:
             _start(service, child_env)

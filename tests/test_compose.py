@@ -29,13 +29,14 @@ SETTINGS_VARIABLES = {spec.metadata["env"] for spec in dataclasses.fields(Settin
 
 
 def test_every_project_service_is_there_and_scalable() -> None:
-    assert set(PROJECT_SERVICES) == {"bridge", "aggregator", "api", "simulator"}
+    assert set(PROJECT_SERVICES) == {"bridge", "aggregator", "alerts", "api", "simulator"}
     assert COMPOSE["services"]["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     for service in COMPOSE["services"].values():
         assert service["restart"] == "unless-stopped"
     # Scaling needs no fixed name or host port on the workers.
-    assert "container_name" not in PROJECT_SERVICES["aggregator"]
-    assert "ports" not in PROJECT_SERVICES["aggregator"]
+    for worker in ("aggregator", "alerts"):
+        assert "container_name" not in PROJECT_SERVICES[worker]
+        assert "ports" not in PROJECT_SERVICES[worker]
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT_SERVICES))
@@ -59,6 +60,11 @@ def test_each_service_command_starts_with_its_settings(
         if port_setting in environment:
             environment[port_setting] = str(free_port())
     environment["TELEMETRY_API_HOST"] = "127.0.0.1"
+    # Files the image holds under /app are the repository's.
+    for variable, value in environment.items():
+        if value.startswith("/app/"):
+            assert (ROOT / value.removeprefix("/app/")).is_file(), value
+            environment[variable] = str(ROOT / value.removeprefix("/app/"))
     base = child_env(Settings(redis_url=redis_url))
     process = subprocess.Popen(
         [sys.executable, "-m", *service["command"]],
