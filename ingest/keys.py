@@ -88,6 +88,12 @@ class AlertKeys:
         recognised as out of order and repeats as duplicates."""
         return f"{self.stream}:clock"
 
+    @property
+    def version(self) -> str:
+        """Counter every settled batch of the alerts group increments, so a worker knows whether
+        the state it holds is still Redis's."""
+        return f"{self.stream}:version"
+
     def state(self, rule: str) -> str:
         """Hash sensor_id -> the rule's encoded state for that sensor (absent: nothing to keep)."""
         return f"{self.stream}:state:{rule}"

@@ -9,13 +9,13 @@ status line now and then, and stops everything in order on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
-from importlib import resources
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 
 from ingest.backoff import Backoff
 from ingest.errors import IngestError

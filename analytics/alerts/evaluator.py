@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from analytics.alerts.machine import RAISED, Decision, RuleState, step
+from analytics.alerts.machine import RAISED, Decision, RuleState, leaves_fresh_state, step
 from analytics.alerts.rules import Rule
 from ingest.errors import redis_errors
 from ingest.groups import Batch, Deferred
@@ -31,6 +31,8 @@ COMMIT = LuaScript("analytics.alerts", "commit.lua")
 OPEN, BLOCKED, NOT_OURS = "open", "blocked", "not ours"
 # Bound on the sensors whose matching rules one process remembers.
 RULES_CACHE_LIMIT = 200_000
+# Bound on the (rule, sensor) states one process keeps between batches.
+STATE_CACHE_LIMIT = 2_000_000
 
 
 @dataclass
@@ -85,22 +87,25 @@ def silence_template(rule: Rule) -> dict[str, str]:
     }
 
 
-class _Snapshot:
-    """The state a batch is evaluated against, read while every older entry was settled."""
+Clock = tuple[int, int | None]
 
-    def __init__(self, clocks: dict[str, tuple[int, int | None]],
-                 states: dict[tuple[int, str], RuleState]) -> None:  # fmt: skip
-        self.clocks = clocks
-        self.states = states
+
+class _StateCache:
+    """What this worker knows of the group's state in Redis, valid while the state version (bumped
+    by every settled batch) is the one this worker last saw. One worker alone then reads no state
+    at all; with several, a batch settled elsewhere invalidates it and everything is read again.
+    `None` values are known to be absent (a fresh state)."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.clocks: dict[str, Clock | None] = {}
+        self.states: dict[tuple[int, str], RuleState | None] = {}
         self.touched: set[tuple[int, str]] = set()
 
-    def state(self, rule_index: int, sensor_id: str) -> RuleState:
-        key = (rule_index, sensor_id)
-        self.touched.add(key)
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = RuleState()
-        return state
+    def forget(self) -> None:
+        self.version = None
+        self.clocks.clear()
+        self.states.clear()
 
 
 class AlertEvaluator:
@@ -115,6 +120,7 @@ class AlertEvaluator:
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
         self._rules_of: dict[str, tuple[int, ...]] = {}
+        self._cache = _StateCache()
 
     def rules_for(self, sensor_id: str) -> tuple[int, ...]:
         found = self._rules_of.get(sensor_id)
@@ -128,17 +134,26 @@ class AlertEvaluator:
     def __call__(self, batch: Batch[Reading]) -> None:
         wanted = self._wanted_state(batch)
         while True:
-            gate, snapshot = self._snapshot(batch, wanted)
+            gate = self._snapshot(batch, wanted)
             if gate == BLOCKED:
                 self.stats.deferred += 1
                 raise Deferred("older entries of the group are not settled yet")
             if gate == NOT_OURS:
                 self._dropped(batch)
                 return
-            assert snapshot is not None
-            args = self._evaluate(batch, snapshot)
-            with redis_errors():
-                result = COMMIT(self.client, args.keys, args.argv)
+            args = self._evaluate(batch)
+            try:
+                with redis_errors():
+                    result, version = COMMIT(self.client, args.keys, args.argv)
+            except BaseException:
+                # Evaluation changed the cached states in place; only a settled batch makes
+                # them Redis's.
+                self._cache.forget()
+                raise
+            if result == 1:
+                self._cache.version = int(version)
+            else:
+                self._cache.forget()
             if result == 1:
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
@@ -167,78 +182,116 @@ class AlertEvaluator:
                     wanted.setdefault(i, set()).add(reading.sensor_id)
         return {i: sorted(sensors) for i, sensors in wanted.items()}
 
-    def _snapshot(
-        self, batch: Batch[Reading], wanted: Mapping[int, list[str]]
-    ) -> tuple[str, _Snapshot | None]:
+    def _snapshot(self, batch: Batch[Reading], wanted: Mapping[int, list[str]]) -> str:
+        """Check the gate and bring the cache up to date for the batch, in one transaction."""
+        cache = self._cache
+        if len(cache.states) > STATE_CACHE_LIMIT:
+            cache.forget()  # memory stays bounded; this batch reads what it needs again
+        was_valid = cache.version is not None
+        sensors = sorted({entry.value.sensor_id for entry in batch.entries} - set(cache.clocks))
+        unknown = {
+            i: [sensor for sensor in names if (i, sensor) not in cache.states]
+            for i, names in wanted.items()
+        }
+        unknown = {i: names for i, names in unknown.items() if names}
         ids = batch.ids
-        sensors = sorted({entry.value.sensor_id for entry in batch.entries})
         pipe = self.client.pipeline(transaction=True)
         pipe.xpending_range(self.keys.stream, GROUP, "-", ids[-1], len(ids) + 1)
-        pipe.hmget(self.alert_keys.clock, sensors)
-        for i, names in wanted.items():
+        pipe.get(self.alert_keys.version)
+        pipe.hmget(self.alert_keys.clock, sensors or [""])
+        for i, names in unknown.items():
             pipe.hmget(self.alert_keys.state(self.rules[i].name), names)
         with redis_errors():
             replies = pipe.execute()
         gate = _gate(replies[0], ids, batch.consumer)
         if gate != OPEN:
-            return gate, None
-        clocks: dict[str, tuple[int, int | None]] = {}
-        for sensor, text in zip(sensors, replies[1], strict=True):
-            if text is not None:
+            return gate
+        version = int(replies[1] or 0)
+        if version != cache.version:
+            cache.forget()
+            if was_valid:
+                # Another worker settled batches since: read everything again.
+                return self._snapshot(batch, wanted)
+            cache.version = version
+        for sensor, text in zip(sensors, replies[2], strict=False):
+            if text is None:
+                cache.clocks[sensor] = None
+            else:
                 ts, _, seq = text.partition(":")
-                clocks[sensor] = (int(ts), int(seq) if seq else None)
-        states: dict[tuple[int, str], RuleState] = {}
-        for (i, names), values in zip(wanted.items(), replies[2:], strict=True):
+                cache.clocks[sensor] = (int(ts), int(seq) if seq else None)
+        for (i, names), values in zip(unknown.items(), replies[3:], strict=True):
             for sensor, text in zip(names, values, strict=True):
-                if text is not None:
-                    states[(i, sensor)] = RuleState.decode(text)
-        return OPEN, _Snapshot(clocks, states)
+                cache.states[(i, sensor)] = None if text is None else RuleState.decode(text)
+        return OPEN
 
-    def _evaluate(self, batch: Batch[Reading], snapshot: _Snapshot) -> _CommitArgs:
+    def _evaluate(self, batch: Batch[Reading]) -> _CommitArgs:
         args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen)
-        clocks = snapshot.clocks
+        cache = self._cache
+        cache.touched.clear()
+        clocks = cache.clocks
+        states = cache.states
         rules = self.rules
         stale = 0
-        changes: list[tuple[Rule, str, str, Decision, dict[str, str]]] = []
+        changes: list[tuple[Rule, str, Decision, dict[str, str]]] = []
         heard: dict[tuple[int, str], tuple[int, str, int]] = {}
         for entry in batch.entries:
             reading = entry.value
             sensor = reading.sensor_id
+            metrics = reading.metrics
             matching = self.rules_for(sensor)
-            for i in matching:
-                rule = rules[i]
-                if rule.kind == "silence" and (rule.metric in reading.metrics or not rule.metric):
-                    heard[(i, sensor)] = (entry_time_ms(entry.id), entry.id, reading.ts_ms)
-            if _is_stale(reading, clocks.get(sensor)):
+            stale_reading = _is_stale(reading, clocks.get(sensor))
+            if not stale_reading:
+                clocks[sensor] = (reading.ts_ms, reading.seq)
+            else:
                 stale += 1
-                continue
-            clocks[sensor] = (reading.ts_ms, reading.seq)
             for i in matching:
                 rule = rules[i]
                 if rule.kind == "silence":
+                    if rule.metric in metrics or not rule.metric:
+                        heard[(i, sensor)] = (entry_time_ms(entry.id), entry.id, reading.ts_ms)
                     continue
-                value = reading.metrics.get(rule.metric or "")
+                if stale_reading:
+                    continue
+                value = metrics.get(rule.metric)  # type: ignore[arg-type]
                 if value is None:
                     continue
-                decision = step(rule, snapshot.state(i, sensor), reading.ts_ms, value)
+                key = (i, sensor)
+                state = states.get(key)
+                if state is None:
+                    if leaves_fresh_state(rule, value):
+                        continue
+                    state = states[key] = RuleState()
+                cache.touched.add(key)
+                decision = step(rule, state, reading.ts_ms, value)
                 if decision is not None:
                     record = change_record(rule, sensor, entry.id, reading.ts_ms, value, decision)
-                    changes.append((rule, sensor, entry.id, decision, record))
+                    changes.append((rule, sensor, decision, record))
         args.ledger(len(batch.entries) - stale, stale)
-        args.clocks(clocks, {e.value.sensor_id for e in batch.entries})
+        in_batch = {entry.value.sensor_id for entry in batch.entries}
+        args.clocks({s: clock for s in in_batch if (clock := clocks.get(s)) is not None})
+        touched_by_rule: dict[int, list[str]] = {}
+        for i, sensor in cache.touched:
+            touched_by_rule.setdefault(i, []).append(sensor)
         args.states(
-            (self.alert_keys.state(rules[i].name), sensor, snapshot.states[(i, sensor)].encode())
-            for i, sensor in snapshot.touched
+            (self.alert_keys.state(rules[i].name), names, [_encoded(states[(i, s)]) for s in names])
+            for i, names in touched_by_rule.items()
         )
         args.changes_section(changes)
+        heard_by_rule: dict[int, list[tuple[str, int, str, int]]] = {}
+        for (i, sensor), (heard_ms, entry_id, ts) in heard.items():
+            heard_by_rule.setdefault(i, []).append((sensor, heard_ms, entry_id, ts))
         args.heard_section(
-            (self.alert_keys.heard(rules[i].name), sensor, heard_ms, rules[i], entry_id, ts)
-            for (i, sensor), (heard_ms, entry_id, ts) in heard.items()
+            (self.alert_keys.heard(rules[i].name), rules[i], rows)
+            for i, rows in heard_by_rule.items()
         )
         return args
 
 
-def _is_stale(reading: Reading, clock: tuple[int, int | None] | None) -> bool:
+def _encoded(state: RuleState | None) -> str:
+    return "" if state is None else state.encode()
+
+
+def _is_stale(reading: Reading, clock: Clock | None) -> bool:
     """Older than the newest reading evaluated for its sensor, or a repeat of it (same seq)."""
     if clock is None:
         return False
@@ -260,7 +313,7 @@ def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: st
 
 
 class _CommitArgs:
-    """KEYS and ARGV for one call of the commit script."""
+    """KEYS and ARGV for one call of the commit script; lists packed one argument each."""
 
     def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[Reading],
                  alerts_maxlen: int) -> None:  # fmt: skip
@@ -270,10 +323,12 @@ class _CommitArgs:
             alert_keys.stream,
             alert_keys.open,
             alert_keys.clock,
+            alert_keys.version,
         ]
         self._index: dict[str, int] = {}
         ids = batch.ids
-        self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, len(ids), *ids]
+        self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, len(ids),
+                                ",".join(ids)]  # fmt: skip
         self.changes = 0
 
     def key(self, name: str) -> int:
@@ -283,50 +338,51 @@ class _CommitArgs:
             index = self._index[name] = len(self.keys)
         return index
 
-    def _section(self, rows: Sequence[Sequence[Any]]) -> None:
-        self.argv.append(len(rows))
-        for row in rows:
-            self.argv.extend(row)
-
     def ledger(self, evaluated: int, stale: int) -> None:
-        self._section(
-            [[f"{SETTLED}evaluated", evaluated]] + ([[f"{SETTLED}stale", stale]] if stale else [])
-        )
+        increments = [(f"{SETTLED}evaluated", evaluated)]
+        if stale:
+            increments.append((f"{SETTLED}stale", stale))
+        self.argv.append(len(increments))
+        for name, amount in increments:
+            self.argv += [name, amount]
 
-    def clocks(self, clocks: Mapping[str, tuple[int, int | None]], sensors: set[str]) -> None:
-        rows = []
-        for sensor in sensors:
-            if sensor in clocks:
-                ts, seq = clocks[sensor]
-                rows.append([sensor, f"{ts}:{'' if seq is None else seq}"])
-        self._section(rows)
+    def clocks(self, clocks: Mapping[str, tuple[int, int | None]]) -> None:
+        self.argv += [
+            len(clocks),
+            ",".join(clocks),
+            ",".join(f"{ts}:{'' if seq is None else seq}" for ts, seq in clocks.values()),
+        ]
 
-    def states(self, updates: Iterable[tuple[str, str, str]]) -> None:
-        self._section([[self.key(key), sensor, state] for key, sensor, state in updates])
+    def states(self, updates: Iterable[tuple[str, list[str], list[str]]]) -> None:
+        rows = list(updates)
+        self.argv.append(len(rows))
+        for key, sensors, states in rows:
+            self.argv += [self.key(key), len(sensors), ",".join(sensors), "/".join(states)]
 
-    def changes_section(self, changes: Sequence[tuple[Rule, str, str, Decision, dict[str, str]]]
+    def changes_section(self, changes: Sequence[tuple[Rule, str, Decision, dict[str, str]]]
                         ) -> None:  # fmt: skip
         self.changes = len(changes)
         self.argv.append(len(changes))
-        for rule, sensor, _entry_id, decision, record in changes:
+        for rule, sensor, decision, record in changes:
             self.argv += [open_field(sensor, rule.name), decision.state, json.dumps(record)]
-            self.argv.append(len(record))
-            for name, value in record.items():
-                self.argv += [name, value]
+            self._fields(record)
 
-    def heard_section(self, heard: Iterable[tuple[str, str, int, Rule, str, int]]) -> None:
-        rows: list[list[Any]] = []
-        for key, sensor, heard_ms, rule, entry_id, ts in heard:
-            record = silence_template(rule) | {
-                "sensor_id": sensor,
-                "state": "resolved",
-                "ts": str(ts),
-                "reading": entry_id,
-                "message": f"heard from again after {rule.after_ms / 1000:g}s of silence or more",
-            }
-            row: list[Any] = [self.key(key), sensor, heard_ms, open_field(sensor, rule.name),
-                              len(record)]  # fmt: skip
-            for name, value in record.items():
-                row += [name, value]
-            rows.append(row)
-        self._section(rows)
+    def heard_section(self, heard: Iterable[tuple[str, Rule, list[tuple[str, int, str, int]]]]
+                      ) -> None:  # fmt: skip
+        rows = list(heard)
+        self.argv.append(len(rows))
+        for key, rule, sensors in rows:
+            self.argv += [self.key(key), rule.name]
+            self._fields(silence_template(rule) | {"message": "heard from again"})
+            self.argv += [
+                len(sensors),
+                ",".join(s[0] for s in sensors),
+                ",".join(str(s[1]) for s in sensors),
+                ",".join(str(s[3]) for s in sensors),
+                ",".join(s[2] for s in sensors),
+            ]
+
+    def _fields(self, record: Mapping[str, str]) -> None:
+        self.argv.append(len(record))
+        for name, value in record.items():
+            self.argv += [name, value]

@@ -76,6 +76,14 @@ class Decision:
     raised_ms: int
 
 
+def leaves_fresh_state(rule: Rule, value: float) -> bool:
+    """True when a reading would leave a rule's fresh state as it is, so the common case (a
+    threshold not crossed) needs no state at all."""
+    if rule.kind != "threshold":
+        return False
+    return not (value > rule.level if rule.rising else value < rule.level)
+
+
 def step(rule: Rule, state: RuleState, ts_ms: int, value: float) -> Decision | None:
     """Feed one reading (in event-time order) to a rule; the state changes in place."""
     if rule.kind == "threshold":

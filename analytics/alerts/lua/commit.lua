@@ -4,26 +4,45 @@
 -- entries, owned by this consumer. So batches settle in stream order whatever the number of
 -- workers, and the alerts are the ones a single worker would give. Returns -1 (changing nothing)
 -- while an older entry is still unsettled, 0 when the batch is no longer this consumer's (claimed
--- by another, or this very script already ran before a client re-send), 1 when settled.
+-- by another, or this very script already ran before a client re-send), 1 when settled; and the
+-- state version, which every settled batch increments (workers cache state while it holds).
 --
--- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, then keys
+-- Lists travel packed in one argument each (comma-separated; rule states '/'-separated, since a
+-- state holds commas): packing thousands of small arguments costs the client more than the rest.
+--
+-- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, 6 state
+-- version, then keys
 -- referred to by index from ARGV (rule state hashes, silence rules' heard sets).
--- ARGV: group, consumer, last id, alerts maxlen, n ids, ids...,
+-- ARGV: group, consumer, last id, alerts maxlen, n ids, ids,
 --       n ledger increments, (field, amount)...,
---       n clock updates, (sensor, ts:seq)...,
---       n state updates, (key index, sensor, encoded state or '' to delete)...,
+--       n clocks, sensors, `ts:seq`s,
+--       n rules with state updates, (key index, n, sensors, states: '' deletes)...,
 --       n changes, (open field, state, raise record JSON, n fields, (field, value)...)...,
---       n heard, (key index, sensor, heard ms, open field, n fields, (field, value)...)...
---         for silence rules: the sensor spoke; if its silence alert is open, resolve it with
---         these fields plus raised_ts from the open alert.
+--       n silence rules, (heard key index, rule, n fields, (field, value)..., n, sensors,
+--         heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert of theirs
+--         is resolved with the rule's fields and theirs.
 
 local stream, ledger, alerts, open, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local version = KEYS[6]
 local group, consumer, last_id, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local pos = 4
+local CHUNK = 1000
 
 local function take()
   pos = pos + 1
   return ARGV[pos]
+end
+
+local function take_list(n, sep)
+  local text = take()
+  local out = {}
+  if n == 0 then
+    return out
+  end
+  for part in string.gmatch(text .. sep, '([^' .. sep .. ']*)' .. sep) do
+    out[#out + 1] = part
+  end
+  return out
 end
 
 local function take_fields()
@@ -32,6 +51,21 @@ local function take_fields()
     fields[i] = take()
   end
   return fields
+end
+
+-- HSET/HDEL/XACK with many arguments, in slices: unpack has a limit.
+local function call_sliced(command, key, extra, values)
+  for first = 1, #values, CHUNK do
+    local slice = {}
+    for i = first, math.min(first + CHUNK - 1, #values) do
+      slice[#slice + 1] = values[i]
+    end
+    if extra then
+      redis.call(command, key, extra, unpack(slice))
+    else
+      redis.call(command, key, unpack(slice))
+    end
+  end
 end
 
 local now = redis.call('TIME')
@@ -45,39 +79,50 @@ end
 
 -- 1. The gate.
 local n_ids = tonumber(take())
+local ids = take_list(n_ids, ',')
 local ours = {}
-local ids = {}
 for i = 1, n_ids do
-  ids[i] = take()
   ours[ids[i]] = true
 end
 local pending = redis.call('XPENDING', stream, group, '-', last_id, n_ids + 1)
 for _, entry in ipairs(pending) do
   if not ours[entry[1]] then
-    return -1
+    return {-1, 0}
   end
   if entry[2] ~= consumer then
-    return 0
+    return {0, 0}
   end
 end
 if #pending ~= n_ids then
-  return 0
+  return {0, 0}
 end
 
 -- 2. Effects.
 for _ = 1, tonumber(take()) do
   redis.call('HINCRBY', ledger, take(), take())
 end
-for _ = 1, tonumber(take()) do
-  redis.call('HSET', clock, take(), take())
+local n_clocks = tonumber(take())
+local sensors, times = take_list(n_clocks, ','), take_list(n_clocks, ',')
+local pairs_ = {}
+for i = 1, n_clocks do
+  pairs_[#pairs_ + 1] = sensors[i]
+  pairs_[#pairs_ + 1] = times[i]
 end
+call_sliced('HSET', clock, nil, pairs_)
 for _ = 1, tonumber(take()) do
-  local key, sensor, state = KEYS[tonumber(take())], take(), take()
-  if state == '' then
-    redis.call('HDEL', key, sensor)
-  else
-    redis.call('HSET', key, sensor, state)
+  local key, n = KEYS[tonumber(take())], tonumber(take())
+  local names, states = take_list(n, ','), take_list(n, '/')
+  local set, gone = {}, {}
+  for i = 1, n do
+    if states[i] == '' then
+      gone[#gone + 1] = names[i]
+    else
+      set[#set + 1] = names[i]
+      set[#set + 1] = states[i]
+    end
   end
+  call_sliced('HSET', key, nil, set)
+  call_sliced('HDEL', key, nil, gone)
 end
 for _ = 1, tonumber(take()) do
   local field, state, record = take(), take(), take()
@@ -89,19 +134,35 @@ for _ = 1, tonumber(take()) do
   end
 end
 for _ = 1, tonumber(take()) do
-  local key, sensor, heard_ms, field = KEYS[tonumber(take())], take(), take(), take()
-  local fields = take_fields()
-  redis.call('ZADD', key, 'GT', heard_ms, sensor)
-  local raised = redis.call('HGET', open, field)
-  if raised then
-    fields[#fields + 1] = 'raised_ts'
-    fields[#fields + 1] = tostring(cjson.decode(raised)['ts'])
-    add_change(fields)
-    redis.call('HDEL', open, field)
+  local heard, rule = KEYS[tonumber(take())], take()
+  local template = take_fields()
+  local n = tonumber(take())
+  local names, heard_ms = take_list(n, ','), take_list(n, ',')
+  local ts, entry_ids = take_list(n, ','), take_list(n, ',')
+  local scored = {}
+  for i = 1, n do
+    scored[#scored + 1] = heard_ms[i]
+    scored[#scored + 1] = names[i]
+  end
+  call_sliced('ZADD', heard, 'GT', scored)
+  for i = 1, n do
+    local field = names[i] .. '|' .. rule
+    local raised = redis.call('HGET', open, field)
+    if raised then
+      local fields = {}
+      for j = 1, #template do
+        fields[j] = template[j]
+      end
+      for _, pair in ipairs({{'sensor_id', names[i]}, {'state', 'resolved'}, {'ts', ts[i]},
+                             {'reading', entry_ids[i]},
+                             {'raised_ts', tostring(cjson.decode(raised)['ts'])}}) do
+        fields[#fields + 1] = pair[1]
+        fields[#fields + 1] = pair[2]
+      end
+      add_change(fields)
+      redis.call('HDEL', open, field)
+    end
   end
 end
--- In slices: unpack has a limit on how many values it spreads.
-for first = 1, n_ids, 1000 do
-  redis.call('XACK', stream, group, unpack(ids, first, math.min(first + 999, n_ids)))
-end
-return 1
+call_sliced('XACK', stream, group, ids)
+return {1, redis.call('INCR', version)}
