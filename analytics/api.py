@@ -9,14 +9,17 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from analytics import query
 from analytics.alerts.listing import AlertChange, list_alerts
+from analytics.health import SystemCollector, system_status
+from analytics.live import live_router
 from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
 from ingest.connection import connect
@@ -25,6 +28,7 @@ from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys
 from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.settings import Settings
+from producers.http import readings_router
 
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 Metric = Annotated[str, Query(pattern=f"^{METRIC_NAME.pattern}$", description="metric name")]
@@ -62,6 +66,22 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RedisUnavailable)
     async def redis_down(_request: Request, exc: RedisUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+
+    app.include_router(readings_router(settings))
+    app.include_router(live_router(settings))
+    registry = CollectorRegistry()
+    registry.register(SystemCollector(settings, text_client))
+
+    @app.get("/groups")
+    def groups() -> dict[str, Any]:
+        """The stream, its consumer groups, their lag, pending entries and ledgers: what
+        `telemetry status` shows."""
+        return system_status(settings).as_dict()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -170,6 +170,19 @@ class Settings:
     api_host: str = _setting(
         "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
     )
+    api_token: str | None = _setting(
+        None, "API_TOKEN", str, "token that writes (POST, replay) and websockets must present"
+    )
+    api_origins: str | None = _setting(
+        None,
+        "TELEMETRY_API_ORIGINS",
+        str,
+        "origins (comma-separated) allowed to open websockets besides the API's own",
+        "ORIGINS",
+    )
+    api_max_body: int = _setting(
+        1_048_576, "TELEMETRY_API_MAX_BODY", _positive_int, "largest POST body in bytes", "BYTES"
+    )
     metrics_port: int | None = _setting(
         None, "TELEMETRY_METRICS_PORT", _port, "serve Prometheus metrics on this port", "PORT"
     )

@@ -132,6 +132,17 @@ class StreamWriter:
                 self.written += len(batch)
                 self._written_metric.inc(len(batch))
 
+    def write(self, entries: Sequence[Fields]) -> list[str]:
+        """Write these entries now, in batches, bypassing the buffer; return their IDs in order."""
+        ids: list[str] = []
+        with self._flush_lock:
+            for start in range(0, len(entries), self._batch_size):
+                batch = entries[start : start + self._batch_size]
+                ids.extend(self._send(batch))
+                self.written += len(batch)
+                self._written_metric.inc(len(batch))
+        return ids
+
     def close(self) -> None:
         """Stop the background flusher and write what is left."""
         self._closed.set()

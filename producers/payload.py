@@ -102,6 +102,25 @@ def parse_message(
     return out
 
 
+def parse_posted(body: bytes) -> list[dict[str, str] | InvalidEntry]:
+    """Readings posted over HTTP: a JSON object or an array of them, each naming its own
+    `sensor_id`. A body that cannot be read at all gives one InvalidEntry."""
+    try:
+        document = _json(body)
+    except InvalidEntry as exc:
+        return [exc]
+    items = document if isinstance(document, list) else [document]
+    if not items:
+        return [InvalidEntry("empty JSON array")]
+    out: list[dict[str, str] | InvalidEntry] = []
+    for item in items:
+        try:
+            out.append(_reading(None, item))
+        except InvalidEntry as exc:
+            out.append(exc)
+    return out
+
+
 def _json(payload: bytes) -> Any:
     try:
         text = payload.decode("utf-8")
@@ -140,9 +159,14 @@ def _timestamp(value: Any) -> str:
     return str(value)
 
 
-def _reading(sensor_id: str, item: Any) -> dict[str, str]:
+def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
+    """Fields of one reading object; its sensor id is the topic's, or with None its own."""
     if not isinstance(item, dict):
         raise InvalidEntry(f"each reading must be a JSON object, got {type(item).__name__}")
+    if sensor_id is None:
+        sensor_id = item.get("sensor_id")
+        if not isinstance(sensor_id, str):
+            raise InvalidEntry("sensor_id is missing or not a string")
     fields = {"sensor_id": sensor_id}
     for name, value in item.items():
         if name == "sensor_id":

@@ -1,0 +1,286 @@
+"""Live tails over websockets: `/stream/{name}` for a stream, `/ws/alerts` for alert changes.
+
+Each message is one entry, `{"id": ..., "fields": {...}}`. One reader per stream (a hub) feeds
+every client of that stream, so a thousand clients cost Redis one XREAD. Each client has its own
+sender: a client that stops reading fills only its own queue and is then closed (code 1013, with
+the last ID it was sent, to resume from) while the others carry on.
+
+With `max_frequency=N` a client gets at most N messages a second: extras are dropped, and the
+next message carries `"skipped": k`, the number of entries left out before it, so the client sees
+the newest entry at its own pace. With `last_id=ID` a client first gets every entry after ID
+still in the stream, then the live tail, with nothing lost in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+
+from ingest.backoff import Backoff
+from ingest.keys import StreamKeys
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 10_000
+READ_COUNT = 1000
+CLOSE_TOO_SLOW = 1013
+CLOSE_UNAUTHORISED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_UNKNOWN = 4404
+Entry = tuple[str, dict[str, str]]
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One client's view of a hub: a bounded queue, or with a rate only the newest entry."""
+
+    limited: bool
+    queue: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    newest: Entry | None = None
+    unsent: int = 0
+    overflowed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, entry: Entry) -> None:
+        if self.limited:
+            self.newest = entry
+            self.unsent += 1
+            return
+        try:
+            self.queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.wake.set()
+
+
+class StreamHub:
+    """Reads one stream from where it stands and hands each new entry to every subscriber."""
+
+    def __init__(self, client: aioredis.Redis, stream: str, block_ms: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.block_ms = block_ms
+        self.subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+
+    async def join(self, subscriber: Subscriber) -> None:
+        """Subscribe; once this returns, every entry added from now on reaches the subscriber."""
+        async with self._starting:
+            self.subscribers.add(subscriber)
+            if self._task is None or self._task.done():
+                newest: list[Entry] = await self.client.xrevrange(self.stream, count=1)  # type: ignore[assignment]
+                position = newest[0][0] if newest else "0-0"
+                self._task = asyncio.create_task(self._read(position), name=f"hub {self.stream}")
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    async def _read(self, position: str) -> None:
+        backoff = Backoff()
+        # Ends as soon as nobody listens; a later `join` starts a new reader.
+        while self.subscribers:
+            try:
+                reply: Any = await self.client.xread(
+                    {self.stream: position}, count=READ_COUNT, block=self.block_ms
+                )
+                backoff.reset()
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("live tail of %s: redis unavailable (%s); retrying", self.stream, exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            for _, entries in reply or []:
+                for entry in entries:
+                    for subscriber in tuple(self.subscribers):
+                        subscriber.offer(entry)
+                position = entries[-1][0]
+
+
+class Live:
+    """The hubs of one API process and the rules for who may watch what."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = aioredis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.socket_timeout_s,
+            encoding_errors="surrogateescape",
+        )
+        self.exposed = {
+            settings.stream,
+            settings.alerts_stream,
+            StreamKeys(settings.stream).dead,
+        }
+        self.origins = {o.strip() for o in (settings.api_origins or "").split(",") if o.strip()}
+        self.hubs: dict[str, StreamHub] = {}
+
+    def hub(self, stream: str) -> StreamHub:
+        if stream not in self.hubs:
+            self.hubs[stream] = StreamHub(self.client, stream, self.settings.block_ms)
+        return self.hubs[stream]
+
+    async def refusal(self, websocket: WebSocket, stream: str, token: str | None
+                      ) -> tuple[int, str] | None:  # fmt: skip
+        """Why this client may not watch this stream (close code and reason), or None."""
+        expected = self.settings.api_token
+        if expected is not None and token != expected:
+            return CLOSE_UNAUTHORISED, "a valid token query parameter is required"
+        origin = websocket.headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin, websocket.headers):
+            return CLOSE_FORBIDDEN, f"origin {origin} is not allowed"
+        if stream not in self.exposed:
+            if await self.client.exists(stream):
+                return CLOSE_FORBIDDEN, f"stream {stream} is not exposed"
+            return CLOSE_UNKNOWN, f"no stream {stream}"
+        return None
+
+    def _origin_allowed(self, origin: str, headers: Mapping[str, str]) -> bool:
+        return origin in self.origins or urlsplit(origin).netloc == headers.get("host")
+
+
+def live_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    live = Live(settings)
+
+    async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
+                   last_id: str | None, token: str | None) -> None:  # fmt: skip
+        await websocket.accept()
+        refused = await live.refusal(websocket, stream, token)
+        if refused is not None:
+            await websocket.close(code=refused[0], reason=refused[1])
+            return
+        subscriber = Subscriber(limited=max_frequency is not None)
+        hub = live.hub(stream)
+        await hub.join(subscriber)
+        sender = _Sender(websocket, subscriber, max_frequency)
+        try:
+            if last_id is not None:
+                await sender.replay(live.client, stream, last_id)
+            await sender.run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            hub.leave(subscriber)
+
+    @router.websocket("/stream/{name}")
+    async def stream(
+        websocket: WebSocket,
+        name: str,
+        max_frequency: float | None = Query(None, gt=0, le=1000),
+        last_id: str | None = Query(None, pattern=r"^\d+-\d+$"),
+        token: str | None = None,
+    ) -> None:
+        """Live tail of a stream (readings, alert changes, dead letters); see module docs."""
+        await tail(websocket, name, max_frequency, last_id, token)
+
+    @router.websocket("/ws/alerts")
+    async def alerts(
+        websocket: WebSocket,
+        last_id: str | None = Query(None, pattern=r"^\d+-\d+$"),
+        token: str | None = None,
+    ) -> None:
+        """Alert changes as they happen."""
+        await tail(websocket, settings.alerts_stream, None, last_id, token)
+
+    return router
+
+
+class _Sender:
+    def __init__(
+        self, websocket: WebSocket, subscriber: Subscriber, max_frequency: float | None
+    ) -> None:
+        self.websocket = websocket
+        self.subscriber = subscriber
+        self.interval = None if max_frequency is None else 1.0 / max_frequency
+        self.last_sent = "0-0"
+
+    async def send(self, entry: Entry, skipped: int = 0) -> None:
+        message: dict[str, Any] = {"id": entry[0], "fields": entry[1]}
+        if skipped:
+            message["skipped"] = skipped
+        await self.websocket.send_json(message)
+        self.last_sent = entry[0]
+
+    async def replay(self, client: aioredis.Redis, stream: str, last_id: str) -> None:
+        """Everything after `last_id` still in the stream; the hub queues what arrives meanwhile."""
+        start = f"({last_id}"
+        skipped = 0
+        newest: Entry | None = None
+        while True:
+            page: list[Entry] = await client.xrange(stream, min=start, count=READ_COUNT)  # type: ignore[assignment]
+            for entry in page:
+                if self.interval is None:
+                    await self.send(entry)
+                else:
+                    skipped += newest is not None
+                    newest = entry
+            if len(page) < READ_COUNT:
+                break
+            start = f"({page[-1][0]}"
+        if newest is not None:
+            await self.send(newest, skipped)
+
+    async def run(self) -> None:
+        if self.interval is None:
+            await self._run_every_entry()
+        else:
+            await self._run_limited(self.interval)
+
+    async def _run_every_entry(self) -> None:
+        subscriber = self.subscriber
+        done = id_key(self.last_sent)
+        # Watching the receiving side is how a client that went away is noticed while the
+        # stream is quiet.
+        gone = asyncio.ensure_future(self.websocket.receive())
+        try:
+            while True:
+                getter = asyncio.ensure_future(subscriber.queue.get())
+                waker = asyncio.ensure_future(subscriber.wake.wait())
+                await asyncio.wait({getter, waker, gone}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if gone.done() and gone.result()["type"] != "websocket.disconnect":
+                    gone = asyncio.ensure_future(self.websocket.receive())
+                if gone.done() or subscriber.overflowed:
+                    getter.cancel()
+                    break
+                entry = await getter
+                if id_key(entry[0]) > done:
+                    await self.send(entry)
+        finally:
+            gone.cancel()
+        if subscriber.overflowed:
+            await self.websocket.close(
+                code=CLOSE_TOO_SLOW, reason=f"too slow; resume with last_id={self.last_sent}"
+            )
+
+    async def _run_limited(self, interval: float) -> None:
+        subscriber = self.subscriber
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            entry, unsent = subscriber.newest, subscriber.unsent
+            if entry is not None and unsent and id_key(entry[0]) > id_key(self.last_sent):
+                subscriber.unsent = 0
+                await self.send(entry, unsent - 1)
+            with contextlib.suppress(TimeoutError):
+                # Wakes early only to notice the client went away.
+                message = await asyncio.wait_for(
+                    self.websocket.receive(), max(0.0, interval - (loop.time() - started))
+                )
+                if message["type"] == "websocket.disconnect":
+                    return

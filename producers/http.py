@@ -1,0 +1,112 @@
+"""`POST /readings`: readings over HTTP, validated with the stream contract before any is written.
+
+A body holds one reading object or an array of them; all are written (202 with their entry IDs
+in order) or, when any breaks the contract, none is (422 with the reason for each bad one).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from ingest.connection import connect
+from ingest.errors import InvalidEntry
+from ingest.reading import SENSOR_ID
+from ingest.settings import Settings
+from ingest.writer import StreamWriter
+from producers.payload import parse_posted
+
+MAX_READINGS = 10_000
+READING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["sensor_id"],
+    "properties": {
+        "sensor_id": {"type": "string", "pattern": f"^{SENSOR_ID.pattern}$"},
+        "ts": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+               "description": "event time: milliseconds since the epoch, or ISO 8601"},
+        "seq": {"type": "integer", "minimum": 0},
+    },
+    "additionalProperties": {"type": "number", "description": "a metric"},
+}  # fmt: skip
+
+
+class Accepted(BaseModel):
+    ids: list[str]
+
+
+def check_token(settings: Settings, presented: str | None) -> None:
+    """401 unless the configured API token (if any) was presented."""
+    if settings.api_token is None:
+        return
+    if presented is None or not hmac.compare_digest(presented, settings.api_token):
+        raise HTTPException(401, "a valid API token is required (Authorization: Bearer TOKEN)")
+
+
+def bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def readings_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    writer = StreamWriter(connect(settings), settings.stream, settings.maxlen,
+                          batch_size=settings.write_batch, background_flush=False)  # fmt: skip
+
+    @router.post(
+        "/readings",
+        status_code=202,
+        response_model=Accepted,
+        responses={
+            401: {"description": "missing or wrong API token"},
+            413: {"description": "body over the size limit"},
+            422: {"description": "readings that break the stream contract, with reasons"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [READING_SCHEMA, {"type": "array", "items": READING_SCHEMA}]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_readings(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Any:
+        """Write one reading (`{"sensor_id": "s1", "temp": 21.5, "ts": 1700000000000}`) or an
+        array of them: every other field is a metric with a finite number value; `ts`
+        (milliseconds or ISO 8601) and `seq` are optional."""
+        check_token(settings, bearer(authorization))
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > settings.api_max_body:
+            raise HTTPException(413, f"body over the {settings.api_max_body}-byte limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.api_max_body:
+                raise HTTPException(413, f"body over the {settings.api_max_body}-byte limit")
+        parsed = parse_posted(bytes(body))
+        if len(parsed) > MAX_READINGS:
+            raise HTTPException(413, f"more than {MAX_READINGS} readings in one request")
+        bad = [
+            {"index": i, "reason": item.reason}
+            for i, item in enumerate(parsed)
+            if isinstance(item, InvalidEntry)
+        ]
+        if bad:
+            return JSONResponse({"detail": bad}, status_code=422)
+        entries = [item for item in parsed if not isinstance(item, InvalidEntry)]
+        return {"ids": await run_in_threadpool(writer.write, entries)}
+
+    return router

@@ -1,0 +1,145 @@
+"""The API's write, health and live parts: POST /readings, /groups, /metrics, websockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from analytics.api import create_app
+from ingest.settings import Settings
+from tests.helpers import add, entries
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[TestClient]:
+    # One event loop for the client's lifetime, as under uvicorn: the live tails' Redis
+    # connections belong to it.
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_posted_readings_are_written_in_order_with_their_ids(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    one = api.post("/readings", json={"sensor_id": "s1", "temp": 21.5, "ts": 1_700_000_000_000})
+    assert one.status_code == 202
+    batch = [{"sensor_id": f"s{i}", "temp": i, "seq": i, "ts": "2026-01-01T00:00:00Z"}
+             for i in range(5)]  # fmt: skip
+    many = api.post("/readings", json=batch)
+    assert many.status_code == 202
+    ids = one.json()["ids"] + many.json()["ids"]
+    stored = entries(client, settings.stream)
+    assert [entry_id for entry_id, _ in stored] == ids
+    assert stored[0][1] == {"sensor_id": "s1", "ts": "1700000000000", "temp": "21.5"}
+    assert stored[3][1]["ts"] == "1767225600000" and stored[3][1]["seq"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "payload is not JSON"),
+        (b'{"sensor_id": "s1", "temp": "hot"}', "must be a number"),
+        (b'{"sensor_id": "s1", "temp": NaN}', "payload is not JSON"),
+        (b'{"sensor_id": "s 1", "temp": 1}', "sensor_id must be"),
+        (b'{"temp": 1}', "sensor_id is missing"),
+        (
+            b'[{"sensor_id": "ok", "temp": 1}, {"sensor_id": "ok", "temp": true}]',
+            "must be a number",
+        ),
+        (b'{"sensor_id": "s1"}', "no metrics"),
+        (b"[]", "empty JSON array"),
+    ],
+)
+def test_bad_readings_get_a_reason_and_nothing_is_written(
+    api: TestClient, client: redis.Redis, settings: Settings, body: bytes, reason: str
+) -> None:
+    response = api.post("/readings", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert any(reason in problem["reason"] for problem in response.json()["detail"])
+    assert client.exists(settings.stream) == 0
+
+
+def test_an_oversized_body_is_refused_unread(settings: Settings, client: redis.Redis) -> None:
+    api = TestClient(create_app(settings.replace(api_max_body=1000)))
+    body = json.dumps([{"sensor_id": "s1", "temp": 1.0}] * 100)
+    response = api.post("/readings", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert client.exists(settings.stream) == 0
+
+
+def test_writes_need_the_token_when_one_is_set(settings: Settings, client: redis.Redis) -> None:
+    api = TestClient(create_app(settings.replace(api_token="s3cret")))
+    reading = {"sensor_id": "s1", "temp": 1.0}
+    assert api.post("/readings", json=reading).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert api.post("/readings", json=reading, headers=wrong).status_code == 401
+    right = {"Authorization": "Bearer s3cret"}
+    assert api.post("/readings", json=reading, headers=right).status_code == 202
+    assert client.xlen(settings.stream) == 1
+    # Reading needs no token.
+    assert api.get("/sensors").status_code == 200
+
+
+def test_groups_and_metrics_report_the_stream(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    for i in range(3):
+        add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)})
+    client.xgroup_create(settings.stream, "aggregates", "0")
+    groups = api.get("/groups").json()
+    assert groups["length"] == 3
+    assert [(g["name"], g["lag"]) for g in groups["groups"]] == [("aggregates", 3)]
+    text = api.get("/metrics").text
+    assert 'telemetry_stream_entries_added_total{stream="app:event"} 3.0' in text
+    assert 'telemetry_group_lag{group="aggregates",stream="app:event"} 3.0' in text
+    assert "telemetry_alert_changes_total 0.0" in text
+
+
+def _close_code(api: TestClient, path: str, **headers: str) -> int:
+    with (
+        api.websocket_connect(path, headers=headers) as ws,
+        pytest.raises(WebSocketDisconnect) as closed,
+    ):
+        ws.receive_json()
+    return closed.value.code
+
+
+def test_websockets_refuse_unknown_forbidden_unauthorised_and_foreign_clients(
+    settings: Settings, client: redis.Redis
+) -> None:
+    add(client, "private:stream", {"sensor_id": "s1", "temp": "1"})
+    with TestClient(create_app(settings)) as api:
+        assert _close_code(api, "/stream/nothing-here") == 4404
+        assert _close_code(api, "/stream/private:stream") == 4403
+        assert _close_code(api, "/stream/app:event", origin="https://evil.example") == 4403
+    with TestClient(create_app(settings.replace(api_token="t0k"))) as guarded:
+        assert _close_code(guarded, "/stream/app:event") == 4401
+        assert _close_code(guarded, "/ws/alerts?token=wrong") == 4401
+
+
+def test_resuming_with_last_id_replays_then_tails_without_a_gap(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    ids = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(100)]
+    path = f"/stream/{settings.stream}?last_id={ids[49]}"
+    with api.websocket_connect(path, headers={"origin": "http://testserver"}) as ws:
+        replayed = [ws.receive_json() for _ in range(50)]
+        assert [m["id"] for m in replayed] == ids[50:]
+        assert replayed[0]["fields"] == {"sensor_id": "s1", "temp": "50"}
+        live = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)})
+                for i in range(10)]  # fmt: skip
+        assert [ws.receive_json()["id"] for _ in range(10)] == live
+
+
+def test_alert_changes_arrive_on_their_websocket(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    with api.websocket_connect("/ws/alerts") as ws:
+        entry_id = add(client, settings.alerts_stream, {"sensor_id": "s1", "state": "raised"})
+        message = ws.receive_json()
+        assert message == {"id": entry_id, "fields": {"sensor_id": "s1", "state": "raised"}}
