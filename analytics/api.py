@@ -8,13 +8,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
 from analytics import query
 from analytics.alerts.listing import AlertChange, list_alerts
@@ -30,6 +39,8 @@ from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.settings import Settings
 from producers.http import readings_router
 
+STATIC = pathlib.Path(__file__).parent / "static"
+LATEST_WITHIN_MS = 600_000
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 Metric = Annotated[str, Query(pattern=f"^{METRIC_NAME.pattern}$", description="metric name")]
 
@@ -40,6 +51,11 @@ def _parameter(name: str, parse: Callable[[], int]) -> int:
         return parse()
     except ValueError as exc:
         raise HTTPException(422, f"{name}: {exc}") from None
+
+
+class LatestValue(BaseModel):
+    value: float
+    ts_ms: int
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -67,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def redis_down(_request: Request, exc: RedisUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
 
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(readings_router(settings))
     app.include_router(live_router(settings))
     registry = CollectorRegistry()
@@ -89,9 +106,45 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/sensors")
-    def sensors() -> list[SensorInfo]:
-        """Every sensor seen, with its metrics and the time of its newest reading."""
-        return query.list_sensors(store)
+    def sensors(
+        response: Response,
+        q: Annotated[str, Query(description="only ids containing this", max_length=128)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+    ) -> list[SensorInfo]:
+        """Sensors seen (all, or one page), sorted by id, with their metrics and the time of
+        their newest reading; the X-Total-Count header says how many match."""
+        total, page = query.sensor_page(store, q, offset, limit)
+        response.headers["X-Total-Count"] = str(total)
+        return page
+
+    @app.get("/fleet/latest")
+    def latest(
+        sensor: Annotated[list[str], Query(max_length=200)],
+    ) -> dict[str, dict[str, LatestValue]]:
+        """Each sensor's newest value of each metric within the last 10 minutes (for up to
+        200 sensors at a time)."""
+        answer: dict[str, dict[str, LatestValue]] = {}
+        for sensor_id in sensor:
+            info = query.sensor_info(store, sensor_id)
+            if info is None:
+                continue
+            answer[sensor_id] = {}
+            for metric in info.metrics:
+                window = query.rolling(store, sensor_id, metric, LATEST_WITHIN_MS)
+                if window.stats is not None:
+                    answer[sensor_id][metric] = LatestValue(
+                        value=window.stats.last, ts_ms=window.stats.last_ts_ms
+                    )
+        return answer
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.html")
 
     @app.get("/sensors/{sensor_id}", responses={404: {"description": "unknown sensor"}})
     def sensor(sensor_id: SensorId) -> SensorInfo:

@@ -8,7 +8,8 @@ the last ID it was sent, to resume from) while the others carry on.
 With `max_frequency=N` a client gets at most N messages a second: extras are dropped, and the
 next message carries `"skipped": k`, the number of entries left out before it, so the client sees
 the newest entry at its own pace. With `last_id=ID` a client first gets every entry after ID
-still in the stream, then the live tail, with nothing lost in between.
+still in the stream, then the live tail, with nothing lost in between. With `sensor=ID` only
+that sensor's entries are sent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from ingest.backoff import Backoff
 from ingest.keys import StreamKeys
+from ingest.reading import SENSOR_ID
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,20 @@ class Subscriber:
     """One client's view of a hub: a bounded queue, or with a rate only the newest entry."""
 
     limited: bool
+    # Only entries of this sensor, when set.
+    sensor: str | None = None
     queue: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
     newest: Entry | None = None
     unsent: int = 0
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def wants(self, entry: Entry) -> bool:
+        return self.sensor is None or entry[1].get("sensor_id") == self.sensor
+
     def offer(self, entry: Entry) -> None:
+        if not self.wants(entry):
+            return
         if self.limited:
             self.newest = entry
             self.unsent += 1
@@ -158,13 +167,14 @@ def live_router(settings: Settings) -> APIRouter:
     live = Live(settings)
 
     async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
-                   last_id: str | None, token: str | None) -> None:  # fmt: skip
+                   last_id: str | None, token: str | None, sensor: str | None = None
+                   ) -> None:  # fmt: skip
         await websocket.accept()
         refused = await live.refusal(websocket, stream, token)
         if refused is not None:
             await websocket.close(code=refused[0], reason=refused[1])
             return
-        subscriber = Subscriber(limited=max_frequency is not None)
+        subscriber = Subscriber(limited=max_frequency is not None, sensor=sensor)
         hub = live.hub(stream)
         await hub.join(subscriber)
         sender = _Sender(websocket, subscriber, max_frequency)
@@ -184,9 +194,11 @@ def live_router(settings: Settings) -> APIRouter:
         max_frequency: float | None = Query(None, gt=0, le=1000),
         last_id: str | None = Query(None, pattern=r"^\d+-\d+$"),
         token: str | None = None,
+        sensor: str | None = Query(None, pattern=f"^{SENSOR_ID.pattern}$"),
     ) -> None:
-        """Live tail of a stream (readings, alert changes, dead letters); see module docs."""
-        await tail(websocket, name, max_frequency, last_id, token)
+        """Live tail of a stream (readings, alert changes, dead letters), optionally of one
+        sensor's entries only; see module docs."""
+        await tail(websocket, name, max_frequency, last_id, token, sensor)
 
     @router.websocket("/ws/alerts")
     async def alerts(
@@ -224,6 +236,8 @@ class _Sender:
         while True:
             page: list[Entry] = await client.xrange(stream, min=start, count=READ_COUNT)  # type: ignore[assignment]
             for entry in page:
+                if not self.subscriber.wants(entry):
+                    continue
                 if self.interval is None:
                     await self.send(entry)
                 else:

@@ -257,20 +257,31 @@ def _merge_summaries(
 
 def list_sensors(store: Store) -> list[SensorInfo]:
     """Every sensor seen, with its metrics and the event time of its newest reading."""
+    return sensor_page(store)[1]
+
+
+def sensor_page(
+    store: Store, contains: str = "", offset: int = 0, limit: int | None = None
+) -> tuple[int, list[SensorInfo]]:
+    """Sensors whose id contains `contains`, sorted by id: how many match, and one page."""
     with redis_errors():
         seen = cast(
             list[tuple[bytes, float]],
             store.client.zrange(store.keys.sensors, 0, -1, withscores=True),
         )
+    needle = contains.encode()
+    matching = sorted((s, score) for s, score in seen if needle in s)
+    page = matching[offset : None if limit is None else offset + limit]
+    with redis_errors():
         pipe = store.client.pipeline(transaction=False)
-        for sensor, _ in seen:
+        for sensor, _ in page:
             pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
         metric_sets = pipe.execute()
     infos = [
         SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metrics))
-        for (sensor, score), metrics in zip(seen, metric_sets, strict=True)
+        for (sensor, score), metrics in zip(page, metric_sets, strict=True)
     ]
-    return sorted(infos, key=lambda info: info.sensor_id)
+    return len(matching), infos
 
 
 def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:

@@ -1,0 +1,266 @@
+// The dashboard: plain JavaScript, no build step. Reads the HTTP API, follows the websockets.
+"use strict";
+
+const PAGE = 25;
+const CHART_SPAN_MS = 15 * 60 * 1000;
+const token = new URLSearchParams(location.search).get("token");
+const state = { offset: 0, total: 0, query: "", sensor: null, metric: null, openBySensor: {},
+  bands: [], live: [], socket: null };
+const $ = (id) => document.getElementById(id);
+
+async function getJson(path) {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return [await response.json(), response];
+}
+
+function socketUrl(path) {
+  const url = new URL(path, location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (token) url.searchParams.set("token", token);
+  return url;
+}
+
+function ago(ms) {
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 60) return `${s.toFixed(0)} s ago`;
+  if (s < 3600) return `${(s / 60).toFixed(0)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+function fmt(value, digits = 2) {
+  return value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+// -- fleet ------------------------------------------------------------------------------
+
+async function loadSensors() {
+  const q = encodeURIComponent(state.query);
+  const [sensors, response] = await getJson(`/sensors?q=${q}&offset=${state.offset}&limit=${PAGE}`);
+  state.total = Number(response.headers.get("X-Total-Count") || sensors.length);
+  $("sensor-count").textContent = `${state.total.toLocaleString()}`;
+  $("page-info").textContent = state.total
+    ? `${state.offset + 1}–${state.offset + sensors.length} of ${state.total.toLocaleString()}`
+    : "no sensors yet";
+  $("prev").disabled = state.offset === 0;
+  $("next").disabled = state.offset + PAGE >= state.total;
+  let latest = {};
+  if (sensors.length) {
+    const ids = sensors.map((s) => `sensor=${encodeURIComponent(s.sensor_id)}`).join("&");
+    [latest] = await getJson(`/fleet/latest?${ids}`);
+  }
+  const rows = sensors.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.sensor = s.sensor_id;
+    if (s.sensor_id === state.sensor) tr.classList.add("selected");
+    const values = latest[s.sensor_id] || {};
+    tr.append(cell(s.sensor_id), cell(ago(s.last_seen_ms)),
+      cell(fmt(values.temp?.value)), cell(fmt(values.humidity?.value, 3)),
+      cell(fmt(values.battery_v?.value, 3)));
+    const open = state.openBySensor[s.sensor_id] || 0;
+    const td = document.createElement("td");
+    if (open) {
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = open;
+      td.append(badge);
+    }
+    tr.append(td);
+    tr.addEventListener("click", () => selectSensor(s.sensor_id, s.metrics));
+    return tr;
+  });
+  $("sensor-rows").replaceChildren(...rows);
+  if (!state.sensor && sensors.length) selectSensor(sensors[0].sensor_id, sensors[0].metrics);
+}
+
+// -- one sensor ---------------------------------------------------------------------------
+
+function selectSensor(sensorId, metrics) {
+  state.sensor = sensorId;
+  state.metric = metrics.includes(state.metric) ? state.metric : (metrics.includes("temp") ? "temp" : metrics[0]);
+  $("detail-title").textContent = sensorId;
+  for (const tr of $("sensor-rows").children) {
+    tr.classList.toggle("selected", tr.dataset.sensor === sensorId);
+  }
+  const tabs = metrics.map((m) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = m;
+    b.classList.toggle("active", m === state.metric);
+    b.addEventListener("click", () => { state.metric = m; selectSensor(sensorId, metrics); });
+    return b;
+  });
+  $("metrics").replaceChildren(...tabs);
+  state.live = [];
+  loadBands();
+  followSensor();
+}
+
+async function loadBands() {
+  if (!state.sensor) return;
+  const path = `/sensors/${encodeURIComponent(state.sensor)}/aggregates` +
+    `?metric=${state.metric}&tier=10s&from=15m&to=now`;
+  try {
+    [state.bands] = await getJson(path);
+  } catch (err) {
+    state.bands = [];
+  }
+  drawChart();
+}
+
+function followSensor() {
+  if (state.socket) state.socket.close();
+  const socket = new WebSocket(socketUrl(`/stream/app:event?sensor=${encodeURIComponent(state.sensor)}`));
+  state.socket = socket;
+  socket.onmessage = (event) => {
+    const { id, fields } = JSON.parse(event.data);
+    if (fields.sensor_id !== state.sensor || !(state.metric in fields)) return;
+    const ts = fields.ts ? Number(fields.ts) : Number(id.split("-")[0]);
+    state.live.push([ts, Number(fields[state.metric])]);
+    const cutoff = Date.now() - CHART_SPAN_MS;
+    while (state.live.length && state.live[0][0] < cutoff) state.live.shift();
+    scheduleDraw();
+  };
+}
+
+let drawPending = false;
+function scheduleDraw() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => { drawPending = false; drawChart(); });
+}
+
+function drawChart() {
+  const svg = $("chart");
+  const W = 640, H = 260, pad = 34;
+  const now = Date.now();
+  // Up to 15 minutes, but no wider than the data, so a fresh sensor's chart is not a sliver.
+  const earliest = Math.min(...state.bands.map((b) => b.start_ms), ...state.live.map(([t]) => t));
+  const from = Math.max(now - CHART_SPAN_MS, Math.min(earliest, now - 60_000));
+  const span = now - from;
+  const values = [];
+  for (const b of state.bands) values.push(b.min, b.max);
+  for (const [, v] of state.live) values.push(v);
+  $("live-count").textContent = `· ${state.live.length} live points`;
+  if (!values.length) {
+    svg.innerHTML = `<text x="${W / 2 - 60}" y="${H / 2}">waiting for readings…</text>`;
+    return;
+  }
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+  const x = (t) => pad + ((t - from) / span) * (W - pad - 8);
+  const y = (v) => H - 18 - ((v - lo) / (hi - lo)) * (H - 30);
+  const parts = [];
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    parts.push(`<line class="grid" x1="${pad}" x2="${W - 8}" y1="${y(v)}" y2="${y(v)}"/>`,
+      `<text x="2" y="${y(v) + 4}">${v.toFixed(2)}</text>`);
+  }
+  const bands = state.bands.filter((b) => b.end_ms > from);
+  if (bands.length) {
+    const top = bands.map((b) => `${x(Math.max(b.start_ms, from))},${y(b.max)} ${x(b.end_ms)},${y(b.max)}`);
+    const bottom = bands.slice().reverse().map((b) => `${x(b.end_ms)},${y(b.min)} ${x(Math.max(b.start_ms, from))},${y(b.min)}`);
+    parts.push(`<polygon class="band" points="${top.join(" ")} ${bottom.join(" ")}"/>`);
+    const p95 = bands.filter((b) => b.p95 !== null).map((b) => `${x((b.start_ms + b.end_ms) / 2)},${y(b.p95)}`);
+    if (p95.length) parts.push(`<polyline class="p95" points="${p95.join(" ")}"/>`);
+  }
+  if (state.live.length) {
+    parts.push(`<polyline class="live" points="${state.live.map(([t, v]) => `${x(t)},${y(v)}`).join(" ")}"/>`);
+    const [t, v] = state.live[state.live.length - 1];
+    parts.push(`<circle class="dot" cx="${x(t)}" cy="${y(v)}" r="3.5"/>`);
+  }
+  const spanLabel = span >= 120_000 ? `${Math.round(span / 60_000)} min` : `${Math.round(span / 1000)} s`;
+  parts.push(`<text x="${pad}" y="${H - 3}">−${spanLabel}</text>`, `<text x="${W - 36}" y="${H - 3}">now</text>`);
+  svg.innerHTML = parts.join("");
+}
+
+// -- alerts -------------------------------------------------------------------------------
+
+function alertItem(a) {
+  const li = document.createElement("li");
+  li.className = a.state;
+  const when = document.createElement("span");
+  when.className = "when";
+  when.textContent = new Date(Number(a.ts)).toLocaleTimeString();
+  const head = document.createElement("span");
+  const sev = document.createElement("span");
+  sev.className = `sev ${a.severity}`;
+  sev.textContent = a.state === "raised" ? a.severity : "resolved";
+  head.append(sev, ` ${a.sensor_id} · ${a.rule}`);
+  const what = document.createElement("span");
+  what.className = "what";
+  what.textContent = a.message;
+  li.append(when, head, what);
+  return li;
+}
+
+async function loadAlerts() {
+  const [recent] = await getJson("/alerts?limit=50");
+  const feed = recent.map((a) => alertItem({ ...a, ts: a.ts_ms }));
+  $("alert-feed").replaceChildren(...feed);
+  await loadOpenAlerts();
+  const socket = new WebSocket(socketUrl("/ws/alerts"));
+  socket.onmessage = (event) => {
+    const { fields } = JSON.parse(event.data);
+    $("alert-feed").prepend(alertItem(fields));
+    while ($("alert-feed").children.length > 200) $("alert-feed").lastChild.remove();
+    loadOpenAlerts();
+  };
+  socket.onclose = () => setTimeout(loadAlerts, 2000);
+}
+
+async function loadOpenAlerts() {
+  const [open] = await getJson("/alerts?open=true&limit=10000");
+  state.openBySensor = {};
+  for (const a of open) state.openBySensor[a.sensor_id] = (state.openBySensor[a.sensor_id] || 0) + 1;
+  $("open-count").textContent = `${open.length} open`;
+}
+
+// -- health -------------------------------------------------------------------------------
+
+function chip(label, value, bad = false) {
+  const span = document.createElement("span");
+  span.className = bad ? "chip bad" : "chip";
+  const b = document.createElement("b");
+  b.textContent = value;
+  span.append(`${label} `, b);
+  return span;
+}
+
+async function loadHealth() {
+  try {
+    const [status] = await getJson("/groups");
+    const chips = [
+      chip(status.stream, `${status.length.toLocaleString()} / ${status.maxlen.toLocaleString()}`),
+      chip("dead letters", status.dead_letters, status.dead_letters > 0),
+    ];
+    for (const g of status.groups) {
+      chips.push(chip(g.name, `lag ${g.lag ?? "?"} · pending ${g.pending}`, g.warnings.length > 0));
+    }
+    $("health").replaceChildren(...chips);
+  } catch (err) {
+    $("health").replaceChildren(chip("API", "unreachable", true));
+  }
+}
+
+// -- wiring -------------------------------------------------------------------------------
+
+let searchTimer = null;
+$("search").addEventListener("input", (event) => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => { state.query = event.target.value.trim(); state.offset = 0; loadSensors(); }, 200);
+});
+$("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadSensors(); });
+$("next").addEventListener("click", () => { state.offset += PAGE; loadSensors(); });
+
+loadHealth();
+loadAlerts().then(loadSensors);
+setInterval(loadHealth, 5000);
+setInterval(loadSensors, 10000);
+setInterval(loadBands, 10000);
