@@ -15,8 +15,9 @@ from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
 from simulator.faults import FaultConfig
-from simulator.fleet import FleetReport, FleetRunner
+from simulator.fleet import FleetReport, FleetRunner, ReadingSink
 from simulator.model import SensorBank
+from simulator.mqttsink import MqttSink
 
 
 def _number(text: str, kind: Callable[[str], float]) -> float:
@@ -58,6 +59,11 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "--count", type=_positive_int, metavar="N", help="send N readings per sensor, then exit"
     )
     parser.add_argument("--seed", type=int, help="same seed, same readings (default: random)")
+    parser.add_argument(
+        "--via-mqtt", action="store_true",
+        help="publish to sensors/{id}/telemetry on the MQTT broker, as devices do, instead of "
+        "writing to the stream (the bridge writes them)",
+    )  # fmt: skip
     faults = parser.add_argument_group("faults (probabilities are per reading)")
     faults.add_argument("--spike", type=_probability, default=0.0, metavar="P")
     faults.add_argument("--spike-size", type=float, default=25.0, metavar="DEG")
@@ -118,13 +124,18 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
     bank = SensorBank(ids, args.rate, seed, fault_config(args))
     serve_metrics(settings.metrics_port)
     stop = stop_on_signals()
-    client = connect(settings)
-    writer = StreamWriter(
-        client,
-        settings.stream,
-        settings.maxlen,
-        batch_size=settings.write_batch,
-        flush_ms=settings.flush_ms,
-    )
+    writer: ReadingSink
+    if args.via_mqtt:
+        if settings.mqtt_url is None:
+            raise CommandLineError("--via-mqtt needs a broker: set MQTT_URL or --mqtt-url")
+        writer = MqttSink(settings.mqtt_url)
+    else:
+        writer = StreamWriter(
+            connect(settings),
+            settings.stream,
+            settings.maxlen,
+            batch_size=settings.write_batch,
+            flush_ms=settings.flush_ms,
+        )
     runner = FleetRunner(bank, writer, count_per_sensor=args.count)
     return runner.run(stop)

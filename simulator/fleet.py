@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ingest.backoff import Backoff
 from ingest.errors import RedisCommandFailed, RedisUnavailable
-from ingest.writer import StreamWriter
 from simulator.model import SensorBank
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,21 @@ def clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class ReadingSink(Protocol):
+    """Where a fleet's readings go: the stream writer, or an MQTT publisher."""
+
+    @property
+    def buffered(self) -> int: ...
+    def add_many(self, entries: Sequence[dict[str, str]]) -> None: ...
+    def flush(self) -> list[str]: ...
+    def close(self) -> None: ...
+
+
 class FleetRunner:
     def __init__(
         self,
         bank: SensorBank,
-        writer: StreamWriter,
+        writer: ReadingSink,
         *,
         count_per_sensor: int | None = None,
         progress_every_s: float = 5.0,

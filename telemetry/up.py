@@ -50,16 +50,22 @@ def sample_rules() -> str:
 
 
 def services(fleet: int, rate: float, with_bridge: bool, rules: str) -> list[Service]:
-    """What runs: each entry is a `telemetry` subcommand."""
-    simulate = ["simulate", "--fleet", str(fleet), "--rate", str(rate), *SIMULATED_FAULTS]
+    """What runs: each entry is a `telemetry` subcommand. With a broker, a tenth of the fleet
+    publishes over MQTT, as real devices do, and the bridge writes their readings."""
+    over_mqtt = max(1, fleet // 10) if with_bridge and fleet > 1 else 0
     running = [
-        Service("simulator", simulate),
         Service("aggregator", ["aggregate"]),
         Service("alerts", ["alert-worker", "--rules", rules]),
         Service("api", ["api"]),
-    ]
-    if with_bridge:
-        running.append(Service("bridge", ["bridge", "--client-id", "telemetry-up-bridge"]))
+        Service("simulator", ["simulate", "--fleet", str(fleet - over_mqtt),
+                              "--rate", str(rate), *SIMULATED_FAULTS]),
+    ]  # fmt: skip
+    if over_mqtt:
+        running += [
+            Service("bridge", ["bridge", "--client-id", "telemetry-up-bridge"]),
+            Service("devices", ["simulate", "--fleet", str(over_mqtt), "--prefix", "mqtt-",
+                                "--rate", str(rate), "--via-mqtt", *SIMULATED_FAULTS]),
+        ]  # fmt: skip
     return running
 
 
