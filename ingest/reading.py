@@ -71,6 +71,15 @@ def validate_sensor_id(sensor_id: str) -> str:
     return sensor_id
 
 
+def validate_metric_name(name: str) -> str:
+    if name not in _valid_names:
+        if METRIC_NAME.fullmatch(name) is None:
+            raise InvalidEntry(f"field {_shown(name)} is not a valid metric name")
+        if len(_valid_names) < _NAME_CACHE_LIMIT:
+            _valid_names.add(name)
+    return name
+
+
 @dataclass(frozen=True)
 class Reading:
     sensor_id: str
@@ -96,10 +105,7 @@ class Reading:
             if name in RESERVED or name[:1] == "_":
                 continue
             if name not in _valid_names:
-                if METRIC_NAME.fullmatch(name) is None:
-                    raise InvalidEntry(f"field {_shown(name)} is not a valid metric name")
-                if len(_valid_names) < _NAME_CACHE_LIMIT:
-                    _valid_names.add(name)
+                validate_metric_name(name)
             metrics[name] = parse_metric_value(name, text)
         if not metrics:
             raise InvalidEntry("entry has no metrics")

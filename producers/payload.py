@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest.errors import InvalidEntry
-from ingest.reading import Reading
+from ingest.reading import MAX_INT64, Reading, validate_metric_name, validate_sensor_id
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 
@@ -153,10 +153,18 @@ def _timestamp(value: Any) -> str:
             raise InvalidEntry(f"ts must be milliseconds or ISO 8601, got {value[:40]!r}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return str(int(moment.timestamp() * 1000))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        value = int(moment.timestamp() * 1000)
+        if value < 0:
+            raise InvalidEntry(f"ts must not be before 1970, got {value!r}")
+        return str(value)
+    if not _unsigned(value):
         raise InvalidEntry("ts must be non-negative integer milliseconds or an ISO 8601 string")
     return str(value)
+
+
+def _unsigned(value: Any) -> bool:
+    """A JSON integer the contract takes for `ts` or `seq`."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_INT64
 
 
 def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
@@ -168,6 +176,7 @@ def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
         if not isinstance(sensor_id, str):
             raise InvalidEntry("sensor_id is missing or not a string")
     fields = {"sensor_id": sensor_id}
+    has_metric = False
     for name, value in item.items():
         if name == "sensor_id":
             if value != sensor_id:
@@ -175,12 +184,17 @@ def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
         elif name == "ts":
             fields["ts"] = _timestamp(value)
         elif name == "seq":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not _unsigned(value):
                 raise InvalidEntry("seq must be a non-negative integer")
             fields["seq"] = str(value)
         else:
-            fields[name] = _number(f"metric {name[:40]!r}", value)
-    Reading.decode("0-0", fields)
+            fields[validate_metric_name(name)] = _number(f"metric {name[:40]!r}", value)
+            has_metric = has_metric or name[:1] != "_"
+    validate_sensor_id(sensor_id)
+    if not has_metric:
+        raise InvalidEntry("entry has no metrics")
+    # Every value is a finite float's repr and every name was checked: the entry meets the
+    # contract without being parsed again.
     return fields
 
 

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from ingest.errors import IngestError
 
 
@@ -70,6 +72,10 @@ class LocalServer:
             if time.monotonic() > deadline:
                 raise LocalServerError(f"{self.binary} did not listen on {self.port} in time")
             time.sleep(0.02)
+        self.wait_ready(deadline)
+
+    def wait_ready(self, deadline: float) -> None:
+        """Return once the server, already listening, serves requests."""
 
     def stop(self) -> None:
         """SIGTERM and wait: the server shuts down cleanly."""
@@ -134,6 +140,20 @@ class LocalRedis(LocalServer):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_ready(self, deadline: float) -> None:
+        # A restarted server with an append-only file answers LOADING until it has replayed it.
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise LocalServerError("redis-server still loading its data") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
 
     def command(self) -> list[str]:
         return [

@@ -154,7 +154,7 @@ def _rate(rule: Rule, state: RuleState, ts_ms: int, value: float) -> float | Non
 
 def _z_then_learn(rule: Rule, state: RuleState, ts_ms: int, value: float) -> float | None:
     """The reading's z-score against what came before it (None while learning), then the
-    reading joins the exponentially weighted mean and variance."""
+    reading joins the weighted mean and variance."""
     z = None
     if state.samples >= rule.min_samples:
         deviation = max(math.sqrt(state.var), MIN_DEVIATION)
@@ -163,8 +163,9 @@ def _z_then_learn(rule: Rule, state: RuleState, ts_ms: int, value: float) -> flo
         state.mean, state.var = value, 0.0
     else:
         elapsed = max(ts_ms - state.last_ms, 0)
-        # A plain average while few samples are in, the time-weighted one after.
-        alpha = max(1.0 - math.exp(-elapsed / rule.window_ms), 1.0 / (state.samples + 1))
+        # A plain average while few samples are in, time-weighted after: a reading after a gap
+        # of one window weighs a half. Plain arithmetic, so every platform gets the same bits.
+        alpha = max(elapsed / (rule.window_ms + elapsed), 1.0 / (state.samples + 1))
         diff = value - state.mean
         increment = alpha * diff
         state.mean += increment

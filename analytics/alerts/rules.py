@@ -14,8 +14,8 @@ cooldown = "5m"           # no new alert this soon after the last one resolved
 ```
 Rate: `faster_than` (units per second, compared with the change over `window`), optional
 `direction` (rising | falling | either) and `clear`. Anomaly: `z` (fire when |z| exceeds it,
-against the sensor's own exponentially weighted mean and deviation with time constant `window`),
-optional `clear`, `min_samples`. Silence: `after` (a duration).
+against the sensor's own time-weighted mean and deviation, where a reading after a gap of
+`window` weighs a half), optional `clear`, `min_samples`. Silence: `after` (a duration).
 """
 
 from __future__ import annotations
