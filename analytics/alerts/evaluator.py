@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -90,6 +90,11 @@ def silence_template(rule: Rule) -> dict[str, str]:
 Clock = tuple[int, int | None]
 
 
+class _Plan(NamedTuple):
+    stateful: tuple[tuple[int, Rule, str], ...]
+    silence: tuple[tuple[int, Rule], ...]
+
+
 class _StateCache:
     """What this worker knows of the group's state in Redis, valid while the state version (bumped
     by every settled batch) is the one this worker last saw. One worker alone then reads no state
@@ -119,22 +124,25 @@ class AlertEvaluator:
         self.rules = list(rules)
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
-        self._rules_of: dict[str, tuple[int, ...]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._cache = _StateCache()
 
-    def rules_for(self, sensor_id: str) -> tuple[int, ...]:
-        found = self._rules_of.get(sensor_id)
-        if found is None:
-            if len(self._rules_of) >= RULES_CACHE_LIMIT:
-                self._rules_of.clear()
-            found = tuple(i for i, rule in enumerate(self.rules) if rule.selects(sensor_id))
-            self._rules_of[sensor_id] = found
-        return found
+    def plan_for(self, sensor_id: str) -> _Plan:
+        """The rules that select a sensor, split by how they are evaluated."""
+        plan = self._plans.get(sensor_id)
+        if plan is None:
+            if len(self._plans) >= RULES_CACHE_LIMIT:
+                self._plans.clear()
+            selected = [(i, r) for i, r in enumerate(self.rules) if r.selects(sensor_id)]
+            plan = self._plans[sensor_id] = _Plan(
+                stateful=tuple((i, r, r.metric or "") for i, r in selected if r.kind != "silence"),
+                silence=tuple((i, r) for i, r in selected if r.kind == "silence"),
+            )
+        return plan
 
     def __call__(self, batch: Batch[Reading]) -> None:
-        wanted = self._wanted_state(batch)
         while True:
-            gate = self._snapshot(batch, wanted)
+            gate = self._snapshot(batch)
             if gate == BLOCKED:
                 self.stats.deferred += 1
                 raise Deferred("older entries of the group are not settled yet")
@@ -171,29 +179,19 @@ class AlertEvaluator:
         self.stats.not_owned += 1
         log.info("batch of %d no longer ours; dropped", len(batch.entries))
 
-    def _wanted_state(self, batch: Batch[Reading]) -> dict[int, list[str]]:
-        """Rule index -> sensors of the batch whose state for that rule the evaluation reads."""
-        wanted: dict[int, set[str]] = {}
-        for entry in batch.entries:
-            reading = entry.value
-            for i in self.rules_for(reading.sensor_id):
-                rule = self.rules[i]
-                if rule.kind != "silence" and rule.metric in reading.metrics:
-                    wanted.setdefault(i, set()).add(reading.sensor_id)
-        return {i: sorted(sensors) for i, sensors in wanted.items()}
-
-    def _snapshot(self, batch: Batch[Reading], wanted: Mapping[int, list[str]]) -> str:
+    def _snapshot(self, batch: Batch[Reading]) -> str:
         """Check the gate and bring the cache up to date for the batch, in one transaction."""
         cache = self._cache
         if len(cache.states) > STATE_CACHE_LIMIT:
             cache.forget()  # memory stays bounded; this batch reads what it needs again
         was_valid = cache.version is not None
-        sensors = sorted({entry.value.sensor_id for entry in batch.entries} - set(cache.clocks))
-        unknown = {
-            i: [sensor for sensor in names if (i, sensor) not in cache.states]
-            for i, names in wanted.items()
-        }
-        unknown = {i: names for i, names in unknown.items() if names}
+        in_batch = {entry.value.sensor_id for entry in batch.entries}
+        sensors = sorted(in_batch - cache.clocks.keys())
+        unknown: dict[int, list[str]] = {}
+        for sensor in in_batch:
+            for i, _, _ in self.plan_for(sensor).stateful:
+                if (i, sensor) not in cache.states:
+                    unknown.setdefault(i, []).append(sensor)
         ids = batch.ids
         pipe = self.client.pipeline(transaction=True)
         pipe.xpending_range(self.keys.stream, GROUP, "-", ids[-1], len(ids) + 1)
@@ -211,7 +209,7 @@ class AlertEvaluator:
             cache.forget()
             if was_valid:
                 # Another worker settled batches since: read everything again.
-                return self._snapshot(batch, wanted)
+                return self._snapshot(batch)
             cache.version = version
         for sensor, text in zip(sensors, replies[2], strict=False):
             if text is None:
@@ -238,21 +236,16 @@ class AlertEvaluator:
             reading = entry.value
             sensor = reading.sensor_id
             metrics = reading.metrics
-            matching = self.rules_for(sensor)
-            stale_reading = _is_stale(reading, clocks.get(sensor))
-            if not stale_reading:
-                clocks[sensor] = (reading.ts_ms, reading.seq)
-            else:
+            plan = self.plan_for(sensor)
+            for i, rule in plan.silence:
+                if rule.metric in metrics or not rule.metric:
+                    heard[(i, sensor)] = (entry_time_ms(entry.id), entry.id, reading.ts_ms)
+            if _is_stale(reading, clocks.get(sensor)):
                 stale += 1
-            for i in matching:
-                rule = rules[i]
-                if rule.kind == "silence":
-                    if rule.metric in metrics or not rule.metric:
-                        heard[(i, sensor)] = (entry_time_ms(entry.id), entry.id, reading.ts_ms)
-                    continue
-                if stale_reading:
-                    continue
-                value = metrics.get(rule.metric)  # type: ignore[arg-type]
+                continue
+            clocks[sensor] = (reading.ts_ms, reading.seq)
+            for i, rule, metric in plan.stateful:
+                value = metrics.get(metric)
                 if value is None:
                     continue
                 key = (i, sensor)
