@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from analytics import query
 from analytics.alerts.listing import AlertChange, list_alerts
+from analytics.deadletters import dead_letters_router
 from analytics.health import SystemCollector, system_status
 from analytics.live import live_router
 from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(readings_router(settings))
+    app.include_router(dead_letters_router(settings))
     app.include_router(live_router(settings))
     registry = CollectorRegistry()
     registry.register(SystemCollector(settings, text_client))

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from ingest.backoff import Backoff
 from ingest.keys import StreamKeys
-from ingest.reading import SENSOR_ID
+from ingest.reading import SENSOR_ID, parse_entry_id
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,24 @@ CLOSE_TOO_SLOW = 1013
 CLOSE_UNAUTHORISED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_UNKNOWN = 4404
+CLOSE_BAD_REQUEST = 4400
 Entry = tuple[str, dict[str, str]]
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _resume_point(last_id: str | None) -> str | None:
+    """Why `last_id` cannot be resumed from, or None."""
+    if last_id is None:
+        return None
+    try:
+        parse_entry_id(last_id)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(eq=False)
@@ -171,6 +183,9 @@ def live_router(settings: Settings) -> APIRouter:
                    ) -> None:  # fmt: skip
         await websocket.accept()
         refused = await live.refusal(websocket, stream, token)
+        bad_resume = _resume_point(last_id)
+        if refused is None and bad_resume is not None:
+            refused = CLOSE_BAD_REQUEST, f"last_id: {bad_resume}"
         if refused is not None:
             await websocket.close(code=refused[0], reason=refused[1])
             return
@@ -192,7 +207,7 @@ def live_router(settings: Settings) -> APIRouter:
         websocket: WebSocket,
         name: str,
         max_frequency: float | None = Query(None, gt=0, le=1000),
-        last_id: str | None = Query(None, pattern=r"^\d+-\d+$"),
+        last_id: str | None = None,
         token: str | None = None,
         sensor: str | None = Query(None, pattern=f"^{SENSOR_ID.pattern}$"),
     ) -> None:
@@ -203,7 +218,7 @@ def live_router(settings: Settings) -> APIRouter:
     @router.websocket("/ws/alerts")
     async def alerts(
         websocket: WebSocket,
-        last_id: str | None = Query(None, pattern=r"^\d+-\d+$"),
+        last_id: str | None = None,
         token: str | None = None,
     ) -> None:
         """Alert changes as they happen."""

@@ -3,8 +3,9 @@ API process spends feeding websocket clients.
 
     python -m bench.api [--readings N] [--rounds R] [--seconds S]
 
-Ingest: the same readings, 1000 per request over one keep-alive connection, against
-`StreamWriter.write` of 1000 at a time from this process; both append to the same stream.
+Ingest: the same readings, 1000 per request over one keep-alive connection (and over two, as
+concurrent clients do), against `StreamWriter.write` of 1000 at a time from this process; each
+appends to the same stream. The API runs under uvicorn with httptools and uvloop.
 Fan-out: a writer adds 5000 entries/s; 0, 100 and 200 clients follow the stream with
 `max_frequency=5`; the API process's CPU time (user + system, from /proc) over the run.
 """
@@ -18,6 +19,7 @@ import os
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import redis
@@ -63,21 +65,21 @@ def ingest(url: str, address: str, n: int, rounds: int) -> None:
     bodies = [json.dumps(posted[i : i + BATCH]).encode() for i in range(0, n, BATCH)]
     fields = [as_fields(r) for r in posted]
     writer = StreamWriter(client, STREAM, 10**8, batch_size=BATCH, background_flush=False)
-    rates: dict[str, list[float]] = {"writer": [], "POST /readings": []}
-    with httpx2.Client(base_url=f"http://{address}") as http:
-        for _ in range(rounds):
+    one, two = "POST /readings, 1 connection", "POST /readings, 2 connections"
+    rates: dict[str, list[float]] = {"writer": [], one: [], two: []}
+    for _ in range(rounds):
+        client.delete(STREAM)
+        start = time.perf_counter()
+        for i in range(0, n, BATCH):
+            writer.write(fields[i : i + BATCH])
+        rates["writer"].append(n / (time.perf_counter() - start))
+        for name, connections in ((one, 1), (two, 2)):
             client.delete(STREAM)
             start = time.perf_counter()
-            for i in range(0, n, BATCH):
-                writer.write(fields[i : i + BATCH])
-            rates["writer"].append(n / (time.perf_counter() - start))
-            client.delete(STREAM)
-            start = time.perf_counter()
-            for body in bodies:
-                response = http.post("/readings", content=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-                response.raise_for_status()
-            rates["POST /readings"].append(n / (time.perf_counter() - start))
+            with ThreadPoolExecutor(connections) as pool:
+                list(pool.map(post_all, [address] * connections,
+                              [bodies[c::connections] for c in range(connections)]))  # fmt: skip
+            rates[name].append(n / (time.perf_counter() - start))
             assert client.xlen(STREAM) == n
     base = statistics.median(rates["writer"])
     print(f"{n:,} readings (3 metrics each), {BATCH} per request or write call; "
@@ -86,6 +88,15 @@ def ingest(url: str, address: str, n: int, rounds: int) -> None:
         (name, f"{statistics.median(r):,.0f}", f"{statistics.median(r) / base:.2f}")
         for name, r in rates.items()
     ])  # fmt: skip
+
+
+def post_all(address: str, bodies: list[bytes]) -> None:
+    """One keep-alive connection posting one body after another."""
+    with httpx2.Client(base_url=f"http://{address}") as http:
+        for body in bodies:
+            response = http.post("/readings", content=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+            response.raise_for_status()
 
 
 def write_steadily(url: str, rate: int, stop: threading.Event) -> None:

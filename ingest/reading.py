@@ -42,6 +42,18 @@ def entry_time_ms(entry_id: str) -> int:
     return int(ms)
 
 
+MAX_UINT64 = 2**64 - 1
+_ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+
+def parse_entry_id(text: str) -> tuple[int, int]:
+    """`ms-seq` as Redis takes it (both parts below 2**64); ValueError otherwise."""
+    match = _ENTRY_ID.fullmatch(text)
+    if match is None or int(match[1]) > MAX_UINT64 or int(match[2]) > MAX_UINT64:
+        raise ValueError(f"expected a stream entry ID such as 1700000000000-0, got {text[:40]!r}")
+    return int(match[1]), int(match[2])
+
+
 def _unsigned(name: str, text: str) -> int:
     if UNSIGNED.fullmatch(text) is None or int(text) > MAX_INT64:
         raise InvalidEntry(f"{name} must be a non-negative integer, got {_shown(text)}")

@@ -137,12 +137,19 @@ def _no_constant(name: str) -> float:
 
 
 def _number(name: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEntry(f"{name} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidEntry(f"{name} must be a finite number")
-    return repr(number)
+    """A metric's JSON value as the stream keeps it; the hot path of every posted reading."""
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return repr(value)
+    elif kind is int:
+        try:
+            return repr(float(value))
+        except OverflowError:
+            pass
+    else:
+        raise InvalidEntry(f"metric {name[:40]!r} must be a number, got {kind.__name__}")
+    raise InvalidEntry(f"metric {name[:40]!r} must be a finite number")
 
 
 def _timestamp(value: Any) -> str:
@@ -188,7 +195,7 @@ def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
                 raise InvalidEntry("seq must be a non-negative integer")
             fields["seq"] = str(value)
         else:
-            fields[validate_metric_name(name)] = _number(f"metric {name[:40]!r}", value)
+            fields[validate_metric_name(name)] = _number(name, value)
             has_metric = has_metric or name[:1] != "_"
     validate_sensor_id(sensor_id)
     if not has_metric:

@@ -98,6 +98,7 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
     try:
         for service in running:
             _start(service, child_env)
+        log.info("dashboard: http://%s:%d/dashboard", settings.api_host, settings.api_port)
         _supervise(running, child_env, settings, stop)
     finally:
         _stop_all(running)

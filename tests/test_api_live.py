@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from analytics.api import create_app
+from ingest.deadletter import dead_letter_record, queue_dead_letter
+from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from tests.helpers import add, entries
 
@@ -117,6 +119,7 @@ def test_websockets_refuse_unknown_forbidden_unauthorised_and_foreign_clients(
         assert _close_code(api, "/stream/nothing-here") == 4404
         assert _close_code(api, "/stream/private:stream") == 4403
         assert _close_code(api, "/stream/app:event", origin="https://evil.example") == 4403
+        assert _close_code(api, "/stream/app:event?last_id=1-99999999999999999999") == 4400
     with TestClient(create_app(settings.replace(api_token="t0k"))) as guarded:
         assert _close_code(guarded, "/stream/app:event") == 4401
         assert _close_code(guarded, "/ws/alerts?token=wrong") == 4401
@@ -143,3 +146,30 @@ def test_alert_changes_arrive_on_their_websocket(
         entry_id = add(client, settings.alerts_stream, {"sensor_id": "s1", "state": "raised"})
         message = ws.receive_json()
         assert message == {"id": entry_id, "fields": {"sensor_id": "s1", "state": "raised"}}
+
+
+def test_dead_letters_are_listed_and_replayed_with_the_token(
+    settings: Settings, client: redis.Redis
+) -> None:
+    keys = StreamKeys(settings.stream)
+    pipe = client.pipeline()
+    reason = "metric 'temp' must be a finite decimal number"
+    for fields in ({"sensor_id": "s1", "temp": "oops"}, {"sensor_id": "s1", "temp": "20.5"}):
+        record = dead_letter_record(
+            keys.stream, "aggregates", "1700000000000-0", "c1", 1, reason, fields
+        )
+        queue_dead_letter(pipe, keys, 1000, record)
+    pipe.execute()
+    with TestClient(create_app(settings.replace(api_token="t0k"))) as api:
+        listed = api.get("/dead-letters").json()
+        assert [d["fields"]["temp"] for d in listed] == ["oops", "20.5"]
+        ids = [d["dead_id"] for d in listed]
+        assert api.post("/dead-letters/replay", json={"ids": ids}).status_code == 401
+        auth = {"Authorization": "Bearer t0k"}
+        results = api.post("/dead-letters/replay", json={"ids": ids}, headers=auth).json()
+        assert results[0]["new_id"] is None and "finite decimal" in results[0]["error"]
+        assert results[1]["new_id"] is not None and results[1]["error"] is None
+        assert api.post("/dead-letters/replay", json={"ids": ["1-1"]},
+                        headers=auth).status_code == 404  # fmt: skip
+    assert [f["temp"] for _, f in entries(client, settings.stream)] == ["20.5"]
+    assert client.xlen(keys.dead) == 1
