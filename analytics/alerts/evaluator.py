@@ -4,6 +4,9 @@ A batch is evaluated against state read from Redis at a moment when every older 
 group is settled, and settled by one script that checks that again before writing; a batch with
 older entries still open elsewhere is deferred. So however many workers share the group, each
 (sensor, rule) sees its readings in stream order, exactly once, as a single worker would.
+
+A batch is evaluated in rounds, the k-th reading of every sensor in round k, each rule over all
+of a round's sensors at once (see `kernels`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
-from analytics.alerts.machine import RAISED, Decision, RuleState, leaves_fresh_state, step
+from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
 from analytics.alerts.rules import Rule
+from analytics.alerts.tables import NO_CLOCK, NO_SEQ, SLOT_LIMIT, Tables
 from ingest.errors import redis_errors
-from ingest.groups import Batch, Deferred
+from ingest.groups import Batch, Deferred, Entry
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
 from ingest.reading import Reading, entry_time_ms
 from ingest.scripts import LuaScript
@@ -29,10 +35,7 @@ log = logging.getLogger(__name__)
 GROUP = "alerts"
 COMMIT = LuaScript("analytics.alerts", "commit.lua")
 OPEN, BLOCKED, NOT_OURS = "open", "blocked", "not ours"
-# Bound on the sensors whose matching rules one process remembers.
-RULES_CACHE_LIMIT = 200_000
-# Bound on the (rule, sensor) states one process keeps between batches.
-STATE_CACHE_LIMIT = 2_000_000
+RAISED, RESOLVED = "raised", "resolved"
 
 
 @dataclass
@@ -49,29 +52,41 @@ def open_field(sensor_id: str, rule: str) -> str:
     return f"{sensor_id}|{rule}"
 
 
-def change_record(rule: Rule, sensor_id: str, entry_id: str, ts_ms: int, value: float,
-                  decision: Decision) -> dict[str, str]:  # fmt: skip
+@dataclass(frozen=True)
+class Change:
+    """One alert change a batch decided, in the order of the readings that decided them."""
+
+    position: int
+    rule_index: int
+    record: dict[str, str]
+
+
+def change_record(
+    rule: Rule, sensor_id: str, entry_id: str, ts_ms: int, value: float, state: str,
+    score: float, raised_ms: int,
+) -> dict[str, str]:  # fmt: skip
     """The fields of one alert change as it appears on the alerts stream."""
-    if decision.state == RAISED:
-        message = f"{rule.metric} {rule.limit_text} (got {decision.score:.4g})"
+    limit = rule.level if state == RAISED else rule.clear
+    if state == RAISED:
+        message = f"{rule.metric} {rule.limit_text} (got {score:.4g})"
     else:
-        message = f"{rule.metric} back past {decision.limit:g} (got {decision.score:.4g})"
+        message = f"{rule.metric} back past {limit:g} (got {score:.4g})"
     record = {
         "sensor_id": sensor_id,
         "rule": rule.name,
         "kind": rule.kind,
         "severity": rule.severity,
         "metric": rule.metric or "",
-        "state": decision.state,
+        "state": state,
         "ts": str(ts_ms),
         "value": repr(value),
-        "score": repr(decision.score),
-        "limit": repr(decision.limit),
+        "score": repr(score),
+        "limit": repr(limit),
         "reading": entry_id,
         "message": message,
     }
-    if decision.state != RAISED:
-        record["raised_ts"] = str(decision.raised_ms)
+    if state != RAISED:
+        record["raised_ts"] = str(raised_ms)
     return record
 
 
@@ -87,30 +102,15 @@ def silence_template(rule: Rule) -> dict[str, str]:
     }
 
 
-Clock = tuple[int, int | None]
+class _Columns(NamedTuple):
+    """A batch as arrays, one row per entry in stream order."""
 
-
-class _Plan(NamedTuple):
-    stateful: tuple[tuple[int, Rule, str], ...]
-    silence: tuple[tuple[int, Rule], ...]
-
-
-class _StateCache:
-    """What this worker knows of the group's state in Redis, valid while the state version (bumped
-    by every settled batch) is the one this worker last saw. One worker alone then reads no state
-    at all; with several, a batch settled elsewhere invalidates it and everything is read again.
-    `None` values are known to be absent (a fresh state)."""
-
-    def __init__(self) -> None:
-        self.version: int | None = None
-        self.clocks: dict[str, Clock | None] = {}
-        self.states: dict[tuple[int, str], RuleState | None] = {}
-        self.touched: set[tuple[int, str]] = set()
-
-    def forget(self) -> None:
-        self.version = None
-        self.clocks.clear()
-        self.states.clear()
+    slots: Ints
+    ts: Ints
+    seq: Ints
+    # Occurrence of the row's sensor within the batch: 0 for its first reading, ...
+    round: Ints
+    values: dict[str, npt.NDArray[np.float64]]
 
 
 class AlertEvaluator:
@@ -124,49 +124,38 @@ class AlertEvaluator:
         self.rules = list(rules)
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
-        self._plans: dict[str, _Plan] = {}
-        self._cache = _StateCache()
-
-    def plan_for(self, sensor_id: str) -> _Plan:
-        """The rules that select a sensor, split by how they are evaluated."""
-        plan = self._plans.get(sensor_id)
-        if plan is None:
-            if len(self._plans) >= RULES_CACHE_LIMIT:
-                self._plans.clear()
-            selected = [(i, r) for i, r in enumerate(self.rules) if r.selects(sensor_id)]
-            plan = self._plans[sensor_id] = _Plan(
-                stateful=tuple((i, r, r.metric or "") for i, r in selected if r.kind != "silence"),
-                silence=tuple((i, r) for i, r in selected if r.kind == "silence"),
-            )
-        return plan
+        self.tables = Tables(self.rules)
+        self._metrics = sorted({r.metric for r in self.rules if r.metric and r.kind != "silence"})
+        self._silence = [(i, r) for i, r in enumerate(self.rules) if r.kind == "silence"]
 
     def __call__(self, batch: Batch[Reading]) -> None:
+        if len(self.tables.names) > SLOT_LIMIT:
+            self.tables = Tables(self.rules)
+        columns = self._columns(batch)
         while True:
-            gate = self._snapshot(batch)
+            gate = self._snapshot(batch, columns)
             if gate == BLOCKED:
                 self.stats.deferred += 1
                 raise Deferred("older entries of the group are not settled yet")
             if gate == NOT_OURS:
                 self._dropped(batch)
                 return
-            args = self._evaluate(batch)
             try:
+                args = self._evaluate(batch, columns)
                 with redis_errors():
                     result, version = COMMIT(self.client, args.keys, args.argv)
             except BaseException:
-                # Evaluation changed the cached states in place; only a settled batch makes
-                # them Redis's.
-                self._cache.forget()
+                # Evaluation changed the held state in place; only a settled batch makes it
+                # Redis's.
+                self.tables.forget()
                 raise
             if result == 1:
-                self._cache.version = int(version)
-            else:
-                self._cache.forget()
-            if result == 1:
+                self.tables.version = int(version)
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
                 self.stats.changes += args.changes
                 return
+            self.tables.forget()
             if result == 0:
                 self._dropped(batch)
                 return
@@ -179,119 +168,194 @@ class AlertEvaluator:
         self.stats.not_owned += 1
         log.info("batch of %d no longer ours; dropped", len(batch.entries))
 
-    def _snapshot(self, batch: Batch[Reading]) -> str:
-        """Check the gate and bring the cache up to date for the batch, in one transaction."""
-        cache = self._cache
-        if len(cache.states) > STATE_CACHE_LIMIT:
-            cache.forget()  # memory stays bounded; this batch reads what it needs again
-        was_valid = cache.version is not None
-        in_batch = {entry.value.sensor_id for entry in batch.entries}
-        sensors = sorted(in_batch - cache.clocks.keys())
-        unknown: dict[int, list[str]] = {}
-        for sensor in in_batch:
-            for i, _, _ in self.plan_for(sensor).stateful:
-                if (i, sensor) not in cache.states:
-                    unknown.setdefault(i, []).append(sensor)
+    def _columns(self, batch: Batch[Reading]) -> _Columns:
+        slot = self.tables.slot
+        slots, ts, seq, rounds = [], [], [], []
+        values: dict[str, list[float]] = {m: [] for m in self._metrics}
+        seen: dict[int, int] = {}
+        nan = float("nan")
+        for entry in batch.entries:
+            reading = entry.value
+            s = slot(reading.sensor_id)
+            slots.append(s)
+            ts.append(reading.ts_ms)
+            seq.append(NO_SEQ if reading.seq is None else reading.seq)
+            k = seen.get(s, 0)
+            rounds.append(k)
+            seen[s] = k + 1
+            metrics = reading.metrics
+            for name, column in values.items():
+                column.append(metrics.get(name, nan))
+        return _Columns(
+            np.array(slots, np.int64),
+            np.array(ts, np.int64),
+            np.array(seq, np.int64),
+            np.array(rounds, np.int64),
+            {m: np.array(v, np.float64) for m, v in values.items()},
+        )
+
+    def _snapshot(self, batch: Batch[Reading], columns: _Columns) -> str:
+        """Check the gate and bring the held state up to date for the batch, in one
+        transaction."""
+        tables = self.tables
+        was_valid = tables.version is not None
+        in_batch = np.unique(columns.slots)
+        clocks_wanted = in_batch[~tables.clock_known[in_batch]]
+        states_wanted = {}
+        for i in tables.stateful:
+            wanted = in_batch[tables.selects[i][in_batch] & ~tables.known[i][in_batch]]
+            if len(wanted):
+                states_wanted[i] = wanted
+        names = tables.names
         ids = batch.ids
         pipe = self.client.pipeline(transaction=True)
         pipe.xpending_range(self.keys.stream, GROUP, "-", ids[-1], len(ids) + 1)
         pipe.get(self.alert_keys.version)
-        pipe.hmget(self.alert_keys.clock, sensors or [""])
-        for i, names in unknown.items():
-            pipe.hmget(self.alert_keys.state(self.rules[i].name), names)
+        if len(clocks_wanted):
+            pipe.hmget(self.alert_keys.clock, [names[s] for s in clocks_wanted.tolist()])
+        for i, wanted in states_wanted.items():
+            pipe.hmget(self.alert_keys.state(self.rules[i].name),
+                       [names[s] for s in wanted.tolist()])  # fmt: skip
         with redis_errors():
             replies = pipe.execute()
         gate = _gate(replies[0], ids, batch.consumer)
         if gate != OPEN:
             return gate
         version = int(replies[1] or 0)
-        if version != cache.version:
-            cache.forget()
+        if version != tables.version:
+            tables.forget()
             if was_valid:
                 # Another worker settled batches since: read everything again.
-                return self._snapshot(batch)
-            cache.version = version
-        for sensor, text in zip(sensors, replies[2], strict=False):
-            if text is None:
-                cache.clocks[sensor] = None
-            else:
-                ts, _, seq = text.partition(":")
-                cache.clocks[sensor] = (int(ts), int(seq) if seq else None)
-        for (i, names), values in zip(unknown.items(), replies[3:], strict=True):
-            for sensor, text in zip(names, values, strict=True):
-                cache.states[(i, sensor)] = None if text is None else RuleState.decode(text)
+                return self._snapshot(batch, columns)
+            tables.version = version
+        rest = replies[2:]
+        if len(clocks_wanted):
+            tables.load_clock(clocks_wanted, rest.pop(0))
+        for (i, wanted), values in zip(states_wanted.items(), rest, strict=True):
+            tables.load_state(i, wanted, values)
         return OPEN
 
-    def _evaluate(self, batch: Batch[Reading]) -> _CommitArgs:
+    def _evaluate(self, batch: Batch[Reading], columns: _Columns) -> _CommitArgs:
+        tables = self.tables
+        entries = batch.entries
+        touched = {i: np.zeros(0, np.int64) for i in tables.stateful}
+        changes: list[Change] = []
+        stale_rows = np.zeros(len(entries), bool)
+        order = np.argsort(columns.round, kind="stable")
+        bounds = np.searchsorted(columns.round[order], np.arange(columns.round.max() + 2))
+        for r in range(len(bounds) - 1):
+            rows = order[bounds[r] : bounds[r + 1]]
+            slots, ts, seq = columns.slots[rows], columns.ts[rows], columns.seq[rows]
+            last, last_seq = tables.clock_ts[slots], tables.clock_seq[slots]
+            stale = (ts < last) | ((ts == last) & (seq != NO_SEQ) & (seq == last_seq))
+            stale_rows[rows] = stale
+            live = ~stale
+            tables.clock_ts[slots[live]] = ts[live]
+            tables.clock_seq[slots[live]] = seq[live]
+            for i in tables.stateful:
+                rule = self.rules[i]
+                values = columns.values[rule.metric or ""][rows]
+                fed = live & tables.selects[i][slots] & ~np.isnan(values)
+                records = tables.records[i]
+                if rule.kind == "threshold":
+                    # A fresh state that the reading leaves fresh is not touched.
+                    fed &= ~(quiet_on_fresh(rule, values) & is_fresh(records[slots]))
+                if not fed.any():
+                    continue
+                fed_slots = slots[fed]
+                state = records[fed_slots]
+                decided = step(rule, state, ts[fed], values[fed])
+                records[fed_slots] = state
+                touched[i] = np.concatenate((touched[i], fed_slots))
+                changes += self._changes(i, rows[fed], decided, columns, entries, values[fed])
+        stale = int(stale_rows.sum())
+        self.stats.stale += stale
+        changes.sort(key=lambda c: (c.position, c.rule_index))
         args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen)
-        cache = self._cache
-        cache.touched.clear()
-        clocks = cache.clocks
-        states = cache.states
-        rules = self.rules
-        stale = 0
-        changes: list[tuple[Rule, str, Decision, dict[str, str]]] = []
-        heard: dict[tuple[int, str], tuple[int, str, int]] = {}
+        args.ledger(len(entries) - stale, stale)
+        in_batch = np.unique(columns.slots)
+        args.clocks(
+            {tables.names[s]: (int(tables.clock_ts[s]), int(tables.clock_seq[s]))
+             for s in in_batch.tolist() if tables.clock_ts[s] != NO_CLOCK}
+        )  # fmt: skip
+        args.states(self._state_updates(touched))
+        args.changes_section(changes)
+        args.heard_section(self._heard(batch))
+        return args
+
+    def _changes(self, rule_index: int, rows: Ints, decided: Decisions, columns: _Columns,
+                 entries: Sequence[Entry[Reading]], values: npt.NDArray[np.float64]
+                 ) -> list[Change]:  # fmt: skip
+        rule = self.rules[rule_index]
+        found = []
+        for j in np.flatnonzero(decided.raised | decided.resolved).tolist():
+            row = int(rows[j])
+            entry = entries[row]
+            state = RAISED if decided.raised[j] else RESOLVED
+            record = change_record(
+                rule, entry.value.sensor_id, entry.id, int(columns.ts[row]), float(values[j]),
+                state, float(decided.score[j]), int(decided.raised_ms[j]),
+            )  # fmt: skip
+            found.append(Change(row, rule_index, record))
+        return found
+
+    def _state_updates(self, touched: Mapping[int, Ints]) -> list[_StateUpdate]:
+        tables = self.tables
+        updates = []
+        for i, fed in touched.items():
+            if not len(fed):
+                continue
+            slots = np.unique(fed)
+            records = tables.records[i][slots]
+            gone = (
+                is_fresh(records)
+                if self.rules[i].kind == "threshold"
+                else np.zeros(len(slots), bool)
+            )
+            names = tables.names
+            updates.append(_StateUpdate(
+                key=self.alert_keys.state(self.rules[i].name),
+                record_size=records.dtype.itemsize,
+                names=[names[s] for s in slots[~gone].tolist()],
+                records=records[~gone].tobytes(),
+                gone=[names[s] for s in slots[gone].tolist()],
+            ))  # fmt: skip
+            tables.known[i][slots] = True
+        return updates
+
+    def _heard(
+        self, batch: Batch[Reading]
+    ) -> list[tuple[str, Rule, list[tuple[str, int, str, int]]]]:
+        """For each silence rule, the sensors of the batch it heard from (their last entry)."""
+        if not self._silence:
+            return []
+        heard: dict[int, dict[str, Heard]] = {i: {} for i, _ in self._silence}
+        selects = self.tables.selects
+        slot_of = self.tables.slot_of
         for entry in batch.entries:
             reading = entry.value
             sensor = reading.sensor_id
-            metrics = reading.metrics
-            plan = self.plan_for(sensor)
-            for i, rule in plan.silence:
-                if rule.metric in metrics or not rule.metric:
-                    heard[(i, sensor)] = (entry_time_ms(entry.id), entry.id, reading.ts_ms)
-            if _is_stale(reading, clocks.get(sensor)):
-                stale += 1
-                continue
-            clocks[sensor] = (reading.ts_ms, reading.seq)
-            for i, rule, metric in plan.stateful:
-                value = metrics.get(metric)
-                if value is None:
-                    continue
-                key = (i, sensor)
-                state = states.get(key)
-                if state is None:
-                    if leaves_fresh_state(rule, value):
-                        continue
-                    state = states[key] = RuleState()
-                cache.touched.add(key)
-                decision = step(rule, state, reading.ts_ms, value)
-                if decision is not None:
-                    record = change_record(rule, sensor, entry.id, reading.ts_ms, value, decision)
-                    changes.append((rule, sensor, decision, record))
-        args.ledger(len(batch.entries) - stale, stale)
-        in_batch = {entry.value.sensor_id for entry in batch.entries}
-        args.clocks({s: clock for s in in_batch if (clock := clocks.get(s)) is not None})
-        touched_by_rule: dict[int, list[str]] = {}
-        for i, sensor in cache.touched:
-            touched_by_rule.setdefault(i, []).append(sensor)
-        args.states(
-            (self.alert_keys.state(rules[i].name), names, [_encoded(states[(i, s)]) for s in names])
-            for i, names in touched_by_rule.items()
-        )
-        args.changes_section(changes)
-        heard_by_rule: dict[int, list[tuple[str, int, str, int]]] = {}
-        for (i, sensor), (heard_ms, entry_id, ts) in heard.items():
-            heard_by_rule.setdefault(i, []).append((sensor, heard_ms, entry_id, ts))
-        args.heard_section(
-            (self.alert_keys.heard(rules[i].name), rules[i], rows)
-            for i, rows in heard_by_rule.items()
-        )
-        return args
+            slot = slot_of[sensor]
+            for i, rule in self._silence:
+                if selects[i][slot] and (not rule.metric or rule.metric in reading.metrics):
+                    heard[i][sensor] = (sensor, entry_time_ms(entry.id), entry.id, reading.ts_ms)
+        return [
+            (self.alert_keys.heard(self.rules[i].name), self.rules[i], list(rows.values()))
+            for i, rows in heard.items()
+            if rows
+        ]
 
 
-def _encoded(state: RuleState | None) -> str:
-    return "" if state is None else state.encode()
+# A silence rule heard from a sensor: its id, the entry's stream time, entry ID and event time.
+Heard = tuple[str, int, str, int]
 
 
-def _is_stale(reading: Reading, clock: Clock | None) -> bool:
-    """Older than the newest reading evaluated for its sensor, or a repeat of it (same seq)."""
-    if clock is None:
-        return False
-    ts_ms, seq = clock
-    return reading.ts_ms < ts_ms or (
-        reading.ts_ms == ts_ms and seq is not None and reading.seq == seq
-    )
+class _StateUpdate(NamedTuple):
+    key: str
+    record_size: int
+    names: list[str]
+    records: bytes
+    gone: list[str]
 
 
 def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: str) -> str:
@@ -339,29 +403,29 @@ class _CommitArgs:
         for name, amount in increments:
             self.argv += [name, amount]
 
-    def clocks(self, clocks: Mapping[str, tuple[int, int | None]]) -> None:
+    def clocks(self, clocks: Mapping[str, tuple[int, int]]) -> None:
         self.argv += [
             len(clocks),
             ",".join(clocks),
-            ",".join(f"{ts}:{'' if seq is None else seq}" for ts, seq in clocks.values()),
+            ",".join(f"{ts}:{'' if seq == NO_SEQ else seq}" for ts, seq in clocks.values()),
         ]
 
-    def states(self, updates: Iterable[tuple[str, list[str], list[str]]]) -> None:
-        rows = list(updates)
-        self.argv.append(len(rows))
-        for key, sensors, states in rows:
-            self.argv += [self.key(key), len(sensors), ",".join(sensors), "/".join(states)]
+    def states(self, updates: Sequence[_StateUpdate]) -> None:
+        self.argv.append(len(updates))
+        for u in updates:
+            self.argv += [self.key(u.key), u.record_size, len(u.names), ",".join(u.names),
+                          u.records, len(u.gone), ",".join(u.gone)]  # fmt: skip
 
-    def changes_section(self, changes: Sequence[tuple[Rule, str, Decision, dict[str, str]]]
-                        ) -> None:  # fmt: skip
+    def changes_section(self, changes: Sequence[Change]) -> None:
         self.changes = len(changes)
         self.argv.append(len(changes))
-        for rule, sensor, decision, record in changes:
-            self.argv += [open_field(sensor, rule.name), decision.state, json.dumps(record)]
+        for change in changes:
+            record = change.record
+            field = open_field(record["sensor_id"], record["rule"])
+            self.argv += [field, record["state"], json.dumps(record)]
             self._fields(record)
 
-    def heard_section(self, heard: Iterable[tuple[str, Rule, list[tuple[str, int, str, int]]]]
-                      ) -> None:  # fmt: skip
+    def heard_section(self, heard: Iterable[tuple[str, Rule, list[Heard]]]) -> None:
         rows = list(heard)
         self.argv.append(len(rows))
         for key, rule, sensors in rows:

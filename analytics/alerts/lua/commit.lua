@@ -7,8 +7,9 @@
 -- by another, or this very script already ran before a client re-send), 1 when settled; and the
 -- state version, which every settled batch increments (workers cache state while it holds).
 --
--- Lists travel packed in one argument each (comma-separated; rule states '/'-separated, since a
--- state holds commas): packing thousands of small arguments costs the client more than the rest.
+-- Lists travel packed in one argument each (sensor ids comma-separated; rule states as fixed-size
+-- binary records, concatenated): packing thousands of small arguments costs the client more than
+-- everything else.
 --
 -- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, 6 state
 -- version, then keys
@@ -16,7 +17,8 @@
 -- ARGV: group, consumer, last id, alerts maxlen, n ids, ids,
 --       n ledger increments, (field, amount)...,
 --       n clocks, sensors, `ts:seq`s,
---       n rules with state updates, (key index, n, sensors, states: '' deletes)...,
+--       n rules with state updates, (key index, record size, n, sensors, records, n deleted,
+--         sensors)...,
 --       n changes, (open field, state, raise record JSON, n fields, (field, value)...)...,
 --       n silence rules, (heard key index, rule, n fields, (field, value)..., n, sensors,
 --         heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert of theirs
@@ -110,19 +112,17 @@ for i = 1, n_clocks do
 end
 call_sliced('HSET', clock, nil, pairs_)
 for _ = 1, tonumber(take()) do
-  local key, n = KEYS[tonumber(take())], tonumber(take())
-  local names, states = take_list(n, ','), take_list(n, '/')
-  local set, gone = {}, {}
+  local key, size, n = KEYS[tonumber(take())], tonumber(take()), tonumber(take())
+  local names = take_list(n, ',')
+  local records = take()
+  local set = {}
   for i = 1, n do
-    if states[i] == '' then
-      gone[#gone + 1] = names[i]
-    else
-      set[#set + 1] = names[i]
-      set[#set + 1] = states[i]
-    end
+    set[#set + 1] = names[i]
+    set[#set + 1] = string.sub(records, (i - 1) * size + 1, i * size)
   end
   call_sliced('HSET', key, nil, set)
-  call_sliced('HDEL', key, nil, gone)
+  local n_gone = tonumber(take())
+  call_sliced('HDEL', key, nil, take_list(n_gone, ','))
 end
 for _ = 1, tonumber(take()) do
   local field, state, record = take(), take(), take()

@@ -1,9 +1,7 @@
-"""The life of one alert per (sensor, rule), one reading at a time: no I/O, event time only.
+"""A reference for the alert kernels: the same rules, one reading at a time, in plain Python.
 
-Every rule kind reduces a reading to two questions, "is this bad?" and "is this recovered?";
-the lifecycle is shared: raise when bad (after `for`, outside the cooldown), resolve when
-recovered. The state is a small string so it can live in a Redis hash and move between workers;
-floats are written with `repr`, so every worker continues from exactly the same numbers.
+Written for clarity, not speed: tests feed both the same readings and expect the same decisions
+and the same state, bit for bit.
 """
 
 from __future__ import annotations
@@ -11,16 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from analytics.alerts.kernels import MAX_SAMPLES, MIN_DEVIATION, NEVER, RATE_ANCHORS
 from analytics.alerts.rules import Rule
 
 RAISED = "raised"
 RESOLVED = "resolved"
-# A rate rule remembers at most this many readings per window, evenly spaced, so its state stays
-# small at any reading rate; the change is measured against the oldest, 7/8 to 8/8 of a window ago.
-RATE_ANCHORS = 8
-# Below this deviation an anomaly rule treats the history as flat, so z stays finite.
-MIN_DEVIATION = 1e-12
-NEVER = -1
 
 
 @dataclass
@@ -40,31 +33,6 @@ class RuleState:
     def is_open(self) -> bool:
         return self.open_since_ms != NEVER
 
-    def encode(self) -> str:
-        """'' for a state that carries nothing (nothing stored)."""
-        head = f"{self.open_since_ms},{self.pending_since_ms},{self.quiet_until_ms}"
-        if self.samples:
-            head += f",{self.mean!r},{self.var!r},{self.samples},{self.last_ms}"
-        if self.anchors:
-            head += "|" + ";".join(f"{t}:{v!r}" for t, v in self.anchors)
-        return "" if head == "-1,-1,-1" else head
-
-    @classmethod
-    def decode(cls, text: str | None) -> RuleState:
-        if not text:
-            return cls()
-        head, _, anchors = text.partition("|")
-        parts = head.split(",")
-        state = cls(int(parts[0]), int(parts[1]), int(parts[2]))
-        if len(parts) > 3:
-            state.mean, state.var = float(parts[3]), float(parts[4])
-            state.samples, state.last_ms = int(parts[5]), int(parts[6])
-        if anchors:
-            for pair in anchors.split(";"):
-                t, _, v = pair.partition(":")
-                state.anchors.append((int(t), float(v)))
-        return state
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -74,14 +42,6 @@ class Decision:
     score: float
     limit: float
     raised_ms: int
-
-
-def leaves_fresh_state(rule: Rule, value: float) -> bool:
-    """True when a reading would leave a rule's fresh state as it is, so the common case (a
-    threshold not crossed) needs no state at all."""
-    if rule.kind != "threshold":
-        return False
-    return not (value > rule.level if rule.rising else value < rule.level)
 
 
 def step(rule: Rule, state: RuleState, ts_ms: int, value: float) -> Decision | None:
@@ -148,6 +108,8 @@ def _rate(rule: Rule, state: RuleState, ts_ms: int, value: float) -> float | Non
         then_ms, then = anchors[0]
         rate = (value - then) * 1000.0 / (ts_ms - then_ms)
     if not anchors or ts_ms - anchors[-1][0] >= window / RATE_ANCHORS:
+        if len(anchors) == RATE_ANCHORS + 1:
+            anchors.pop(0)
         anchors.append((ts_ms, value))
     return rate
 
@@ -170,6 +132,6 @@ def _z_then_learn(rule: Rule, state: RuleState, ts_ms: int, value: float) -> flo
         increment = alpha * diff
         state.mean += increment
         state.var = (1.0 - alpha) * (state.var + diff * increment)
-    state.samples = min(state.samples + 1, 1 << 30)
+    state.samples = min(state.samples + 1, MAX_SAMPLES)
     state.last_ms = ts_ms
     return z
