@@ -181,19 +181,23 @@ def live_router(settings: Settings) -> APIRouter:
     async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
                    last_id: str | None, token: str | None, sensor: str | None = None
                    ) -> None:  # fmt: skip
-        await websocket.accept()
         refused = await live.refusal(websocket, stream, token)
         bad_resume = _resume_point(last_id)
         if refused is None and bad_resume is not None:
             refused = CLOSE_BAD_REQUEST, f"last_id: {bad_resume}"
         if refused is not None:
+            # Accepted first, so the client sees the close code and reason.
+            await websocket.accept()
             await websocket.close(code=refused[0], reason=refused[1])
             return
         subscriber = Subscriber(limited=max_frequency is not None, sensor=sensor)
         hub = live.hub(stream)
+        # Joined before the connection is accepted: every entry added once the client is
+        # connected reaches it.
         await hub.join(subscriber)
         sender = _Sender(websocket, subscriber, max_frequency)
         try:
+            await websocket.accept()
             if last_id is not None:
                 await sender.replay(live.client, stream, last_id)
             await sender.run()

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ def as_fields(reading: dict[str, object]) -> dict[str, str]:
     return {k: str(v) for k, v in reading.items()}
 
 
-def start_api(url: str) -> tuple[str, int]:
+def start_api(url: str) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     process = start_telemetry(["api"], url, TELEMETRY_API_PORT=str(port))
     deadline = time.monotonic() + 30
@@ -50,7 +51,7 @@ def start_api(url: str) -> tuple[str, int]:
         if time.monotonic() > deadline:
             raise RuntimeError("the API did not start")
         time.sleep(0.1)
-    return f"127.0.0.1:{port}", process.pid
+    return f"127.0.0.1:{port}", process
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,9 +162,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     with redis_for_bench() as url:
-        address, pid = start_api(url)
-        ingest(url, address, args.readings, args.rounds)
-        fanout(url, address, pid, args.seconds)
+        address, api = start_api(url)
+        try:
+            ingest(url, address, args.readings, args.rounds)
+            fanout(url, address, api.pid, args.seconds)
+        finally:
+            api.terminate()
+            api.wait(30)
 
 
 if __name__ == "__main__":
