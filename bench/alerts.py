@@ -164,14 +164,13 @@ def state_memory(url: str, sensors: int) -> None:
     before = int(client.info("memory")["used_memory"])
     evaluate(settings, parse_rules(text))
     after = int(client.info("memory")["used_memory"])
-    keys = [AlertKeys().state(f"{kind}{i}") for kind in "zr" for i in range(5)]
-    state_bytes = sum(int(client.memory_usage(k) or 0) for k in keys)
-    clock_bytes = int(client.memory_usage(AlertKeys().clock) or 0)
+    state_bytes = int(client.memory_usage(AlertKeys().state, samples=0) or 0)
+    clock_bytes = int(client.memory_usage(AlertKeys().clock, samples=0) or 0)
     print(f"\nrules state for {sensors:,} sensors x 10 stateful rules (5 anomaly, 5 rate)")
     print_table(["measure", "MiB", "bytes per sensor-rule"], [
         ("INFO used_memory growth", f"{(after - before) / 2**20:.1f}",
          f"{(after - before) / (sensors * 10):.0f}"),
-        ("MEMORY USAGE of the 10 state hashes", f"{state_bytes / 2**20:.1f}",
+        ("MEMORY USAGE of the state hash", f"{state_bytes / 2**20:.1f}",
          f"{state_bytes / (sensors * 10):.0f}"),
         ("MEMORY USAGE of the clock hash", f"{clock_bytes / 2**20:.1f}", "-"),
     ])  # fmt: skip

@@ -94,9 +94,11 @@ class AlertKeys:
         the state it holds is still Redis's."""
         return f"{self.stream}:version"
 
-    def state(self, rule: str) -> str:
-        """Hash sensor_id -> the rule's encoded state for that sensor (absent: nothing to keep)."""
-        return f"{self.stream}:state:{rule}"
+    @property
+    def state(self) -> str:
+        """Hash sensor_id -> the sensor's state under every rule that selects it, one binary
+        value (absent: nothing kept yet)."""
+        return f"{self.stream}:state"
 
     def heard(self, rule: str) -> str:
         """Sorted set sensor_id -> when a silence rule last heard from it (stream time, ms);

@@ -125,7 +125,7 @@ class AlertEvaluator:
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
         self.tables = Tables(self.rules)
-        self._metrics = sorted({r.metric for r in self.rules if r.metric and r.kind != "silence"})
+        self._metrics = sorted({r.metric for r in self.rules if r.metric})
         self._silence = [(i, r) for i, r in enumerate(self.rules) if r.kind == "silence"]
 
     def __call__(self, batch: Batch[Reading]) -> None:
@@ -200,22 +200,16 @@ class AlertEvaluator:
         tables = self.tables
         was_valid = tables.version is not None
         in_batch = np.unique(columns.slots)
-        clocks_wanted = in_batch[~tables.clock_known[in_batch]]
-        states_wanted = {}
-        for i in tables.stateful:
-            wanted = in_batch[tables.selects[i][in_batch] & ~tables.known[i][in_batch]]
-            if len(wanted):
-                states_wanted[i] = wanted
+        wanted = in_batch[~tables.known[in_batch]]
         names = tables.names
         ids = batch.ids
         pipe = self.client.pipeline(transaction=True)
         pipe.xpending_range(self.keys.stream, GROUP, "-", ids[-1], len(ids) + 1)
         pipe.get(self.alert_keys.version)
-        if len(clocks_wanted):
-            pipe.hmget(self.alert_keys.clock, [names[s] for s in clocks_wanted.tolist()])
-        for i, wanted in states_wanted.items():
-            pipe.hmget(self.alert_keys.state(self.rules[i].name),
-                       [names[s] for s in wanted.tolist()])  # fmt: skip
+        wanted_names = [names[s] for s in wanted.tolist()]
+        if wanted_names:
+            pipe.hmget(self.alert_keys.clock, wanted_names)
+            pipe.hmget(self.alert_keys.state, wanted_names)
         with redis_errors():
             replies = pipe.execute()
         gate = _gate(replies[0], ids, batch.consumer)
@@ -228,17 +222,14 @@ class AlertEvaluator:
                 # Another worker settled batches since: read everything again.
                 return self._snapshot(batch, columns)
             tables.version = version
-        rest = replies[2:]
-        if len(clocks_wanted):
-            tables.load_clock(clocks_wanted, rest.pop(0))
-        for (i, wanted), values in zip(states_wanted.items(), rest, strict=True):
-            tables.load_state(i, wanted, values)
+        if wanted_names:
+            tables.load(wanted, replies[2] + replies[3])
         return OPEN
 
     def _evaluate(self, batch: Batch[Reading], columns: _Columns) -> _CommitArgs:
         tables = self.tables
         entries = batch.entries
-        touched = {i: np.zeros(0, np.int64) for i in tables.stateful}
+        touched: list[Ints] = []
         changes: list[Change] = []
         stale_rows = np.zeros(len(entries), bool)
         order = np.argsort(columns.round, kind="stable")
@@ -266,7 +257,7 @@ class AlertEvaluator:
                 state = records[fed_slots]
                 decided = step(rule, state, ts[fed], values[fed])
                 records[fed_slots] = state
-                touched[i] = np.concatenate((touched[i], fed_slots))
+                touched.append(fed_slots)
                 changes += self._changes(i, rows[fed], decided, columns, entries, values[fed])
         stale = int(stale_rows.sum())
         self.stats.stale += stale
@@ -278,9 +269,12 @@ class AlertEvaluator:
             {tables.names[s]: (int(tables.clock_ts[s]), int(tables.clock_seq[s]))
              for s in in_batch.tolist() if tables.clock_ts[s] != NO_CLOCK}
         )  # fmt: skip
-        args.states(self._state_updates(touched))
+        if touched:
+            args.states(tables.dump(np.unique(np.concatenate(touched))))
+        else:
+            args.states(iter(()))
         args.changes_section(changes)
-        args.heard_section(self._heard(batch))
+        args.heard_section(self._heard(batch, columns))
         return args
 
     def _changes(self, rule_index: int, rows: Ints, decided: Decisions, columns: _Columns,
@@ -299,63 +293,35 @@ class AlertEvaluator:
             found.append(Change(row, rule_index, record))
         return found
 
-    def _state_updates(self, touched: Mapping[int, Ints]) -> list[_StateUpdate]:
-        tables = self.tables
-        updates = []
-        for i, fed in touched.items():
-            if not len(fed):
-                continue
-            slots = np.unique(fed)
-            records = tables.records[i][slots]
-            gone = (
-                is_fresh(records)
-                if self.rules[i].kind == "threshold"
-                else np.zeros(len(slots), bool)
-            )
-            names = tables.names
-            updates.append(_StateUpdate(
-                key=self.alert_keys.state(self.rules[i].name),
-                record_size=records.dtype.itemsize,
-                names=[names[s] for s in slots[~gone].tolist()],
-                records=records[~gone].tobytes(),
-                gone=[names[s] for s in slots[gone].tolist()],
-            ))  # fmt: skip
-            tables.known[i][slots] = True
-        return updates
-
     def _heard(
-        self, batch: Batch[Reading]
-    ) -> list[tuple[str, Rule, list[tuple[str, int, str, int]]]]:
+        self, batch: Batch[Reading], columns: _Columns
+    ) -> list[tuple[str, Rule, list[Heard]]]:
         """For each silence rule, the sensors of the batch it heard from (their last entry)."""
-        if not self._silence:
-            return []
-        heard: dict[int, dict[str, Heard]] = {i: {} for i, _ in self._silence}
-        selects = self.tables.selects
-        slot_of = self.tables.slot_of
-        for entry in batch.entries:
-            reading = entry.value
-            sensor = reading.sensor_id
-            slot = slot_of[sensor]
-            for i, rule in self._silence:
-                if selects[i][slot] and (not rule.metric or rule.metric in reading.metrics):
-                    heard[i][sensor] = (sensor, entry_time_ms(entry.id), entry.id, reading.ts_ms)
-        return [
-            (self.alert_keys.heard(self.rules[i].name), self.rules[i], list(rows.values()))
-            for i, rows in heard.items()
-            if rows
-        ]
+        found = []
+        entries = batch.entries
+        names = self.tables.names
+        for i, rule in self._silence:
+            spoke = self.tables.selects[i][columns.slots]
+            if rule.metric:
+                spoke &= ~np.isnan(columns.values[rule.metric])
+            rows = np.flatnonzero(spoke)
+            if not len(rows):
+                continue
+            # The last row of each sensor: first in the reversed order.
+            _, last = np.unique(columns.slots[rows][::-1], return_index=True)
+            heard = []
+            for row in rows[::-1][last].tolist():
+                entry_id = entries[row].id
+                heard.append((names[int(columns.slots[row])], entry_time_ms(entry_id), entry_id,
+                              int(columns.ts[row])))  # fmt: skip
+            found.append((self.alert_keys.heard(rule.name), rule, heard))
+        return found
 
 
 # A silence rule heard from a sensor: its id, the entry's stream time, entry ID and event time.
 Heard = tuple[str, int, str, int]
-
-
-class _StateUpdate(NamedTuple):
-    key: str
-    record_size: int
-    names: list[str]
-    records: bytes
-    gone: list[str]
+# A silence rule's heard set key, the rule, and whom it heard from.
+HeardBy = tuple[str, Rule, list[Heard]]
 
 
 def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: str) -> str:
@@ -381,6 +347,7 @@ class _CommitArgs:
             alert_keys.open,
             alert_keys.clock,
             alert_keys.version,
+            alert_keys.state,
         ]
         self._index: dict[str, int] = {}
         ids = batch.ids
@@ -410,11 +377,12 @@ class _CommitArgs:
             ",".join(f"{ts}:{'' if seq == NO_SEQ else seq}" for ts, seq in clocks.values()),
         ]
 
-    def states(self, updates: Sequence[_StateUpdate]) -> None:
-        self.argv.append(len(updates))
-        for u in updates:
-            self.argv += [self.key(u.key), u.record_size, len(u.names), ",".join(u.names),
-                          u.records, len(u.gone), ",".join(u.gone)]  # fmt: skip
+    def states(self, dumped: Iterable[tuple[int, list[str], bytes]]) -> None:
+        """Sensors' records, packed per layout: value size, sensor ids, values concatenated."""
+        groups = list(dumped)
+        self.argv.append(len(groups))
+        for size, names, values in groups:
+            self.argv += [size, len(names), ",".join(names), values]
 
     def changes_section(self, changes: Sequence[Change]) -> None:
         self.changes = len(changes)
@@ -425,7 +393,7 @@ class _CommitArgs:
             self.argv += [field, record["state"], json.dumps(record)]
             self._fields(record)
 
-    def heard_section(self, heard: Iterable[tuple[str, Rule, list[Heard]]]) -> None:
+    def heard_section(self, heard: Iterable[HeardBy]) -> None:
         rows = list(heard)
         self.argv.append(len(rows))
         for key, rule, sensors in rows:

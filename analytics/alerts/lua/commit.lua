@@ -12,20 +12,18 @@
 -- everything else.
 --
 -- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, 6 state
--- version, then keys
--- referred to by index from ARGV (rule state hashes, silence rules' heard sets).
+-- version, 7 state hash, then keys referred to by index from ARGV (silence rules' heard sets).
 -- ARGV: group, consumer, last id, alerts maxlen, n ids, ids,
 --       n ledger increments, (field, amount)...,
 --       n clocks, sensors, `ts:seq`s,
---       n rules with state updates, (key index, record size, n, sensors, records, n deleted,
---         sensors)...,
+--       n groups of sensors' state values, (value size, n, sensors, values)...,
 --       n changes, (open field, state, raise record JSON, n fields, (field, value)...)...,
 --       n silence rules, (heard key index, rule, n fields, (field, value)..., n, sensors,
 --         heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert of theirs
 --         is resolved with the rule's fields and theirs.
 
 local stream, ledger, alerts, open, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local version = KEYS[6]
+local version, state = KEYS[6], KEYS[7]
 local group, consumer, last_id, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local pos = 4
 local CHUNK = 1000
@@ -112,17 +110,15 @@ for i = 1, n_clocks do
 end
 call_sliced('HSET', clock, nil, pairs_)
 for _ = 1, tonumber(take()) do
-  local key, size, n = KEYS[tonumber(take())], tonumber(take()), tonumber(take())
+  local size, n = tonumber(take()), tonumber(take())
   local names = take_list(n, ',')
-  local records = take()
+  local values = take()
   local set = {}
   for i = 1, n do
     set[#set + 1] = names[i]
-    set[#set + 1] = string.sub(records, (i - 1) * size + 1, i * size)
+    set[#set + 1] = string.sub(values, (i - 1) * size + 1, i * size)
   end
-  call_sliced('HSET', key, nil, set)
-  local n_gone = tonumber(take())
-  call_sliced('HDEL', key, nil, take_list(n_gone, ','))
+  call_sliced('HSET', state, nil, set)
 end
 for _ = 1, tonumber(take()) do
   local field, state, record = take(), take(), take()
@@ -145,9 +141,25 @@ for _ = 1, tonumber(take()) do
     scored[#scored + 1] = names[i]
   end
   call_sliced('ZADD', heard, 'GT', scored)
+  local fields_open = {}
   for i = 1, n do
-    local field = names[i] .. '|' .. rule
-    local raised = redis.call('HGET', open, field)
+    fields_open[i] = names[i] .. '|' .. rule
+  end
+  -- One HMGET per slice rather than a lookup per sensor: almost none is silenced.
+  local silenced = {}
+  for first = 1, n, CHUNK do
+    local slice = {}
+    for i = first, math.min(first + CHUNK - 1, n) do
+      slice[#slice + 1] = fields_open[i]
+    end
+    local found = redis.call('HMGET', open, unpack(slice))
+    for j = 1, #slice do
+      silenced[first + j - 1] = found[j]
+    end
+  end
+  for i = 1, n do
+    local field = fields_open[i]
+    local raised = silenced[i]
     if raised then
       local fields = {}
       for j = 1, #template do
