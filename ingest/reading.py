@@ -26,6 +26,9 @@ MAX_INT64 = 2**63 - 1
 # Metric names repeat endlessly; checking each once is enough. Bounded against garbage.
 _valid_names: set[str] = set()
 _NAME_CACHE_LIMIT = 10_000
+# So are sensor ids, in a fleet's worth.
+_valid_sensor_ids: set[str] = set()
+_SENSOR_CACHE_LIMIT = 200_000
 _SHOWN_CHARS = 40
 
 
@@ -76,10 +79,14 @@ def parse_metric_value(name: str, text: str) -> float:
 
 
 def validate_sensor_id(sensor_id: str) -> str:
+    if sensor_id in _valid_sensor_ids:
+        return sensor_id
     if SENSOR_ID.fullmatch(sensor_id) is None:
         raise InvalidEntry(
             f"sensor_id must be 1-128 chars of A-Z a-z 0-9 _ . : -, got {_shown(sensor_id)}"
         )
+    if len(_valid_sensor_ids) < _SENSOR_CACHE_LIMIT:
+        _valid_sensor_ids.add(sensor_id)
     return sensor_id
 
 

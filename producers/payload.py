@@ -153,6 +153,8 @@ def _number(name: str, value: Any) -> str:
 
 
 def _timestamp(value: Any) -> str:
+    if _unsigned(value):
+        return str(value)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -164,14 +166,13 @@ def _timestamp(value: Any) -> str:
         if value < 0:
             raise InvalidEntry(f"ts must not be before 1970, got {value!r}")
         return str(value)
-    if not _unsigned(value):
-        raise InvalidEntry("ts must be non-negative integer milliseconds or an ISO 8601 string")
-    return str(value)
+    raise InvalidEntry("ts must be non-negative integer milliseconds or an ISO 8601 string")
 
 
 def _unsigned(value: Any) -> bool:
     """A JSON integer the contract takes for `ts` or `seq`."""
-    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_INT64
+    # type() rather than isinstance: JSON's true and false are bools, which are ints.
+    return type(value) is int and 0 <= value <= MAX_INT64
 
 
 def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
