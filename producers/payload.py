@@ -87,6 +87,23 @@ def parse_message(
         sensor_id = found["sensor_id"]
         if "metric" in found:
             return [_bare_number(sensor_id, found["metric"], payload)]
+    except InvalidEntry as exc:
+        return [exc]
+    return _document_readings(payload, sensor_id)
+
+
+def parse_posted(body: bytes) -> list[dict[str, str] | InvalidEntry]:
+    """Readings posted over HTTP: a JSON object or an array of them, each naming its own
+    `sensor_id`. A body that cannot be read at all gives one InvalidEntry."""
+    return _document_readings(body, None)
+
+
+def _document_readings(
+    payload: bytes, sensor_id: str | None
+) -> list[dict[str, str] | InvalidEntry]:
+    """Fields or the reason for each reading of a JSON object or array; `sensor_id` is the
+    topic's, or with None each reading's own."""
+    try:
         document = _json(payload)
     except InvalidEntry as exc:
         return [exc]
@@ -97,25 +114,6 @@ def parse_message(
     for item in items:
         try:
             out.append(_reading(sensor_id, item))
-        except InvalidEntry as exc:
-            out.append(exc)
-    return out
-
-
-def parse_posted(body: bytes) -> list[dict[str, str] | InvalidEntry]:
-    """Readings posted over HTTP: a JSON object or an array of them, each naming its own
-    `sensor_id`. A body that cannot be read at all gives one InvalidEntry."""
-    try:
-        document = _json(body)
-    except InvalidEntry as exc:
-        return [exc]
-    items = document if isinstance(document, list) else [document]
-    if not items:
-        return [InvalidEntry("empty JSON array")]
-    out: list[dict[str, str] | InvalidEntry] = []
-    for item in items:
-        try:
-            out.append(_reading(None, item))
         except InvalidEntry as exc:
             out.append(exc)
     return out

@@ -8,13 +8,9 @@ reconnect.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Sequence
-from urllib.parse import unquote, urlparse
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from ingest.mqttclient import start_publisher
 
 Fields = dict[str, str]
 TOPIC = "sensors/{sensor_id}/telemetry"
@@ -35,19 +31,7 @@ class MqttSink:
     """Takes the place of the stream writer for a simulator fleet."""
 
     def __init__(self, url: str) -> None:
-        parsed = urlparse(url)
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"telemetry-simulator-{socket.gethostname()}-{os.getpid()}",
-        )
-        if parsed.username:
-            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
-        if parsed.scheme == "mqtts":
-            self.client.tls_set()
-        self.client.max_queued_messages_set(QUEUE_LIMIT)
-        default_port = 8883 if parsed.scheme == "mqtts" else 1883
-        self.client.connect_async(parsed.hostname or "localhost", parsed.port or default_port)
-        self.client.loop_start()
+        self.client = start_publisher(url, "simulator", QUEUE_LIMIT)
         self.published = 0
 
     @property

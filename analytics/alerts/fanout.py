@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from ingest.backoff import Backoff
 from ingest.errors import InvalidEntry
 from ingest.groups import Batch
+from ingest.mqttclient import broker_name, start_publisher
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +54,8 @@ class MqttTarget:
     """Publishes to `alerts/{sensor_id}` at QoS 1; paho queues and re-sends across reconnects."""
 
     def __init__(self, url: str) -> None:
-        parsed = urlparse(url)
-        self.name = f"mqtt://{parsed.hostname}:{parsed.port or 1883}"
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"telemetry-alerts-{socket.gethostname()}-{os.getpid()}",
-        )
-        if parsed.username:
-            self.client.username_pw_set(unquote(parsed.username), unquote(parsed.password or ""))
-        if parsed.scheme == "mqtts":
-            self.client.tls_set()
-        self.client.max_queued_messages_set(QUEUE_LIMIT)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        default_port = 8883 if parsed.scheme == "mqtts" else 1883
-        self.client.connect_async(parsed.hostname or "localhost", parsed.port or default_port)
-        self.client.loop_start()
+        self.name = broker_name(url)
+        self.client = start_publisher(url, "alerts", QUEUE_LIMIT)
 
     def offer(self, change: Mapping[str, str]) -> None:
         info = self.client.publish(f"alerts/{change['sensor_id']}", json.dumps(change), qos=1)
