@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest.errors import InvalidEntry
-from ingest.reading import MAX_INT64, Reading, validate_metric_name, validate_sensor_id
+from ingest.reading import (
+    MAX_INT64,
+    RESERVED,
+    Reading,
+    validate_metric_name,
+    validate_sensor_id,
+)
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 
@@ -184,18 +190,17 @@ def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
     fields = {"sensor_id": sensor_id}
     has_metric = False
     for name, value in item.items():
-        if name == "sensor_id":
-            if value != sensor_id:
-                raise InvalidEntry(f"sensor_id {str(value)[:40]!r} contradicts the topic's")
+        if name not in RESERVED:
+            fields[validate_metric_name(name)] = _number(name, value)
+            has_metric = has_metric or name[0] != "_"
         elif name == "ts":
             fields["ts"] = _timestamp(value)
         elif name == "seq":
             if not _unsigned(value):
                 raise InvalidEntry("seq must be a non-negative integer")
             fields["seq"] = str(value)
-        else:
-            fields[validate_metric_name(name)] = _number(name, value)
-            has_metric = has_metric or name[:1] != "_"
+        elif value != sensor_id:
+            raise InvalidEntry(f"sensor_id {str(value)[:40]!r} contradicts the topic's")
     validate_sensor_id(sensor_id)
     if not has_metric:
         raise InvalidEntry("entry has no metrics")
