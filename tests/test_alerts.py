@@ -20,6 +20,7 @@ from analytics.alerts.evaluator import GROUP
 from analytics.api import create_app
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.settings import Settings
+from ingest.status import stream_status
 from simulator.faults import FaultConfig
 from simulator.model import SensorBank
 from tests.alerting import LiveWorker, changes, comparable, evaluate_all, timeline, write
@@ -61,6 +62,9 @@ def test_threshold_waits_for_its_duration_and_clears_past_the_clear_level(
     assert raised["severity"] == "critical" and raised["kind"] == "threshold"
     assert resolved["raised_ts"] == str(T0 + 56_000) and resolved["limit"] == "38.0"
     assert client.hlen(AlertKeys(settings.alerts_stream).open) == 0
+    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    [group] = [g for g in status.groups if g.name == GROUP]
+    assert group.settled == {"evaluated": len(temps)} and group.unaccounted == 0
 
 
 def _bank_readings(faults: FaultConfig, n: int, seed: int) -> list[dict[str, str]]:

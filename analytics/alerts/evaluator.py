@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import redis
+from prometheus_client import Counter
 
 from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
 from analytics.alerts.rules import Rule
@@ -36,6 +37,9 @@ GROUP = "alerts"
 COMMIT = LuaScript("analytics.alerts", "commit.lua")
 OPEN, BLOCKED, NOT_OURS = "open", "blocked", "not ours"
 RAISED, RESOLVED = "raised", "resolved"
+ALERT_CHANGES = Counter(
+    "telemetry_alert_worker_changes", "Alert changes this worker recorded", ["rule", "state"]
+)
 
 
 @dataclass
@@ -153,7 +157,11 @@ class AlertEvaluator:
                 self.tables.version = int(version)
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
-                self.stats.changes += args.changes
+                self.stats.changes += len(args.decided)
+                for record in args.decided:
+                    ALERT_CHANGES.labels(record["rule"], record["state"]).inc()
+                    log.info("alert %s: %s %s (%s, %s)", record["state"], record["sensor_id"],
+                             record["rule"], record["severity"], record["message"])  # fmt: skip
                 return
             self.tables.forget()
             if result == 0:
@@ -353,7 +361,8 @@ class _CommitArgs:
         ids = batch.ids
         self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, len(ids),
                                 ",".join(ids)]  # fmt: skip
-        self.changes = 0
+        # The changes the batch decided (silence resolutions are the script's own).
+        self.decided: list[dict[str, str]] = []
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -385,7 +394,7 @@ class _CommitArgs:
             self.argv += [size, len(names), ",".join(names), values]
 
     def changes_section(self, changes: Sequence[Change]) -> None:
-        self.changes = len(changes)
+        self.decided = [change.record for change in changes]
         self.argv.append(len(changes))
         for change in changes:
             record = change.record
