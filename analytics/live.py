@@ -89,27 +89,45 @@ class Subscriber:
 
 
 class StreamHub:
-    """Reads one stream from where it stands and hands each new entry to every subscriber."""
+    """Reads one stream from where it stands and hands each new entry to every subscriber.
+
+    Subscribers of one sensor are indexed by it, so a dashboard following one sensor of a large
+    fleet costs a dictionary lookup per entry, not a look at every entry.
+    """
 
     def __init__(self, client: aioredis.Redis, stream: str, block_ms: int) -> None:
         self.client = client
         self.stream = stream
         self.block_ms = block_ms
-        self.subscribers: set[Subscriber] = set()
+        self.everything: set[Subscriber] = set()
+        self.by_sensor: dict[str, set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self.everything) + sum(len(s) for s in self.by_sensor.values())
 
     async def join(self, subscriber: Subscriber) -> None:
         """Subscribe; once this returns, every entry added from now on reaches the subscriber."""
         async with self._starting:
-            self.subscribers.add(subscriber)
+            if subscriber.sensor is None:
+                self.everything.add(subscriber)
+            else:
+                self.by_sensor.setdefault(subscriber.sensor, set()).add(subscriber)
             if self._task is None or self._task.done():
                 newest: list[Entry] = await self.client.xrevrange(self.stream, count=1)  # type: ignore[assignment]
                 position = newest[0][0] if newest else "0-0"
                 self._task = asyncio.create_task(self._read(position), name=f"hub {self.stream}")
 
     def leave(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
+        if subscriber.sensor is None:
+            self.everything.discard(subscriber)
+            return
+        watching = self.by_sensor.get(subscriber.sensor, set())
+        watching.discard(subscriber)
+        if not watching:
+            self.by_sensor.pop(subscriber.sensor, None)
 
     async def _read(self, position: str) -> None:
         backoff = Backoff()
@@ -124,10 +142,14 @@ class StreamHub:
                 log.warning("live tail of %s: redis unavailable (%s); retrying", self.stream, exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            by_sensor = self.by_sensor
             for _, entries in reply or []:
                 for entry in entries:
-                    for subscriber in tuple(self.subscribers):
+                    for subscriber in tuple(self.everything):
                         subscriber.offer(entry)
+                    if by_sensor:
+                        for subscriber in tuple(by_sensor.get(entry[1].get("sensor_id", ""), ())):
+                            subscriber.offer(entry)
                 position = entries[-1][0]
 
 

@@ -173,3 +173,14 @@ def test_dead_letters_are_listed_and_replayed_with_the_token(
                         headers=auth).status_code == 404  # fmt: skip
     assert [f["temp"] for _, f in entries(client, settings.stream)] == ["20.5"]
     assert client.xlen(keys.dead) == 1
+
+
+def test_a_sensor_filtered_tail_gets_only_that_sensor(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    path = f"/stream/{settings.stream}"
+    with api.websocket_connect(f"{path}?sensor=s2") as one, api.websocket_connect(path) as every:
+        ids = [add(client, settings.stream, {"sensor_id": f"s{i % 3}", "temp": str(i)})
+               for i in range(9)]  # fmt: skip
+        assert [every.receive_json()["id"] for _ in range(9)] == ids
+        assert [one.receive_json()["fields"]["temp"] for _ in range(3)] == ["2", "5", "8"]
