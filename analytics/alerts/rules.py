@@ -212,25 +212,26 @@ def _rule(table: Mapping[str, Any], locate: _Locator) -> Rule:
             side = "at or below above" if rising else "at or above below"
             raise fail("clear", f"clear must be {side} ({level:g}), got {clear:g}")
         return Rule(**common, level=level, clear=clear, rising=rising, for_ms=duration("for", "0s"))
-    if kind == "rate":
-        level = number("faster_than")
+
+    def level_and_clear(key: str) -> tuple[float, float]:
+        """A limit above 0, and a clear level between 0 and it (default: the limit)."""
+        level = number(key)
         if level <= 0:
-            raise fail("faster_than", "faster_than must be above 0 (units per second)")
+            raise fail(key, f"{key} must be above 0")
         clear = number("clear", level)
         if not 0 <= clear <= level:
-            raise fail("clear", f"clear must be between 0 and faster_than ({level:g})")
+            raise fail("clear", f"clear must be between 0 and {key} ({level:g})")
+        return level, clear
+
+    if kind == "rate":
+        level, clear = level_and_clear("faster_than")
         direction = text("direction", "either")
         if direction not in DIRECTIONS:
             raise fail("direction", f"direction must be one of {', '.join(DIRECTIONS)}")
         return Rule(**common, level=level, clear=clear, direction=direction,
                     window_ms=duration("window", "60s"))  # fmt: skip
     if kind == "anomaly":
-        level = number("z")
-        if level <= 0:
-            raise fail("z", "z must be above 0")
-        clear = number("clear", level)
-        if not 0 <= clear <= level:
-            raise fail("clear", f"clear must be between 0 and z ({level:g})")
+        level, clear = level_and_clear("z")
         samples = number("min_samples", 30)
         if samples < 2 or samples != int(samples):
             raise fail("min_samples", "min_samples must be a whole number of at least 2")
