@@ -12,7 +12,9 @@ in its own consumer group on the same stream, median of the rounds.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import threading
 import time
 
@@ -119,10 +121,9 @@ def latency(url: str, seconds: float) -> None:
     """A 10,000-sensor fleet at 1 Hz with spikes, one `telemetry alert-worker` process."""
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
-    rules = "/tmp/bench-alert-rules.toml"
-    with open(rules, "w", encoding="utf-8") as out:
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as out:
         out.write(TWENTY_RULES)
-    worker = start_telemetry(["alert-worker", "--rules", rules], url)
+    worker = start_telemetry(["alert-worker", "--rules", out.name], url)
     simulate = ["simulate", "--fleet", "10000", "--rate", "1", "--spike", "0.0005"]
     simulator = start_telemetry(simulate, url)
     time.sleep(seconds)
@@ -131,6 +132,7 @@ def latency(url: str, seconds: float) -> None:
     time.sleep(2)
     worker.terminate()
     worker.wait()
+    os.unlink(out.name)
     delays = [
         int(fields["detected_ms"]) - entry_time_ms(fields["reading"])
         for _, fields in read_range(client, "app:alerts")
