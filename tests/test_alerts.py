@@ -341,6 +341,8 @@ def test_a_late_burst_gives_the_alerts_its_data_implies_once(
          "[[rule]]\nname = 'b'\ntype = 'rate'\nmetric = 'temp'\nfaster_than = 1\nfor = '5s'\n",
          12, "'for' is not a setting of a rate rule"),
         ("[[rule]]\nname = 'a'\ntype = 'anomaly'\nz = 3\n", 1, "metric is missing"),
+        ("[[rule]]\nname = 'a'\ntype = 'anomaly'\nmetric = 'ts'\nz = 3\n", 4,
+         "metric must be a metric name"),
         ("[[rule]\nname = 'a'\n", 1, "not valid TOML"),
     ],
 )  # fmt: skip

@@ -31,7 +31,7 @@ from typing import Any
 
 from ingest.durations import parse_duration_ms
 from ingest.errors import SettingsError
-from ingest.reading import METRIC_NAME
+from ingest.reading import METRIC_NAME, RESERVED
 
 KINDS = ("threshold", "rate", "anomaly", "silence")
 SEVERITIES = ("info", "warning", "critical")
@@ -189,7 +189,12 @@ def _rule(table: Mapping[str, Any], locate: _Locator) -> Rule:
     metric = table.get("metric")
     if metric is None and kind != "silence":
         raise fail(None, f"metric is missing (a {kind} rule watches one metric)")
-    if metric is not None and (not isinstance(metric, str) or not METRIC_NAME.fullmatch(metric)):
+    if metric is not None and (
+        not isinstance(metric, str)
+        or not METRIC_NAME.fullmatch(metric)
+        or metric in RESERVED
+        or metric.startswith("_")
+    ):
         raise fail("metric", f"metric must be a metric name such as temp, got {metric!r}")
     severity = text("severity", "warning")
     if severity not in SEVERITIES:
