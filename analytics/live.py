@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -181,7 +182,7 @@ class Live:
                       ) -> tuple[int, str] | None:  # fmt: skip
         """Why this client may not watch this stream (close code and reason), or None."""
         expected = self.settings.api_token
-        if expected is not None and token != expected:
+        if expected is not None and (token is None or not hmac.compare_digest(token, expected)):
             return CLOSE_UNAUTHORISED, "a valid token query parameter is required"
         origin = websocket.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, websocket.headers):
