@@ -137,7 +137,9 @@ class AlertEvaluator:
             self.tables = Tables(self.rules)
         columns = self._columns(batch)
         while True:
-            gate = self._snapshot(batch, columns)
+            # What this worker holds may already be all the batch needs; the commit script
+            # checks that no other batch was settled since (the version), as well as the gate.
+            gate = OPEN if self._holds_all(columns) else self._snapshot(batch, columns)
             if gate == BLOCKED:
                 self.stats.deferred += 1
                 raise Deferred("older entries of the group are not settled yet")
@@ -167,8 +169,8 @@ class AlertEvaluator:
             if result == 0:
                 self._dropped(batch)
                 return
-            # An entry older than the batch was handed back to the group between the snapshot
-            # and the commit (its consumer dropped it): read again.
+            # Another worker settled a batch since the state was read (-2), or an older entry
+            # is unsettled (-1): read again, through the gate.
 
     def _dropped(self, batch: Batch[Reading]) -> None:
         # Another consumer owns these entries now, or a re-sent call already settled them;
@@ -201,6 +203,10 @@ class AlertEvaluator:
             np.array(rounds, np.int64),
             {m: np.array(v, np.float64) for m, v in values.items()},
         )
+
+    def _holds_all(self, columns: _Columns) -> bool:
+        tables = self.tables
+        return tables.version is not None and bool(tables.known[columns.slots].all())
 
     def _snapshot(self, batch: Batch[Reading], columns: _Columns) -> str:
         """Check the gate and bring the held state up to date for the batch, in one
@@ -270,7 +276,8 @@ class AlertEvaluator:
         stale = int(stale_rows.sum())
         self.stats.stale += stale
         changes.sort(key=lambda c: (c.position, c.rule_index))
-        args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen)
+        assert tables.version is not None
+        args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen, tables.version)
         args.ledger(len(entries) - stale, stale)
         in_batch = np.unique(columns.slots)
         args.clocks(
@@ -347,7 +354,7 @@ class _CommitArgs:
     """KEYS and ARGV for one call of the commit script; lists packed one argument each."""
 
     def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[Reading],
-                 alerts_maxlen: int) -> None:  # fmt: skip
+                 alerts_maxlen: int, version: int) -> None:  # fmt: skip
         self.keys = [
             keys.stream,
             keys.ledger(GROUP),
@@ -359,8 +366,8 @@ class _CommitArgs:
         ]
         self._index: dict[str, int] = {}
         ids = batch.ids
-        self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, len(ids),
-                                ",".join(ids)]  # fmt: skip
+        self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, version,
+                                len(ids), ",".join(ids)]  # fmt: skip
         # The changes the batch decided (silence resolutions are the script's own).
         self.decided: list[dict[str, str]] = []
 

@@ -2,10 +2,12 @@
 --
 -- The gate: every pending entry of the group up to the batch's last ID must be one of the batch's
 -- entries, owned by this consumer. So batches settle in stream order whatever the number of
--- workers, and the alerts are the ones a single worker would give. Returns -1 (changing nothing)
--- while an older entry is still unsettled, 0 when the batch is no longer this consumer's (claimed
--- by another, or this very script already ran before a client re-send), 1 when settled; and the
--- state version, which every settled batch increments (workers cache state while it holds).
+-- workers, and the alerts are the ones a single worker would give. Then the state version, which
+-- every settled batch increments, must still be the one the batch was evaluated against.
+-- Returns -1 (changing nothing) while an older entry is still unsettled, 0 when the batch is no
+-- longer this consumer's (claimed by another, or this very script already ran before a client
+-- re-send), -2 when another batch was settled since the state was read, 1 when settled; and the
+-- state version.
 --
 -- Lists travel packed in one argument each (sensor ids comma-separated; rule states as fixed-size
 -- binary records, concatenated): packing thousands of small arguments costs the client more than
@@ -13,7 +15,7 @@
 --
 -- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, 6 state
 -- version, 7 state hash, then keys referred to by index from ARGV (silence rules' heard sets).
--- ARGV: group, consumer, last id, alerts maxlen, n ids, ids,
+-- ARGV: group, consumer, last id, alerts maxlen, state version evaluated against, n ids, ids,
 --       n ledger increments, (field, amount)...,
 --       n clocks, sensors, `ts:seq`s,
 --       n groups of sensors' state values, (value size, n, sensors, values)...,
@@ -25,7 +27,8 @@
 local stream, ledger, alerts, open, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local version, state = KEYS[6], KEYS[7]
 local group, consumer, last_id, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local pos = 4
+local expected_version = tonumber(ARGV[5])
+local pos = 5
 local CHUNK = 1000
 
 local function take()
@@ -95,6 +98,10 @@ for _, entry in ipairs(pending) do
 end
 if #pending ~= n_ids then
   return {0, 0}
+end
+local current_version = tonumber(redis.call('GET', version) or '0')
+if current_version ~= expected_version then
+  return {-2, current_version}
 end
 
 -- 2. Effects.
