@@ -1,8 +1,9 @@
 """The `alerts` consumer group's handler: readings in, alert changes out, in stream order.
 
-A batch is evaluated against state read from Redis at a moment when every older entry of the
-group is settled, and settled by one script that checks that again before writing; a batch with
-older entries still open elsewhere is deferred. So however many workers share the group, each
+A batch is evaluated against the state the last settled batch left (read from Redis, or held
+since this worker settled it), and settled by one script that first checks that every older
+entry of the group is settled and that no other batch was settled since; a batch with older
+entries still open elsewhere is deferred. So however many workers share the group, each
 (sensor, rule) sees its readings in stream order, exactly once, as a single worker would.
 
 A batch is evaluated in rounds, the k-th reading of every sensor in round k, each rule over all
