@@ -60,7 +60,13 @@ class LocalServer:
             raise LocalServerError(f"{self.binary} not found on PATH: {self.install_hint}")
         log = open(self.workdir / f"{self.binary}.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [path, *self.command()], cwd=self.workdir, stdout=log, stderr=log
+            [path, *self.command()],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=log,
+            # Its own session: a Ctrl-C meant for `telemetry up` must not stop the server
+            # before the services using it have finished their work in hand.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout_s
