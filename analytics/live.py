@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from ingest.backoff import Backoff
 from ingest.keys import StreamKeys
-from ingest.reading import SENSOR_ID, parse_entry_id
+from ingest.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,6 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_UNKNOWN = 4404
 CLOSE_BAD_REQUEST = 4400
 Entry = tuple[str, dict[str, str]]
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _resume_point(last_id: str | None) -> str | None:
@@ -76,8 +71,7 @@ class Subscriber:
         return self.sensor is None or entry[1].get("sensor_id") == self.sensor
 
     def offer(self, entry: Entry) -> None:
-        if not self.wants(entry):
-            return
+        """An entry the hub chose for this subscriber (its sensor's, when it has one)."""
         if self.limited:
             self.newest = entry
             self.unsent += 1
@@ -299,7 +293,7 @@ class _Sender:
 
     async def _run_every_entry(self) -> None:
         subscriber = self.subscriber
-        done = id_key(self.last_sent)
+        done = entry_order(self.last_sent)
         # Watching the receiving side is how a client that went away is noticed while the
         # stream is quiet.
         gone = asyncio.ensure_future(self.websocket.receive())
@@ -315,7 +309,7 @@ class _Sender:
                     getter.cancel()
                     break
                 entry = await getter
-                if id_key(entry[0]) > done:
+                if entry_order(entry[0]) > done:
                     await self.send(entry)
         finally:
             gone.cancel()
@@ -330,7 +324,7 @@ class _Sender:
         while True:
             started = loop.time()
             entry, unsent = subscriber.newest, subscriber.unsent
-            if entry is not None and unsent and id_key(entry[0]) > id_key(self.last_sent):
+            if entry is not None and unsent and entry_order(entry[0]) > entry_order(self.last_sent):
                 subscriber.unsent = 0
                 await self.send(entry, unsent - 1)
             with contextlib.suppress(TimeoutError):

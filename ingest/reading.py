@@ -45,6 +45,12 @@ def entry_time_ms(entry_id: str) -> int:
     return int(ms)
 
 
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A key that sorts entry IDs as the stream does (as strings, `5-10` < `5-9`)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 MAX_UINT64 = 2**64 - 1
 _ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 

@@ -14,7 +14,7 @@ import walrus
 from ingest.backlog import backlog_warning
 from ingest.errors import redis_errors
 from ingest.keys import SETTLED, StreamKeys
-from ingest.reading import entry_time_ms
+from ingest.reading import entry_order
 
 PENDING_SCAN_LIMIT = 10_000
 
@@ -81,16 +81,12 @@ def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: 
     if (
         group.oldest_pending_id is not None
         and first_id is not None
-        and _id_key(group.oldest_pending_id) < _id_key(first_id)
+        and entry_order(group.oldest_pending_id) < entry_order(first_id)
     ):
         warnings.append(
             "pending entries older than the stream's first entry: their data is already trimmed"
         )
     return warnings
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    return entry_time_ms(entry_id), int(entry_id.partition("-")[2] or 0)
 
 
 def _text(value: Any) -> str:

@@ -160,6 +160,7 @@ class AlertEvaluator:
                 self.tables.version = int(version)
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
+                self.stats.stale += args.stale
                 self.stats.changes += len(args.decided)
                 for record in args.decided:
                     ALERT_CHANGES.labels(record["rule"], record["state"]).inc()
@@ -238,7 +239,7 @@ class AlertEvaluator:
                 return self._snapshot(batch, columns)
             tables.version = version
         if wanted_names:
-            tables.load(wanted, replies[2] + replies[3])
+            tables.load(wanted, replies[2], replies[3])
         return OPEN
 
     def _evaluate(self, batch: Batch[Reading], columns: _Columns) -> _CommitArgs:
@@ -275,20 +276,15 @@ class AlertEvaluator:
                 touched.append(fed_slots)
                 changes += self._changes(i, rows[fed], decided, columns, entries, values[fed])
         stale = int(stale_rows.sum())
-        self.stats.stale += stale
         changes.sort(key=lambda c: (c.position, c.rule_index))
         assert tables.version is not None
         args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen, tables.version)
         args.ledger(len(entries) - stale, stale)
-        in_batch = np.unique(columns.slots)
         args.clocks(
             {tables.names[s]: (int(tables.clock_ts[s]), int(tables.clock_seq[s]))
-             for s in in_batch.tolist() if tables.clock_ts[s] != NO_CLOCK}
+             for s in np.unique(columns.slots).tolist() if tables.clock_ts[s] != NO_CLOCK}
         )  # fmt: skip
-        if touched:
-            args.states(tables.dump(np.unique(np.concatenate(touched))))
-        else:
-            args.states(iter(()))
+        args.states(tables.dump(np.unique(np.concatenate(touched))) if touched else [])
         args.changes_section(changes)
         args.heard_section(self._heard(batch, columns))
         return args
@@ -309,9 +305,7 @@ class AlertEvaluator:
             found.append(Change(row, rule_index, record))
         return found
 
-    def _heard(
-        self, batch: Batch[Reading], columns: _Columns
-    ) -> list[tuple[str, Rule, list[Heard]]]:
+    def _heard(self, batch: Batch[Reading], columns: _Columns) -> list[HeardBy]:
         """For each silence rule, the sensors of the batch it heard from (their last entry)."""
         found = []
         entries = batch.entries
@@ -369,8 +363,10 @@ class _CommitArgs:
         ids = batch.ids
         self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, version,
                                 len(ids), ",".join(ids)]  # fmt: skip
-        # The changes the batch decided (silence resolutions are the script's own).
+        # The changes the batch decided (silence resolutions are the script's own), and how
+        # many of its readings were stale.
         self.decided: list[dict[str, str]] = []
+        self.stale = 0
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -380,6 +376,7 @@ class _CommitArgs:
         return index
 
     def ledger(self, evaluated: int, stale: int) -> None:
+        self.stale = stale
         increments = [(f"{SETTLED}evaluated", evaluated)]
         if stale:
             increments.append((f"{SETTLED}stale", stale))

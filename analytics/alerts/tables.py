@@ -79,10 +79,9 @@ class Tables:
         self.version = None
         self.known[:] = False
 
-    def load(self, slots: Ints, values: Sequence[str | None]) -> None:
+    def load(self, slots: Ints, clocks: Sequence[str | None], blobs: Sequence[str | None]) -> None:
         """Sensors' clocks and records as read from Redis: `ts:seq` texts and binary values
         (None where Redis has none: a fresh sensor)."""
-        clocks, blobs = values[: len(slots)], values[len(slots) :]
         for slot, text in zip(slots.tolist(), clocks, strict=True):
             ts, _, seq = (text or "").partition(":")
             self.clock_ts[slot] = int(ts) if ts else NO_CLOCK

@@ -56,13 +56,21 @@ local function take_fields()
   return fields
 end
 
--- HSET/HDEL/XACK with many arguments, in slices: unpack has a limit.
-local function call_sliced(command, key, extra, values)
-  for first = 1, #values, CHUNK do
-    local slice = {}
-    for i = first, math.min(first + CHUNK - 1, #values) do
-      slice[#slice + 1] = values[i]
+-- The values in slices small enough to unpack: unpack has a limit.
+local function slices(values)
+  local first = 1 - CHUNK
+  return function()
+    first = first + CHUNK
+    if first > #values then
+      return nil
     end
+    return {unpack(values, first, math.min(first + CHUNK - 1, #values))}
+  end
+end
+
+-- HSET/ZADD/XACK with many arguments, a slice at a time.
+local function call_sliced(command, key, extra, values)
+  for slice in slices(values) do
     if extra then
       redis.call(command, key, extra, unpack(slice))
     else
@@ -154,14 +162,9 @@ for _ = 1, tonumber(take()) do
   end
   -- One HMGET per slice rather than a lookup per sensor: almost none is silenced.
   local silenced = {}
-  for first = 1, n, CHUNK do
-    local slice = {}
-    for i = first, math.min(first + CHUNK - 1, n) do
-      slice[#slice + 1] = fields_open[i]
-    end
-    local found = redis.call('HMGET', open, unpack(slice))
-    for j = 1, #slice do
-      silenced[first + j - 1] = found[j]
+  for slice in slices(fields_open) do
+    for _, raised in ipairs(redis.call('HMGET', open, unpack(slice))) do
+      silenced[#silenced + 1] = raised
     end
   end
   for i = 1, n do
