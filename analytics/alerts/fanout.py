@@ -79,8 +79,6 @@ class WebhookTarget:
         self._queue: deque[Mapping[str, str]] = deque()
         self._ready = threading.Condition()
         self._closed = False
-        self.delivered = 0
-        self.failed = 0
         self._thread = threading.Thread(
             target=self._send_forever, name=f"webhook {url}", daemon=True
         )
@@ -90,7 +88,6 @@ class WebhookTarget:
         with self._ready:
             if len(self._queue) >= QUEUE_LIMIT:
                 self._queue.popleft()
-                self.failed += 1
                 SENT.labels(self.name, "dropped").inc()
             self._queue.append(change)
             self._ready.notify()
@@ -111,12 +108,9 @@ class WebhookTarget:
                 change = self._queue[0]
             outcome = "delivered" if self._deliver(change) else "failed"
             with self._ready:
+                # Unless a full queue dropped it meanwhile.
                 if self._queue and self._queue[0] is change:
                     self._queue.popleft()
-            if outcome == "delivered":
-                self.delivered += 1
-            else:
-                self.failed += 1
             SENT.labels(self.name, outcome).inc()
 
     def _deliver(self, change: Mapping[str, str]) -> bool:
