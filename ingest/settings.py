@@ -189,6 +189,10 @@ class Settings:
     log_level: str = _setting("INFO", "TELEMETRY_LOG_LEVEL", _log_level, "log level", "LEVEL")
 
     @property
+    def webhook_urls(self) -> list[str]:
+        return [url.strip() for url in self.webhooks.split(",")] if self.webhooks else []
+
+    @property
     def socket_timeout_s(self) -> float:
         """Longer than a blocking read, so a quiet stream is never mistaken for a dead server."""
         return self.block_ms / 1000 + 2.0

@@ -151,11 +151,8 @@ class AlertFanout:
             target.close()
 
 
-def targets_from(mqtt_url: str | None, webhooks: str | None) -> list[Target]:
-    targets: list[Target] = []
+def targets_from(mqtt_url: str | None, webhook_urls: Sequence[str]) -> list[Target]:
+    targets: list[Target] = [WebhookTarget(url) for url in webhook_urls]
     if mqtt_url:
-        targets.append(MqttTarget(mqtt_url))
-    for url in (webhooks or "").split(","):
-        if url.strip():
-            targets.append(WebhookTarget(url.strip()))
+        targets.insert(0, MqttTarget(mqtt_url))
     return targets

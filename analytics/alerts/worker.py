@@ -42,7 +42,7 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
     background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
-    fanout = AlertFanout(targets_from(settings.mqtt_url, settings.webhooks))
+    fanout = AlertFanout(targets_from(settings.mqtt_url, settings.webhook_urls))
     if fanout.targets:
         log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
         fanout_runner = GroupRunner(
