@@ -152,7 +152,5 @@ class AlertFanout:
 
 
 def targets_from(mqtt_url: str | None, webhook_urls: Sequence[str]) -> list[Target]:
-    targets: list[Target] = [WebhookTarget(url) for url in webhook_urls]
-    if mqtt_url:
-        targets.insert(0, MqttTarget(mqtt_url))
-    return targets
+    targets: list[Target] = [MqttTarget(mqtt_url)] if mqtt_url else []
+    return targets + [WebhookTarget(url) for url in webhook_urls]
