@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ingest.backoff import Backoff
 from ingest.keys import StreamKeys
 from ingest.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.settings import Settings
+from producers.http import token_accepted
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ class Live:
     async def refusal(self, websocket: WebSocket, stream: str, token: str | None
                       ) -> tuple[int, str] | None:  # fmt: skip
         """Why this client may not watch this stream (close code and reason), or None."""
-        expected = self.settings.api_token
-        if expected is not None and (token is None or not hmac.compare_digest(token, expected)):
+        if not token_accepted(self.settings, token):
             return CLOSE_UNAUTHORISED, "a valid token query parameter is required"
         origin = websocket.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, websocket.headers):
