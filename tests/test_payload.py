@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.errors import InvalidEntry
-from producers.payload import DEFAULT_TOPICS, TopicTemplate, parse_message, subscriptions
+from producers.payload import (
+    DEFAULT_TOPICS,
+    TopicTemplate,
+    _checked_reading,
+    _json,
+    _reading,
+    parse_message,
+    subscriptions,
+)
 
 TEMPLATES = [TopicTemplate(t) for t in DEFAULT_TOPICS]
 
@@ -86,3 +97,67 @@ def test_json_nested_deeper_than_python_recurses_is_refused_not_fatal() -> None:
     deep = ("[" * 100_000 + "]" * 100_000).encode()
     [result] = parse_message("sensors/s1/telemetry", deep, TEMPLATES, 1 << 20)
     assert isinstance(result, InvalidEntry) and "payload is not JSON" in result.reason
+
+
+def _standard(payload: bytes) -> object:
+    def refuse(name: str) -> float:
+        raise ValueError(name)
+
+    try:
+        document = json.loads(payload.decode("utf-8"), parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "refused"
+    return document if isinstance(document, dict | list) else "refused"
+
+
+def _fast(payload: bytes) -> object:
+    try:
+        return _json(payload)
+    except InvalidEntry:
+        return "refused"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(document=st.lists(json_values) | st.dictionaries(st.text(), json_values),
+       garbage=st.binary(max_size=40), cut=st.integers(0, 200))  # fmt: skip
+def test_json_is_read_exactly_as_the_standard_parser_reads_it(
+    document: object, garbage: bytes, cut: int
+) -> None:
+    """Huge integers, numbers beyond double range, lone surrogates, Infinity, truncation and raw
+    bytes included: the same values of the same types, or refused by both."""
+    escaped = json.dumps(document)
+    raw = json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    for payload in (escaped.encode(), raw, escaped[:cut].encode(), garbage):
+        assert repr(_fast(payload)) == repr(_standard(payload))
+
+
+def _outcome(read: Callable[[], dict[str, str]]) -> object:
+    try:
+        return read()
+    except InvalidEntry as exc:
+        return exc.reason
+
+
+field_names = st.sampled_from(["temp", "rh", "_note", "ts", "seq", "sensor_id", "9x", "a-b"])
+field_values = (
+    st.floats() | st.integers() | st.booleans() | st.none() | st.text(max_size=3)
+    | st.sampled_from(["s1", "s2", "bad id"])
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(item=st.dictionaries(field_names, field_values) | st.lists(st.integers()),
+       topic_sensor=st.sampled_from([None, "s1"]))  # fmt: skip
+def test_the_quick_path_for_usual_readings_agrees_with_the_full_checks(
+    item: object, topic_sensor: str | None
+) -> None:
+    checked = _outcome(lambda: _checked_reading(topic_sensor, item))
+    # Asked second, once the full checks have taught it the names.
+    assert _outcome(lambda: _reading(topic_sensor, item)) == checked
