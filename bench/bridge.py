@@ -1,4 +1,5 @@
-"""Bridge throughput at QoS 1 against a bare paho subscriber that receives and acknowledges.
+"""Bridge throughput at QoS 1 against a bare paho subscriber that receives and acknowledges, and
+two bridges on a shared subscription against one.
 
     python -m bench.bridge [--messages N] [--rounds R]
 
@@ -6,6 +7,8 @@ For each consumer, the broker first queues N QoS 1 messages (100 devices, JSON w
 its persistent session; the consumer then connects, and the time from its first message to
 its last (for the bridge: to the last entry in Redis) is measured. Both drain the same kind of
 backlog from the same broker, so the publisher's speed does not enter the comparison.
+For the shared subscription (MQTT 5), the broker splits the backlog between the sessions of
+the group's members; one bridge alone in its group drains the same N.
 """
 
 from __future__ import annotations
@@ -15,31 +18,63 @@ import json
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import redis
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.common import print_table, redis_for_bench, start_telemetry
 from ingest.connection import read_range
 from telemetry.localserver import LocalMosquitto
 
 
-def session(broker: LocalMosquitto, client_id: str, **kwargs: object) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-        protocol=MQTTProtocolVersion.MQTTv311, **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
-    client.connect("127.0.0.1", broker.port)
-    return client
+@dataclass(frozen=True)
+class Setup:
+    """How consumers subscribe: the MQTT version, and the shared subscription group if any."""
+
+    version: int
+    share: str | None = None
+
+    @property
+    def topic(self) -> str:
+        return f"$share/{self.share}/sensors/+/+" if self.share else "sensors/+/+"
+
+    def client(self, client_id: str) -> mqtt.Client:
+        if self.version == 5:
+            return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                               protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        return mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )  # fmt: skip
+
+    def connect(self, client: mqtt.Client, broker: LocalMosquitto) -> None:
+        """Connect to the persistent session (created on first use)."""
+        if self.version == 5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 3600
+            client.connect("127.0.0.1", broker.port, clean_start=False, properties=properties)
+        else:
+            client.connect("127.0.0.1", broker.port)
+
+    def bridge_args(self) -> list[str]:
+        share = ["--share", self.share] if self.share else []
+        return ["--mqtt-version", str(self.version), *share]
 
 
-def queue_backlog(broker: LocalMosquitto, client_id: str, messages: int) -> None:
-    """Register the consumer's session, then publish the backlog it will find."""
-    consumer = session(broker, client_id)
-    consumer.subscribe("sensors/+/+", qos=1)
-    consumer.loop(1)
-    consumer.disconnect()
+def queue_backlog(
+    broker: LocalMosquitto, setup: Setup, client_ids: list[str], messages: int
+) -> None:
+    """Register the consumers' sessions, then publish the backlog they will find."""
+    for client_id in client_ids:
+        client = setup.client(client_id)
+        setup.connect(client, broker)
+        client.subscribe(setup.topic, qos=1)
+        client.loop(1)
+        client.disconnect()
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
     publisher.max_inflight_messages_set(1000)
     publisher.max_queued_messages_set(0)
@@ -63,10 +98,10 @@ def queue_backlog(broker: LocalMosquitto, client_id: str, messages: int) -> None
     publisher.disconnect()
 
 
-def bare_subscriber(broker: LocalMosquitto, client_id: str, messages: int) -> float:
+def bare_subscriber(broker: LocalMosquitto, setup: Setup, client_id: str, messages: int) -> float:
+    """paho receiving the session's backlog and acknowledging (automatically), nothing else."""
     done = threading.Event()
     received = 0
-
     first = 0.0
 
     def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
@@ -77,12 +112,9 @@ def bare_subscriber(broker: LocalMosquitto, client_id: str, messages: int) -> fl
         if received == messages:
             done.set()
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-        protocol=MQTTProtocolVersion.MQTTv311,
-    )  # fmt: skip
+    client = setup.client(client_id)
     client.on_message = on_message
-    client.connect("127.0.0.1", broker.port)
+    setup.connect(client, broker)
     client.loop_start()
     done.wait(300)
     elapsed = time.perf_counter() - first
@@ -91,20 +123,27 @@ def bare_subscriber(broker: LocalMosquitto, client_id: str, messages: int) -> fl
     return messages / elapsed
 
 
-def bridge(broker: LocalMosquitto, url: str, client_id: str, messages: int) -> float:
+def bridges(
+    broker: LocalMosquitto, url: str, setup: Setup, client_ids: list[str], messages: int
+) -> float:
+    """Bridges draining their sessions' backlog: messages/s from the first entry to the last."""
     client = redis.Redis.from_url(url)
     client.flushall()
-    process = start_telemetry(
-        ["bridge", "--client-id", client_id, "--mqtt-version", "3"], url, MQTT_URL=broker.url
-    )
+    processes = [
+        start_telemetry(
+            ["bridge", "--client-id", client_id, *setup.bridge_args()], url, MQTT_URL=broker.url
+        )
+        for client_id in client_ids
+    ]
     while client.xlen("app:event") == 0:
         time.sleep(0.001)
     start = time.perf_counter()
     while client.xlen("app:event") < messages:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
-    process.terminate()
-    process.wait()
+    for process in processes:
+        process.terminate()
+        process.wait()
     return messages / elapsed
 
 
@@ -149,29 +188,50 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=5000)
     parser.add_argument("--latency-seconds", type=int, default=20)
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {"bare": [], "bridge": []}
+    n = args.messages
+    rates: dict[str, list[float]] = {}
     broker = LocalMosquitto()
     broker.start()
     try:
         with redis_for_bench() as url:
-            for round_no in range(args.rounds):
-                for name in ("bare", "bridge"):
-                    client_id = f"{name}-{round_no}"
-                    queue_backlog(broker, client_id, args.messages)
-                    if name == "bare":
-                        rates[name].append(bare_subscriber(broker, client_id, args.messages))
-                    else:
-                        rates[name].append(bridge(broker, url, client_id, args.messages))
+            for r in range(args.rounds):
+                for version in (3, 5):
+                    setup = Setup(version)
+                    bare, bridge = f"bare-{version}-{r}", f"bridge-{version}-{r}"
+                    queue_backlog(broker, setup, [bare], n)
+                    rates.setdefault(f"bare {version}", []).append(
+                        bare_subscriber(broker, setup, bare, n)
+                    )
+                    queue_backlog(broker, setup, [bridge], n)
+                    rates.setdefault(f"bridge {version}", []).append(
+                        bridges(broker, url, setup, [bridge], n)
+                    )
+                # A group per run: a session stays a member of its group after it goes.
+                for count in (1, 2):
+                    setup = Setup(5, share=f"group-{count}-{r}")
+                    ids = [f"shared-{count}-{r}-{i}" for i in range(count)]
+                    queue_backlog(broker, setup, ids, n)
+                    rates.setdefault(f"shared {count}", []).append(
+                        bridges(broker, url, setup, ids, n)
+                    )
             p50, p99 = latency(broker, url, args.latency_rate, args.latency_seconds)
     finally:
         broker.close()
-    bare, bridged = statistics.median(rates["bare"]), statistics.median(rates["bridge"])
-    print(f"{args.messages:,} queued QoS 1 messages per run, MQTT 3.1.1; median of {args.rounds}")
+    median = {name: statistics.median(values) for name, values in rates.items()}
+
+    def row(label: str, name: str, reference: str) -> tuple[str, str, str]:
+        return label, f"{median[name]:,.0f}", f"{median[name] / median[reference]:.2f}"
+
+    print(f"{n:,} queued QoS 1 messages per run; median of {args.rounds}")
     print_table(
-        ["consumer", "messages/s", "ratio to bare paho"],
+        ["consumer", "messages/s", "ratio"],
         [
-            ("bare paho subscriber, receive + ack (reference)", f"{bare:,.0f}", "1.00"),
-            ("telemetry bridge, parse + XADD + ack", f"{bridged:,.0f}", f"{bridged / bare:.2f}"),
+            row("bare paho subscriber, receive + ack, MQTT 3.1.1 (reference)", "bare 3", "bare 3"),
+            row("telemetry bridge, parse + XADD + ack, MQTT 3.1.1", "bridge 3", "bare 3"),
+            row("bare paho subscriber, receive + ack, MQTT 5 (reference)", "bare 5", "bare 5"),
+            row("telemetry bridge, parse + XADD + ack, MQTT 5", "bridge 5", "bare 5"),
+            row("one bridge alone in a shared subscription (reference)", "shared 1", "shared 1"),
+            row("two bridges sharing the subscription", "shared 2", "shared 1"),
         ],
     )
     print(f"\npublish to stream at {args.latency_rate:,} messages/s for {args.latency_seconds} s")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from math import isfinite
 from typing import Any
@@ -37,6 +37,10 @@ DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}
 @dataclass(frozen=True)
 class TopicTemplate:
     template: str
+    # Matching runs for every message: the levels to compare and to capture, found once.
+    _depth: int = field(init=False, repr=False, compare=False)
+    _fixed: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
+    _captured: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parts = self.template.split("/")
@@ -48,22 +52,24 @@ class TopicTemplate:
         if any(p in ("+", "#") or ("{" in p and p not in ("{sensor_id}", "{metric}"))
                for p in parts):  # fmt: skip
             raise ValueError(f"topic template {self.template!r} has a wildcard or unknown field")
+        captured = tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{"))
+        fixed = tuple((i, p) for i, p in enumerate(parts) if not p.startswith("{"))
+        object.__setattr__(self, "_depth", len(parts))
+        object.__setattr__(self, "_fixed", fixed)
+        object.__setattr__(self, "_captured", captured)
 
     @property
     def subscription(self) -> str:
         return self.template.replace("{sensor_id}", "+").replace("{metric}", "+")
 
     def match(self, topic: str) -> dict[str, str] | None:
-        parts, wanted = topic.split("/"), self.template.split("/")
-        if len(parts) != len(wanted):
+        parts = topic.split("/")
+        if len(parts) != self._depth:
             return None
-        found = {}
-        for part, want in zip(parts, wanted, strict=True):
-            if want in ("{sensor_id}", "{metric}"):
-                found[want[1:-1]] = part
-            elif part != want:
+        for i, text in self._fixed:
+            if parts[i] != text:
                 return None
-        return found
+        return {name: parts[i] for i, name in self._captured}
 
 
 def subscriptions(templates: Sequence[TopicTemplate]) -> list[str]:

@@ -163,6 +163,32 @@ def test_a_killed_bridge_loses_nothing_the_broker_held(
     assert duplicates <= 1000
 
 
+def test_the_last_messages_of_a_burst_are_acknowledged_without_waiting_for_more(
+    redis_url: str, broker: LocalMosquitto
+) -> None:
+    """Acknowledgements ride on the next message when traffic flows; when none comes, they
+    still go out, so a bridge killed after a quiet second leaves nothing to redeliver."""
+    settings = make_settings(redis_url)
+    client = connect(settings)
+    bridge = bridge_process(settings, broker)
+    wait_subscribed(bridge)
+    devices = Devices(broker)
+    try:
+        sent = devices.publish(devices=10, per_device=200)
+        assert wait_for(client, settings.stream, sent, 60) == sent
+        time.sleep(1)
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait()
+        bridge = bridge_process(settings, broker)
+        wait_subscribed(bridge)
+        time.sleep(2)
+        assert client.xlen(settings.stream) == sent
+    finally:
+        devices.close()
+        bridge.terminate()
+        bridge.wait(30)
+
+
 def test_the_broker_restarting_loses_nothing_acknowledged(
     redis_url: str, broker: LocalMosquitto
 ) -> None:
