@@ -20,7 +20,6 @@ METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # What a metric value may look like; `parse_metric_value` checks it without a regex.
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 DECIMAL_CHARS = "0123456789.eE+-"
-UNSIGNED = re.compile(r"[0-9]{1,19}")
 RESERVED = frozenset({"sensor_id", "ts", "seq"})
 MAX_INT64 = 2**63 - 1
 # Metric names repeat endlessly; checking each once is enough. Bounded against garbage.
@@ -64,9 +63,13 @@ def parse_entry_id(text: str) -> tuple[int, int]:
 
 
 def _unsigned(name: str, text: str) -> int:
-    if UNSIGNED.fullmatch(text) is None or int(text) > MAX_INT64:
-        raise InvalidEntry(f"{name} must be a non-negative integer, got {_shown(text)}")
-    return int(text)
+    """1 to 19 ASCII digits, at most MAX_INT64; checked without a regular expression, since every
+    reading's `ts` and `seq` pass here (isdigit alone would take other scripts' digits)."""
+    if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+        value = int(text)
+        if value <= MAX_INT64:
+            return value
+    raise InvalidEntry(f"{name} must be a non-negative integer, got {_shown(text)}")
 
 
 def parse_metric_value(name: str, text: str) -> float:
@@ -105,7 +108,9 @@ def validate_metric_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
+# one cost a fifth of decoding an entry. Nothing changes a Reading after decode.
+@dataclass(slots=True)
 class Reading:
     sensor_id: str
     ts_ms: int

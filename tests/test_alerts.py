@@ -145,14 +145,34 @@ name = "quiet"
 type = "silence"
 after = "1s"
 """
+# The same for two of the sensors, on one metric, beside a rule that watches none of them.
+SILENCE_RULES_FOR_SOME = """
+[[rule]]
+name = "quiet"
+type = "silence"
+sensors = "d[01]"
+metric = "temp"
+after = "1s"
+
+[[rule]]
+name = "elsewhere"
+type = "silence"
+sensors = "x*"
+after = "1s"
+"""
 
 
+@pytest.mark.parametrize(
+    ("rules", "watched"),
+    [(SILENCE_RULES, {"d0", "d1", "d2"}), (SILENCE_RULES_FOR_SOME, {"d0", "d1"})],
+    ids=["every sensor", "some sensors"],
+)
 def test_dropouts_raise_silence_within_its_time_and_the_next_reading_resolves_it(
-    client: redis.Redis, settings: Settings
+    client: redis.Redis, settings: Settings, rules: str, watched: set[str]
 ) -> None:
     """Simulated sensors at 10 Hz that drop out for 2.5 s at random; silence after 1 s."""
     bank = SensorBank(["d0", "d1", "d2"], 10.0, 4, FaultConfig(dropout_prob=0.03, dropout_s=2.5))
-    worker = LiveWorker(client, settings.replace(block_ms=100), SILENCE_RULES)
+    worker = LiveWorker(client, settings.replace(block_ms=100), rules)
     try:
         started = time.monotonic()
         for step in range(120):
@@ -168,6 +188,9 @@ def test_dropouts_raise_silence_within_its_time_and_the_next_reading_resolves_it
     for entry_id, fields in read_range(client, settings.stream):
         arrivals.setdefault(fields["sensor_id"], []).append(entry_id)
     records = changes(client, settings.alerts_stream)
+    assert {r["sensor_id"] for r in records} <= watched
+    assert {r["rule"] for r in records} == {"quiet"}
+    arrivals = {sensor: ids for sensor, ids in arrivals.items() if sensor in watched}
     raised = {
         (r["sensor_id"], int(r["last_heard_ms"])): r for r in records if r["state"] == "raised"
     }

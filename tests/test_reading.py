@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import string
 
 import pytest
@@ -115,6 +116,20 @@ def test_metric_values_are_exactly_the_decimal_numbers_of_the_contract(text: str
     except InvalidEntry:
         accepted = False
     assert accepted == expected
+
+
+@given(
+    st.text(alphabet="0123456789 +-_.\u0663\uff11", max_size=21) | st.integers(0, 2**64).map(str)
+)
+def test_ts_and_seq_are_exactly_the_unsigned_integers_of_the_contract(text: str) -> None:
+    expected = re.fullmatch(r"[0-9]{1,19}", text) is not None and int(text) < 2**63
+    for field in ("ts", "seq"):
+        try:
+            Reading.decode("1-0", {"sensor_id": "s", "m": "1", field: text})
+            accepted = True
+        except InvalidEntry:
+            accepted = False
+        assert accepted == expected
 
 
 @pytest.mark.parametrize("field", ["ts", "seq"])

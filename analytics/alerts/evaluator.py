@@ -29,7 +29,7 @@ from analytics.alerts.tables import NO_CLOCK, NO_SEQ, SLOT_LIMIT, Tables
 from ingest.errors import redis_errors
 from ingest.groups import Batch, Deferred, Entry
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
-from ingest.reading import Reading, entry_time_ms
+from ingest.reading import Reading
 from ingest.scripts import LuaScript
 
 log = logging.getLogger(__name__)
@@ -308,30 +308,60 @@ class AlertEvaluator:
     def _heard(self, batch: Batch[Reading], columns: _Columns) -> list[HeardBy]:
         """For each silence rule, the sensors of the batch it heard from (their last entry)."""
         found = []
-        entries = batch.entries
-        names = self.tables.names
+        # Rules on the same metric (or on any reading) share the last row of each sensor.
+        last_rows: dict[str, Ints] = {}
+        heard_by_metric: dict[str, Heard] = {}
         for i, rule in self._silence:
-            spoke = self.tables.selects[i][columns.slots]
-            if rule.metric:
-                spoke &= ~np.isnan(columns.values[rule.metric])
-            rows = np.flatnonzero(spoke)
-            if not len(rows):
-                continue
-            # The last row of each sensor: first in the reversed order.
-            _, last = np.unique(columns.slots[rows][::-1], return_index=True)
-            heard = []
-            for row in rows[::-1][last].tolist():
-                entry_id = entries[row].id
-                heard.append((names[int(columns.slots[row])], entry_time_ms(entry_id), entry_id,
-                              int(columns.ts[row])))  # fmt: skip
-            found.append((self.alert_keys.heard(rule.name), rule, heard))
+            metric = rule.metric or ""
+            rows = last_rows.get(metric)
+            if rows is None:
+                rows = last_rows[metric] = self._last_rows(columns, metric)
+            selected = self.tables.selects[i][columns.slots[rows]]
+            if selected.all():
+                heard = heard_by_metric.get(metric)
+                if heard is None:
+                    heard = heard_by_metric[metric] = self._heard_from(batch, columns, rows)
+            else:
+                heard = self._heard_from(batch, columns, rows[selected])
+            if heard.size:
+                found.append((self.alert_keys.heard(rule.name), rule, heard))
         return found
 
+    @staticmethod
+    def _last_rows(columns: _Columns, metric: str) -> Ints:
+        """The last row of each sensor in the batch (with a value for `metric`, if named)."""
+        rows = np.arange(len(columns.slots))
+        if metric:
+            rows = rows[~np.isnan(columns.values[metric])]
+        # The first of each sensor in the reversed order.
+        _, last = np.unique(columns.slots[rows][::-1], return_index=True)
+        return rows[::-1][last]
 
-# A silence rule heard from a sensor: its id, the entry's stream time, entry ID and event time.
-Heard = tuple[str, int, str, int]
+    def _heard_from(self, batch: Batch[Reading], columns: _Columns, rows: Ints) -> Heard:
+        entries, names = batch.entries, self.tables.names
+        ids = [entries[row].id for row in rows.tolist()]
+        return Heard(
+            len(ids),
+            ",".join([names[slot] for slot in columns.slots[rows].tolist()]),
+            ",".join([entry_id.partition("-")[0] for entry_id in ids]),
+            ",".join(map(str, columns.ts[rows].tolist())),
+            ",".join(ids),
+        )
+
+
+class Heard(NamedTuple):
+    """Sensors a silence rule heard from, packed for the commit script: their ids, the stream
+    times and event times of their last entries, and those entries' IDs."""
+
+    size: int
+    sensors: str
+    heard_ms: str
+    ts: str
+    entry_ids: str
+
+
 # A silence rule's heard set key, the rule, and whom it heard from.
-HeardBy = tuple[str, Rule, list[Heard]]
+HeardBy = tuple[str, Rule, Heard]
 
 
 def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: str) -> str:
@@ -413,13 +443,8 @@ class _CommitArgs:
         for key, rule, sensors in rows:
             self.argv += [self.key(key), rule.name]
             self._fields(silence_template(rule) | {"message": "heard from again"})
-            self.argv += [
-                len(sensors),
-                ",".join(s[0] for s in sensors),
-                ",".join(str(s[1]) for s in sensors),
-                ",".join(str(s[3]) for s in sensors),
-                ",".join(s[2] for s in sensors),
-            ]
+            self.argv += [sensors.size, sensors.sensors, sensors.heard_ms, sensors.ts,
+                          sensors.entry_ids]  # fmt: skip
 
     def _fields(self, record: Mapping[str, str]) -> None:
         self.argv.append(len(record))

@@ -155,21 +155,18 @@ for _ = 1, tonumber(take()) do
     scored[#scored + 1] = heard_ms[i]
     scored[#scored + 1] = names[i]
   end
-  call_sliced('ZADD', heard, 'GT', scored)
-  local fields_open = {}
-  for i = 1, n do
-    fields_open[i] = names[i] .. '|' .. rule
-  end
-  -- One HMGET per slice rather than a lookup per sensor: almost none is silenced.
-  local silenced = {}
-  for slice in slices(fields_open) do
-    for _, raised in ipairs(redis.call('HMGET', open, unpack(slice))) do
-      silenced[#silenced + 1] = raised
+  -- A sensor still in the heard set has no silence alert open: raising one takes it out. Only
+  -- the others (silenced, or heard for the first time) are looked up.
+  local absent = {}
+  for slice in slices(names) do
+    for _, score in ipairs(redis.call('ZMSCORE', heard, unpack(slice))) do
+      absent[#absent + 1] = not score
     end
   end
+  call_sliced('ZADD', heard, 'GT', scored)
   for i = 1, n do
-    local field = fields_open[i]
-    local raised = silenced[i]
+    local field = absent[i] and names[i] .. '|' .. rule
+    local raised = field and redis.call('HGET', open, field)
     if raised then
       local fields = {}
       for j = 1, #template do
