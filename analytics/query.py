@@ -11,16 +11,18 @@ buckets actually cover and whether the first or last one reaches outside the win
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, fields
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
-from analytics.stats import SUMMARY_DTYPE, BucketStats
+from analytics.sketch import quantiles_of_many
+from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -128,11 +130,48 @@ def buckets(
     store: Store, sensor_id: str, metric: str, tier_name: str, from_ms: int, to_ms: int
 ) -> list[Stats]:
     """Every bucket of a tier that overlaps [from_ms, to_ms), oldest first."""
+    return [Stats(*row) for row in bucket_rows(store, sensor_id, metric, tier_name, from_ms, to_ms)]
+
+
+STATS_FIELDS = tuple(f.name for f in fields(Stats))
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def bucket_rows(
+    store: Store, sensor_id: str, metric: str, tier_name: str, from_ms: int, to_ms: int
+) -> list[tuple[Any, ...]]:
+    """`buckets` as plain tuples in the order of STATS_FIELDS, computed for all the buckets at
+    once: a day of one-minute buckets is 1,440 of them."""
     tier = store.tier(tier_name)
-    return [
-        Stats.of(start, start + tier.bucket_ms, b)
-        for start, b in _fetch(store, tier, sensor_id, metric, from_ms, to_ms)
+    fetched = [
+        (start, summary, bins)
+        for _, start, summary, bins in _fetch_packed(
+            store, tier, [sensor_id], metric, from_ms, to_ms, with_bins=True
+        )
+        if summary is not None
     ]
+    if not fetched:
+        return []
+    table = np.frombuffer(b"".join(summary for _, summary, _ in fetched), dtype=SUMMARY_DTYPE)
+    histograms = [bins or b"" for _, _, bins in fetched]
+    all_bins = np.frombuffer(b"".join(histograms), dtype=BIN_DTYPE)
+    sizes = [len(h) // BIN_DTYPE.itemsize for h in histograms]
+    percentiles = quantiles_of_many(
+        all_bins["key"].astype(np.int64), all_bins["count"].astype(np.int64),
+        np.repeat(np.arange(len(fetched)), sizes), len(fetched), PERCENTILES,
+        table["lo"], table["hi"],
+    )  # fmt: skip
+    count, mean = table["c"], table["s"] / table["c"]
+    std = np.sqrt(np.maximum(0.0, table["q"] / count - mean**2))
+    starts = np.array([start for start, _, _ in fetched], np.int64)
+    columns: list[list[Any]] = [
+        starts.tolist(), (starts + tier.bucket_ms).tolist(), count.astype(np.int64).tolist(),
+        mean.tolist(), table["lo"].tolist(), table["hi"].tolist(), std.tolist(),
+        *[[None if math.isnan(v) else v for v in p] for p in percentiles.T.tolist()],
+        table["fv"].tolist(), table["fts"].astype(np.int64).tolist(),
+        table["lv"].tolist(), table["lts"].astype(np.int64).tolist(),
+    ]  # fmt: skip
+    return list(zip(*columns, strict=True))
 
 
 def rolling(

@@ -50,17 +50,41 @@ def quantiles(
 ) -> list[float | None]:
     """The q-quantiles (0 <= q <= 1, ascending) of the values counted in `bins`; None for each
     when there are no bins."""
-    total = sum(bins.values())
-    if total == 0:
-        return [None] * len(qs)
-    ranks = [math.floor(q * (total - 1)) for q in qs]
-    out: list[float | None] = []
-    seen = 0
+    keys = np.fromiter(bins.keys(), np.int64, len(bins))
+    counts = np.fromiter(bins.values(), np.int64, len(bins))
+    found = quantiles_of_many(
+        keys, counts, np.zeros(len(bins), np.intp), 1, qs,
+        np.array([lowest]), np.array([highest]),
+    )[0]  # fmt: skip
+    return [None if math.isnan(v) else v for v in found.tolist()]
+
+
+def quantiles_of_many(
+    keys: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    owner: npt.NDArray[np.intp],
+    owners: int,
+    qs: Sequence[float],
+    lowest: npt.NDArray[np.float64],
+    highest: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """The q-quantiles of several histograms at once: bin `keys[i]` counts `counts[i]` values
+    of histogram `owner[i]` (a key may repeat); one row per histogram, NaN where it is empty.
+    Each quantile is clipped to its histogram's [lowest, highest]."""
+    out = np.full((owners, len(qs)), np.nan)
+    if not len(keys):
+        return out
     # Keys sort as their values do: negative keys grow more negative with magnitude.
-    for key in sorted(bins):
-        seen += bins[key]
-        while len(out) < len(ranks) and seen > ranks[len(out)]:
-            out.append(min(max(bin_value(key), lowest), highest))
-        if len(out) == len(ranks):
-            break
-    return out + [highest] * (len(ranks) - len(out))
+    order = np.lexsort((keys, owner))
+    keys, seen = keys[order], np.cumsum(counts[order])
+    totals = np.bincount(owner, weights=counts, minlength=owners).astype(np.int64)
+    before = np.cumsum(totals) - totals
+    has = np.flatnonzero(totals > 0)
+    for j, q in enumerate(qs):
+        # The bin where the count seen so far first exceeds the rank floor(q (n - 1)).
+        ranks = np.floor(q * (totals[has] - 1)).astype(np.int64)
+        at = keys[np.searchsorted(seen, before[has] + ranks, side="right")]
+        unique, where = np.unique(at, return_inverse=True)
+        values = np.array([bin_value(k) for k in unique.tolist()])[where]
+        out[has, j] = np.minimum(np.maximum(values, lowest[has]), highest[has])
+    return out

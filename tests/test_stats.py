@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.preaggregate import preaggregate
-from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT, bin_keys, bin_value
+from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT, bin_keys, bin_value, quantiles_of_many
 from analytics.stats import BucketStats
 from analytics.tiers import parse_tiers
 from ingest.reading import Reading
@@ -117,3 +117,57 @@ def test_readings_outside_every_retention_or_from_the_future_are_counted_apart()
 def test_bin_keys_sort_as_their_values(values: list[float]) -> None:
     keys = bin_keys(np.asarray(values)).tolist()
     assert [bin_value(k) for k in sorted(keys)] == sorted(bin_value(k) for k in keys)
+
+
+def one_histogram_quantiles(
+    bins: list[tuple[int, int]], qs: tuple[float, ...], lowest: float, highest: float
+) -> list[float | None]:
+    """The quantile definition, one histogram and one bin at a time."""
+    merged: dict[int, int] = {}
+    for key, count in bins:
+        merged[key] = merged.get(key, 0) + count
+    total = sum(merged.values())
+    if total == 0:
+        return [None] * len(qs)
+    out: list[float | None] = []
+    for q in qs:
+        rank, seen = int(q * (total - 1)), 0
+        for key in sorted(merged):
+            seen += merged[key]
+            if seen > rank:
+                out.append(min(max(bin_value(key), lowest), highest))
+                break
+    return out
+
+
+histograms = st.lists(
+    st.tuples(
+        st.lists(
+            st.tuples(st.integers(-(1 << 20) - 50, (1 << 20) + 50), st.integers(0, 5)),
+            max_size=30,
+        ),
+        st.floats(-1e3, 1e3),
+        st.floats(0, 1e3),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(histograms)
+def test_many_histograms_at_once_give_each_one_s_quantiles(
+    given_histograms: list[tuple[list[tuple[int, int]], float, float]],
+) -> None:
+    keys = [k for bins, _, _ in given_histograms for k, _ in bins]
+    counts = [c for bins, _, _ in given_histograms for _, c in bins]
+    owner = [i for i, (bins, _, _) in enumerate(given_histograms) for _ in bins]
+    lowest = np.array([lo for _, lo, _ in given_histograms])
+    highest = lowest + np.array([span for _, _, span in given_histograms])
+    found = quantiles_of_many(
+        np.array(keys, np.int64), np.array(counts, np.int64), np.array(owner, np.intp),
+        len(given_histograms), QS, lowest, highest,
+    )  # fmt: skip
+    for i, (bins, _, _) in enumerate(given_histograms):
+        expected = one_histogram_quantiles(bins, QS, float(lowest[i]), float(highest[i]))
+        assert [None if np.isnan(v) else v for v in found[i].tolist()] == expected
