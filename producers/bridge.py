@@ -40,6 +40,10 @@ RECONNECTS = Counter("telemetry_bridge_reconnects", "Connections to the broker a
 SILENT = Gauge("telemetry_bridge_silent", "1 while connected but no message has arrived lately")
 BATCH_MAX = 1000
 FLUSH_EVERY_S = 0.01
+# paho's network thread writes what it has gathered once this many messages wait, or once the
+# oldest has waited this long; a trickle that reaches neither is written by the main thread.
+WRITE_AT = 500
+GATHER_S = 0.002
 SESSION_EXPIRY_S = 7 * 86_400
 
 
@@ -89,8 +93,13 @@ class Bridge:
         self._host = self._url.hostname or "localhost"
         self._port = self._url.port or (8883 if self._url.scheme == "mqtts" else 1883)
         self._queue: deque[_Message] = deque()
+        self._first_queued_at = 0.0
         # (mid, qos) of messages written and not yet acknowledged; see `_ack_written`.
         self._acks_due: deque[tuple[int, int]] = deque()
+        # Either thread may write; one at a time. After a failed write only the main thread
+        # tries again (with backoff), so the network thread never waits on a Redis that is down.
+        self._write_lock = threading.Lock()
+        self._redis_ok = True
         self._last_message_at = time.monotonic()
         self._connected = threading.Event()
         self._connections = 0
@@ -148,9 +157,17 @@ class Bridge:
         log.warning("disconnected from %s (%s); reconnecting with backoff", self._where(), reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._ack_written()
         try:
+            if not self._queue:
+                self._first_queued_at = time.monotonic()
             self._queue.append(self._parse(message))
+            # Writing here rather than in the main thread spares the two threads from taking
+            # the interpreter from each other, which cost more than the writing itself.
+            if self._redis_ok and (
+                len(self._queue) >= WRITE_AT or time.monotonic() - self._first_queued_at >= GATHER_S
+            ):
+                self._write_queued()
+            self._ack_written()
         except Exception:
             # Never let an exception reach paho's network thread; the message stays
             # unacknowledged and comes back with the session.
@@ -179,12 +196,10 @@ class Bridge:
     def _ack_written(self) -> None:
         """Acknowledge the messages written so far.
 
-        Called by paho's network thread for each message, and by the main thread once no
-        message has come for FLUSH_EVERY_S (so the last acknowledgements of a burst, and those
-        that free the broker's in-flight window, never wait long). An acknowledgement sent
-        from the main thread wakes the network thread once each; sent from the network thread
-        it costs a fraction of that, which was most of what the bridge spent beyond a bare
-        subscriber.
+        Called by paho's network thread for each message, and by the main thread after the
+        writes it does itself (a trickle, or retries while Redis is down). An acknowledgement
+        sent from the main thread wakes the network thread once each; sent from the network
+        thread it costs a fraction of that.
         """
         due = self._acks_due
         while due:
@@ -197,7 +212,7 @@ class Bridge:
     def _where(self) -> str:
         return f"{self._url.scheme}://{self._host}:{self._port}"
 
-    # -- Redis side (main thread) -------------------------------------------------------------
+    # -- Redis side (main thread, and the network thread's writes) -----------------------------
 
     def run(self, stop: threading.Event) -> BridgeCounts:
         v5 = self.options.protocol == 5
@@ -217,19 +232,22 @@ class Bridge:
         silent = False
         try:
             while not stop.is_set():
-                if self._in_flight or self._queue:
-                    if self._write_batch():
+                waiting = bool(self._in_flight or self._queue)
+                # What the network thread will not write: a trickle it stopped adding to, or
+                # anything once a write failed.
+                if waiting and (
+                    not self._redis_ok or time.monotonic() - self._last_message_at >= GATHER_S
+                ):
+                    if self._write_queued():
                         backoff.reset()
+                        self._ack_written()
                     else:
                         stop.wait(backoff.next_delay())
                     continue
-                if time.monotonic() - self._last_message_at >= FLUSH_EVERY_S:
-                    self._ack_written()
                 silent = self._watch(silent)
-                stop.wait(FLUSH_EVERY_S)
+                stop.wait(GATHER_S if waiting else FLUSH_EVERY_S)
             # Finish what arrived: written and acknowledged, or left to the broker.
-            while (self._in_flight or self._queue) and self._write_batch():
-                pass
+            self._write_queued()
             self._ack_written()
         finally:
             self._stopping = True
@@ -251,6 +269,17 @@ class Bridge:
             log.info("messages are arriving again")
         SILENT.set(1 if now_silent else 0)
         return now_silent
+
+    def _write_queued(self) -> bool:
+        """Write everything queued, batch by batch; False (and the network thread stops
+        writing) if Redis failed."""
+        with self._write_lock:
+            while self._in_flight or self._queue:
+                if not self._write_batch():
+                    self._redis_ok = False
+                    return False
+            self._redis_ok = True
+            return True
 
     def _write_batch(self) -> bool:
         """Write up to BATCH_MAX queued messages, then hand them over to be acknowledged; False
