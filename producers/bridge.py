@@ -1,10 +1,12 @@
 """The MQTT bridge: device messages in, stream entries out, acknowledged only once written.
 
-paho's network thread only parses and queues (an exception there would kill the thread, so
-nothing in `on_message` raises). The main thread writes the queue in batches through the ingest
-writer and, only after Redis took a batch, sends the PUBACKs for its QoS 1 messages, in the
-order they arrived. While Redis is down nothing is acknowledged: the broker keeps the messages
-in the bridge's persistent session and delivers them again.
+paho's network thread parses and queues each message (an exception there would kill the
+thread, so nothing in `on_message` raises), and writes the queue in batches through the ingest
+writer once enough has gathered; only after Redis took a batch are the PUBACKs for its QoS 1
+messages sent, in the order they arrived. The main thread writes what a trickle leaves waiting
+and, after a failed write, retries with backoff while the network thread only queues. While
+Redis is down nothing is acknowledged: the broker keeps the messages in the bridge's persistent
+session and delivers them again.
 """
 
 from __future__ import annotations
