@@ -22,7 +22,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, BucketStats
+from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, BucketStats, spread
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -34,6 +34,8 @@ MAX_BUCKETS = 1440
 # A fleet question reads every sensor's buckets: fewer, coarser ones.
 FLEET_MAX_BUCKETS = 16
 RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
+# The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 
 
 class QueryError(ValueError):
@@ -85,7 +87,7 @@ class Stats:
 
     @classmethod
     def of(cls, start_ms: int, end_ms: int, b: BucketStats) -> Stats:
-        p50, p90, p95, p99 = b.percentiles((0.5, 0.9, 0.95, 0.99))
+        p50, p90, p95, p99 = b.percentiles(PERCENTILES)
         return cls(
             start_ms, end_ms, b.count, b.mean, b.minimum, b.maximum, b.std, p50, p90, p95, p99,
             b.first, b.first_ts_ms, b.last, b.last_ts_ms,
@@ -134,7 +136,6 @@ def buckets(
 
 
 STATS_FIELDS = tuple(f.name for f in fields(Stats))
-PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 
 
 def bucket_rows(
@@ -161,12 +162,12 @@ def bucket_rows(
         np.repeat(np.arange(len(fetched)), sizes), len(fetched), PERCENTILES,
         table["lo"], table["hi"],
     )  # fmt: skip
-    count, mean = table["c"], table["s"] / table["c"]
-    std = np.sqrt(np.maximum(0.0, table["q"] / count - mean**2))
+    count = table["c"]
     starts = np.array([start for start, _, _ in fetched], np.int64)
     columns: list[list[Any]] = [
         starts.tolist(), (starts + tier.bucket_ms).tolist(), count.astype(np.int64).tolist(),
-        mean.tolist(), table["lo"].tolist(), table["hi"].tolist(), std.tolist(),
+        (table["s"] / count).tolist(), table["lo"].tolist(), table["hi"].tolist(),
+        spread(count, table["s"], table["q"]).tolist(),
         *[[None if math.isnan(v) else v for v in p] for p in percentiles.T.tolist()],
         table["fv"].tolist(), table["fts"].astype(np.int64).tolist(),
         table["lv"].tolist(), table["lts"].astype(np.int64).tolist(),

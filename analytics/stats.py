@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from analytics.sketch import quantiles
 
@@ -29,6 +30,18 @@ SUMMARY_FIELDS = ["c", "s", "q", "lo", "hi", "fts", "fv", "lts", "lv"]
 SUMMARY_DTYPE = np.dtype([(name, "<f8") for name in SUMMARY_FIELDS])
 BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
 assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
+
+
+def spread(
+    count: npt.ArrayLike, total: npt.ArrayLike, total_sq: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Population standard deviation from a bucket's count, sum and sum of squares; for one
+    bucket or, element by element, for arrays of them."""
+    mean = np.divide(total, count)
+    deviation: npt.NDArray[np.float64] = np.sqrt(
+        np.maximum(0.0, np.divide(total_sq, count) - mean**2)
+    )
+    return deviation
 
 
 @dataclass
@@ -81,7 +94,7 @@ class BucketStats:
     @property
     def std(self) -> float:
         """Population standard deviation."""
-        return math.sqrt(max(0.0, self.total_sq / self.count - self.mean**2))
+        return float(spread(self.count, self.total, self.total_sq))
 
     def percentiles(self, qs: Sequence[float]) -> list[float | None]:
         return quantiles(self.bins, qs, self.minimum, self.maximum)
