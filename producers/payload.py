@@ -228,7 +228,7 @@ def _usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
         if name in _usual_metric_names and type(value) is float and isfinite(value):
             fields[name] = repr(value)
             has_metric = True
-        elif name in ("ts", "seq") and type(value) is int and 0 <= value <= MAX_INT64:
+        elif name in ("ts", "seq") and _unsigned(value):
             fields[name] = str(value)
         elif name != "sensor_id" or value != sensor_id:
             return None

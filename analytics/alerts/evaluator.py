@@ -29,7 +29,7 @@ from analytics.alerts.tables import NO_CLOCK, NO_SEQ, SLOT_LIMIT, Tables
 from ingest.errors import redis_errors
 from ingest.groups import Batch, Deferred, Entry
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
-from ingest.reading import Reading
+from ingest.reading import Reading, entry_time_ms
 from ingest.scripts import LuaScript
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class AlertEvaluator:
         return Heard(
             len(ids),
             ",".join([names[slot] for slot in columns.slots[rows].tolist()]),
-            ",".join([entry_id.partition("-")[0] for entry_id in ids]),
+            ",".join([str(entry_time_ms(entry_id)) for entry_id in ids]),
             ",".join(map(str, columns.ts[rows].tolist())),
             ",".join(ids),
         )
