@@ -18,10 +18,10 @@ import redis
 
 from analytics.preaggregate import BatchOutcome, preaggregate
 from analytics.tiers import Tier
+from ingest.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.errors import redis_errors
 from ingest.groups import Batch
 from ingest.keys import SETTLED, StreamKeys
-from ingest.reading import Reading
 from ingest.scripts import LuaScript
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class _Args:
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
         self.new_pairs: set[tuple[str, str]] = set()
-        self.with_seq: list[Reading] = []
+        # Rows of the readings that carry a seq, in the order the script numbers them.
+        self.seq_rows: Ints = np.zeros(0, np.int64)
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -88,11 +89,12 @@ class Aggregator:
         # (sensor, metric) pairs already in the sensor index: not sent again.
         self._known_pairs: set[tuple[str, str]] = set()
 
-    def __call__(self, batch: Batch[Reading]) -> None:
-        readings = [entry.value for entry in batch.entries]
-        readings, duplicates = _drop_repeats(readings)
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        kept = _first_of_each_seq(batch.entries)
+        duplicates = len(batch.entries) - len(kept)
         while True:
-            result, with_seq = self._apply(batch, readings, duplicates)
+            readings = batch.entries if duplicates == 0 else batch.entries.take(kept)
+            result, seq_rows = self._apply(batch, readings, duplicates)
             if result == 1:
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
@@ -104,14 +106,15 @@ class Aggregator:
                 self.stats.not_owned += 1
                 log.info("batch of %d no longer ours; dropped", len(batch.entries))
                 return
-            repeated = {id(with_seq[i]) for i in result[1]}
-            readings = [r for r in readings if id(r) not in repeated]
+            repeated = seq_rows[np.asarray(result[1], np.int64)]
+            kept = np.delete(kept, repeated)
             duplicates += len(repeated)
 
     def _apply(
-        self, batch: Batch[Reading], readings: list[Reading], duplicates: int
-    ) -> tuple[Any, list[Reading]]:
-        """The script's answer, and the readings with a seq in the order it numbered them."""
+        self, batch: Batch[ReadingColumns], readings: ReadingColumns, duplicates: int
+    ) -> tuple[Any, Ints]:
+        """The script's answer, and the rows of the readings with a seq in the order it
+        numbered them."""
         outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
         args = self._arguments(batch, readings, duplicates, outcome)
         with redis_errors():
@@ -120,20 +123,19 @@ class Aggregator:
             if len(self._known_pairs) > KNOWN_PAIRS_LIMIT:
                 self._known_pairs.clear()
             self._known_pairs |= args.new_pairs
-        return result, args.with_seq
+        return result, args.seq_rows
 
     def _arguments(
         self,
-        batch: Batch[Reading],
-        readings: list[Reading],
+        batch: Batch[ReadingColumns],
+        readings: ReadingColumns,
         duplicates: int,
         outcome: BatchOutcome,
     ) -> _Args:
         args = _Args(self.keys)
         ids = batch.ids
         # Entries arrive in stream order; IDs do not sort as strings ("5-10" < "5-9").
-        args.argv += [batch.group, batch.consumer, ids[0], ids[-1]]
-        args.section([[entry_id] for entry_id in ids])
+        args.argv += [batch.group, batch.consumer, ids[0], ids[-1], len(ids), ",".join(ids)]
         increments = [
             (f"{SETTLED}aggregated", outcome.aggregated),
             (f"{SETTLED}duplicate", duplicates),
@@ -141,51 +143,68 @@ class Aggregator:
             (f"{SETTLED}too_new", outcome.too_new),
         ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
         args.section(increments)
-        args.with_seq = _with_seq(readings)
-        args.section(
-            [
-                [args.key(self.keys.seq_window(r.sensor_id)), r.sensor_id, r.seq]
-                for r in args.with_seq
-            ]
-        )
-        newest: dict[str, int] = {}
-        for r in readings:
-            if r.ts_ms > newest.get(r.sensor_id, -1):
-                newest[r.sensor_id] = r.ts_ms
-        args.section([[ts, sensor] for sensor, ts in newest.items()])
-        args.new_pairs = {(r.sensor_id, m) for r in readings for m in r.metrics}
-        args.new_pairs -= self._known_pairs
+        self._seq_section(args, readings)
+        sensors = readings.sensors
+        newest = np.full(len(sensors), -1, np.int64)
+        np.maximum.at(newest, readings.sensor, readings.ts_ms)
+        args.section([[ts, sensors[code]] for code, ts in enumerate(newest.tolist()) if ts >= 0])
+        args.new_pairs = set(outcome.flat.pairs) - self._known_pairs
         args.section(
             [[args.key(self.keys.sensor_metrics(s)), metric] for s, metric in args.new_pairs]
         )
         self._delta_section(args, outcome)
         return args
 
+    def _seq_section(self, args: _Args, readings: ReadingColumns) -> None:
+        """The seqs of each sensor in the batch, ascending; the script numbers them in the order
+        sent."""
+        with_seq = np.flatnonzero(readings.seq != NO_SEQ)
+        sensor, seq = readings.sensor[with_seq], readings.seq[with_seq]
+        order = np.lexsort((seq, sensor))
+        args.seq_rows = with_seq[order]
+        sensor, texts = sensor[order], seq[order].astype(str).tolist()
+        starts = (
+            np.flatnonzero(np.r_[True, sensor[1:] != sensor[:-1]]).tolist() if len(sensor) else []
+        )
+        rows = []
+        for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
+            sensor_id = readings.sensors[int(sensor[start])]
+            window = args.key(self.keys.seq_window(sensor_id))
+            rows.append([window, sensor_id, ",".join(texts[start:end])])
+        args.section(rows)
+
     def _delta_section(self, args: _Args, outcome: BatchOutcome) -> None:
         """Bucket deltas as a handful of packed arguments rather than several per bucket:
         packing tens of thousands of small arguments would cost more than everything else."""
-        key_index: list[int] = []
+        key_index: list[Ints] = []
         fields: list[str] = []
         summaries, bins, offsets = [], [], [np.zeros(1, np.int64)]
         expiring: dict[int, int] = {}
         bins_so_far = 0
-        pairs = outcome.pairs
+        flat = outcome.flat
+        sensors = [flat.pairs[p][0] for p in range(len(flat.pairs))]
+        metrics, metric_code = np.unique(np.array(flat.pair_metric, object), return_inverse=True)
         for deltas in outcome.tiers:
             tier = deltas.tier
-            for p, bucket in zip(deltas.pair.tolist(), deltas.bucket.tolist(), strict=True):
-                sensor_id, metric = pairs[p]
-                chunk = tier.chunk_of(bucket)
-                index = args.key(self.keys.aggregate_chunk(tier.name, metric, chunk))
-                expiring[index] = tier.chunk_expires_at_ms(chunk)
-                key_index.append(index)
-                fields.append(f"{sensor_id}|{bucket}")
+            chunk = deltas.bucket - deltas.bucket % tier.chunk_ms
+            combos, combo = np.unique(
+                np.stack([metric_code[deltas.pair], chunk]), axis=1, return_inverse=True
+            )
+            indexes = []
+            for code, chunk_ms in combos.T.tolist():
+                index = args.key(self.keys.aggregate_chunk(tier.name, metrics[code], chunk_ms))
+                expiring[index] = tier.chunk_expires_at_ms(chunk_ms)
+                indexes.append(index)
+            key_index.append(np.asarray(indexes, np.int64)[combo.reshape(-1)])
+            fields += map("{}|{}".format, map(sensors.__getitem__, deltas.pair.tolist()),
+                          deltas.bucket.tolist())  # fmt: skip
             summaries.append(deltas.summaries)
             bins.append(deltas.bins)
             offsets.append(deltas.bin_offsets[1:] + bins_so_far)
             bins_so_far += len(deltas.bins)
         args.argv += [
             len(fields),
-            np.asarray(key_index, dtype="<i4").tobytes(),
+            np.concatenate(key_index or [np.zeros(0, np.int64)]).astype("<i4").tobytes(),
             ",".join(fields),
             b"".join(summaries),
             b"".join(bins),
@@ -194,20 +213,12 @@ class Aggregator:
         args.section([[index, at] for index, at in expiring.items()])
 
 
-def _with_seq(readings: Sequence[Reading]) -> list[Reading]:
-    """Readings that carry a seq, in the order the script records them."""
-    return sorted((r for r in readings if r.seq is not None), key=lambda r: (r.sensor_id, r.seq))
-
-
-def _drop_repeats(readings: list[Reading]) -> tuple[list[Reading], int]:
-    """Keep the first of readings that share (sensor_id, seq) within the batch."""
-    seen: set[tuple[str, int]] = set()
-    kept = []
-    for reading in readings:
-        if reading.seq is not None:
-            identity = (reading.sensor_id, reading.seq)
-            if identity in seen:
-                continue
-            seen.add(identity)
-        kept.append(reading)
-    return kept, len(readings) - len(kept)
+def _first_of_each_seq(readings: ReadingColumns) -> Ints:
+    """The rows to count: all but the later readings that repeat a (sensor_id, seq) within the
+    batch."""
+    with_seq = np.flatnonzero(readings.seq != NO_SEQ)
+    sensor, seq = readings.sensor[with_seq], readings.seq[with_seq]
+    order = np.lexsort((with_seq, seq, sensor))
+    sensor, seq = sensor[order], seq[order]
+    repeats = with_seq[order][1:][(sensor[1:] == sensor[:-1]) & (seq[1:] == seq[:-1])]
+    return np.setdiff1d(np.arange(len(readings)), repeats)

@@ -15,13 +15,13 @@ import numpy.typing as npt
 from analytics.sketch import bin_keys
 from analytics.stats import BIN, BIN_DTYPE, SUMMARY_DTYPE
 from analytics.tiers import Tier
-from ingest.reading import Reading
+from ingest.columns import ReadingColumns
 
 
 @dataclass(frozen=True)
 class TierDeltas:
     """The merged statistics of every bucket of one tier that a batch touches, as arrays and
-    packed bytes ready for the apply script: group g is pair `pairs[pair[g]]`, bucket
+    packed bytes ready for the apply script: group g is pair `flat.pairs[pair[g]]`, bucket
     `bucket[g]`, summary bytes g*72..(g+1)*72 of `summaries` and histogram bytes
     `bin_offsets[g]..bin_offsets[g+1]` of `bins`."""
 
@@ -38,7 +38,7 @@ class TierDeltas:
 
 @dataclass
 class BatchOutcome:
-    pairs: list[tuple[str, str]]
+    flat: Flat
     tiers: list[TierDeltas]
     # Per reading: did it land in at least one tier? Readings that did not are too old or too
     # far in the future and are counted, never merged elsewhere.
@@ -50,31 +50,29 @@ class BatchOutcome:
 
 
 class Flat:
-    """A batch flattened to one row per metric value."""
+    """A batch flattened to one row per metric value, its (sensor, metric) pairs numbered."""
 
-    def __init__(self, readings: Sequence[Reading]) -> None:
-        pairs: dict[tuple[str, str], int] = {}
-        pair_ids: list[int] = []
-        reading_ids: list[int] = []
-        ts: list[int] = []
-        values: list[float] = []
-        for row, reading in enumerate(readings):
-            for metric, value in reading.metrics.items():
-                pair_ids.append(pairs.setdefault((reading.sensor_id, metric), len(pairs)))
-                reading_ids.append(row)
-                ts.append(reading.ts_ms)
-                values.append(value)
-        self.pairs = list(pairs)
-        self.pair = np.asarray(pair_ids, dtype=np.int64)
-        self.reading = np.asarray(reading_ids, dtype=np.int64)
-        self.ts = np.asarray(ts, dtype=np.int64)
-        self.value = np.asarray(values, dtype=np.float64)
+    def __init__(self, readings: ReadingColumns) -> None:
+        metrics = len(readings.metric_names)
+        pair_keys = readings.sensor[readings.value_row] * metrics + readings.value_metric
+        numbered, pair = np.unique(pair_keys, return_inverse=True)
+        # Each pair's sensor (an index into readings.sensors) and metric name.
+        self.pair_sensor = numbered // metrics
+        self.pair_metric = [readings.metric_names[m] for m in (numbered % metrics).tolist()]
+        self.pairs = [
+            (readings.sensors[sensor], metric)
+            for sensor, metric in zip(self.pair_sensor.tolist(), self.pair_metric, strict=True)
+        ]
+        self.pair = pair.astype(np.int64)
+        self.reading = readings.value_row
+        self.ts = readings.ts_ms[readings.value_row]
+        self.value = readings.value
         self.keys = bin_keys(self.value)
         self.readings = len(readings)
 
 
 def preaggregate(
-    readings: Sequence[Reading], tiers: Sequence[Tier], now_ms: int, max_future_ms: int
+    readings: ReadingColumns, tiers: Sequence[Tier], now_ms: int, max_future_ms: int
 ) -> BatchOutcome:
     flat = Flat(readings)
     landed = np.zeros(flat.readings, dtype=bool)
@@ -91,7 +89,7 @@ def preaggregate(
     too_new = np.zeros(flat.readings, dtype=bool)
     too_new[flat.reading[too_new_rows]] = True
     return BatchOutcome(
-        pairs=flat.pairs,
+        flat=flat,
         tiers=deltas,
         aggregated=int(landed.sum()),
         too_old=int((~landed & ~too_new).sum()),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import socket
 
+import redis
+
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
+from ingest.columns import ReadingColumns, decode_columns
 from ingest.connection import connect
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import StreamKeys
 from ingest.metrics import serve_metrics
-from ingest.reading import Reading
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
 
@@ -21,11 +23,18 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def aggregator_runner(
+    client: redis.Redis, settings: Settings, consumer: str, group: str = GROUP
+) -> GroupRunner[ReadingColumns]:
+    """One consumer of the aggregates group (another group name keeps benchmark runs apart)."""
+    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    return GroupRunner(
+        client, settings, group, consumer, handler, decode_columns,
+        reads_per_batch=settings.reads_per_batch,
+    )  # fmt: skip
+
+
 def run_aggregator(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
     serve_metrics(settings.metrics_port)
-    client = connect(settings)
-    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    runner = GroupRunner(
-        client, settings, GROUP, consumer or default_consumer_name(), handler, Reading.decode
-    )
+    runner = aggregator_runner(connect(settings), settings, consumer or default_consumer_name())
     return runner.run(stop_on_signals(), drain=drain)

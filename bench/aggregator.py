@@ -18,22 +18,16 @@ import time
 
 import redis
 
-from analytics.aggregator import Aggregator
-from analytics.tiers import parse_tiers
+from analytics.worker import aggregator_runner
 from bench.common import print_table, redis_for_bench
 from bench.runner import bare_loop
 from ingest.connection import connect
-from ingest.groups import GroupRunner
-from ingest.keys import StreamKeys
-from ingest.reading import Reading
 from ingest.settings import Settings
 from tests.aggregates_reference import make_readings, write
 
 
 def aggregate(settings: Settings, group: str) -> int:
-    client = connect(settings)
-    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    runner = GroupRunner(client, settings, group, "c1", handler, Reading.decode)
+    runner = aggregator_runner(connect(settings), settings, "c1", group)
     return runner.run(threading.Event(), drain=True).processed
 
 

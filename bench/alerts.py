@@ -25,10 +25,11 @@ from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.rules import Rule, parse_rules
 from bench.common import print_table, redis_for_bench, start_telemetry
 from bench.runner import STREAM, bare_loop
+from ingest.columns import decode_columns
 from ingest.connection import connect, read_range
 from ingest.groups import GroupRunner
 from ingest.keys import AlertKeys, StreamKeys
-from ingest.reading import Reading, entry_time_ms
+from ingest.reading import entry_time_ms
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
 from simulator.faults import FaultConfig
@@ -86,7 +87,7 @@ def evaluator(client: redis.Redis, settings: Settings, rules: list[Rule]) -> Ale
 def evaluate(settings: Settings, rules: list[Rule]) -> int:
     client = connect(settings)
     runner = GroupRunner(client, settings, GROUP, "c1", evaluator(client, settings, rules),
-                         Reading.decode)  # fmt: skip
+                         decode_columns)  # fmt: skip
     return runner.run(threading.Event(), drain=True).processed
 
 

@@ -17,9 +17,10 @@ from typing import Any
 import redis
 
 from bench.common import print_table, ratio_rows, redis_for_bench
+from ingest.columns import decode_columns
 from ingest.connection import connect
+from ingest.entries import BatchDecoder, per_entry
 from ingest.groups import Batch, GroupRunner
-from ingest.reading import Reading
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
 
@@ -65,9 +66,7 @@ def bare_loop(client: redis.Redis, group: str) -> int:
         read += len(ids)
 
 
-def with_runner(
-    settings: Settings, group: str, decode: Callable[[str, Mapping[str, str]], Any]
-) -> int:
+def with_runner(settings: Settings, group: str, decode: BatchDecoder[Any]) -> int:
     runner = GroupRunner(connect(settings), settings, group, "c1", DoNothing(), decode)
     return runner.run(threading.Event(), drain=True).processed
 
@@ -84,9 +83,9 @@ def main() -> None:
         fill(client, args.entries)
         methods: dict[str, Callable[[str], int]] = {
             "bare XREADGROUP COUNT 2000 + XACK (reference)": lambda g: bare_loop(client, g),
-            "GroupRunner, handler does nothing": lambda g: with_runner(settings, g, raw),
+            "GroupRunner, handler does nothing": lambda g: with_runner(settings, g, per_entry(raw)),
             "GroupRunner, readings decoded, handler does nothing": (
-                lambda g: with_runner(settings, g, Reading.decode)
+                lambda g: with_runner(settings, g, decode_columns)
             ),
         }
         results: dict[str, list[float]] = {name: [] for name in methods}

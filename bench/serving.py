@@ -22,13 +22,9 @@ from collections.abc import Callable
 import numpy as np
 import redis
 
-from analytics.aggregator import Aggregator
-from analytics.tiers import parse_tiers
+from analytics.worker import aggregator_runner
 from bench.common import print_table, redis_for_bench, start_telemetry
 from ingest.connection import connect
-from ingest.groups import GroupRunner
-from ingest.keys import StreamKeys
-from ingest.reading import Reading
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
 from telemetry.localserver import free_port, port_open
@@ -57,11 +53,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def aggregate_all(settings: Settings) -> None:
-    client = connect(settings)
-    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    GroupRunner(client, settings, "aggregates", "bench", handler, Reading.decode).run(
-        threading.Event(), drain=True
-    )
+    aggregator_runner(connect(settings), settings, "bench").run(threading.Event(), drain=True)
 
 
 def freshness(url: str, api: str, seconds: int) -> list[tuple[str, str, str, str]]:

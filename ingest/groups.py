@@ -22,25 +22,26 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
+from redis.client import CaseInsensitiveDict
 
 from ingest import metrics
 from ingest.backlog import backlog_warning
 from ingest.backoff import Backoff
 from ingest.deadletter import dead_letter_record, queue_dead_letter
-from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
+from ingest.entries import BatchDecoder, D, Decoded, FlatFields, as_mapping
+from ingest.errors import RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
 from ingest.scripts import LuaScript
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-T_contra = TypeVar("T_contra", contravariant=True)
+D_contra = TypeVar("D_contra", bound=Decoded, contravariant=True)
 
 CREATE_GROUP = LuaScript("ingest", "create_group.lua")
 TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
@@ -51,11 +52,12 @@ FORGET_IDLE_MS = 3_600_000
 DEFERRED_RETRY_S = 0.001
 DEFERRED_RETRY_MAX_S = 0.1
 
-# Entries read from Redis: ID and fields; fields are empty when the data was trimmed away.
-RawEntry = tuple[str, Mapping[str, str] | None]
+# Entries as Redis sends them: ID and flat fields; no fields when the data was trimmed away.
+RawEntry = tuple[str, FlatFields | None]
 # An entry to dead-letter: ID, reason, delivery count, original fields.
 DeadEntry = tuple[str, str, int, Mapping[str, str]]
-Decoder = Callable[[str, Mapping[str, str]], T]
+# Replies the runner parses itself: redis-py would build a dict per entry first.
+_RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM")
 
 
 class Abort(Exception):
@@ -73,33 +75,26 @@ class ScriptsFlushed(Exception):
     """The server forgot a Lua script between loading and use."""
 
 
-class Entry(NamedTuple, Generic[T]):
-    # A tuple rather than a dataclass: one is built per entry, on the hot path.
-    id: str
-    value: T
-    deliveries: int
-
-
 @dataclass(frozen=True)
-class Batch(Generic[T]):
+class Batch(Generic[D]):
     stream: str
     group: str
     consumer: str
-    entries: Sequence[Entry[T]]
+    entries: D
 
     @property
     def ids(self) -> list[str]:
-        return [entry.id for entry in self.entries]
+        return self.entries.ids
 
 
-class BatchHandler(Protocol[T_contra]):  # type: ignore[misc]
+class BatchHandler(Protocol[D_contra]):  # type: ignore[misc]
     """Processes a batch. Raising leaves the batch pending; it is retried and, entry by entry,
     dead-lettered after `max_deliveries`. A handler whose `acknowledges` is True XACKs the
     entries itself, atomically with its effects; otherwise the runner XACKs after it returns."""
 
     acknowledges: bool
 
-    def __call__(self, batch: Batch[T_contra]) -> None: ...
+    def __call__(self, batch: Batch[D_contra]) -> None: ...
 
 
 @dataclass
@@ -130,18 +125,28 @@ class _Failures:
         return self.errors.pop(entry_id, None)
 
 
-class GroupRunner(Generic[T]):
+def _stream_entries(reply: Any) -> list[RawEntry]:
+    """The entries of an XREADGROUP reply for one stream (RESP2 or RESP3)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
+
+
+class GroupRunner(Generic[D]):
     def __init__(
         self,
         client: redis.Redis,
         settings: Settings,
         group: str,
         consumer: str,
-        handler: BatchHandler[T],
-        decode: Decoder[T],
+        handler: BatchHandler[D],
+        decode: BatchDecoder[D],
         *,
         stream: str | None = None,
         start_id: str = "0",
+        reads_per_batch: int = 1,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -151,14 +156,30 @@ class GroupRunner(Generic[T]):
         self.handler = handler
         self.decode = decode
         self.start_id = start_id
+        # Batches of several reads hold entries that other consumers' reads separate: only for
+        # handlers indifferent to which entries come together.
+        self.reads_per_batch = reads_per_batch
         self.stats = RunnerStats()
         self._failures = _Failures()
         self._last_delivered = "0-0"
         self._labels = {"stream": self.keys.stream, "group": group}
         self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
         # Batches the handler deferred, oldest first; offered again before anything new is read.
-        self._deferred: list[Sequence[Entry[T]]] = []
+        self._deferred: list[D] = []
         self._deferred_rounds = 0
+        self._raw_callbacks = CaseInsensitiveDict(
+            {
+                name: callback
+                for name, callback in client.response_callbacks.items()
+                if name.upper() not in _RAW_REPLIES
+            }
+        )
+
+    def _pipeline(self, *, transaction: bool) -> Any:
+        """A pipeline on the runner's client that leaves stream replies as Redis sent them."""
+        pipe = self.client.pipeline(transaction=transaction)
+        pipe.response_callbacks = self._raw_callbacks
+        return pipe
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -243,8 +264,22 @@ class GroupRunner(Generic[T]):
     # -- reading ----------------------------------------------------------------------------
 
     def _read_new(self) -> int:
-        """Read and process one batch of new entries; return how many were read."""
-        pipe = self.client.pipeline(transaction=True)
+        """Read and process new entries; return how many were read. While a backlog waits
+        (every read comes back full) up to `reads_per_batch` reads make one batch: the
+        handler's cost per batch is then shared by more entries."""
+        entries: list[RawEntry] = []
+        for _ in range(self.reads_per_batch):
+            read = self._read_once()
+            entries += read
+            if len(read) < self.settings.read_batch:
+                break
+        if entries:
+            self._process_fresh(entries)
+        return len(entries)
+
+    def _read_once(self) -> list[RawEntry]:
+        """One XREADGROUP of new entries, in a MULTI that counts what trimming took first."""
+        pipe = self._pipeline(transaction=True)
         TRIM_CHECK.queue(pipe, [self.keys.stream, self.keys.lost], [self.group])
         pipe.xreadgroup(
             self.group, self.consumer, {self.keys.stream: ">"}, count=self.settings.read_batch
@@ -261,10 +296,7 @@ class GroupRunner(Generic[T]):
         self._last_delivered = str(last_delivered)
         if lost:
             self._count_trimmed_unread(int(lost))
-        entries: list[tuple[str, dict[str, str]]] = reply[0][1] if reply else []
-        if entries:
-            self._process_fresh(entries)
-        return len(entries)
+        return _stream_entries(reply)
 
     def _count_trimmed_unread(self, lost: int) -> None:
         if lost < 0:
@@ -323,7 +355,7 @@ class GroupRunner(Generic[T]):
         cursor, recovered = "0-0", 0
         while not stop.is_set():
             with redis_errors():
-                pipe = self.client.pipeline(transaction=False)
+                pipe = self._pipeline(transaction=False)
                 pipe.xreadgroup(
                     self.group,
                     self.consumer,
@@ -339,7 +371,7 @@ class GroupRunner(Generic[T]):
                     consumername=self.consumer,
                 )
                 reply, pending = pipe.execute()
-            entries: list[RawEntry] = reply[0][1] if reply else []
+            entries = _stream_entries(reply)
             if not entries:
                 break
             cursor = entries[-1][0]
@@ -355,7 +387,8 @@ class GroupRunner(Generic[T]):
         cursor = "0-0"
         while not stop.is_set():
             with redis_errors():
-                cursor, claimed, deleted = self.client.xautoclaim(
+                pipe = self._pipeline(transaction=False)
+                pipe.xautoclaim(
                     self.keys.stream,
                     self.group,
                     self.consumer,
@@ -363,6 +396,7 @@ class GroupRunner(Generic[T]):
                     cursor,
                     count=self.settings.read_batch,
                 )
+                ((cursor, claimed, deleted),) = pipe.execute()
             if deleted:
                 # XAUTOCLAIM already removed these from the pending list: their data was trimmed.
                 with redis_errors():
@@ -390,17 +424,9 @@ class GroupRunner(Generic[T]):
 
     # -- settling ---------------------------------------------------------------------------
 
-    def _process_fresh(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+    def _process_fresh(self, entries: Sequence[RawEntry]) -> None:
         """Settle entries delivered for the first time: dead-letter or hand to the handler."""
-        dead: list[DeadEntry] = []
-        valid: list[Entry[T]] = []
-        decode = self.decode
-        for entry_id, fields in entries:
-            try:
-                valid.append(Entry(entry_id, decode(entry_id, fields), 1))
-            except InvalidEntry as exc:
-                dead.append((entry_id, exc.reason, 1, fields))
-        self._settle([], dead, valid)
+        self._decode_and_settle([], [], entries, [1] * len(entries))
 
     def _process_redelivered(self, entries: Sequence[RawEntry], deliveries: dict[str, int]) -> None:
         """Settle entries delivered before. `deliveries` maps the IDs this consumer still owns to
@@ -408,7 +434,8 @@ class GroupRunner(Generic[T]):
         and are left alone."""
         trimmed: list[str] = []
         dead: list[DeadEntry] = []
-        valid: list[Entry[T]] = []
+        to_decode: list[RawEntry] = []
+        counts: list[int] = []
         max_deliveries = self.settings.max_deliveries
         for entry_id, fields in entries:
             count = deliveries.get(entry_id, 0)
@@ -422,20 +449,31 @@ class GroupRunner(Generic[T]):
                 last_error = self._failures.pop(entry_id)
                 if last_error:
                     reason += f"; last error: {last_error}"
-                dead.append((entry_id, reason, count, fields))
+                dead.append((entry_id, reason, count, as_mapping(fields)))
                 continue
-            try:
-                valid.append(Entry(entry_id, self.decode(entry_id, fields), count))
-            except InvalidEntry as exc:
-                dead.append((entry_id, exc.reason, count, fields))
-        self._settle(trimmed, dead, valid)
+            to_decode.append((entry_id, fields))
+            counts.append(count)
+        self._decode_and_settle(trimmed, dead, to_decode, counts)
 
-    def _settle(self, trimmed: list[str], dead: list[DeadEntry], valid: list[Entry[T]]) -> None:
+    def _decode_and_settle(
+        self,
+        trimmed: list[str],
+        dead: list[DeadEntry],
+        entries: Sequence[RawEntry],
+        deliveries: Sequence[int],
+    ) -> None:
+        """Settle trimmed and dead entries, then decode the rest: what the decoder refuses is
+        dead-lettered with its reason, the others go to the handler."""
+        ids = [entry_id for entry_id, _ in entries]
+        fields = [flat or () for _, flat in entries]
+        valid, refused = self.decode(ids, fields)
+        for position, reason in refused:
+            dead.append((ids[position], reason, deliveries[position], as_mapping(fields[position])))
         if trimmed:
             self._settle_trimmed(trimmed)
         if dead:
             self._dead_letter(dead)
-        if valid:
+        if len(valid):
             self._handle(valid)
 
     def _settle_trimmed(self, ids: list[str]) -> None:
@@ -491,7 +529,7 @@ class GroupRunner(Generic[T]):
         else:
             self._deferred_rounds = 0
 
-    def _handle(self, entries: Sequence[Entry[T]]) -> None:
+    def _handle(self, entries: D) -> None:
         failed = self._handle_isolating(entries)
         if failed:
             first_id, first_error = failed[0]
@@ -503,7 +541,7 @@ class GroupRunner(Generic[T]):
                 first_error,
             )
 
-    def _handle_isolating(self, entries: Sequence[Entry[T]]) -> list[tuple[str, str]]:
+    def _handle_isolating(self, entries: D) -> list[tuple[str, str]]:
         """Run the handler; on failure split the batch so the entries that work go through.
 
         Returns the entries that failed on their own, with the error; they stay pending.
@@ -525,8 +563,9 @@ class GroupRunner(Generic[T]):
                     entries[middle:]
                 )
             error = f"{type(exc).__name__}: {exc}"
-            self._failures.record(entries[0].id, error)
-            return [(entries[0].id, error)]
+            entry_id = entries.ids[0]
+            self._failures.record(entry_id, error)
+            return [(entry_id, error)]
         if not self.handler.acknowledges:
             with redis_errors():
                 self.client.xack(self.keys.stream, self.group, *batch.ids)

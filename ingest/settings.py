@@ -120,6 +120,12 @@ class Settings:
     read_batch: int = _setting(
         2000, "TELEMETRY_READ_BATCH", _positive_int, "entries a consumer reads at a time"
     )
+    reads_per_batch: int = _setting(
+        5,
+        "TELEMETRY_READS_PER_BATCH",
+        _positive_int,
+        "full reads an aggregator joins into one batch while a backlog waits",
+    )
     block_ms: int = _setting(
         1000, "TELEMETRY_BLOCK_MS", _positive_int, "XREADGROUP BLOCK time", "MS"
     )

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from ingest.connection import connect
+from ingest.entries import Entries, per_entry
 from ingest.groups import Abort, Batch, GroupRunner
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
@@ -24,7 +25,7 @@ class PrintEntries:
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    def __call__(self, batch: Batch[dict[str, str]]) -> None:
+    def __call__(self, batch: Batch[Entries[dict[str, str]]]) -> None:
         lines = [
             json.dumps({"stream": batch.stream, "id": e.id, "fields": e.value}) + "\n"
             for e in batch.entries
@@ -46,7 +47,7 @@ def run_consume(
         group,
         consumer,
         PrintEntries(sys.stdout),
-        raw_fields,
+        per_entry(raw_fields),
         stream=stream,
         start_id=start_id,
     )

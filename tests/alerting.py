@@ -10,10 +10,10 @@ import redis
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.rules import Rule, parse_rules
 from analytics.alerts.silence import SilenceSweeper
+from ingest.columns import decode_columns
 from ingest.connection import fields_arg, read_range
 from ingest.groups import GroupRunner
 from ingest.keys import AlertKeys, StreamKeys
-from ingest.reading import Reading
 from ingest.settings import Settings
 from tests.helpers import drain
 
@@ -52,7 +52,7 @@ def evaluate_all(client: redis.Redis, settings: Settings, rules_text: str,
                  consumer: str = "w1") -> AlertEvaluator:  # fmt: skip
     """Run one in-process worker until the group has settled everything."""
     handler = evaluator(client, settings, parse_rules(rules_text))
-    drain(GroupRunner(client, settings, GROUP, consumer, handler, Reading.decode))
+    drain(GroupRunner(client, settings, GROUP, consumer, handler, decode_columns))
     return handler
 
 
@@ -81,7 +81,7 @@ class LiveWorker:
         rules = parse_rules(rules_text)
         self.stop_event = threading.Event()
         handler = evaluator(client, settings, rules)
-        runner = GroupRunner(client, settings, GROUP, "live", handler, Reading.decode)
+        runner = GroupRunner(client, settings, GROUP, "live", handler, decode_columns)
         sweeper = SilenceSweeper(
             redis.Redis.from_url(settings.redis_url, decode_responses=True),
             StreamKeys(settings.stream),

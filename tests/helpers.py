@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from ingest.columns import ReadingColumns, decode_columns
 from ingest.connection import fields_arg, read_range
 from ingest.groups import Batch, GroupRunner
 from ingest.reading import Reading
@@ -22,19 +23,22 @@ class Recorder:
         self.seen: list[str] = []
         self.fail_if = fail_if
 
-    def __call__(self, batch: Batch[Reading]) -> None:
-        if self.fail_if is not None and any(self.fail_if(e.value) for e in batch.entries):
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        readings = batch.entries
+        if self.fail_if is not None and any(
+            self.fail_if(readings.reading(row)) for row in range(len(readings))
+        ):
             raise ValueError("refusing this reading")
         self.seen.extend(batch.ids)
 
 
 def reading_runner(
     client: redis.Redis, settings: Settings, handler: Recorder, consumer: str = "c1"
-) -> GroupRunner[Reading]:
-    return GroupRunner(client, settings, "aggregates", consumer, handler, Reading.decode)
+) -> GroupRunner[ReadingColumns]:
+    return GroupRunner(client, settings, "aggregates", consumer, handler, decode_columns)
 
 
-def drain(runner: GroupRunner[Reading], timeout_s: float = 60.0) -> None:
+def drain(runner: GroupRunner[ReadingColumns], timeout_s: float = 60.0) -> None:
     """Run until the group has nothing left, failing the test if that takes too long."""
     stop = threading.Event()
     timer = threading.Timer(timeout_s, stop.set)

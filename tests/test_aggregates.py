@@ -18,10 +18,11 @@ from redis.retry import Retry
 
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
+from analytics.worker import aggregator_runner
+from ingest.columns import Ints, ReadingColumns, decode_columns
 from ingest.connection import connect
 from ingest.groups import Batch, GroupRunner
 from ingest.keys import StreamKeys
-from ingest.reading import Reading
 from ingest.settings import Settings
 from ingest.status import stream_status
 from tests.aggregates_reference import assert_buckets_match, make_readings, stored_buckets, write
@@ -140,14 +141,14 @@ def test_a_batch_re_sent_after_a_client_timeout_is_counted_once(
         retry_on_timeout=True,
     )
     aggregator = Aggregator(resending, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    runner = GroupRunner(resending, settings, GROUP, "c1", aggregator, Reading.decode)
+    runner = GroupRunner(resending, settings, GROUP, "c1", aggregator, decode_columns)
     runner.ensure_group()
     calls_before = evalsha_calls(own_redis.url)
     original_apply = aggregator._apply
 
     def apply_while_redis_stalls(
-        batch: Batch[Reading], readings: list[Reading], duplicates: int
-    ) -> tuple[Any, list[Reading]]:
+        batch: Batch[ReadingColumns], readings: ReadingColumns, duplicates: int
+    ) -> tuple[Any, Ints]:
         own_redis.pause()
         threading.Timer(1.2, own_redis.resume).start()
         return original_apply(batch, readings, duplicates)
@@ -183,7 +184,7 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     for seq in range(10):
         add(client, stream, reading(seq, minute + seq * 1000, 20.0 + seq))
     runner_settings = settings.replace(read_batch=4)
-    drain(aggregator_runner(client, runner_settings))
+    drain(aggregator_runner(client, runner_settings, "c1"))
     # A device back online sends what it buffered: older, out of order, some sent twice.
     late = [reading(12, minute - 50_000, 5.0), reading(11, minute - 55_000, 6.0)]
     for fields in [
@@ -196,7 +197,7 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     add(client, stream, reading(13, now - 8 * day, 1.0))  # kept by the 1h tier only
     add(client, stream, reading(14, now - 100 * day, 1.0))  # older than every tier
     add(client, stream, reading(15, now + 3 * 3_600_000, 1.0))  # from a clock hours ahead
-    drain(aggregator_runner(client, runner_settings))
+    drain(aggregator_runner(client, runner_settings, "c1"))
 
     counts = ledger(client)
     assert counts["settled:aggregated"] == 14
@@ -215,11 +216,6 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     hours = stored_buckets(settings.redis_url, "1h", "temp")
     eight_days_ago = now - 8 * day
     assert hours[("s1", eight_days_ago - eight_days_ago % 3_600_000)].count == 1
-
-
-def aggregator_runner(client: redis.Redis, settings: Settings) -> GroupRunner[Reading]:
-    aggregator = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    return GroupRunner(client, settings, GROUP, "c1", aggregator, Reading.decode)
 
 
 def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from ingest.columns import ReadingColumns
 from ingest.connection import connect
 from ingest.groups import Batch
-from ingest.reading import Reading
 from ingest.writer import StreamWriter
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import Recorder, drain, entries, pending_count, reading_runner
@@ -31,7 +31,7 @@ def fill(client: redis.Redis, stream: str, count: int) -> list[str]:
 
 
 class SlowRecorder(Recorder):
-    def __call__(self, batch: Batch[Reading]) -> None:
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
         time.sleep(0.01)
         super().__call__(batch)
 

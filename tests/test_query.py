@@ -21,13 +21,13 @@ from analytics.api import create_app
 from analytics.query import Store
 from analytics.sketch import RELATIVE_ERROR
 from analytics.times import iso
+from analytics.worker import aggregator_runner
 from ingest.connection import connect
 from ingest.settings import Settings
 from telemetry.localserver import LocalRedis
 from tests.aggregates_reference import QS, Made, make_readings, write
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import drain
-from tests.test_aggregates import aggregator_runner
 
 PER_SENSOR = 2400  # 40 minutes at 1 Hz
 
@@ -41,7 +41,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
     client = connect(settings)
     made = make_readings(sensors=5, per_sensor=PER_SENSOR, burst=100, seed=9)
     write(client, made)
-    drain(aggregator_runner(client, settings))
+    drain(aggregator_runner(client, settings, "c1"))
     yield settings, made
     server.close()
 

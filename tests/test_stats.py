@@ -12,6 +12,7 @@ from analytics.preaggregate import preaggregate
 from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT, bin_keys, bin_value, quantiles_of_many
 from analytics.stats import BucketStats
 from analytics.tiers import parse_tiers
+from ingest.columns import ReadingColumns
 from ingest.reading import Reading
 
 QS = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
@@ -19,10 +20,14 @@ NOW = 1_800_000_000_000
 TIERS = parse_tiers("10s:6h,1m:7d,1h:90d")
 
 
+def columns_of(readings: list[Reading]) -> ReadingColumns:
+    return ReadingColumns.of([f"{i + 1}-0" for i in range(len(readings))], readings)
+
+
 def stats_of(values: list[float], ts: list[int] | None = None) -> BucketStats:
     times = ts or list(range(NOW - len(values), NOW))
     readings = [Reading("s", t, {"m": v}) for t, v in zip(times, values, strict=True)]
-    outcome = preaggregate(readings, parse_tiers("1w:4w"), NOW, 0)
+    outcome = preaggregate(columns_of(readings), parse_tiers("1w:4w"), NOW, 0)
     merged = BucketStats.empty()
     deltas = outcome.tiers[0]
     for g in range(len(deltas)):
@@ -80,12 +85,12 @@ def test_preaggregation_groups_by_sensor_metric_tier_and_bucket() -> None:
         Reading(f"s{i % 5}", NOW - int(rng.integers(0, 3_600_000)), {"a": float(i), "b": -i / 3})
         for i in range(2000)
     ]
-    outcome = preaggregate(readings, TIERS, NOW, 0)
+    outcome = preaggregate(columns_of(readings), TIERS, NOW, 0)
     assert outcome.aggregated == 2000 and outcome.too_old == outcome.too_new == 0
     for deltas in outcome.tiers:
         size = deltas.tier.bucket_ms
         for g in range(len(deltas)):
-            sensor, metric = outcome.pairs[int(deltas.pair[g])]
+            sensor, metric = outcome.flat.pairs[int(deltas.pair[g])]
             bucket = int(deltas.bucket[g])
             expected = [
                 r.metrics[metric]
@@ -108,7 +113,7 @@ def test_readings_outside_every_retention_or_from_the_future_are_counted_apart()
         Reading("s", NOW + 2 * 3_600_000, {"m": 3.0}),  # hours ahead of the clock
         Reading("s", NOW - 1000, {"m": 4.0}),
     ]
-    outcome = preaggregate(readings, TIERS, NOW, 3_600_000)
+    outcome = preaggregate(columns_of(readings), TIERS, NOW, 3_600_000)
     assert (outcome.aggregated, outcome.too_old, outcome.too_new) == (2, 1, 1)
     assert outcome.tier_drops == {"10s": 2, "1m": 2, "1h": 1}
 

@@ -26,10 +26,11 @@ from prometheus_client import Counter
 from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
 from analytics.alerts.rules import Rule
 from analytics.alerts.tables import NO_CLOCK, NO_SEQ, SLOT_LIMIT, Tables
+from ingest.columns import ReadingColumns
 from ingest.errors import redis_errors
-from ingest.groups import Batch, Deferred, Entry
+from ingest.groups import Batch, Deferred
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
-from ingest.reading import Reading, entry_time_ms
+from ingest.reading import entry_time_ms
 from ingest.scripts import LuaScript
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class AlertEvaluator:
         self._metrics = sorted({r.metric for r in self.rules if r.metric})
         self._silence = [(i, r) for i, r in enumerate(self.rules) if r.kind == "silence"]
 
-    def __call__(self, batch: Batch[Reading]) -> None:
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
         if len(self.tables.names) > SLOT_LIMIT:
             self.tables = Tables(self.rules)
         columns = self._columns(batch)
@@ -174,43 +175,38 @@ class AlertEvaluator:
             # Another worker settled a batch since the state was read (-2), or an older entry
             # is unsettled (-1): read again, through the gate.
 
-    def _dropped(self, batch: Batch[Reading]) -> None:
+    def _dropped(self, batch: Batch[ReadingColumns]) -> None:
         # Another consumer owns these entries now, or a re-sent call already settled them;
         # whatever this consumer still owns comes back through its pending list.
         self.stats.not_owned += 1
         log.info("batch of %d no longer ours; dropped", len(batch.entries))
 
-    def _columns(self, batch: Batch[Reading]) -> _Columns:
-        slot = self.tables.slot
-        slots, ts, seq, rounds = [], [], [], []
-        values: dict[str, list[float]] = {m: [] for m in self._metrics}
-        seen: dict[int, int] = {}
-        nan = float("nan")
-        for entry in batch.entries:
-            reading = entry.value
-            s = slot(reading.sensor_id)
-            slots.append(s)
-            ts.append(reading.ts_ms)
-            seq.append(NO_SEQ if reading.seq is None else reading.seq)
-            k = seen.get(s, 0)
-            rounds.append(k)
-            seen[s] = k + 1
-            metrics = reading.metrics
-            for name, column in values.items():
-                column.append(metrics.get(name, nan))
+    def _columns(self, batch: Batch[ReadingColumns]) -> _Columns:
+        readings = batch.entries
+        present = np.unique(readings.sensor)
+        slot_of = np.zeros(len(readings.sensors), np.int64)
+        slot_of[present] = [self.tables.slot(readings.sensors[c]) for c in present.tolist()]
+        slots = slot_of[readings.sensor]
+        # A row's round: how many readings of its sensor come before it in the batch.
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        first_of_group = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
+        rounds = np.empty(len(slots), np.int64)
+        rounds[order] = np.arange(len(slots)) - first_of_group
         return _Columns(
-            np.array(slots, np.int64),
-            np.array(ts, np.int64),
-            np.array(seq, np.int64),
-            np.array(rounds, np.int64),
-            {m: np.array(v, np.float64) for m, v in values.items()},
+            slots,
+            readings.ts_ms,
+            readings.seq,
+            rounds,
+            {m: readings.metric(m) for m in self._metrics},
         )
 
     def _holds_all(self, columns: _Columns) -> bool:
         tables = self.tables
         return tables.version is not None and bool(tables.known[columns.slots].all())
 
-    def _snapshot(self, batch: Batch[Reading], columns: _Columns) -> str:
+    def _snapshot(self, batch: Batch[ReadingColumns], columns: _Columns) -> str:
         """Check the gate and bring the held state up to date for the batch, in one
         transaction."""
         tables = self.tables
@@ -242,7 +238,7 @@ class AlertEvaluator:
             tables.load(wanted, replies[2], replies[3])
         return OPEN
 
-    def _evaluate(self, batch: Batch[Reading], columns: _Columns) -> _CommitArgs:
+    def _evaluate(self, batch: Batch[ReadingColumns], columns: _Columns) -> _CommitArgs:
         tables = self.tables
         entries = batch.entries
         touched: list[Ints] = []
@@ -290,22 +286,22 @@ class AlertEvaluator:
         return args
 
     def _changes(self, rule_index: int, rows: Ints, decided: Decisions, columns: _Columns,
-                 entries: Sequence[Entry[Reading]], values: npt.NDArray[np.float64]
+                 readings: ReadingColumns, values: npt.NDArray[np.float64]
                  ) -> list[Change]:  # fmt: skip
         rule = self.rules[rule_index]
         found = []
         for j in np.flatnonzero(decided.raised | decided.resolved).tolist():
             row = int(rows[j])
-            entry = entries[row]
+            sensor_id = readings.sensors[int(readings.sensor[row])]
             state = RAISED if decided.raised[j] else RESOLVED
             record = change_record(
-                rule, entry.value.sensor_id, entry.id, int(columns.ts[row]), float(values[j]),
+                rule, sensor_id, readings.ids[row], int(columns.ts[row]), float(values[j]),
                 state, float(decided.score[j]), int(decided.raised_ms[j]),
             )  # fmt: skip
             found.append(Change(row, rule_index, record))
         return found
 
-    def _heard(self, batch: Batch[Reading], columns: _Columns) -> list[HeardBy]:
+    def _heard(self, batch: Batch[ReadingColumns], columns: _Columns) -> list[HeardBy]:
         """For each silence rule, the sensors of the batch it heard from (their last entry)."""
         found = []
         # Rules on the same metric (or on any reading) share the last row of each sensor.
@@ -337,9 +333,9 @@ class AlertEvaluator:
         _, last = np.unique(columns.slots[rows][::-1], return_index=True)
         return rows[::-1][last]
 
-    def _heard_from(self, batch: Batch[Reading], columns: _Columns, rows: Ints) -> Heard:
-        entries, names = batch.entries, self.tables.names
-        ids = [entries[row].id for row in rows.tolist()]
+    def _heard_from(self, batch: Batch[ReadingColumns], columns: _Columns, rows: Ints) -> Heard:
+        all_ids, names = batch.ids, self.tables.names
+        ids = [all_ids[row] for row in rows.tolist()]
         return Heard(
             len(ids),
             ",".join([names[slot] for slot in columns.slots[rows].tolist()]),
@@ -378,7 +374,7 @@ def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: st
 class _CommitArgs:
     """KEYS and ARGV for one call of the commit script; lists packed one argument each."""
 
-    def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[Reading],
+    def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[ReadingColumns],
                  alerts_maxlen: int, version: int) -> None:  # fmt: skip
         self.keys = [
             keys.stream,

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
 from ingest.backoff import Backoff
+from ingest.entries import Entries
 from ingest.errors import InvalidEntry
 from ingest.groups import Batch
 from ingest.mqttclient import broker_name, start_publisher
@@ -141,7 +142,7 @@ class AlertFanout:
     def __init__(self, targets: Sequence[Target]) -> None:
         self.targets = list(targets)
 
-    def __call__(self, batch: Batch[dict[str, Any]]) -> None:
+    def __call__(self, batch: Batch[Entries[dict[str, Any]]]) -> None:
         for entry in batch.entries:
             for target in self.targets:
                 target.offer(entry.value)

@@ -12,11 +12,12 @@ from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
 from analytics.alerts.rules import Rule, load_rules
 from analytics.alerts.silence import SilenceSweeper
 from analytics.worker import default_consumer_name
+from ingest.columns import decode_columns
 from ingest.connection import connect
+from ingest.entries import per_entry
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.metrics import serve_metrics
-from ingest.reading import Reading
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 
@@ -37,7 +38,7 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
     evaluator = AlertEvaluator(client, keys, alert_keys, rules, settings.alerts_maxlen)
     runner = GroupRunner(
-        client, settings, GROUP, consumer or default_consumer_name(), evaluator, Reading.decode
+        client, settings, GROUP, consumer or default_consumer_name(), evaluator, decode_columns
     )
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
@@ -46,8 +47,8 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     if fanout.targets:
         log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
         fanout_runner = GroupRunner(
-            connect(settings), settings, FANOUT_GROUP, runner.consumer, fanout, decode_change,
-            stream=settings.alerts_stream, start_id="$",
+            connect(settings), settings, FANOUT_GROUP, runner.consumer, fanout,
+            per_entry(decode_change), stream=settings.alerts_stream, start_id="$",
         )  # fmt: skip
         background.append(
             threading.Thread(target=fanout_runner.run, args=(stop,), name="fanout", daemon=True)

@@ -10,9 +10,9 @@
 --
 -- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, then keys referred to by
 -- index from ARGV (seq windows, metric sets, aggregate chunks).
--- ARGV: group, consumer, min id, max id, n ids, ids...,
+-- ARGV: group, consumer, min id, max id, n ids, ids (comma-separated),
 --       n ledger increments, (field, amount)...,
---       n seqs, (window key index, sensor, seq)... sorted by sensor then seq,
+--       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
 --       n deltas, then packed: chunk key index (int32), hash fields `sensor|bucket`
 --       (comma-separated), summaries (72 bytes each), histograms (concatenated), histogram
@@ -32,8 +32,11 @@ end
 -- 1. Ownership.
 local n_ids = tonumber(ARGV[5])
 local ids = {}
-for i = 1, n_ids do
-  ids[i] = take()
+for id in string.gmatch(take(), '[^,]+') do
+  ids[#ids + 1] = id
+end
+if #ids ~= n_ids then
+  return redis.error_reply('apply_batch: ' .. #ids .. ' entry IDs where ' .. n_ids .. ' were announced')
 end
 local limit = n_ids * 2 + 100
 local pending = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], limit, consumer)
@@ -57,9 +60,18 @@ local increments = {}
 for i = 1, tonumber(take()) do
   increments[i] = {take(), tonumber(take())}
 end
-local seqs = {}
-for i = 1, tonumber(take()) do
-  seqs[i] = {KEYS[tonumber(take())], take(), tonumber(take())}
+-- Readings with a seq, by sensor; positions number them across sensors, from 0, as sent.
+local sensor_order, by_sensor = {}, {}
+local n_seqs = 0
+for _ = 1, tonumber(take()) do
+  local window, sensor = KEYS[tonumber(take())], take()
+  local items = {}
+  for seq in string.gmatch(take(), '[^,]+') do
+    items[#items + 1] = {n_seqs, tonumber(seq)}
+    n_seqs = n_seqs + 1
+  end
+  by_sensor[sensor] = {window = window, items = items}
+  sensor_order[#sensor_order + 1] = sensor
 end
 
 -- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
@@ -74,18 +86,8 @@ local function call_in_slices(command, key, values, per_call)
   return out
 end
 
--- 3. No (sensor, seq) of the batch may have been counted already. The seqs come sorted by
--- sensor then seq; each sensor's window is read and written with one BITFIELD.
-local sensor_order, by_sensor = {}, {}
-for i, s in ipairs(seqs) do
-  local group = by_sensor[s[2]]
-  if not group then
-    group = {window = s[1], items = {}}
-    by_sensor[s[2]] = group
-    sensor_order[#sensor_order + 1] = s[2]
-  end
-  group.items[#group.items + 1] = {i - 1, s[3]}
-end
+-- 3. No (sensor, seq) of the batch may have been counted already. Each sensor's window is
+-- read and written with one BITFIELD.
 local highs = {}
 local got = call_in_slices('HMGET', seq_high, sensor_order, 1000)
 for i, sensor in ipairs(sensor_order) do
