@@ -156,8 +156,6 @@ class GroupRunner(Generic[D]):
         self.handler = handler
         self.decode = decode
         self.start_id = start_id
-        # Batches of several reads hold entries that other consumers' reads separate: only for
-        # handlers indifferent to which entries come together.
         self.reads_per_batch = reads_per_batch
         self.stats = RunnerStats()
         self._failures = _Failures()
@@ -264,18 +262,26 @@ class GroupRunner(Generic[D]):
     # -- reading ----------------------------------------------------------------------------
 
     def _read_new(self) -> int:
-        """Read and process new entries; return how many were read. While a backlog waits
-        (every read comes back full) up to `reads_per_batch` reads make one batch: the
-        handler's cost per batch is then shared by more entries."""
-        entries: list[RawEntry] = []
+        """Read and process new entries; return how many were read.
+
+        While a backlog waits (every read comes back full) up to `reads_per_batch` reads make
+        one batch, so the handler's cost per batch is shared by more entries. Reads join only
+        when no other consumer read between them: a batch is always a run of the stream, as
+        one larger read would give.
+        """
+        batches: list[list[RawEntry]] = []
         for _ in range(self.reads_per_batch):
             read = self._read_once()
-            entries += read
+            if batches and batches[-1] and self._last_delivered == batches[-1][-1][0]:
+                batches[-1] += read
+            else:
+                batches.append(read)
             if len(read) < self.settings.read_batch:
                 break
-        if entries:
-            self._process_fresh(entries)
-        return len(entries)
+        for entries in batches:
+            if entries:
+                self._process_fresh(entries)
+        return sum(map(len, batches))
 
     def _read_once(self) -> list[RawEntry]:
         """One XREADGROUP of new entries, in a MULTI that counts what trimming took first."""
