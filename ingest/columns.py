@@ -16,7 +16,7 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 
-from ingest.entries import FlatFields, Refused, as_mapping
+from ingest.entries import FlatFields, Refused, per_entry
 from ingest.errors import InvalidEntry
 from ingest.reading import (
     DECIMAL_CHARS,
@@ -39,6 +39,7 @@ _IGNORED, _SENSOR, _TS, _SEQ = -4, -3, -2, -1
 _codes: dict[str, int] = {"sensor_id": _SENSOR, "ts": _TS, "seq": _SEQ}
 _metric_names: list[str] = []
 _CODES_LIMIT = 10_000
+_entry_by_entry = per_entry(Reading.decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +160,8 @@ def decode_columns(
     columns = _decode_at_once(ids, fields)
     if columns is not None:
         return columns, []
-    readings: list[Reading] = []
-    kept: list[str] = []
-    refused: Refused = []
-    for position, (entry_id, flat) in enumerate(zip(ids, fields, strict=True)):
-        try:
-            readings.append(Reading.decode(entry_id, as_mapping(flat)))
-            kept.append(entry_id)
-        except InvalidEntry as exc:
-            refused.append((position, exc.reason))
-    return ReadingColumns.of(kept, readings), refused
+    kept, refused = _entry_by_entry(ids, fields)
+    return ReadingColumns.of(kept.ids, kept.values), refused
 
 
 def _code_of(name: str) -> int | None:

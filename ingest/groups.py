@@ -5,11 +5,12 @@ One runner is one consumer in one group. It
 - creates the group (MKSTREAM; an existing group is fine; recreated if the stream was deleted),
 - first re-reads its own pending entries (left by an earlier run under the same name),
 - reads new entries in batches, each read in one MULTI with a check that counts entries MAXLEN
-  trimmed before the group reached them,
+  trimmed before the group reached them (while a backlog waits, consecutive full reads can make
+  one batch),
 - claims entries other consumers left idle (XAUTOCLAIM, following the cursor; IDs Redis reports
   as deleted were trimmed and are counted as lost),
-- dead-letters entries that break the contract and entries delivered more than `max_deliveries`
-  times, each in one transaction with its XACK,
+- decodes a batch at once (see `entries`), and dead-letters the entries its decoder refuses and
+  entries delivered more than `max_deliveries` times, each in one transaction with its XACK,
 - hands the handler whole batches and acknowledges only after the handler returns (or lets the
   handler acknowledge atomically with its own writes),
 - isolates an entry that makes the handler fail by splitting the batch, so the rest flows,
