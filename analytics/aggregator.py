@@ -7,6 +7,7 @@ once however consumers die, stall or re-send.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -163,11 +164,9 @@ class Aggregator:
         order = np.lexsort((seq, sensor))
         args.seq_rows = with_seq[order]
         sensor, texts = sensor[order], seq[order].astype(str).tolist()
-        starts = (
-            np.flatnonzero(np.r_[True, sensor[1:] != sensor[:-1]]).tolist() if len(sensor) else []
-        )
+        bounds = np.flatnonzero(np.r_[True, sensor[1:] != sensor[:-1], True]).tolist()
         rows = []
-        for start, end in zip(starts, [*starts[1:], len(texts)], strict=True):
+        for start, end in itertools.pairwise(bounds if len(sensor) else []):
             sensor_id = readings.sensors[int(sensor[start])]
             window = args.key(self.keys.seq_window(sensor_id))
             rows.append([window, sensor_id, ",".join(texts[start:end])])

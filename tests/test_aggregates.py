@@ -231,3 +231,14 @@ def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     assert ledger(client) == {"settled:aggregated": 1000}
+
+
+def test_readings_without_seq_or_ts_are_counted(settings: Settings) -> None:
+    """A plain client's entries carry neither: timed by their IDs, counted like any others."""
+    client = connect(settings)
+    for value in ("1.5", "2.5", "4"):
+        add(client, settings.stream, {"sensor_id": "plain", "temp": value})
+    drain(aggregator_runner(client, settings, "c1"))
+    assert ledger(client) == {"settled:aggregated": 3}
+    hours = stored_buckets(settings.redis_url, "1h", "temp").values()
+    assert sum(b.count for b in hours) == 3 and sum(b.total for b in hours) == 8.0
