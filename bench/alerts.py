@@ -87,7 +87,7 @@ def evaluator(client: redis.Redis, settings: Settings, rules: list[Rule]) -> Ale
 def evaluate(settings: Settings, rules: list[Rule]) -> int:
     client = connect(settings)
     runner = GroupRunner(client, settings, GROUP, "c1", evaluator(client, settings, rules),
-                         decode_columns)  # fmt: skip
+                         decode_columns, reads_per_batch=settings.reads_per_batch)  # fmt: skip
     return runner.run(threading.Event(), drain=True).processed
 
 

@@ -166,6 +166,7 @@ class GroupRunner(Generic[D]):
         # Batches the handler deferred, oldest first; offered again before anything new is read.
         self._deferred: list[D] = []
         self._deferred_rounds = 0
+        self._deferred_since = 0.0
         self._raw_callbacks = CaseInsensitiveDict(
             {
                 name: callback
@@ -526,6 +527,11 @@ class GroupRunner(Generic[D]):
     def _retry_deferred(self, stop: threading.Event) -> None:
         waiting = self._deferred
         self._deferred = []
+        if self._deferred_rounds == 0:
+            self._deferred_since = time.monotonic()
+        elif time.monotonic() - self._deferred_since >= self.settings.claim_idle_ms / 3000:
+            self._keep_claimed(waiting)
+            self._deferred_since = time.monotonic()
         for entries in waiting:
             self._handle(entries)
         if self._deferred:
@@ -535,6 +541,29 @@ class GroupRunner(Generic[D]):
             stop.wait(min(DEFERRED_RETRY_S * 2**self._deferred_rounds, DEFERRED_RETRY_MAX_S))
         else:
             self._deferred_rounds = 0
+
+    def _keep_claimed(self, batches: Sequence[D]) -> None:
+        """Reset the idle time of deferred entries this consumer still holds, so that others do
+        not claim a batch that is only waiting its turn: every claim counts as a delivery, and
+        enough of them would dead-letter entries that never failed. XCLAIM with JUSTID counts
+        none; an entry idle for less than a third of claim_idle_ms (claimed by another consumer
+        since XPENDING answered) is left where it is."""
+        with redis_errors():
+            for entries in batches:
+                ids = entries.ids
+                held = self.client.xpending_range(
+                    self.keys.stream, self.group, ids[0], ids[-1], len(ids),
+                    consumername=self.consumer,
+                )  # fmt: skip
+                if held:
+                    self.client.xclaim(
+                        self.keys.stream,
+                        self.group,
+                        self.consumer,
+                        self.settings.claim_idle_ms // 3,
+                        [str(p["message_id"]) for p in held],
+                        justid=True,
+                    )
 
     def _handle(self, entries: D) -> None:
         failed = self._handle_isolating(entries)

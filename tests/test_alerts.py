@@ -308,6 +308,9 @@ def test_one_two_and_four_workers_give_the_same_alerts(
         procs = [alert_worker(run, rules, f"c{i}") for i in range(workers)]
         for proc in procs:
             assert proc.wait(timeout=120) == 0
+        # A batch waiting its turn behind other workers' must not be dead-lettered either.
+        dead = read_range(client, StreamKeys(run.stream).dead)
+        assert not dead, (workers, len(dead), dead[0][1]["reason"])
         assert comparable(changes(client, run.alerts_stream)) == expected, f"{workers} workers"
         ledger = client.hgetall(StreamKeys(run.stream).ledger(GROUP))
         assert int(ledger["settled:evaluated"]) + int(ledger.get("settled:stale", 0)) == len(

@@ -38,7 +38,13 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
     evaluator = AlertEvaluator(client, keys, alert_keys, rules, settings.alerts_maxlen)
     runner = GroupRunner(
-        client, settings, GROUP, consumer or default_consumer_name(), evaluator, decode_columns
+        client,
+        settings,
+        GROUP,
+        consumer or default_consumer_name(),
+        evaluator,
+        decode_columns,
+        reads_per_batch=settings.reads_per_batch,
     )
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
