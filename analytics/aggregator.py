@@ -181,7 +181,7 @@ class Aggregator:
         expiring: dict[int, int] = {}
         bins_so_far = 0
         flat = outcome.flat
-        sensors = [flat.pairs[p][0] for p in range(len(flat.pairs))]
+        sensors = [sensor for sensor, _ in flat.pairs]
         metrics, metric_code = np.unique(np.array(flat.pair_metric, object), return_inverse=True)
         for deltas in outcome.tiers:
             tier = deltas.tier

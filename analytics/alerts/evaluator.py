@@ -25,8 +25,8 @@ from prometheus_client import Counter
 
 from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
 from analytics.alerts.rules import Rule
-from analytics.alerts.tables import NO_CLOCK, NO_SEQ, SLOT_LIMIT, Tables
-from ingest.columns import ReadingColumns
+from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
+from ingest.columns import NO_SEQ, ReadingColumns
 from ingest.errors import redis_errors
 from ingest.groups import Batch, Deferred
 from ingest.keys import SETTLED, AlertKeys, StreamKeys

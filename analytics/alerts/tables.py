@@ -19,10 +19,10 @@ import numpy as np
 
 from analytics.alerts.kernels import DTYPES, Bools, Ints, Records, fresh
 from analytics.alerts.rules import Rule
+from ingest.columns import NO_SEQ
 
 # A clock no reading is older than: the sensor has none yet.
 NO_CLOCK = -(2**62)
-NO_SEQ = -1
 # Beyond this many sensors a worker starts its tables afresh (and reads what it needs again).
 SLOT_LIMIT = 1_000_000
 
