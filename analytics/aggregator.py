@@ -182,16 +182,16 @@ class Aggregator:
         bins_so_far = 0
         flat = outcome.flat
         sensors = [sensor for sensor, _ in flat.pairs]
-        metrics, metric_code = np.unique(np.array(flat.pair_metric, object), return_inverse=True)
         for deltas in outcome.tiers:
             tier = deltas.tier
             chunk = deltas.bucket - deltas.bucket % tier.chunk_ms
             combos, combo = np.unique(
-                np.stack([metric_code[deltas.pair], chunk]), axis=1, return_inverse=True
+                np.stack([flat.pair_metric[deltas.pair], chunk]), axis=1, return_inverse=True
             )
             indexes = []
             for code, chunk_ms in combos.T.tolist():
-                index = args.key(self.keys.aggregate_chunk(tier.name, metrics[code], chunk_ms))
+                metric = flat.metric_names[code]
+                index = args.key(self.keys.aggregate_chunk(tier.name, metric, chunk_ms))
                 expiring[index] = tier.chunk_expires_at_ms(chunk_ms)
                 indexes.append(index)
             key_index.append(np.asarray(indexes, np.int64)[combo.reshape(-1)])
