@@ -274,7 +274,8 @@ class GroupRunner(Generic[D]):
         batches: list[list[RawEntry]] = []
         for _ in range(self.reads_per_batch):
             read = self._read_once()
-            if batches and batches[-1] and self._last_delivered == batches[-1][-1][0]:
+            # Only a full read leads here, so the last batch has entries.
+            if batches and self._last_delivered == batches[-1][-1][0]:
                 batches[-1] += read
             else:
                 batches.append(read)
@@ -414,18 +415,20 @@ class GroupRunner(Generic[D]):
                 self.stats.claimed += len(claimed)
                 metrics.GROUP_CLAIMED.labels(**self._labels).inc(len(claimed))
                 log.info("consumer %s claimed %d idle entries", self.consumer, len(claimed))
-                self._process_redelivered(claimed, self._deliveries_of(claimed))
+                ids = [entry_id for entry_id, _ in claimed]
+                self._process_redelivered(claimed, self._deliveries_of(ids))
             if cursor == "0-0":
                 return
 
-    def _deliveries_of(self, entries: Sequence[RawEntry]) -> dict[str, int]:
+    def _deliveries_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """Delivery counts of the entries from ids[0] to ids[-1] that this consumer holds."""
         with redis_errors():
             pending = self.client.xpending_range(
                 self.keys.stream,
                 self.group,
-                entries[0][0],
-                entries[-1][0],
-                len(entries),
+                ids[0],
+                ids[-1],
+                len(ids),
                 consumername=self.consumer,
             )
         return {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
@@ -548,20 +551,16 @@ class GroupRunner(Generic[D]):
         enough of them would dead-letter entries that never failed. XCLAIM with JUSTID counts
         none; an entry idle for less than a third of claim_idle_ms (claimed by another consumer
         since XPENDING answered) is left where it is."""
-        with redis_errors():
-            for entries in batches:
-                ids = entries.ids
-                held = self.client.xpending_range(
-                    self.keys.stream, self.group, ids[0], ids[-1], len(ids),
-                    consumername=self.consumer,
-                )  # fmt: skip
-                if held:
+        for entries in batches:
+            held = self._deliveries_of(entries.ids)
+            if held:
+                with redis_errors():
                     self.client.xclaim(
                         self.keys.stream,
                         self.group,
                         self.consumer,
                         self.settings.claim_idle_ms // 3,
-                        [str(p["message_id"]) for p in held],
+                        [*held],
                         justid=True,
                     )
 
