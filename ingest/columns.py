@@ -96,11 +96,6 @@ class ReadingColumns:
             self.value[values],
         )
 
-    @property
-    def sensor_ids(self) -> list[str]:
-        """Each reading's sensor id."""
-        return [self.sensors[code] for code in self.sensor.tolist()]
-
     def metric(self, name: str) -> Floats:
         """One metric's value per reading, NaN where a reading lacks it."""
         column = np.full(len(self.ids), np.nan)
