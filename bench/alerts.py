@@ -21,14 +21,12 @@ import time
 import numpy as np
 import redis
 
-from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.rules import Rule, parse_rules
+from analytics.alerts.worker import alert_runner
 from bench.common import print_table, redis_for_bench, start_telemetry
 from bench.runner import STREAM, bare_loop
-from ingest.columns import decode_columns
 from ingest.connection import connect, read_range
-from ingest.groups import GroupRunner
-from ingest.keys import AlertKeys, StreamKeys
+from ingest.keys import AlertKeys
 from ingest.reading import entry_time_ms
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
@@ -79,15 +77,8 @@ def fill(client: redis.Redis, readings: int, seed: int) -> None:
     writer.flush()
 
 
-def evaluator(client: redis.Redis, settings: Settings, rules: list[Rule]) -> AlertEvaluator:
-    keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
-    return AlertEvaluator(client, keys, alert_keys, rules, settings.alerts_maxlen)
-
-
 def evaluate(settings: Settings, rules: list[Rule]) -> int:
-    client = connect(settings)
-    runner = GroupRunner(client, settings, GROUP, "c1", evaluator(client, settings, rules),
-                         decode_columns, reads_per_batch=settings.reads_per_batch)  # fmt: skip
+    runner = alert_runner(connect(settings), settings, rules, "c1")
     return runner.run(threading.Event(), drain=True).processed
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import redis
 
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
-from analytics.alerts.rules import Rule, parse_rules
+from analytics.alerts.rules import parse_rules
 from analytics.alerts.silence import SilenceSweeper
 from ingest.columns import decode_columns
 from ingest.connection import fields_arg, read_range
@@ -38,20 +38,10 @@ def write(
     return ids
 
 
-def evaluator(client: redis.Redis, settings: Settings, rules: Sequence[Rule]) -> AlertEvaluator:
-    return AlertEvaluator(
-        client,
-        StreamKeys(settings.stream),
-        AlertKeys(settings.alerts_stream),
-        rules,
-        settings.alerts_maxlen,
-    )
-
-
 def evaluate_all(client: redis.Redis, settings: Settings, rules_text: str,
                  consumer: str = "w1") -> AlertEvaluator:  # fmt: skip
     """Run one in-process worker until the group has settled everything."""
-    handler = evaluator(client, settings, parse_rules(rules_text))
+    handler = AlertEvaluator.configured(client, settings, parse_rules(rules_text))
     drain(GroupRunner(client, settings, GROUP, consumer, handler, decode_columns))
     return handler
 
@@ -80,7 +70,7 @@ class LiveWorker:
     def __init__(self, client: redis.Redis, settings: Settings, rules_text: str) -> None:
         rules = parse_rules(rules_text)
         self.stop_event = threading.Event()
-        handler = evaluator(client, settings, rules)
+        handler = AlertEvaluator.configured(client, settings, rules)
         runner = GroupRunner(client, settings, GROUP, "live", handler, decode_columns)
         sweeper = SilenceSweeper(
             redis.Redis.from_url(settings.redis_url, decode_responses=True),

@@ -32,6 +32,7 @@ from ingest.groups import Batch, Deferred
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
 from ingest.reading import entry_time_ms
 from ingest.scripts import LuaScript
+from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,14 @@ class AlertEvaluator:
         self.tables = Tables(self.rules)
         self._metrics = sorted({r.metric for r in self.rules if r.metric})
         self._silence = [(i, r) for i, r in enumerate(self.rules) if r.kind == "silence"]
+
+    @classmethod
+    def configured(
+        cls, client: redis.Redis, settings: Settings, rules: Sequence[Rule]
+    ) -> AlertEvaluator:
+        """An evaluator for the streams and caps `settings` name."""
+        keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
+        return cls(client, keys, alert_keys, rules, settings.alerts_maxlen)
 
     def __call__(self, batch: Batch[ReadingColumns]) -> None:
         if len(self.tables.names) > SLOT_LIMIT:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+
+import redis
 
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.fanout import GROUP as FANOUT_GROUP
@@ -12,7 +15,7 @@ from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
 from analytics.alerts.rules import Rule, load_rules
 from analytics.alerts.silence import SilenceSweeper
 from analytics.worker import default_consumer_name
-from ingest.columns import decode_columns
+from ingest.columns import ReadingColumns, decode_columns
 from ingest.connection import connect
 from ingest.entries import per_entry
 from ingest.groups import GroupRunner, RunnerStats
@@ -30,22 +33,23 @@ def rules_from(settings: Settings) -> list[Rule]:
     return load_rules(settings.rules)
 
 
+def alert_runner(
+    client: redis.Redis, settings: Settings, rules: Sequence[Rule], consumer: str
+) -> GroupRunner[ReadingColumns]:
+    """One consumer of the alerts group."""
+    evaluator = AlertEvaluator.configured(client, settings, rules)
+    return GroupRunner(
+        client, settings, GROUP, consumer, evaluator, decode_columns,
+        reads_per_batch=settings.reads_per_batch,
+    )  # fmt: skip
+
+
 def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
     rules = rules_from(settings)
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
     serve_metrics(settings.metrics_port)
-    client = connect(settings)
+    runner = alert_runner(connect(settings), settings, rules, consumer or default_consumer_name())
     keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
-    evaluator = AlertEvaluator(client, keys, alert_keys, rules, settings.alerts_maxlen)
-    runner = GroupRunner(
-        client,
-        settings,
-        GROUP,
-        consumer or default_consumer_name(),
-        evaluator,
-        decode_columns,
-        reads_per_batch=settings.reads_per_batch,
-    )
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
     background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
