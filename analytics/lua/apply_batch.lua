@@ -121,42 +121,66 @@ if #already > 0 then
 end
 
 -- 4. Record the seqs: gaps when a sensor skips ahead, filled gaps when a late one arrives.
-local function set_bit(ops, seq, bit)
-  ops[#ops + 1] = 'SET'
-  ops[#ops + 1] = 'u1'
-  ops[#ops + 1] = seq % SEQ_WINDOW
-  ops[#ops + 1] = bit
+-- Bits are written in runs, one BITFIELD op for up to 64 neighbouring bits of the same value
+-- (a signed field of -1 is all ones): a sensor's seqs mostly arrive in order, so a batch adds
+-- about one run per sensor.
+local RUN_BITS = 64
+local function add_run(ops, first, last, bit)
+  while first <= last do
+    local at = first % SEQ_WINDOW
+    local width = math.min(last - first + 1, RUN_BITS, SEQ_WINDOW - at)
+    ops[#ops + 1] = 'SET'
+    ops[#ops + 1] = 'i' .. width
+    ops[#ops + 1] = at
+    ops[#ops + 1] = -bit
+    first = first + width
+  end
 end
 local gaps, filled, beyond = 0, 0, 0
 local new_highs = {}
 for _, sensor in ipairs(sensor_order) do
   local group, high = by_sensor[sensor], highs[sensor]
   local ops = {}
+  -- The run of ones being built: seqs run_first..run_last, each recorded.
+  local run_first, run_last
+  local function flush()
+    if run_first then
+      add_run(ops, run_first, run_last, 1)
+      run_first = nil
+    end
+  end
+  local function record(seq)
+    if run_first and seq == run_last + 1 then
+      run_last = seq
+    else
+      flush()
+      run_first, run_last = seq, seq
+    end
+  end
   for _, item in ipairs(group.items) do
-    local seq, record = item[2], true
+    local seq = item[2]
     if not high then
       high = seq
+      record(seq)
     elseif seq > high then
       gaps = gaps + (seq - high - 1)
       if seq - high >= SEQ_WINDOW then
         redis.call('DEL', group.window)
-        ops = {}
-      else
-        for skipped = high + 1, seq - 1 do
-          set_bit(ops, skipped, 0)
-        end
+        ops, run_first = {}, nil
+      elseif seq > high + 1 then
+        flush()
+        add_run(ops, high + 1, seq - 1, 0)
       end
       high = seq
+      record(seq)
     elseif seq > high - SEQ_WINDOW then
       filled = filled + 1
+      record(seq)
     else
       beyond = beyond + 1
-      record = false
-    end
-    if record then
-      set_bit(ops, seq, 1)
     end
   end
+  flush()
   if #ops > 0 then
     call_in_slices('BITFIELD', group.window, ops, 4000)
   end
