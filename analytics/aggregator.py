@@ -7,6 +7,7 @@ once however consumers die, stall or re-send.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -52,12 +53,19 @@ class _Args:
     """KEYS and ARGV for one call of the apply script, keys numbered as they are added."""
 
     def __init__(self, keys: StreamKeys) -> None:
-        self.keys: list[str] = [keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors]
+        self.keys: list[str] = [
+            keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors, keys.sensor_index,
+            keys.sensor_names,
+        ]  # fmt: skip
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
         self.new_pairs: set[tuple[str, str]] = set()
         # Rows of the readings that carry a seq, in the order the script numbers them.
         self.seq_rows: Ints = np.zeros(0, np.int64)
+        # Each sensor code's place in the sensors section.
+        self.sensor_place: Ints = np.zeros(0, np.int64)
+        # Key index -> when it expires (ms).
+        self.expiring: dict[int, int] = {}
 
     def key(self, name: str) -> int:
         index = self._index.get(name)
@@ -65,6 +73,24 @@ class _Args:
             self.keys.append(name)
             index = self._index[name] = len(self.keys)
         return index
+
+    def keys_by_time(
+        self,
+        metric_names: Sequence[str],
+        metric: Ints,
+        times: Ints,
+        name: Callable[[str, int], str],
+        expires_at_ms: Callable[[int], int],
+    ) -> Ints:
+        """The key index of each delta, for keys named by (metric, time), each key set to
+        expire."""
+        combos, combo = np.unique(np.stack([metric, times]), axis=1, return_inverse=True)
+        indexes = []
+        for code, at in combos.T.tolist():
+            index = self.key(name(metric_names[code], at))
+            self.expiring[index] = expires_at_ms(at)
+            indexes.append(index)
+        return np.asarray(indexes, np.int64)[combo.reshape(-1)]
 
     def section(self, rows: Sequence[Sequence[Any]]) -> None:
         self.argv.append(len(rows))
@@ -145,10 +171,7 @@ class Aggregator:
         ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
         args.section(increments)
         self._seq_section(args, readings)
-        sensors = readings.sensors
-        newest = np.full(len(sensors), -1, np.int64)
-        np.maximum.at(newest, readings.sensor, readings.ts_ms)
-        args.section([[ts, sensors[code]] for code, ts in enumerate(newest.tolist()) if ts >= 0])
+        self._sensor_section(args, readings)
         args.new_pairs = set(outcome.flat.pairs) - self._known_pairs
         args.section(
             [[args.key(self.keys.sensor_metrics(s)), metric] for s, metric in args.new_pairs]
@@ -172,44 +195,72 @@ class Aggregator:
             rows.append([window, sensor_id, ",".join(texts[start:end])])
         args.section(rows)
 
+    def _sensor_section(self, args: _Args, readings: ReadingColumns) -> None:
+        """Each sensor of the batch with its newest event time."""
+        newest = np.full(len(readings.sensors), -1, np.int64)
+        np.maximum.at(newest, readings.sensor, readings.ts_ms)
+        present = newest >= 0
+        args.sensor_place = np.cumsum(present) - 1
+        codes = np.flatnonzero(present).tolist()
+        args.section(
+            [
+                [ts, readings.sensors[code]]
+                for code, ts in zip(codes, newest[codes].tolist(), strict=True)
+            ]
+        )
+
     def _delta_section(self, args: _Args, outcome: BatchOutcome) -> None:
         """Bucket deltas as a handful of packed arguments rather than several per bucket:
         packing tens of thousands of small arguments would cost more than everything else."""
-        key_index: list[Ints] = []
+        chunk_keys: list[Ints] = []
+        fleet_keys: list[Ints] = []
         fields: list[str] = []
         summaries, bins, offsets = [], [], [np.zeros(1, np.int64)]
-        expiring: dict[int, int] = {}
         bins_so_far = 0
         flat = outcome.flat
         sensors = [sensor for sensor, _ in flat.pairs]
         for deltas in outcome.tiers:
-            tier = deltas.tier
+            tier, metric = deltas.tier, flat.pair_metric[deltas.pair]
             chunk = deltas.bucket - deltas.bucket % tier.chunk_ms
-            combos, combo = np.unique(
-                np.stack([flat.pair_metric[deltas.pair], chunk]), axis=1, return_inverse=True
+            chunk_name = functools.partial(self.keys.aggregate_chunk, tier.name)
+            fleet_name = functools.partial(self.keys.fleet_bucket, tier.name)
+            chunk_keys.append(
+                args.keys_by_time(
+                    flat.metric_names, metric, chunk, chunk_name, tier.chunk_expires_at_ms
+                )
             )
-            indexes = []
-            for code, chunk_ms in combos.T.tolist():
-                metric = flat.metric_names[code]
-                index = args.key(self.keys.aggregate_chunk(tier.name, metric, chunk_ms))
-                expiring[index] = tier.chunk_expires_at_ms(chunk_ms)
-                indexes.append(index)
-            key_index.append(np.asarray(indexes, np.int64)[combo.reshape(-1)])
+            fleet_keys.append(
+                args.keys_by_time(
+                    flat.metric_names, metric, deltas.bucket, fleet_name, tier.bucket_expires_at_ms
+                )
+            )
             fields += map("{}|{}".format, map(sensors.__getitem__, deltas.pair.tolist()),
                           deltas.bucket.tolist())  # fmt: skip
             summaries.append(deltas.summaries)
             bins.append(deltas.bins)
             offsets.append(deltas.bin_offsets[1:] + bins_so_far)
             bins_so_far += len(deltas.bins)
+        pairs = [deltas.pair for deltas in outcome.tiers]
+        places = args.sensor_place[flat.pair_sensor[_joined(pairs)]]
         args.argv += [
             len(fields),
-            np.concatenate(key_index or [np.zeros(0, np.int64)]).astype("<i4").tobytes(),
+            _int32s(chunk_keys),
+            _int32s(fleet_keys),
+            _int32s([places]),
             ",".join(fields),
             b"".join(summaries),
             b"".join(bins),
-            np.concatenate(offsets).astype("<i4").tobytes(),
+            _int32s(offsets),
         ]
-        args.section([[index, at] for index, at in expiring.items()])
+        args.section([[index, at] for index, at in args.expiring.items()])
+
+
+def _joined(arrays: list[Ints]) -> Ints:
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+
+
+def _int32s(arrays: list[Ints]) -> bytes:
+    return _joined(arrays).astype("<i4").tobytes()
 
 
 def _first_of_each_seq(readings: ReadingColumns) -> Ints:

@@ -42,6 +42,8 @@ from producers.http import readings_router
 
 STATIC = pathlib.Path(__file__).parent / "static"
 LATEST_WITHIN_MS = 600_000
+# query.Stats as msgspec encodes it fastest.
+StatsRecord = msgspec.defstruct("StatsRecord", query.STATS_FIELDS)
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 Metric = Annotated[str, Query(pattern=f"^{METRIC_NAME.pattern}$", description="metric name")]
 
@@ -174,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
         rows = query.bucket_rows(store, sensor_id, metric, tier, start, end)
         # Up to thousands of plain records: serialised directly rather than validated one by
         # one against the response model, which would take most of the request's time.
-        records = [dict(zip(query.STATS_FIELDS, row, strict=True)) for row in rows]
+        records = [StatsRecord(*row) for row in rows]
         return Response(msgspec.json.encode(records), media_type="application/json")
 
     @app.get("/sensors/{sensor_id}/rolling", responses={404: {"description": "unknown sensor"}})

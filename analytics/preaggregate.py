@@ -56,13 +56,15 @@ class Flat:
         metrics = len(readings.metric_names)
         pair_keys = readings.sensor[readings.value_row] * metrics + readings.value_metric
         numbered, pair = np.unique(pair_keys, return_inverse=True)
-        # Each pair's metric, an index into metric_names.
+        # Each pair's sensor code (as in `readings.sensor`) and metric, an index into
+        # metric_names.
         self.metric_names = readings.metric_names
+        self.pair_sensor = numbered // metrics
         self.pair_metric = numbered % metrics
         self.pairs = [
             (readings.sensors[sensor], self.metric_names[metric])
             for sensor, metric in zip(
-                (numbered // metrics).tolist(), self.pair_metric.tolist(), strict=True
+                self.pair_sensor.tolist(), self.pair_metric.tolist(), strict=True
             )
         ]
         self.pair = pair.astype(np.int64)

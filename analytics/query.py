@@ -10,7 +10,6 @@ buckets actually cover and whether the first or last one reaches outside the win
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, BucketStats, spread
+from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, SUMMARY_FIELDS, BucketStats, spread
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -33,6 +32,8 @@ from ingest.settings import Settings
 MAX_BUCKETS = 1440
 # A fleet question reads every sensor's buckets: fewer, coarser ones.
 FLEET_MAX_BUCKETS = 16
+# Sensors whose windows a fleet question ranked by a percentile reads at a time.
+FLEET_PERCENTILE_BATCH = 200
 RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
 # The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
@@ -147,19 +148,16 @@ def bucket_rows(
     fetched = [
         (start, summary, bins)
         for _, start, summary, bins in _fetch_packed(
-            store, tier, [sensor_id], metric, from_ms, to_ms, with_bins=True
+            store, tier, [sensor_id], metric, from_ms, to_ms
         )
         if summary is not None
     ]
     if not fetched:
         return []
-    table = np.frombuffer(b"".join(summary for _, summary, _ in fetched), dtype=SUMMARY_DTYPE)
-    histograms = [bins or b"" for _, _, bins in fetched]
-    all_bins = np.frombuffer(b"".join(histograms), dtype=BIN_DTYPE)
-    sizes = [len(h) // BIN_DTYPE.itemsize for h in histograms]
+    table = _summary_table([summary for _, summary, _ in fetched])
+    keys, counts, sizes = _bins_table([bins for _, _, bins in fetched])
     percentiles = quantiles_of_many(
-        all_bins["key"].astype(np.int64), all_bins["count"].astype(np.int64),
-        np.repeat(np.arange(len(fetched)), sizes), len(fetched), PERCENTILES,
+        keys, counts, np.repeat(np.arange(len(fetched)), sizes), len(fetched), PERCENTILES,
         table["lo"], table["hi"],
     )  # fmt: skip
     count = table["c"]
@@ -198,9 +196,27 @@ def window(
     tier_name: str | None = None,
 ) -> Window:
     """The statistics of [from_ms, to_ms), merged from the buckets that overlap it."""
+    return windows(store, [sensor_id], metric, from_ms, to_ms, tier_name)[0]
+
+
+def windows(
+    store: Store,
+    sensor_ids: Sequence[str],
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    tier_name: str | None = None,
+) -> list[Window]:
+    """`window` for several sensors, read together."""
     tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
-    fetched = _fetch(store, tier, sensor_id, metric, from_ms, to_ms)
-    return _merge_window(sensor_id, metric, tier, from_ms, to_ms, fetched)
+    found: list[list[tuple[int, BucketStats]]] = [[] for _ in sensor_ids]
+    for s, start, summary, bins in _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms):
+        if summary is not None:
+            found[s].append((start, BucketStats.unpack(summary, bins)))
+    return [
+        _merge_window(sensor_id, metric, tier, from_ms, to_ms, buckets)
+        for sensor_id, buckets in zip(sensor_ids, found, strict=True)
+    ]
 
 
 def choose_tier(tiers: Sequence[Tier], span_ms: int, max_buckets: int = MAX_BUCKETS) -> Tier:
@@ -220,79 +236,135 @@ def fleet_top(
 ) -> list[Ranked]:
     """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`.
 
-    Every sensor's bucket summaries are merged with numpy; only the winners' windows are read
-    in full. Percentiles need histograms, so for them sensors are visited by falling maximum
-    (a percentile never exceeds the maximum) until no sensor left can beat the n-th best.
+    Every sensor's statistics come from the fleet buckets, merged with numpy; only the
+    winners' windows are read in full. Percentiles need histograms, so for them sensors are
+    visited by falling maximum (a percentile never exceeds the maximum), a few hundred at a
+    time, until no sensor left can beat the n-th best.
     """
     if by not in RANKINGS:
         raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
     to_ms = now_ms() if at_ms is None else at_ms
     from_ms = to_ms - last_ms
     tier = choose_tier(store.tiers, last_ms, FLEET_MAX_BUCKETS)
-    with redis_errors():
-        sensors = [
-            s.decode() for s in cast(list[bytes], store.client.zrange(store.keys.sensors, 0, -1))
-        ]
-    merged = _merge_summaries(store, tier, sensors, metric, from_ms, to_ms)
+    merged = _merge_fleet_buckets(store, tier, metric, from_ms, to_ms)
     if merged is None:
         return []
-    present, columns = merged
-    # A percentile never exceeds the maximum: rank by it until the exact values decide.
-    score = columns[by if by in columns else "max"]
-    names = np.array(sensors, dtype=object)[present]
-    order = sorted(range(len(names)), key=lambda i: (-score[i], names[i]))
-    exact = by in columns
-    ranked: list[Ranked] = []
-    for i in order:
-        if len(ranked) >= n and (exact or ranked[n - 1].value >= score[i]):
+    names, columns = merged
+    if by in columns:
+        value = columns[by]
+    else:
+        value = _percentiles_by_falling_maximum(
+            store, tier, names, columns["max"], metric, from_ms, to_ms, by, n
+        )
+    known = np.flatnonzero(~np.isnan(value))
+    # The n best, and any tied with the n-th, in order; ties go to the smaller sensor id.
+    cut = -np.partition(-value[known], min(n, len(known)) - 1)[min(n, len(known)) - 1]
+    contenders = known[value[known] >= cut].tolist()
+    winners = sorted(contenders, key=lambda i: (-value[i], names[i]))[:n]
+    found = windows(store, [names[i] for i in winners], metric, from_ms, to_ms, tier.name)
+    return [Ranked(w.sensor_id, getattr(w.stats, by), w) for w in found if w.stats is not None]
+
+
+def _percentiles_by_falling_maximum(
+    store: Store,
+    tier: Tier,
+    names: Sequence[str],
+    highest: npt.NDArray[np.float64],
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    by: str,
+    n: int,
+) -> npt.NDArray[np.float64]:
+    """Each sensor's percentile `by` where it could be among the n best, NaN elsewhere.
+
+    A percentile never exceeds the maximum: sensors are read by falling maximum, a few hundred
+    at a time, until the n-th best found beats every maximum left."""
+    q = PERCENTILES[("p50", "p90", "p95", "p99").index(by)]
+    value = np.full(len(names), np.nan)
+    order = np.argsort(-highest, kind="stable")
+    visited = 0
+    while visited < len(order):
+        found = value[order[:visited]]
+        found = found[~np.isnan(found)]
+        if len(found) >= n and -np.partition(-found, n - 1)[n - 1] > highest[order[visited]]:
             break
-        found = window(store, names[i], metric, from_ms, to_ms, tier.name)
-        value = None if found.stats is None else getattr(found.stats, by)
-        if value is not None:
-            bisect.insort(
-                ranked, Ranked(names[i], value, found), key=lambda r: (-r.value, r.sensor_id)
-            )
-    return ranked[:n]
+        batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
+        value[batch] = _percentile_of_windows(
+            store, tier, [names[i] for i in batch.tolist()], metric, from_ms, to_ms, q
+        )
+        visited += len(batch)
+    return value
 
 
-def _merge_summaries(
-    store: Store, tier: Tier, sensors: Sequence[str], metric: str, from_ms: int, to_ms: int
-) -> tuple[npt.NDArray[np.intp], dict[str, npt.NDArray[np.float64]]] | None:
-    """The sensors with data in the window (their indexes), and for each of them the merged
-    count, mean, min, max and last value."""
-    if not sensors:
-        return None
-    fetched = _fetch_packed(store, tier, sensors, metric, from_ms, to_ms, with_bins=False)
-    owners = [s for s, _, summary, _ in fetched if summary is not None]
-    if not owners:
-        return None
-    table = np.frombuffer(
-        b"".join(summary for _, _, summary, _ in fetched if summary is not None),
-        dtype=SUMMARY_DTYPE,
-    )
-    owner = np.asarray(owners, dtype=np.intp)
-    size = len(sensors)
-    count = np.bincount(owner, weights=table["c"], minlength=size)
-    total = np.bincount(owner, weights=table["s"], minlength=size)
-    lowest = np.full(size, np.inf)
+def _percentile_of_windows(
+    store: Store,
+    tier: Tier,
+    sensor_ids: Sequence[str],
+    metric: str,
+    from_ms: int,
+    to_ms: int,
+    q: float,
+) -> npt.NDArray[np.float64]:
+    """The q-quantile of each sensor's window, as `window` computes it; NaN where a sensor has
+    no readings there."""
+    fetched = [
+        row
+        for row in _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms)
+        if row[2] is not None
+    ]
+    owner = np.array([sensor for sensor, _, _, _ in fetched], np.intp)
+    table = _summary_table([summary for _, _, summary, _ in fetched])
+    lowest = np.full(len(sensor_ids), np.inf)
     np.minimum.at(lowest, owner, table["lo"])
-    highest = np.full(size, -np.inf)
+    highest = np.full(len(sensor_ids), -np.inf)
     np.maximum.at(highest, owner, table["hi"])
-    # Sorted by sensor, then time, then value: each sensor's last row holds its last value.
-    order = np.lexsort((table["lv"], table["lts"], owner))
-    by_sensor = owner[order]
-    ends = order[np.flatnonzero(np.r_[by_sensor[1:] != by_sensor[:-1], True])]
-    last = np.full(size, np.nan)
-    last[owner[ends]] = table["lv"][ends]
+    keys, counts, sizes = _bins_table([bins for _, _, _, bins in fetched])
+    found: npt.NDArray[np.float64] = quantiles_of_many(
+        keys, counts, np.repeat(owner, sizes), len(sensor_ids), [q], lowest, highest
+    )[:, 0]
+    return found
+
+
+def _merge_fleet_buckets(
+    store: Store, tier: Tier, metric: str, from_ms: int, to_ms: int
+) -> tuple[list[str], dict[str, npt.NDArray[np.float64]]] | None:
+    """The sensors with data in the window, and for each of them the merged count, mean, min,
+    max and last value, from the fleet buckets (one string per bucket for every sensor)."""
+    starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
+    with redis_errors():
+        pipe = store.client.pipeline(transaction=False)
+        pipe.lrange(store.keys.sensor_names, 0, -1)
+        for start in starts:
+            pipe.get(store.keys.fleet_bucket(tier.name, metric, start))
+        sensors, *packed = pipe.execute()
+    # Bucket, sensor by number, summary field; a sensor numbered after a bucket was last
+    # written has zeros there, as has one without readings in it.
+    width = len(SUMMARY_FIELDS)
+    table = np.zeros((len(starts), len(sensors), width))
+    for row, value in zip(table, packed, strict=True):
+        if value:
+            found = np.frombuffer(value, "<f8").reshape(-1, width)
+            row[: len(found)] = found
+    field = {name: table[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
+    count = field["c"].sum(axis=0)
     present = np.flatnonzero(count > 0)
+    if not len(present):
+        return None
+    count = count[present]
+    field = {name: column[:, present] for name, column in field.items()}
+    empty = field["c"] == 0
+    # Buckets are in time order and a bucket's readings lie inside it: a sensor's last
+    # non-empty bucket holds its last value.
+    last_bucket = len(starts) - 1 - np.argmax(~empty[::-1], axis=0)
     columns = {
-        "count": count[present],
-        "mean": total[present] / count[present],
-        "min": lowest[present],
-        "max": highest[present],
-        "last": last[present],
+        "count": count,
+        "mean": field["s"].sum(axis=0) / count,
+        "min": np.where(empty, np.inf, field["lo"]).min(axis=0),
+        "max": np.where(empty, -np.inf, field["hi"]).max(axis=0),
+        "last": field["lv"][last_bucket, np.arange(len(present))],
     }
-    return present, columns
+    return [sensors[i].decode() for i in present.tolist()], columns
 
 
 def list_sensors(store: Store) -> list[SensorInfo]:
@@ -333,51 +405,55 @@ def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
     return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
 
 
-def _fetch(
-    store: Store, tier: Tier, sensor_id: str, metric: str, from_ms: int, to_ms: int
-) -> list[tuple[int, BucketStats]]:
-    """One sensor's buckets of a tier overlapping [from_ms, to_ms), oldest first."""
-    return [
-        (start, BucketStats.unpack(summary, bins))
-        for _, start, summary, bins in _fetch_packed(
-            store, tier, [sensor_id], metric, from_ms, to_ms, with_bins=True
-        )
-        if summary is not None
-    ]
-
-
 def _fetch_packed(
     store: Store,
     tier: Tier,
-    sensors: Sequence[str],
+    sensor_ids: Sequence[str],
     metric: str,
     from_ms: int,
     to_ms: int,
-    with_bins: bool,
 ) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """(sensor index, bucket start, packed summary, histogram) for every bucket asked for, in
-    bucket order; summary None where there is no bucket."""
-    if not sensors:
-        return []
-    by_chunk: dict[int, list[tuple[int, int, bytes]]] = {}
-    for start in range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms):
-        items = by_chunk.setdefault(tier.chunk_of(start), [])
-        items += [
-            (s, start, f"{sensor_id}|{start}".encode()) for s, sensor_id in enumerate(sensors)
-        ]
+    """(sensor's index in sensor_ids, bucket start, packed summary, histogram) for every bucket
+    of the sensors overlapping [from_ms, to_ms), each sensor's in bucket order; summary None
+    where there is no bucket."""
+    first = tier.bucket_of(from_ms)
+    # Each chunk's bucket starts, and for each the (sensor, start) of every field asked for.
+    chunks = [
+        (chunk, range(max(first, chunk), min(to_ms, chunk + tier.chunk_ms), tier.bucket_ms))
+        for chunk in range(tier.chunk_of(first), to_ms, tier.chunk_ms)
+    ]
+    asked = [
+        [(s, start) for start in starts for s in range(len(sensor_ids))] for _, starts in chunks
+    ]
     with redis_errors():
         pipe = store.client.pipeline(transaction=False)
-        for chunk, items in by_chunk.items():
-            fields = [field for _, _, field in items]
-            if with_bins:
-                fields += [field + b"|h" for _, _, field in items]
-            pipe.hmget(store.keys.aggregate_chunk(tier.name, metric, chunk), fields)
+        for (chunk, _), items in zip(chunks, asked, strict=True):
+            fields = [f"{sensor_ids[s]}|{start}" for s, start in items]
+            pipe.hmget(
+                store.keys.aggregate_chunk(tier.name, metric, chunk),
+                fields + [f"{field}|h" for field in fields],
+            )
         replies: list[list[bytes | None]] = pipe.execute()
     out = []
-    for items, values in zip(by_chunk.values(), replies, strict=True):
-        for n, (s, start, _) in enumerate(items):
-            out.append((s, start, values[n], values[len(items) + n] if with_bins else None))
+    for items, values in zip(asked, replies, strict=True):
+        summaries, histograms = values[: len(items)], values[len(items) :]
+        for (s, start), summary, bins in zip(items, summaries, histograms, strict=True):
+            out.append((s, start, summary, bins))
     return out
+
+
+def _summary_table(summaries: Sequence[bytes | None]) -> npt.NDArray[np.void]:
+    """Packed bucket summaries as one numpy table, fields as in stats.SUMMARY_FIELDS."""
+    return np.frombuffer(b"".join(s for s in summaries if s), dtype=SUMMARY_DTYPE)
+
+
+def _bins_table(
+    histograms: Sequence[bytes | None],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]:
+    """The bins of several histograms end to end: keys, counts, and how many each has."""
+    bins = np.frombuffer(b"".join(h for h in histograms if h), dtype=BIN_DTYPE)
+    sizes = [len(h) // BIN_DTYPE.itemsize if h else 0 for h in histograms]
+    return bins["key"].astype(np.int64), bins["count"].astype(np.int64), sizes
 
 
 def _merge_window(

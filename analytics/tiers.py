@@ -29,6 +29,9 @@ class Tier:
     def chunk_expires_at_ms(self, chunk_ms: int) -> int:
         return chunk_ms + self.chunk_ms + self.retention_ms
 
+    def bucket_expires_at_ms(self, bucket_ms: int) -> int:
+        return bucket_ms + self.bucket_ms + self.retention_ms
+
 
 def parse_tiers(text: str) -> tuple[Tier, ...]:
     """`10s:6h,1m:7d,1h:90d` -> tiers, finest first; ValueError says what to fix."""

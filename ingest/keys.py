@@ -60,6 +60,24 @@ class StreamKeys:
         """Bitmap of the `seq` values seen recently, as a ring indexed by seq modulo its size."""
         return f"{self.stream}:seqwin:{sensor_id}"
 
+    @property
+    def sensor_index(self) -> str:
+        """Hash sensor_id -> its number, 0, 1, 2... in the order the aggregates group met them;
+        the number is a sensor's place in every fleet bucket."""
+        return f"{self.stream}:sensorindex"
+
+    @property
+    def sensor_names(self) -> str:
+        """List of sensor ids, each at its number in `sensor_index`."""
+        return f"{self.stream}:sensornames"
+
+    def fleet_bucket(self, tier: str, metric: str, bucket_ms: int) -> str:
+        """String holding one bucket of one metric for the whole fleet: each sensor's packed
+        statistics (as in `aggregate_chunk`) at its number times their size; zeros where a
+        sensor has no readings. A fleet question reads a few of these instead of a field per
+        sensor and bucket."""
+        return f"{self.stream}:fleet:{tier}:{metric}:{bucket_ms}"
+
     def aggregate_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
         """Hash of one tier's buckets of one metric over one chunk of time, for every sensor:
         field `{sensor_id}|{bucket_ms}` -> packed statistics, and the same field with `|h`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -11,7 +12,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import RELATIVE_ERROR
-from analytics.stats import BucketStats
+from analytics.stats import SUMMARY, BucketStats
 from ingest.keys import StreamKeys
 from ingest.writer import StreamWriter
 
@@ -115,12 +116,37 @@ def stored_buckets(
     return out
 
 
+def stored_fleet_buckets(
+    url: str, tier: str, metric: str, stream: str = "app:event"
+) -> dict[tuple[str, int], BucketStats]:
+    """Every sensor's buckets as the fleet buckets of a tier and metric hold them (no
+    histograms)."""
+    raw = redis.Redis.from_url(url)
+    keys = StreamKeys(stream)
+    names = [name.decode() for name in cast(list[bytes], raw.lrange(keys.sensor_names, 0, -1))]
+    prefix = keys.fleet_bucket(tier, metric, 0)[: -len("0")]
+    out = {}
+    for key in raw.scan_iter(match=prefix + "*", count=1000):
+        bucket = int(key[len(prefix) :])
+        packed = cast(bytes, raw.get(key))
+        for number, at in enumerate(range(0, len(packed), SUMMARY.size)):
+            summary = packed[at : at + SUMMARY.size]
+            if summary != bytes(SUMMARY.size):
+                out[(names[number], bucket)] = BucketStats.unpack(summary, None)
+    return out
+
+
 def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int:
-    """Every stored bucket equals numpy's answer; returns how many were compared."""
+    """Every stored bucket equals numpy's answer, and the fleet buckets hold the same
+    statistics; returns how many buckets were compared."""
     for metric in METRICS:
         expected = expected_buckets(made, metric, bucket_ms)
         stored = stored_buckets(url, tier, metric)
         assert stored.keys() == expected.keys(), (metric, len(stored), len(expected))
+        fleet = stored_fleet_buckets(url, tier, metric)
+        assert fleet.keys() == stored.keys()
+        for key, bucket in stored.items():
+            assert fleet[key] == dataclasses.replace(bucket, bins={}), key
         for key, want in expected.items():
             got = stored[key]
             assert (got.count, got.minimum, got.maximum) == (want.count, want.minimum, want.maximum)

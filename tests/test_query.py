@@ -222,3 +222,28 @@ def test_fleet_rankings_from_merged_summaries_equal_numpy(
     assert [r.sensor_id for r in ranked] == order
     for r in ranked:
         assert r.value == pytest.approx(expected[r.sensor_id], rel=1e-12)
+
+
+@pytest.mark.parametrize("by", ["p50", "p99", "mean"])
+def test_fleet_rankings_equal_ranking_every_sensors_own_window(
+    own_redis: RedisProcess, by: str
+) -> None:
+    """Hundreds of sensors, more than one batch of percentile reads: the fleet answer is what
+    ranking every sensor's window one by one gives."""
+    settings_ = make_settings(own_redis.url)
+    client = connect(settings_)
+    made = make_readings(sensors=700, per_sensor=30, burst=30, seed=4)
+    write(client, made)
+    drain(aggregator_runner(client, settings_, "c1"))
+    store = Store.from_settings(settings_)
+    at = int(made.ts.max()) + 1
+    ranked = query.fleet_top(store, "humidity", by, 600_000, 10, at_ms=at)
+    tier = ranked[0].window.tier
+    every = query.windows(
+        store, [made.sensor_id(k) for k in range(700)], "humidity", at - 600_000, at, tier
+    )
+    best = sorted(
+        ((getattr(w.stats, by), w.sensor_id, w) for w in every if w.stats is not None),
+        key=lambda found: (-found[0], found[1]),
+    )[:10]
+    assert [(r.value, r.sensor_id, r.window) for r in ranked] == best

@@ -8,19 +8,22 @@
 -- sends the batch again. Only then merges the bucket deltas, records the seqs, updates the
 -- sensor index and the ledger, and XACKs the entries. Returns 1.
 --
--- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, then keys referred to by
--- index from ARGV (seq windows, metric sets, aggregate chunks).
+-- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, 5 sensor index hash,
+-- 6 sensor names list, then keys referred to by index from ARGV (seq windows, metric sets,
+-- aggregate chunks, fleet buckets).
 -- ARGV: group, consumer, min id, max id, n ids, ids (comma-separated),
 --       n ledger increments, (field, amount)...,
 --       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
---       n deltas, then packed: chunk key index (int32), hash fields `sensor|bucket`
+--       n deltas, then packed: chunk key index (int32), fleet bucket key index (int32),
+--       sensor (int32, its place in the sensors section, from 0), hash fields `sensor|bucket`
 --       (comma-separated), summaries (72 bytes each), histograms (concatenated), histogram
 --       offsets (n + 1 int32),
---       n chunk keys, (key index, expire-at ms)...
+--       n expiring keys, (key index, expire-at ms)...
 
 local SEQ_WINDOW = 4096
 local stream, ledger, seq_high, sensors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sensor_index, sensor_names = KEYS[5], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local pos = 5
 
@@ -191,11 +194,22 @@ if #new_highs > 0 then
   call_in_slices('HSET', seq_high, new_highs, 2000)
 end
 
--- 5. Sensor index: newest event time per sensor, and each sensor's metric names.
-local newest = {'GT'}
-for _ = 1, tonumber(take()) do
+-- 5. Sensor index: newest event time per sensor, each sensor's number (given to sensors met
+-- for the first time), and each sensor's metric names.
+local newest, names = {'GT'}, {}
+for i = 1, tonumber(take()) do
   newest[#newest + 1] = take()
-  newest[#newest + 1] = take()
+  names[i] = take()
+  newest[#newest + 1] = names[i]
+end
+local numbers = call_in_slices('HMGET', sensor_index, names, 4000)
+for i, name in ipairs(names) do
+  if numbers[i] then
+    numbers[i] = tonumber(numbers[i])
+  else
+    numbers[i] = redis.call('RPUSH', sensor_names, name) - 1
+    redis.call('HSET', sensor_index, name, numbers[i])
+  end
 end
 if #newest > 1 then
   for first = 2, #newest, 2000 do
@@ -207,7 +221,7 @@ for _ = 1, tonumber(take()) do
 end
 
 -- 6. Merge the bucket deltas, and expire every chunk key with its tier.
-local SUMMARY = '<ddddddddd'
+local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
 local function merge_summary(old, new)
   local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
   local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, new)
@@ -260,12 +274,15 @@ local function add_bins(old, new)
 end
 
 local n_deltas = tonumber(take())
-local key_index, fields, summaries, bins, offsets = take(), take(), take(), take(), take()
+local key_index, fleet_index, sensor_at = take(), take(), take()
+local fields, summaries, bins, offsets = take(), take(), take(), take()
 -- Group the deltas by chunk hash, then read and write each hash with one HMGET and one HSET.
 local by_key, key_order = {}, {}
 local i = 0
 for field in string.gmatch(fields, '[^,]+') do
   local index = struct.unpack('<i4', key_index, i * 4 + 1)
+  local fleet = KEYS[struct.unpack('<i4', fleet_index, i * 4 + 1)]
+  local at = numbers[struct.unpack('<i4', sensor_at, i * 4 + 1) + 1] * SUMMARY_BYTES
   local from, to = struct.unpack('<i4i4', offsets, i * 4 + 1)
   local group = by_key[index]
   if not group then
@@ -273,8 +290,9 @@ for field in string.gmatch(fields, '[^,]+') do
     by_key[index] = group
     key_order[#key_order + 1] = index
   end
-  group[#group + 1] = {field, string.sub(summaries, i * 72 + 1, i * 72 + 72),
-    string.sub(bins, from + 1, to)}
+  group[#group + 1] = {field,
+    string.sub(summaries, i * SUMMARY_BYTES + 1, (i + 1) * SUMMARY_BYTES),
+    string.sub(bins, from + 1, to), fleet, at}
   i = i + 1
 end
 if i ~= n_deltas then
@@ -295,6 +313,7 @@ for _, index in ipairs(key_order) do
       summary = merge_summary(old[2 * j - 1], summary)
       histogram = add_bins(old[2 * j] or '', histogram)
     end
+    redis.call('SETRANGE', delta[4], delta[5], summary)
     values[#values + 1] = delta[1]
     values[#values + 1] = summary
     values[#values + 1] = delta[1] .. '|h'
