@@ -215,8 +215,8 @@ class Aggregator:
         chunk_keys: list[Ints] = []
         fleet_keys: list[Ints] = []
         fields: list[str] = []
-        summaries, bins, offsets = [], [], [np.zeros(1, np.int64)]
-        bins_so_far = 0
+        records, offsets = [], [np.zeros(1, np.int64)]
+        bytes_so_far = 0
         flat = outcome.flat
         sensors = [sensor for sensor, _ in flat.pairs]
         for deltas in outcome.tiers:
@@ -236,31 +236,24 @@ class Aggregator:
             )
             fields += map("{}|{}".format, map(sensors.__getitem__, deltas.pair.tolist()),
                           deltas.bucket.tolist())  # fmt: skip
-            summaries.append(deltas.summaries)
-            bins.append(deltas.bins)
-            offsets.append(deltas.bin_offsets[1:] + bins_so_far)
-            bins_so_far += len(deltas.bins)
+            records.append(deltas.records)
+            offsets.append(deltas.offsets[1:] + bytes_so_far)
+            bytes_so_far += len(deltas.records)
         pairs = [deltas.pair for deltas in outcome.tiers]
         places = args.sensor_place[flat.pair_sensor[_joined(pairs)]]
+        placement = np.stack([_joined(chunk_keys), _joined(fleet_keys), places], axis=1)
         args.argv += [
             len(fields),
-            _int32s(chunk_keys),
-            _int32s(fleet_keys),
-            _int32s([places]),
+            placement.astype("<i4").tobytes(),
             ",".join(fields),
-            b"".join(summaries),
-            b"".join(bins),
-            _int32s(offsets),
+            b"".join(records),
+            _joined(offsets).astype("<i4").tobytes(),
         ]
         args.section([[index, at] for index, at in args.expiring.items()])
 
 
 def _joined(arrays: list[Ints]) -> Ints:
     return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-
-
-def _int32s(arrays: list[Ints]) -> bytes:
-    return _joined(arrays).astype("<i4").tobytes()
 
 
 def _first_of_each_seq(readings: ReadingColumns) -> Ints:

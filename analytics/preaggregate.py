@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.sketch import bin_keys
-from analytics.stats import BIN, BIN_DTYPE, SUMMARY_DTYPE
+from analytics.stats import BIN, BIN_DTYPE, SUMMARY, SUMMARY_DTYPE
 from analytics.tiers import Tier
 from ingest.columns import ReadingColumns
 
@@ -22,18 +22,20 @@ from ingest.columns import ReadingColumns
 class TierDeltas:
     """The merged statistics of every bucket of one tier that a batch touches, as arrays and
     packed bytes ready for the apply script: group g is pair `flat.pairs[pair[g]]`, bucket
-    `bucket[g]`, summary bytes g*72..(g+1)*72 of `summaries` and histogram bytes
-    `bin_offsets[g]..bin_offsets[g+1]` of `bins`."""
+    `bucket[g]`, its stored form (see `stats`) bytes `offsets[g]..offsets[g+1]` of
+    `records`."""
 
     tier: Tier
     pair: npt.NDArray[np.int64]
     bucket: npt.NDArray[np.int64]
-    summaries: bytes
-    bins: bytes
-    bin_offsets: npt.NDArray[np.int64]
+    records: bytes
+    offsets: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.pair)
+
+    def record(self, group: int) -> bytes:
+        return self.records[self.offsets[group] : self.offsets[group + 1]]
 
 
 @dataclass
@@ -121,14 +123,27 @@ def _tier_deltas(
     summary["hi"] = np.maximum.reduceat(value, starts)
     summary["fts"], summary["fv"] = ts[starts], value[starts]
     summary["lts"], summary["lv"] = ts[ends], value[ends]
-    summaries = summary.tobytes()
 
     group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(pair)]))
     combined, counts = np.unique((group << 24) | (keys + (1 << 23)), return_counts=True)
     bins = np.empty(len(combined), dtype=BIN_DTYPE)
     bins["key"] = (combined & ((1 << 24) - 1)) - (1 << 23)
     bins["count"] = counts
-    bin_bytes = bins.tobytes()
     bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1)) * BIN.size
+    records, offsets = _records(summary.view(np.uint8), bins.view(np.uint8), bin_edges)
+    return TierDeltas(tier, pair[starts], bucket[starts], records, offsets)
 
-    return TierDeltas(tier, pair[starts], bucket[starts], summaries, bin_bytes, bin_edges)
+
+def _records(
+    summaries: npt.NDArray[np.uint8], bins: npt.NDArray[np.uint8], bin_edges: npt.NDArray[np.int64]
+) -> tuple[bytes, npt.NDArray[np.int64]]:
+    """Each group's summary followed by its histogram's bytes, end to end, and where each
+    group's record starts (and the last ends)."""
+    groups = len(bin_edges) - 1
+    sizes = SUMMARY.size + np.diff(bin_edges)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    out = np.empty(offsets[-1], np.uint8)
+    out[(offsets[:-1, None] + np.arange(SUMMARY.size)).reshape(-1)] = summaries
+    owner = np.repeat(np.arange(groups), np.diff(bin_edges))
+    out[offsets[owner] + SUMMARY.size + np.arange(len(bins)) - bin_edges[owner]] = bins
+    return out.tobytes(), offsets

@@ -21,7 +21,14 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE, SUMMARY_FIELDS, BucketStats, spread
+from analytics.stats import (
+    BIN_DTYPE,
+    SUMMARY,
+    SUMMARY_DTYPE,
+    SUMMARY_FIELDS,
+    BucketStats,
+    spread,
+)
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -428,17 +435,18 @@ def _fetch_packed(
     with redis_errors():
         pipe = store.client.pipeline(transaction=False)
         for (chunk, _), items in zip(chunks, asked, strict=True):
-            fields = [f"{sensor_ids[s]}|{start}" for s, start in items]
             pipe.hmget(
                 store.keys.aggregate_chunk(tier.name, metric, chunk),
-                fields + [f"{field}|h" for field in fields],
+                [f"{sensor_ids[s]}|{start}" for s, start in items],
             )
         replies: list[list[bytes | None]] = pipe.execute()
-    out = []
-    for items, values in zip(asked, replies, strict=True):
-        summaries, histograms = values[: len(items)], values[len(items) :]
-        for (s, start), summary, bins in zip(items, summaries, histograms, strict=True):
-            out.append((s, start, summary, bins))
+    out: list[tuple[int, int, bytes | None, bytes | None]] = []
+    for items, records in zip(asked, replies, strict=True):
+        for (s, start), record in zip(items, records, strict=True):
+            if record is None:
+                out.append((s, start, None, None))
+            else:
+                out.append((s, start, record[: SUMMARY.size], record[SUMMARY.size :]))
     return out
 
 

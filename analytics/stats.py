@@ -5,9 +5,9 @@ their event times, and a histogram (see `sketch`). Two buckets merge by adding o
 "first" is the value with the smallest event time (the smaller value on a tie) and "last" the
 value with the largest (the larger value on a tie), so the merge order never matters.
 
-A bucket is stored as its summary packed as nine little-endian doubles and its histogram as
-(int32 key, uint32 count) pairs; the Lua script that merges them in Redis reads the same
-layout.
+A bucket is stored as one record: its summary packed as nine little-endian doubles, followed by
+its histogram as (int32 key, uint32 count) pairs; the Lua script that merges them in Redis reads
+the same layout.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class BucketStats:
     def empty(cls) -> BucketStats:
         """The identity of `merge`."""
         return cls(0, 0.0, 0.0, math.inf, -math.inf, sys.maxsize, math.inf, -1, -math.inf)
+
+    @classmethod
+    def from_record(cls, record: bytes) -> BucketStats:
+        return cls.unpack(record[: SUMMARY.size], record[SUMMARY.size :])
 
     @classmethod
     def unpack(cls, summary: bytes, histogram: bytes | None) -> BucketStats:

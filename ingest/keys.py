@@ -73,16 +73,16 @@ class StreamKeys:
 
     def fleet_bucket(self, tier: str, metric: str, bucket_ms: int) -> str:
         """String holding one bucket of one metric for the whole fleet: each sensor's packed
-        statistics (as in `aggregate_chunk`) at its number times their size; zeros where a
+        statistics (as in `aggregate_chunk`, without the histogram) at its number times their
+        size; zeros where a
         sensor has no readings. A fleet question reads a few of these instead of a field per
         sensor and bucket."""
         return f"{self.stream}:fleet:{tier}:{metric}:{bucket_ms}"
 
     def aggregate_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
         """Hash of one tier's buckets of one metric over one chunk of time, for every sensor:
-        field `{sensor_id}|{bucket_ms}` -> packed statistics, and the same field with `|h`
-        appended -> the bucket's histogram. One hash per chunk lets a batch update thousands
-        of buckets with a few commands, and lets a fleet question read every sensor at once."""
+        field `{sensor_id}|{bucket_ms}` -> the bucket's packed statistics and histogram. One
+        hash per chunk lets a batch update thousands of buckets with a few commands."""
         return f"{self.stream}:agg:{tier}:{metric}:{chunk_ms}"
 
 

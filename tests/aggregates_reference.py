@@ -108,11 +108,9 @@ def stored_buckets(
     out = {}
     for key in raw.scan_iter(match=prefix + "*", count=1000):
         fields = cast(dict[bytes, bytes], raw.hgetall(key))
-        for field, summary in fields.items():
-            if field.endswith(b"|h"):
-                continue
+        for field, record in fields.items():
             sensor_id, _, bucket = field.decode().partition("|")
-            out[(sensor_id, int(bucket))] = BucketStats.unpack(summary, fields.get(field + b"|h"))
+            out[(sensor_id, int(bucket))] = BucketStats.from_record(record)
     return out
 
 

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from analytics.aggregator import GROUP, Aggregator
+from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.columns import Ints, ReadingColumns, decode_columns
@@ -242,3 +243,30 @@ def test_readings_without_seq_or_ts_are_counted(settings: Settings) -> None:
     assert ledger(client) == {"settled:aggregated": 3}
     hours = stored_buckets(settings.redis_url, "1h", "temp").values()
     assert sum(b.count for b in hours) == 3 and sum(b.total for b in hours) == 8.0
+
+
+def test_a_bucket_merged_from_many_batches_keeps_every_value_in_its_histogram(
+    settings: Settings,
+) -> None:
+    """Hundreds of small batches into one wide hourly bucket: its stored histogram grows past
+    the size where the apply script merges repeated bins, and still counts every value once."""
+    client = connect(settings)
+    rng = random.Random(3)
+    values = [rng.uniform(1, 1000) for _ in range(4000)]
+    now = int(time.time() * 1000)
+    hour = now - now % 3_600_000
+    for seq, value in enumerate(values):
+        ts = hour + seq * 3_600_000 // len(values)
+        add(client, settings.stream, {"sensor_id": "wide", "ts": str(ts), "seq": str(seq),
+                                      "temp": repr(value)})  # fmt: skip
+    drain(aggregator_runner(client, settings.replace(read_batch=20, reads_per_batch=1), "c1"))
+    (bucket,) = stored_buckets(settings.redis_url, "1h", "temp").values()
+    assert bucket.count == len(values) == sum(bucket.bins.values())
+    tier = parse_tiers("1h:90d")[0]
+    chunk = StreamKeys(settings.stream).aggregate_chunk("1h", "temp", tier.chunk_of(hour))
+    # Appended and never merged, it would hold a bin for every value.
+    assert len(client.hget(chunk, f"wide|{hour}") or b"") < 8 * len(values) / 4
+    ordered = sorted(values)
+    for q, estimate in zip((0.5, 0.9, 0.99), bucket.percentiles((0.5, 0.9, 0.99)), strict=True):
+        exact = ordered[int(q * (len(values) - 1))]
+        assert estimate is not None and abs(estimate - exact) <= RELATIVE_ERROR * exact

@@ -31,9 +31,7 @@ def stats_of(values: list[float], ts: list[int] | None = None) -> BucketStats:
     merged = BucketStats.empty()
     deltas = outcome.tiers[0]
     for g in range(len(deltas)):
-        summary = deltas.summaries[g * 72 : (g + 1) * 72]
-        bins = deltas.bins[deltas.bin_offsets[g] : deltas.bin_offsets[g + 1]]
-        merged.merge(BucketStats.unpack(summary, bins))
+        merged.merge(BucketStats.from_record(deltas.record(g)))
     return merged
 
 
@@ -97,13 +95,12 @@ def test_preaggregation_groups_by_sensor_metric_tier_and_bucket() -> None:
                 for r in readings
                 if r.sensor_id == sensor and bucket <= r.ts_ms < bucket + size
             ]
-            got = BucketStats.unpack(
-                deltas.summaries[g * 72 : (g + 1) * 72],
-                deltas.bins[deltas.bin_offsets[g] : deltas.bin_offsets[g + 1]],
-            )
+            got = BucketStats.from_record(deltas.record(g))
             assert got.count == len(expected)
             assert got.minimum == min(expected) and got.maximum == max(expected)
-        assert sum(int(c) for c in np.frombuffer(deltas.summaries, "<f8")[::9]) == 4000
+        assert (
+            sum(BucketStats.from_record(deltas.record(g)).count for g in range(len(deltas))) == 4000
+        )
 
 
 def test_readings_outside_every_retention_or_from_the_future_are_counted_apart() -> None:

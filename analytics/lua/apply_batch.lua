@@ -15,10 +15,10 @@
 --       n ledger increments, (field, amount)...,
 --       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
---       n deltas, then packed: chunk key index (int32), fleet bucket key index (int32),
---       sensor (int32, its place in the sensors section, from 0), hash fields `sensor|bucket`
---       (comma-separated), summaries (72 bytes each), histograms (concatenated), histogram
---       offsets (n + 1 int32),
+--       n deltas, then packed: for each, its chunk key index, fleet bucket key index and
+--       sensor (its place in the sensors section, from 0) as three int32; hash fields
+--       `sensor|bucket` (comma-separated); records (summary of 72 bytes, then histogram),
+--       end to end; record offsets (n + 1 int32),
 --       n expiring keys, (key index, expire-at ms)...
 
 local SEQ_WINDOW = 4096
@@ -263,26 +263,17 @@ local function merge_bins(old, new)
 end
 
 -- A histogram may list a bin more than once (readers add them up): new bins are appended, and
--- merged into one entry per bin only when the histogram grows past a limit. Merging on every
+-- merged into one entry per bin only when the record grows past a limit. Merging on every
 -- update would cost most of the script's time for the coarse tiers' wide histograms.
-local COMPACT_BYTES = 2048
-local function add_bins(old, new)
-  if #old + #new <= COMPACT_BYTES then
-    return old .. new
-  end
-  return merge_bins(old, new)
-end
+local COMPACT_BYTES = 2048 + SUMMARY_BYTES
 
 local n_deltas = tonumber(take())
-local key_index, fleet_index, sensor_at = take(), take(), take()
-local fields, summaries, bins, offsets = take(), take(), take(), take()
+local placement, fields, records, offsets = take(), take(), take(), take()
 -- Group the deltas by chunk hash, then read and write each hash with one HMGET and one HSET.
 local by_key, key_order = {}, {}
 local i = 0
 for field in string.gmatch(fields, '[^,]+') do
-  local index = struct.unpack('<i4', key_index, i * 4 + 1)
-  local fleet = KEYS[struct.unpack('<i4', fleet_index, i * 4 + 1)]
-  local at = numbers[struct.unpack('<i4', sensor_at, i * 4 + 1) + 1] * SUMMARY_BYTES
+  local index, fleet, sensor = struct.unpack('<i4i4i4', placement, i * 12 + 1)
   local from, to = struct.unpack('<i4i4', offsets, i * 4 + 1)
   local group = by_key[index]
   if not group then
@@ -290,9 +281,8 @@ for field in string.gmatch(fields, '[^,]+') do
     by_key[index] = group
     key_order[#key_order + 1] = index
   end
-  group[#group + 1] = {field,
-    string.sub(summaries, i * SUMMARY_BYTES + 1, (i + 1) * SUMMARY_BYTES),
-    string.sub(bins, from + 1, to), fleet, at}
+  group[#group + 1] = {field, string.sub(records, from + 1, to), KEYS[fleet],
+    numbers[sensor + 1] * SUMMARY_BYTES}
   i = i + 1
 end
 if i ~= n_deltas then
@@ -302,24 +292,31 @@ for _, index in ipairs(key_order) do
   local key, group = KEYS[index], by_key[index]
   local wanted = {}
   for j, delta in ipairs(group) do
-    wanted[2 * j - 1] = delta[1]
-    wanted[2 * j] = delta[1] .. '|h'
+    wanted[j] = delta[1]
   end
-  local old = call_in_slices('HMGET', key, wanted, 4000)
+  local old = call_in_slices('HMGET', key, wanted, 7000)
   local values = {}
   for j, delta in ipairs(group) do
-    local summary, histogram = delta[2], delta[3]
-    if old[2 * j - 1] then
-      summary = merge_summary(old[2 * j - 1], summary)
-      histogram = add_bins(old[2 * j] or '', histogram)
+    local record, summary = delta[2], nil
+    local stored = old[j]
+    if stored then
+      summary = merge_summary(stored, record)
+      if #stored + #record <= COMPACT_BYTES then
+        -- One concatenation of three parts: the histogram's kilobytes are copied once.
+        record = summary .. string.sub(stored, SUMMARY_BYTES + 1)
+          .. string.sub(record, SUMMARY_BYTES + 1)
+      else
+        record = summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1),
+          string.sub(record, SUMMARY_BYTES + 1))
+      end
+    else
+      summary = string.sub(record, 1, SUMMARY_BYTES)
     end
-    redis.call('SETRANGE', delta[4], delta[5], summary)
-    values[#values + 1] = delta[1]
-    values[#values + 1] = summary
-    values[#values + 1] = delta[1] .. '|h'
-    values[#values + 1] = histogram
+    redis.call('SETRANGE', delta[3], delta[4], summary)
+    values[2 * j - 1] = delta[1]
+    values[2 * j] = record
   end
-  call_in_slices('HSET', key, values, 4000)
+  call_in_slices('HSET', key, values, 7000)
 end
 for _ = 1, tonumber(take()) do
   redis.call('PEXPIREAT', KEYS[tonumber(take())], take())
