@@ -117,12 +117,31 @@ class Aggregator:
         self._known_pairs: set[tuple[str, str]] = set()
 
     def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        self.prepare(batch)()
+
+    def prepare(self, batch: Batch[ReadingColumns]) -> Callable[[], None]:
+        """Pre-aggregate the batch and build the apply script's arguments; the returned call
+        applies them. Only that call writes, so the group runner can run it while it prepares
+        the next batch."""
         kept = _first_of_each_seq(batch.entries)
         duplicates = len(batch.entries) - len(kept)
+        args = self._arguments_for(batch, kept, duplicates)
+        return functools.partial(self._commit, batch, kept, duplicates, args)
+
+    def _arguments_for(self, batch: Batch[ReadingColumns], kept: Ints, duplicates: int) -> _Args:
+        readings = batch.entries if duplicates == 0 else batch.entries.take(kept)
+        outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
+        return self._arguments(batch, readings, duplicates, outcome)
+
+    def _commit(
+        self, batch: Batch[ReadingColumns], kept: Ints, duplicates: int, args: _Args
+    ) -> None:
         while True:
-            readings = batch.entries if duplicates == 0 else batch.entries.take(kept)
-            result, seq_rows = self._apply(batch, readings, duplicates)
+            result = self._apply(args)
             if result == 1:
+                known = set() if len(self._known_pairs) > KNOWN_PAIRS_LIMIT else self._known_pairs
+                # A new set rather than an update: `prepare` may be reading the old one.
+                self._known_pairs = known | args.new_pairs
                 self.stats.batches += 1
                 self.stats.readings += len(batch.entries)
                 self.stats.duplicates += duplicates
@@ -133,24 +152,15 @@ class Aggregator:
                 self.stats.not_owned += 1
                 log.info("batch of %d no longer ours; dropped", len(batch.entries))
                 return
-            repeated = seq_rows[np.asarray(result[1], np.int64)]
+            # Positions in the seq list of readings counted before: drop them, prepare again.
+            repeated = args.seq_rows[np.asarray(result[1], np.int64)]
             kept = np.delete(kept, repeated)
             duplicates += len(repeated)
+            args = self._arguments_for(batch, kept, duplicates)
 
-    def _apply(
-        self, batch: Batch[ReadingColumns], readings: ReadingColumns, duplicates: int
-    ) -> tuple[Any, Ints]:
-        """The script's answer, and the rows of the readings with a seq in the order it
-        numbered them."""
-        outcome = preaggregate(readings, self.tiers, self.clock_ms(), MAX_FUTURE_MS)
-        args = self._arguments(batch, readings, duplicates, outcome)
+    def _apply(self, args: _Args) -> Any:
         with redis_errors():
-            result = APPLY_BATCH(self.client, args.keys, args.argv)
-        if result == 1:
-            if len(self._known_pairs) > KNOWN_PAIRS_LIMIT:
-                self._known_pairs.clear()
-            self._known_pairs |= args.new_pairs
-        return result, args.seq_rows
+            return APPLY_BATCH(self.client, args.keys, args.argv)
 
     def _arguments(
         self,

@@ -69,10 +69,16 @@ class Flat:
                 self.pair_sensor.tolist(), self.pair_metric.tolist(), strict=True
             )
         ]
-        self.pair = pair.astype(np.int64)
-        self.reading = readings.value_row
-        self.ts = readings.ts_ms[readings.value_row]
-        self.value = readings.value
+        ts = readings.ts_ms[readings.value_row]
+        # Rows sorted by pair, then time, then value, once for every tier: a bucket start only
+        # grows with time, so each tier's buckets are runs of rows, a run's first row its
+        # "first" and its last row its "last" (ties broken by value as the merge in Redis
+        # breaks them).
+        order = np.lexsort((readings.value, ts, pair))
+        self.pair = pair[order].astype(np.int64)
+        self.reading = readings.value_row[order]
+        self.ts = ts[order]
+        self.value = readings.value[order]
         self.keys = bin_keys(self.value)
         self.readings = len(readings)
 
@@ -109,10 +115,6 @@ def _tier_deltas(
 ) -> TierDeltas:
     pair, bucket, ts = flat.pair[keep], bucket[keep], flat.ts[keep]
     value, keys = flat.value[keep], flat.keys[keep]
-    # Sorted by group, then time, then value: a group's first row is its "first" and its last
-    # row its "last", with ties broken by value as the merge in Redis breaks them.
-    order = np.lexsort((value, ts, bucket, pair))
-    pair, bucket, ts, value, keys = pair[order], bucket[order], ts[order], value[order], keys[order]
     starts = np.flatnonzero(np.r_[True, (pair[1:] != pair[:-1]) | (bucket[1:] != bucket[:-1])])
     ends = np.r_[starts[1:], len(pair)] - 1
     summary = np.empty(len(starts), dtype=SUMMARY_DTYPE)
@@ -130,20 +132,23 @@ def _tier_deltas(
     bins["key"] = (combined & ((1 << 24) - 1)) - (1 << 23)
     bins["count"] = counts
     bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1)) * BIN.size
-    records, offsets = _records(summary.view(np.uint8), bins.view(np.uint8), bin_edges)
+    records, offsets = _records(summary, bins, bin_edges)
     return TierDeltas(tier, pair[starts], bucket[starts], records, offsets)
 
 
 def _records(
-    summaries: npt.NDArray[np.uint8], bins: npt.NDArray[np.uint8], bin_edges: npt.NDArray[np.int64]
+    summaries: npt.NDArray[np.void], bins: npt.NDArray[np.void], bin_edges: npt.NDArray[np.int64]
 ) -> tuple[bytes, npt.NDArray[np.int64]]:
-    """Each group's summary followed by its histogram's bytes, end to end, and where each
-    group's record starts (and the last ends)."""
-    groups = len(bin_edges) - 1
-    sizes = SUMMARY.size + np.diff(bin_edges)
-    offsets = np.r_[0, np.cumsum(sizes)]
-    out = np.empty(offsets[-1], np.uint8)
-    out[(offsets[:-1, None] + np.arange(SUMMARY.size)).reshape(-1)] = summaries
-    owner = np.repeat(np.arange(groups), np.diff(bin_edges))
-    out[offsets[owner] + SUMMARY.size + np.arange(len(bins)) - bin_edges[owner]] = bins
-    return out.tobytes(), offsets
+    """Each group's summary followed by its histogram, end to end, and where each group's
+    record starts (and the last ends), in bytes. Both layouts are whole 8-byte words, moved as
+    such."""
+    words = SUMMARY.size // 8
+    bin_counts = np.diff(bin_edges) // BIN.size
+    starts = np.r_[0, np.cumsum(words + bin_counts)]
+    out = np.empty(starts[-1], np.uint64)
+    out[(starts[:-1, None] + np.arange(words)).reshape(-1)] = summaries.view(np.uint64)
+    owner = np.repeat(np.arange(len(bin_counts)), bin_counts)
+    out[starts[owner] + words + np.arange(len(bins)) - bin_edges[owner] // BIN.size] = bins.view(
+        np.uint64
+    )
+    return out.tobytes(), starts * 8

@@ -12,7 +12,8 @@ One runner is one consumer in one group. It
 - decodes a batch at once (see `entries`), and dead-letters the entries its decoder refuses and
   entries delivered more than `max_deliveries` times, each in one transaction with its XACK,
 - hands the handler whole batches and acknowledges only after the handler returns (or lets the
-  handler acknowledge atomically with its own writes),
+  handler acknowledge atomically with its own writes); a handler that prepares a batch apart
+  from writing it has its writes run while the next batch is decoded and prepared,
 - isolates an entry that makes the handler fail by splitting the batch, so the rest flows,
 - backs off and recovers when Redis goes away, and stops between batches when asked.
 """
@@ -23,9 +24,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import redis
 from redis.client import CaseInsensitiveDict
@@ -66,6 +68,10 @@ class Abort(Exception):
     the runner stops."""
 
 
+# Errors that end a batch's handling and reach the run loop instead of counting as a failure.
+_STOPPING = (Abort, RedisUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
 class Deferred(Exception):
     """Raised by a handler that must let older entries go first (it settles entries in stream
     order): the batch stays pending with this consumer and the runner offers it again shortly,
@@ -96,6 +102,20 @@ class BatchHandler(Protocol[D_contra]):  # type: ignore[misc]
     acknowledges: bool
 
     def __call__(self, batch: Batch[D_contra]) -> None: ...
+
+
+@runtime_checkable
+class PreparingHandler(Protocol[D_contra]):  # type: ignore[misc]
+    """A handler whose `prepare` does all its work but the writes, and returns the call that
+    makes them (and acknowledges). While a backlog waits the runner runs that call in a second
+    thread while it decodes and prepares the next batch, so Redis and Python work at the same
+    time. The call must not touch state `prepare` reads without replacing it whole."""
+
+    acknowledges: bool
+
+    def __call__(self, batch: Batch[D_contra]) -> None: ...
+
+    def prepare(self, batch: Batch[D_contra]) -> Callable[[], None]: ...
 
 
 @dataclass
@@ -167,6 +187,9 @@ class GroupRunner(Generic[D]):
         self._deferred: list[D] = []
         self._deferred_rounds = 0
         self._deferred_since = 0.0
+        # A batch prepared and not yet written, and the thread that writes one meanwhile.
+        self._prepared: tuple[D, Callable[[], None]] | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._raw_callbacks = CaseInsensitiveDict(
             {
                 name: callback
@@ -194,12 +217,15 @@ class GroupRunner(Generic[D]):
         while not stop.is_set():
             try:
                 if must_recover:
-                    # Re-reading the pending list brings back whatever was deferred.
+                    # Re-reading the pending list brings back whatever was deferred or
+                    # prepared and not written.
                     self._deferred.clear()
+                    self._prepared = None
                     self.ensure_group()
                     self.stats.recovered += self._recover_own_pending(stop)
                     must_recover = False
                 if time.monotonic() >= next_claim:
+                    self._write_prepared()
                     self._claim_idle(stop)
                     self._watch_lag()
                     self._forget_idle_consumers()
@@ -227,6 +253,7 @@ class GroupRunner(Generic[D]):
                 stop.wait(backoff.next_delay())
             except Abort as exc:
                 log.warning("handler gave up (%s); stopping with its batch left pending", exc)
+                self._prepared = None
                 break
             except ScriptsFlushed:
                 log.warning("Redis lost the scripts (SCRIPT FLUSH?); reloading them")
@@ -236,6 +263,13 @@ class GroupRunner(Generic[D]):
                     raise
                 log.warning("group %s is gone (stream deleted?); recreating it", self.group)
                 must_recover = True
+        try:
+            self._write_prepared()
+        except (RedisUnavailable, RedisCommandFailed) as exc:
+            log.warning("could not write the last prepared batch (%s); it stays pending", exc)
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         log.info(
             "consumer %s stopping: processed=%d dead_lettered=%d trimmed=%d claimed=%d",
             self.consumer,
@@ -284,6 +318,9 @@ class GroupRunner(Generic[D]):
         for entries in batches:
             if entries:
                 self._process_fresh(entries)
+        if len(read) < self.settings.read_batch:
+            # Nothing more waiting: write what was prepared now rather than with the next read.
+            self._write_prepared()
         return sum(map(len, batches))
 
     def _read_once(self) -> list[RawEntry]:
@@ -436,8 +473,16 @@ class GroupRunner(Generic[D]):
     # -- settling ---------------------------------------------------------------------------
 
     def _process_fresh(self, entries: Sequence[RawEntry]) -> None:
-        """Settle entries delivered for the first time: dead-letter or hand to the handler."""
-        self._decode_and_settle([], [], entries, [1] * len(entries))
+        """Settle entries delivered for the first time: dead-letter or hand to the handler.
+        A preparing handler's previous batch is written meanwhile."""
+        if not isinstance(self.handler, PreparingHandler):
+            self._decode_and_settle([], [], entries, [1] * len(entries))
+            return
+        writing = self._start_writing()
+        try:
+            self._decode_and_settle([], [], entries, [1] * len(entries), prepare=True)
+        finally:
+            self._finish_writing(writing)
 
     def _process_redelivered(self, entries: Sequence[RawEntry], deliveries: dict[str, int]) -> None:
         """Settle entries delivered before. `deliveries` maps the IDs this consumer still owns to
@@ -472,9 +517,12 @@ class GroupRunner(Generic[D]):
         dead: list[DeadEntry],
         entries: Sequence[RawEntry],
         deliveries: Sequence[int],
+        *,
+        prepare: bool = False,
     ) -> None:
         """Settle trimmed and dead entries, then decode the rest: what the decoder refuses is
-        dead-lettered with its reason, the others go to the handler."""
+        dead-lettered with its reason, the others go to the handler (with `prepare`, are
+        prepared, to be written later)."""
         ids = [entry_id for entry_id, _ in entries]
         fields = [flat or () for _, flat in entries]
         valid, refused = self.decode(ids, fields)
@@ -485,7 +533,7 @@ class GroupRunner(Generic[D]):
         if dead:
             self._dead_letter(dead)
         if len(valid):
-            self._handle(valid)
+            (self._prepare if prepare else self._handle)(valid)
 
     def _settle_trimmed(self, ids: list[str]) -> None:
         with redis_errors():
@@ -564,6 +612,48 @@ class GroupRunner(Generic[D]):
                         justid=True,
                     )
 
+    # -- preparing and writing apart ---------------------------------------------------------
+
+    def _prepare(self, entries: D) -> None:
+        assert isinstance(self.handler, PreparingHandler) and self._prepared is None
+        try:
+            write = self.handler.prepare(self._batch(entries))
+        except _STOPPING:
+            raise
+        except Exception:
+            # The plain path retries and isolates what fails.
+            self._handle(entries)
+            return
+        self._prepared = (entries, write)
+
+    def _start_writing(self) -> tuple[D, Future[None]] | None:
+        """Start writing the prepared batch in the writer thread."""
+        if self._prepared is None:
+            return None
+        entries, write = self._prepared
+        self._prepared = None
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.group}-writer")
+        return entries, self._writer.submit(write)
+
+    def _finish_writing(self, writing: tuple[D, Future[None]] | None) -> None:
+        if writing is None:
+            return
+        entries, future = writing
+        try:
+            future.result()
+        except _STOPPING:
+            raise
+        except Exception as exc:
+            self._count_handler_error()
+            log.warning("writing a prepared batch failed (%s); handling it again", exc)
+            self._handle(entries)
+            return
+        self._count_processed(entries)
+
+    def _write_prepared(self) -> None:
+        self._finish_writing(self._start_writing())
+
     def _handle(self, entries: D) -> None:
         failed = self._handle_isolating(entries)
         if failed:
@@ -581,17 +671,16 @@ class GroupRunner(Generic[D]):
 
         Returns the entries that failed on their own, with the error; they stay pending.
         """
-        batch = Batch(self.keys.stream, self.group, self.consumer, entries)
+        batch = self._batch(entries)
         try:
             self.handler(batch)
         except Deferred:
             self._deferred.append(entries)
             return []
-        except (Abort, RedisUnavailable, redis.ConnectionError, redis.TimeoutError):
+        except _STOPPING:
             raise
         except Exception as exc:
-            self.stats.handler_errors += 1
-            metrics.GROUP_HANDLER_ERRORS.labels(**self._labels).inc()
+            self._count_handler_error()
             if len(entries) > 1:
                 middle = len(entries) // 2
                 return self._handle_isolating(entries[:middle]) + self._handle_isolating(
@@ -604,6 +693,16 @@ class GroupRunner(Generic[D]):
         if not self.handler.acknowledges:
             with redis_errors():
                 self.client.xack(self.keys.stream, self.group, *batch.ids)
+        self._count_processed(entries)
+        return []
+
+    def _batch(self, entries: D) -> Batch[D]:
+        return Batch(self.keys.stream, self.group, self.consumer, entries)
+
+    def _count_processed(self, entries: D) -> None:
         self.stats.processed += len(entries)
         metrics.GROUP_ENTRIES.labels(**self._labels, outcome="processed").inc(len(entries))
-        return []
+
+    def _count_handler_error(self) -> None:
+        self.stats.handler_errors += 1
+        metrics.GROUP_HANDLER_ERRORS.labels(**self._labels).inc()

@@ -20,9 +20,9 @@ from analytics.aggregator import GROUP, Aggregator
 from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
-from ingest.columns import Ints, ReadingColumns, decode_columns
+from ingest.columns import decode_columns
 from ingest.connection import connect
-from ingest.groups import Batch, GroupRunner
+from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from ingest.status import stream_status
@@ -147,15 +147,14 @@ def test_a_batch_re_sent_after_a_client_timeout_is_counted_once(
     calls_before = evalsha_calls(own_redis.url)
     original_apply = aggregator._apply
 
-    def apply_while_redis_stalls(
-        batch: Batch[ReadingColumns], readings: ReadingColumns, duplicates: int
-    ) -> tuple[Any, Ints]:
+    def apply_while_redis_stalls(args: Any) -> Any:
         own_redis.pause()
         threading.Timer(1.2, own_redis.resume).start()
-        return original_apply(batch, readings, duplicates)
+        return original_apply(args)
 
     aggregator._apply = apply_while_redis_stalls  # type: ignore[method-assign]
-    runner._read_new()
+    while runner._read_new():
+        pass
     aggregator._apply = original_apply  # type: ignore[method-assign]
 
     # Redis ran the script twice: once from the timed-out connection, once re-sent.

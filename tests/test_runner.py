@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 
 import redis
 
+from ingest.columns import ReadingColumns, decode_columns
 from ingest.deadletter import list_dead_letters
-from ingest.groups import FORGET_CONSUMERS
+from ingest.groups import FORGET_CONSUMERS, Batch, GroupRunner
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from tests.helpers import Recorder, add, drain, entries, pending_count, reading_runner
@@ -135,3 +138,54 @@ def test_idle_consumers_holding_nothing_are_forgotten_and_holders_kept(
     names = {c["name"] for c in client.xinfo_consumers(settings.stream, "aggregates")}
     assert removed == ["empty"]
     assert names == {"holder"}
+
+
+class PreparingRecorder:
+    """A handler that prepares a batch apart from writing it, its writes acknowledging; the
+    write fails for a batch holding `poison` always, and for one holding `flaky` once."""
+
+    acknowledges = True
+
+    def __init__(self, client: redis.Redis, poison: str, flaky: str) -> None:
+        self.client = client
+        self.poison, self.flaky = poison, flaky
+        self.written: list[str] = []
+        self.writer_threads: set[str] = set()
+        self.flaky_failed = False
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        self.prepare(batch)()
+
+    def prepare(self, batch: Batch[ReadingColumns]) -> Callable[[], None]:
+        ids = list(batch.ids)
+
+        def write() -> None:
+            self.writer_threads.add(threading.current_thread().name)
+            if self.poison in ids:
+                raise ValueError("poison")
+            if self.flaky in ids and not self.flaky_failed:
+                self.flaky_failed = True
+                raise ValueError("flaky")
+            self.client.xack(batch.stream, batch.group, *ids)
+            self.written.extend(ids)
+
+        return write
+
+
+def test_a_preparing_handler_writes_each_batch_once_while_the_next_is_prepared(
+    client: redis.Redis, settings: Settings
+) -> None:
+    ids = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(3000)]
+    handler = PreparingRecorder(client, poison=ids[1234], flaky=ids[2345])
+    runner = GroupRunner(
+        client, settings.replace(read_batch=100), "aggregates", "c1", handler, decode_columns
+    )
+    drain(runner)
+    assert sorted(handler.written) == sorted(set(ids) - {ids[1234]})
+    assert len(handler.written) == len(set(handler.written))
+    assert runner.stats.processed == len(ids) - 1 and runner.stats.dead_lettered == 1
+    assert handler.flaky_failed
+    # A failed write is handled again at once: only the poison entry waited to be claimed.
+    assert runner.stats.claimed <= settings.max_deliveries
+    assert any(name.startswith("aggregates-writer") for name in handler.writer_threads)
+    assert pending_count(client, settings.stream, "aggregates") == 0
