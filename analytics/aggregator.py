@@ -84,13 +84,16 @@ class _Args:
     ) -> Ints:
         """The key index of each delta, for keys named by (metric, time), each key set to
         expire."""
-        combos, combo = np.unique(np.stack([metric, times]), axis=1, return_inverse=True)
+        # One integer per (metric, time): times are below 2**42 ms, metric codes few.
+        combos, combo = np.unique(times * len(metric_names) + metric, return_inverse=True)
         indexes = []
-        for code, at in combos.T.tolist():
+        times_of, codes = np.divmod(combos, len(metric_names))
+        for at, code in zip(times_of.tolist(), codes.tolist(), strict=True):
             index = self.key(name(metric_names[code], at))
             self.expiring[index] = expires_at_ms(at)
             indexes.append(index)
-        return np.asarray(indexes, np.int64)[combo.reshape(-1)]
+        per_delta: Ints = np.asarray(indexes, np.int64)[combo.reshape(-1)]
+        return per_delta
 
     def section(self, rows: Sequence[Sequence[Any]]) -> None:
         self.argv.append(len(rows))

@@ -297,38 +297,28 @@ def _percentiles_by_falling_maximum(
         if len(found) >= n and -np.partition(-found, n - 1)[n - 1] > highest[order[visited]]:
             break
         batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
-        value[batch] = _percentile_of_windows(
-            store, tier, [names[i] for i in batch.tolist()], metric, from_ms, to_ms, q
-        )
+        sensor_ids = [names[i] for i in batch.tolist()]
+        fetched = _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms)
+        value[batch] = _percentile_of_windows(fetched, len(sensor_ids), q)
         visited += len(batch)
     return value
 
 
 def _percentile_of_windows(
-    store: Store,
-    tier: Tier,
-    sensor_ids: Sequence[str],
-    metric: str,
-    from_ms: int,
-    to_ms: int,
-    q: float,
+    fetched: Sequence[tuple[int, int, bytes | None, bytes | None]], sensors: int, q: float
 ) -> npt.NDArray[np.float64]:
-    """The q-quantile of each sensor's window, as `window` computes it; NaN where a sensor has
-    no readings there."""
-    fetched = [
-        row
-        for row in _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms)
-        if row[2] is not None
-    ]
+    """The q-quantile of each sensor's window, as `window` computes it, from its buckets as
+    `_fetch_packed` gives them; NaN where a sensor has no readings there."""
+    fetched = [row for row in fetched if row[2] is not None]
     owner = np.array([sensor for sensor, _, _, _ in fetched], np.intp)
     table = _summary_table([summary for _, _, summary, _ in fetched])
-    lowest = np.full(len(sensor_ids), np.inf)
+    lowest = np.full(sensors, np.inf)
     np.minimum.at(lowest, owner, table["lo"])
-    highest = np.full(len(sensor_ids), -np.inf)
+    highest = np.full(sensors, -np.inf)
     np.maximum.at(highest, owner, table["hi"])
     keys, counts, sizes = _bins_table([bins for _, _, _, bins in fetched])
     found: npt.NDArray[np.float64] = quantiles_of_many(
-        keys, counts, np.repeat(owner, sizes), len(sensor_ids), [q], lowest, highest
+        keys, counts, np.repeat(owner, sizes), sensors, [q], lowest, highest
     )[:, 0]
     return found
 

@@ -265,7 +265,7 @@ class GroupRunner(Generic[D]):
                 must_recover = True
         try:
             self._write_prepared()
-        except (RedisUnavailable, RedisCommandFailed) as exc:
+        except _STOPPING as exc:
             log.warning("could not write the last prepared batch (%s); it stays pending", exc)
         if self._writer is not None:
             self._writer.shutdown()
