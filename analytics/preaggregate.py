@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.sketch import bin_keys
-from analytics.stats import BIN, BIN_DTYPE, SUMMARY, SUMMARY_DTYPE
+from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE
 from analytics.tiers import Tier
 from ingest.columns import ReadingColumns
 
@@ -131,7 +131,7 @@ def _tier_deltas(
     bins = np.empty(len(combined), dtype=BIN_DTYPE)
     bins["key"] = (combined & ((1 << 24) - 1)) - (1 << 23)
     bins["count"] = counts
-    bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1)) * BIN.size
+    bin_edges = np.searchsorted(combined >> 24, np.arange(len(starts) + 1))
     records, offsets = _records(summary, bins, bin_edges)
     return TierDeltas(tier, pair[starts], bucket[starts], records, offsets)
 
@@ -139,16 +139,15 @@ def _tier_deltas(
 def _records(
     summaries: npt.NDArray[np.void], bins: npt.NDArray[np.void], bin_edges: npt.NDArray[np.int64]
 ) -> tuple[bytes, npt.NDArray[np.int64]]:
-    """Each group's summary followed by its histogram, end to end, and where each group's
-    record starts (and the last ends), in bytes. Both layouts are whole 8-byte words, moved as
+    """Each group's summary followed by its histogram (group g's bins are
+    `bins[bin_edges[g]:bin_edges[g + 1]]`), end to end, and where each group's record starts
+    (and the last ends), in bytes. A summary is whole 8-byte words and a bin one, moved as
     such."""
     words = SUMMARY.size // 8
-    bin_counts = np.diff(bin_edges) // BIN.size
+    bin_counts = np.diff(bin_edges)
     starts = np.r_[0, np.cumsum(words + bin_counts)]
     out = np.empty(starts[-1], np.uint64)
     out[(starts[:-1, None] + np.arange(words)).reshape(-1)] = summaries.view(np.uint64)
     owner = np.repeat(np.arange(len(bin_counts)), bin_counts)
-    out[starts[owner] + words + np.arange(len(bins)) - bin_edges[owner] // BIN.size] = bins.view(
-        np.uint64
-    )
+    out[starts[owner] + words + np.arange(len(bins)) - bin_edges[owner]] = bins.view(np.uint64)
     return out.tobytes(), starts * 8
