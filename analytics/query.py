@@ -162,11 +162,9 @@ def bucket_rows(
     if not fetched:
         return []
     table = _summary_table([summary for _, summary, _ in fetched])
-    keys, counts, sizes = _bins_table([bins for _, _, bins in fetched])
-    percentiles = quantiles_of_many(
-        keys, counts, np.repeat(np.arange(len(fetched)), sizes), len(fetched), PERCENTILES,
-        table["lo"], table["hi"],
-    )  # fmt: skip
+    percentiles = _quantiles_by_owner(
+        table, [bins for _, _, bins in fetched], np.arange(len(fetched)), len(fetched), PERCENTILES
+    )
     count = table["c"]
     starts = np.array([start for start, _, _ in fetched], np.int64)
     columns: list[list[Any]] = [
@@ -265,7 +263,7 @@ def fleet_top(
         )
     known = np.flatnonzero(~np.isnan(value))
     # The n best, and any tied with the n-th, in order; ties go to the smaller sensor id.
-    cut = -np.partition(-value[known], min(n, len(known)) - 1)[min(n, len(known)) - 1]
+    cut = _nth_largest(value[known], min(n, len(known)))
     contenders = known[value[known] >= cut].tolist()
     winners = sorted(contenders, key=lambda i: (-value[i], names[i]))[:n]
     found = windows(store, [names[i] for i in winners], metric, from_ms, to_ms, tier.name)
@@ -294,7 +292,7 @@ def _percentiles_by_falling_maximum(
     while visited < len(order):
         found = value[order[:visited]]
         found = found[~np.isnan(found)]
-        if len(found) >= n and -np.partition(-found, n - 1)[n - 1] > highest[order[visited]]:
+        if len(found) >= n and _nth_largest(found, n) > highest[order[visited]]:
             break
         batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
         sensor_ids = [names[i] for i in batch.tolist()]
@@ -312,15 +310,8 @@ def _percentile_of_windows(
     fetched = [row for row in fetched if row[2] is not None]
     owner = np.array([sensor for sensor, _, _, _ in fetched], np.intp)
     table = _summary_table([summary for _, _, summary, _ in fetched])
-    lowest = np.full(sensors, np.inf)
-    np.minimum.at(lowest, owner, table["lo"])
-    highest = np.full(sensors, -np.inf)
-    np.maximum.at(highest, owner, table["hi"])
-    keys, counts, sizes = _bins_table([bins for _, _, _, bins in fetched])
-    found: npt.NDArray[np.float64] = quantiles_of_many(
-        keys, counts, np.repeat(owner, sizes), sensors, [q], lowest, highest
-    )[:, 0]
-    return found
+    histograms = [bins for _, _, _, bins in fetched]
+    return _quantiles_by_owner(table, histograms, owner, sensors, [q])[:, 0]
 
 
 def _merge_fleet_buckets(
@@ -443,6 +434,27 @@ def _fetch_packed(
 def _summary_table(summaries: Sequence[bytes | None]) -> npt.NDArray[np.void]:
     """Packed bucket summaries as one numpy table, fields as in stats.SUMMARY_FIELDS."""
     return np.frombuffer(b"".join(s for s in summaries if s), dtype=SUMMARY_DTYPE)
+
+
+def _quantiles_by_owner(
+    table: npt.NDArray[np.void],
+    histograms: Sequence[bytes | None],
+    owner: npt.NDArray[np.intp],
+    owners: int,
+    qs: Sequence[float],
+) -> npt.NDArray[np.float64]:
+    """The qs-quantiles of buckets merged by owner: bucket i (summary `table[i]`, histogram
+    `histograms[i]`) belongs to `owner[i]`; one row per owner, NaN where it has no bucket."""
+    lowest = np.full(owners, np.inf)
+    np.minimum.at(lowest, owner, table["lo"])
+    highest = np.full(owners, -np.inf)
+    np.maximum.at(highest, owner, table["hi"])
+    keys, counts, sizes = _bins_table(histograms)
+    return quantiles_of_many(keys, counts, np.repeat(owner, sizes), owners, qs, lowest, highest)
+
+
+def _nth_largest(values: npt.NDArray[np.float64], n: int) -> float:
+    return float(-np.partition(-values, n - 1)[n - 1])
 
 
 def _bins_table(
