@@ -263,9 +263,15 @@ local function merge_bins(old, new)
 end
 
 -- A histogram may list a bin more than once (readers add them up): new bins are appended, and
--- merged into one entry per bin only when the record grows past a limit. Merging on every
+-- merged into one entry per bin only when the histogram grows past a limit. Merging on every
 -- update would cost most of the script's time for the coarse tiers' wide histograms.
-local COMPACT_BYTES = 2048 + SUMMARY_BYTES
+local COMPACT_BYTES = 2048
+local function add_bins(old, new)
+  if #old + #new <= COMPACT_BYTES then
+    return old .. new
+  end
+  return merge_bins(old, new)
+end
 
 local n_deltas = tonumber(take())
 local placement, fields, records, offsets = take(), take(), take(), take()
@@ -301,14 +307,8 @@ for _, index in ipairs(key_order) do
     local stored = old[j]
     if stored then
       summary = merge_summary(stored, record)
-      if #stored + #record <= COMPACT_BYTES then
-        -- One concatenation of three parts: the histogram's kilobytes are copied once.
-        record = summary .. string.sub(stored, SUMMARY_BYTES + 1)
-          .. string.sub(record, SUMMARY_BYTES + 1)
-      else
-        record = summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1),
-          string.sub(record, SUMMARY_BYTES + 1))
-      end
+      record = summary .. add_bins(string.sub(stored, SUMMARY_BYTES + 1),
+        string.sub(record, SUMMARY_BYTES + 1))
     else
       summary = string.sub(record, 1, SUMMARY_BYTES)
     end
