@@ -187,7 +187,11 @@ class GroupRunner(Generic[D]):
         self._deferred: list[D] = []
         self._deferred_rounds = 0
         self._deferred_since = 0.0
-        # A batch prepared and not yet written, and the thread that writes one meanwhile.
+        # The handler when it prepares apart from writing; a batch prepared and not yet
+        # written, and the thread that writes one meanwhile.
+        self._preparer: PreparingHandler[D] | None = (
+            handler if isinstance(handler, PreparingHandler) else None
+        )
         self._prepared: tuple[D, Callable[[], None]] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._raw_callbacks = CaseInsensitiveDict(
@@ -475,7 +479,7 @@ class GroupRunner(Generic[D]):
     def _process_fresh(self, entries: Sequence[RawEntry]) -> None:
         """Settle entries delivered for the first time: dead-letter or hand to the handler.
         A preparing handler's previous batch is written meanwhile."""
-        if not isinstance(self.handler, PreparingHandler):
+        if self._preparer is None:
             self._decode_and_settle([], [], entries, [1] * len(entries))
             return
         writing = self._start_writing()
@@ -615,9 +619,9 @@ class GroupRunner(Generic[D]):
     # -- preparing and writing apart ---------------------------------------------------------
 
     def _prepare(self, entries: D) -> None:
-        assert isinstance(self.handler, PreparingHandler) and self._prepared is None
+        assert self._preparer is not None and self._prepared is None
         try:
-            write = self.handler.prepare(self._batch(entries))
+            write = self._preparer.prepare(self._batch(entries))
         except _STOPPING:
             raise
         except Exception:
