@@ -234,7 +234,7 @@ class Aggregator:
         sensors = [sensor for sensor, _ in flat.pairs]
         for deltas in outcome.tiers:
             tier, metric = deltas.tier, flat.pair_metric[deltas.pair]
-            chunk = deltas.bucket - deltas.bucket % tier.chunk_ms
+            chunk = tier.chunk_of(deltas.bucket)
             chunk_name = functools.partial(self.keys.aggregate_chunk, tier.name)
             fleet_name = functools.partial(self.keys.fleet_bucket, tier.name)
             chunk_keys.append(

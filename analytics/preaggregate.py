@@ -92,8 +92,8 @@ def preaggregate(
     deltas: list[TierDeltas] = []
     tier_drops: dict[str, int] = {}
     for tier in tiers:
-        bucket = flat.ts - flat.ts % tier.bucket_ms
-        keep = (bucket + tier.bucket_ms + tier.retention_ms > now_ms) & ~too_new_rows
+        bucket = tier.bucket_of(flat.ts)
+        keep = (tier.bucket_expires_at_ms(bucket) > now_ms) & ~too_new_rows
         tier_drops[tier.name] = int((~keep & ~too_new_rows).sum())
         landed[flat.reading[keep]] = True
         if keep.any():

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from ingest.durations import format_duration, parse_tier_spec
 
 # Buckets per storage chunk (one Redis hash per sensor, metric, tier and chunk).
 CHUNK_BUCKETS = 360
+# Times in ms: one, or an array of them (a batch's readings).
+Ms = TypeVar("Ms", int, npt.NDArray[np.int64])
 
 
 @dataclass(frozen=True)
@@ -20,16 +26,16 @@ class Tier:
     def chunk_ms(self) -> int:
         return self.bucket_ms * CHUNK_BUCKETS
 
-    def bucket_of(self, ts_ms: int) -> int:
+    def bucket_of(self, ts_ms: Ms) -> Ms:
         return ts_ms - ts_ms % self.bucket_ms
 
-    def chunk_of(self, bucket_ms: int) -> int:
+    def chunk_of(self, bucket_ms: Ms) -> Ms:
         return bucket_ms - bucket_ms % self.chunk_ms
 
-    def chunk_expires_at_ms(self, chunk_ms: int) -> int:
+    def chunk_expires_at_ms(self, chunk_ms: Ms) -> Ms:
         return chunk_ms + self.chunk_ms + self.retention_ms
 
-    def bucket_expires_at_ms(self, bucket_ms: int) -> int:
+    def bucket_expires_at_ms(self, bucket_ms: Ms) -> Ms:
         return bucket_ms + self.bucket_ms + self.retention_ms
 
 
