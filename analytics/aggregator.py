@@ -254,15 +254,29 @@ class Aggregator:
             bytes_so_far += len(deltas.records)
         pairs = [deltas.pair for deltas in outcome.tiers]
         places = args.sensor_place[flat.pair_sensor[_joined(pairs)]]
-        placement = np.stack([_joined(chunk_keys), _joined(fleet_keys), places], axis=1)
+        chunk_key, fleet_key = _joined(chunk_keys), _joined(fleet_keys)
+        order = np.lexsort((places, fleet_key, chunk_key))
+        placement = np.stack([chunk_key, fleet_key, places], axis=1)[order]
+        sorted_records, sorted_offsets = _reordered(b"".join(records), _joined(offsets), order)
         args.argv += [
             len(fields),
             placement.astype("<i4").tobytes(),
-            ",".join(fields),
-            b"".join(records),
-            _joined(offsets).astype("<i4").tobytes(),
+            ",".join([fields[i] for i in order.tolist()]),
+            sorted_records,
+            sorted_offsets.astype("<i4").tobytes(),
         ]
         args.section([[index, at] for index, at in args.expiring.items()])
+
+
+def _reordered(records: bytes, offsets: Ints, order: Ints) -> tuple[bytes, Ints]:
+    """Records (each a whole number of 8-byte words, record i at offsets[i]:offsets[i + 1])
+    put in the given order, and their new offsets."""
+    words = np.frombuffer(records, np.uint64)
+    starts, lengths = offsets[:-1][order] // 8, np.diff(offsets)[order] // 8
+    new_offsets = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    taken = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return words[taken].tobytes(), new_offsets * 8
 
 
 def _joined(arrays: list[Ints]) -> Ints:

@@ -15,8 +15,9 @@
 --       n ledger increments, (field, amount)...,
 --       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
---       n deltas, then packed: for each, its chunk key index, fleet bucket key index and
---       sensor (its place in the sensors section, from 0) as three int32; hash fields
+--       n deltas, then packed, sorted by chunk key, fleet bucket key and sensor: for each, its
+--       chunk key index, fleet bucket key index and sensor (its place in the sensors section,
+--       from 0) as three int32; hash fields
 --       `sensor|bucket` (comma-separated); records (summary of 72 bytes, then histogram),
 --       end to end; record offsets (n + 1 int32),
 --       n expiring keys, (key index, expire-at ms)...
@@ -273,38 +274,66 @@ local function add_bins(old, new)
   return merge_bins(old, new)
 end
 
-local n_deltas = tonumber(take())
-local placement, fields, records, offsets = take(), take(), take(), take()
--- Group the deltas by chunk hash, then read and write each hash with one HMGET and one HSET.
-local by_key, key_order = {}, {}
-local i = 0
-for field in string.gmatch(fields, '[^,]+') do
-  local index, fleet, sensor = struct.unpack('<i4i4i4', placement, i * 12 + 1)
-  local from, to = struct.unpack('<i4i4', offsets, i * 4 + 1)
-  local group = by_key[index]
-  if not group then
-    group = {}
-    by_key[index] = group
-    key_order[#key_order + 1] = index
+-- Little-endian int32s packed end to end, unpacked a slice at a time (see call_in_slices).
+local function unpack_int32s(packed, count)
+  local out = {}
+  for first = 0, count - 1, 4000 do
+    local n = math.min(4000, count - first)
+    local values = {struct.unpack('<' .. string.rep('i4', n), packed, first * 4 + 1)}
+    for j = 1, n do
+      out[first + j] = values[j]
+    end
   end
-  group[#group + 1] = {field, string.sub(records, from + 1, to), KEYS[fleet],
-    numbers[sensor + 1] * SUMMARY_BYTES}
-  i = i + 1
+  return out
 end
-if i ~= n_deltas then
-  return redis.error_reply('apply_batch: ' .. i .. ' bucket fields for ' .. n_deltas .. ' deltas')
+
+local n_deltas = tonumber(take())
+local placement = unpack_int32s(take(), 3 * n_deltas)
+local fields = {}
+for field in string.gmatch(take(), '[^,]+') do
+  fields[#fields + 1] = field
 end
-for _, index in ipairs(key_order) do
-  local key, group = KEYS[index], by_key[index]
-  local wanted = {}
-  for j, delta in ipairs(group) do
-    wanted[j] = delta[1]
+local records, offsets = take(), unpack_int32s(take(), n_deltas + 1)
+if #fields ~= n_deltas then
+  return redis.error_reply('apply_batch: ' .. #fields .. ' bucket fields for ' .. n_deltas .. ' deltas')
+end
+
+-- Deltas arrive sorted by chunk hash, then fleet bucket, then sensor. Each hash is read with
+-- one HMGET and written with one HSET. Neighbouring sensors' summaries in one fleet bucket
+-- (a batch mostly holds sensors numbered one after another) are written with one SETRANGE,
+-- since a command per delta would cost more than the merge itself.
+local run_key, run_from, run_next, run = nil, 0, 0, {}
+local function write_run()
+  if run_key then
+    redis.call('SETRANGE', run_key, run_from * SUMMARY_BYTES, table.concat(run))
+  end
+end
+local function add_to_run(key, number, summary)
+  if key == run_key and number == run_next then
+    run[#run + 1] = summary
+  else
+    write_run()
+    run_key, run_from, run = key, number, {summary}
+  end
+  run_next = number + 1
+end
+
+local first = 1
+while first <= n_deltas do
+  local index = placement[3 * first - 2]
+  local last = first
+  while last < n_deltas and placement[3 * last + 1] == index do
+    last = last + 1
+  end
+  local key, wanted = KEYS[index], {}
+  for j = first, last do
+    wanted[#wanted + 1] = fields[j]
   end
   local old = call_in_slices('HMGET', key, wanted, 7000)
   local values = {}
-  for j, delta in ipairs(group) do
-    local record, summary = delta[2], nil
-    local stored = old[j]
+  for j = first, last do
+    local record = string.sub(records, offsets[j] + 1, offsets[j + 1])
+    local stored, summary = old[j - first + 1], nil
     if stored then
       summary = merge_summary(stored, record)
       record = summary .. add_bins(string.sub(stored, SUMMARY_BYTES + 1),
@@ -312,12 +341,15 @@ for _, index in ipairs(key_order) do
     else
       summary = string.sub(record, 1, SUMMARY_BYTES)
     end
-    redis.call('SETRANGE', delta[3], delta[4], summary)
-    values[2 * j - 1] = delta[1]
-    values[2 * j] = record
+    add_to_run(KEYS[placement[3 * j - 1]], numbers[placement[3 * j] + 1], summary)
+    values[#values + 1] = fields[j]
+    values[#values + 1] = record
   end
   call_in_slices('HSET', key, values, 7000)
+  first = last + 1
 end
+write_run()
+
 for _ = 1, tonumber(take()) do
   redis.call('PEXPIREAT', KEYS[tonumber(take())], take())
 end
