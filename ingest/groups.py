@@ -322,8 +322,9 @@ class GroupRunner(Generic[D]):
         for entries in batches:
             if entries:
                 self._process_fresh(entries)
-        if len(read) < self.settings.read_batch:
-            # Nothing more waiting: write what was prepared now rather than with the next read.
+        if not read:
+            # Nothing more waiting: write what was prepared now. While entries keep arriving,
+            # the prepared batch is written with the next read's, as the next is prepared.
             self._write_prepared()
         return sum(map(len, batches))
 

@@ -189,3 +189,63 @@ def test_a_preparing_handler_writes_each_batch_once_while_the_next_is_prepared(
     assert runner.stats.claimed <= settings.max_deliveries
     assert any(name.startswith("aggregates-writer") for name in handler.writer_threads)
     assert pending_count(client, settings.stream, "aggregates") == 0
+
+
+class OverlapRecorder:
+    """A preparing handler whose write of a batch waits (a little) for the next batch's prepare
+    to begin, and records whether it did: writes are apart from preparing only if the runner
+    prepares the next batch while it writes."""
+
+    acknowledges = True
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.prepared = 0
+        self.written: list[str] = []
+        self.overlapped: list[bool] = []
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        self.prepare(batch)()
+
+    def prepare(self, batch: Batch[ReadingColumns]) -> Callable[[], None]:
+        self.prepared += 1
+        number, ids = self.prepared, list(batch.ids)
+
+        def write() -> None:
+            deadline = time.monotonic() + 0.2
+            while self.prepared == number and time.monotonic() < deadline:
+                time.sleep(0.001)
+            self.overlapped.append(self.prepared > number)
+            self.client.xack(batch.stream, batch.group, *ids)
+            self.written.extend(ids)
+
+        return write
+
+
+def test_entries_arriving_while_a_batch_is_prepared_are_prepared_while_it_is_written(
+    client: redis.Redis, settings: Settings
+) -> None:
+    handler = OverlapRecorder(client)
+    runner = GroupRunner(
+        client, settings.replace(read_batch=1000), "aggregates", "c1", handler, decode_columns
+    )
+    runner.ensure_group()
+    stop = threading.Event()
+    running = threading.Thread(target=runner.run, args=(stop,))
+    running.start()
+    try:
+        # A live stream: every read comes back with some entries, never a full batch.
+        ids = [
+            add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(3000)
+        ]
+        deadline = time.monotonic() + 10
+        while len(handler.written) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The last batch was written once the stream went quiet, without waiting for more.
+        assert sorted(handler.written) == sorted(ids)
+    finally:
+        stop.set()
+        running.join()
+    assert len(handler.overlapped) >= 5
+    assert sum(handler.overlapped) >= len(handler.overlapped) // 2
+    assert pending_count(client, settings.stream, "aggregates") == 0
