@@ -223,9 +223,10 @@ end
 
 -- 6. Merge the bucket deltas, and expire every chunk key with its tier.
 local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
-local function merge_summary(old, new)
+-- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
+local function merge_summary(old, packed, at)
   local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
-  local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, new)
+  local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, packed, at)
   if fts2 < fts1 or (fts2 == fts1 and fv2 < fv1) then
     fts1, fv1 = fts2, fv2
   end
@@ -267,12 +268,6 @@ end
 -- merged into one entry per bin only when the histogram grows past a limit. Merging on every
 -- update would cost most of the script's time for the coarse tiers' wide histograms.
 local COMPACT_BYTES = 2048
-local function add_bins(old, new)
-  if #old + #new <= COMPACT_BYTES then
-    return old .. new
-  end
-  return merge_bins(old, new)
-end
 
 -- Little-endian int32s packed end to end, unpacked a slice at a time (see call_in_slices).
 local function unpack_int32s(packed, count)
@@ -332,13 +327,18 @@ while first <= n_deltas do
   local old = call_in_slices('HMGET', key, wanted, 7000)
   local values = {}
   for j = first, last do
-    local record = string.sub(records, offsets[j] + 1, offsets[j + 1])
-    local stored, summary = old[j - first + 1], nil
+    local from, to = offsets[j] + 1, offsets[j + 1]
+    local stored, record, summary = old[j - first + 1], nil, nil
     if stored then
-      summary = merge_summary(stored, record)
-      record = summary .. add_bins(string.sub(stored, SUMMARY_BYTES + 1),
-        string.sub(record, SUMMARY_BYTES + 1))
+      summary = merge_summary(stored, records, from)
+      local new_bins = string.sub(records, from + SUMMARY_BYTES, to)
+      if #stored - SUMMARY_BYTES + #new_bins <= COMPACT_BYTES then
+        record = summary .. string.sub(stored, SUMMARY_BYTES + 1) .. new_bins
+      else
+        record = summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1), new_bins)
+      end
     else
+      record = string.sub(records, from, to)
       summary = string.sub(record, 1, SUMMARY_BYTES)
     end
     add_to_run(KEYS[placement[3 * j - 1]], numbers[placement[3 * j] + 1], summary)
