@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,15 +27,26 @@ def stop_on_signals() -> threading.Event:
     A second signal exits at once, for an operator who does not want to wait.
     """
     stop = threading.Event()
+    # The handler must not set the event itself: setting takes the event's lock, which the
+    # main thread holds for a moment inside every stop.wait(), and a handler interrupting it
+    # there would wait for that lock forever. It hands the signal to a thread instead.
+    received, announce = os.pipe()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             raise SystemExit(128 + signum)
-        logging.getLogger("shutdown").info(
-            "%s received: finishing the work in hand", signal.Signals(signum).name
-        )
-        stop.set()
+        os.write(announce, bytes([signum]))
 
+    def set_stop() -> None:
+        while True:
+            signum = os.read(received, 1)[0]
+            if not stop.is_set():
+                logging.getLogger("shutdown").info(
+                    "%s received: finishing the work in hand", signal.Signals(signum).name
+                )
+                stop.set()
+
+    threading.Thread(target=set_stop, name="signals", daemon=True).start()
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop

@@ -155,6 +155,31 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     assert not port_open(int(url.group(1).rsplit(":", 1)[1].split("/")[0]))
 
 
+# A service's main loop, reduced to what matters here: it spends nearly all its time inside
+# stop.wait(), where the event's lock is held for a moment on every call.
+WAITING_SERVICE = """
+from ingest.runtime import stop_on_signals
+stop = stop_on_signals()
+print("ready", flush=True)
+while not stop.is_set():
+    stop.wait(0)
+"""
+
+
+def test_a_signal_arriving_inside_stop_wait_stops_the_process() -> None:
+    for _ in range(20):
+        service = subprocess.Popen(
+            [sys.executable, "-c", WAITING_SERVICE], stdout=subprocess.PIPE, text=True
+        )
+        assert service.stdout is not None and service.stdout.readline() == "ready\n"
+        service.send_signal(signal.SIGTERM)
+        try:
+            assert service.wait(10) == 0
+        finally:
+            service.kill()
+            service.wait()
+
+
 def test_up_without_redis_server_says_how_to_install_it(settings: Settings) -> None:
     env = child_env(settings, PATH="/nonexistent")
     env.pop("REDIS_URL")
