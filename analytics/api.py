@@ -173,10 +173,10 @@ def create_app(settings: Settings) -> FastAPI:
         end = _parameter("to", lambda: parse_time_ms(to, now))
         if start >= end:
             raise HTTPException(422, "from must be before to")
-        rows = query.bucket_rows(store, sensor_id, metric, tier, start, end)
+        columns = query.bucket_columns(store, sensor_id, metric, tier, start, end)
         # Up to thousands of plain records: serialised directly rather than validated one by
         # one against the response model, which would take most of the request's time.
-        records = [StatsRecord(*row) for row in rows]
+        records = list(map(StatsRecord, *columns))
         return Response(msgspec.json.encode(records), media_type="application/json")
 
     @app.get("/sensors/{sensor_id}/rolling", responses={404: {"description": "unknown sensor"}})

@@ -10,7 +10,6 @@ buckets actually cover and whether the first or last one reaches outside the win
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -20,15 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from analytics.sketch import quantiles_of_many
-from analytics.stats import (
-    BIN_DTYPE,
-    SUMMARY,
-    SUMMARY_DTYPE,
-    SUMMARY_FIELDS,
-    BucketStats,
-    spread,
-)
+from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
+from analytics.stored import read_buckets
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -140,42 +132,36 @@ def buckets(
     store: Store, sensor_id: str, metric: str, tier_name: str, from_ms: int, to_ms: int
 ) -> list[Stats]:
     """Every bucket of a tier that overlaps [from_ms, to_ms), oldest first."""
-    return [Stats(*row) for row in bucket_rows(store, sensor_id, metric, tier_name, from_ms, to_ms)]
+    return list(map(Stats, *bucket_columns(store, sensor_id, metric, tier_name, from_ms, to_ms)))
 
 
 STATS_FIELDS = tuple(f.name for f in fields(Stats))
 
 
-def bucket_rows(
+def bucket_columns(
     store: Store, sensor_id: str, metric: str, tier_name: str, from_ms: int, to_ms: int
-) -> list[tuple[Any, ...]]:
-    """`buckets` as plain tuples in the order of STATS_FIELDS, computed for all the buckets at
-    once: a day of one-minute buckets is 1,440 of them."""
+) -> list[list[Any]]:
+    """`buckets` as plain columns, one per field of STATS_FIELDS in its order, computed for all
+    the buckets at once: a day of one-minute buckets is 1,440 of them."""
     tier = store.tier(tier_name)
-    fetched = [
-        (start, summary, bins)
-        for _, start, summary, bins in _fetch_packed(
-            store, tier, [sensor_id], metric, from_ms, to_ms
-        )
-        if summary is not None
-    ]
-    if not fetched:
-        return []
-    table = _summary_table([summary for _, summary, _ in fetched])
-    percentiles = _quantiles_by_owner(
-        table, [bins for _, _, bins in fetched], np.arange(len(fetched)), len(fetched), PERCENTILES
-    )
+    stored = read_buckets(store.client, store.keys, tier, [sensor_id], metric, from_ms, to_ms)
+    if not len(stored):
+        return [[] for _ in STATS_FIELDS]
+    table = stored.summary
+    percentiles = stored.quantiles(np.arange(len(stored)), len(stored), PERCENTILES).T
+    # None for a bucket without a histogram, as `Stats` reports it.
+    reported = percentiles.astype(object)
+    reported[np.isnan(percentiles)] = None
     count = table["c"]
-    starts = np.array([start for start, _, _ in fetched], np.int64)
-    columns: list[list[Any]] = [
+    starts = stored.start
+    return [
         starts.tolist(), (starts + tier.bucket_ms).tolist(), count.astype(np.int64).tolist(),
         (table["s"] / count).tolist(), table["lo"].tolist(), table["hi"].tolist(),
         spread(count, table["s"], table["q"]).tolist(),
-        *[[None if math.isnan(v) else v for v in p] for p in percentiles.T.tolist()],
+        *reported.tolist(),
         table["fv"].tolist(), table["fts"].astype(np.int64).tolist(),
         table["lv"].tolist(), table["lts"].astype(np.int64).tolist(),
     ]  # fmt: skip
-    return list(zip(*columns, strict=True))
 
 
 def rolling(
@@ -215,9 +201,11 @@ def windows(
     """`window` for several sensors, read together."""
     tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
     found: list[list[tuple[int, BucketStats]]] = [[] for _ in sensor_ids]
-    for s, start, summary, bins in _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms):
-        if summary is not None:
-            found[s].append((start, BucketStats.unpack(summary, bins)))
+    stored = read_buckets(store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms)
+    for s, start, record in zip(
+        stored.sensor.tolist(), stored.start.tolist(), stored.records, strict=True
+    ):
+        found[s].append((start, BucketStats.from_record(record)))
     return [
         _merge_window(sensor_id, metric, tier, from_ms, to_ms, buckets)
         for sensor_id, buckets in zip(sensor_ids, found, strict=True)
@@ -296,22 +284,10 @@ def _percentiles_by_falling_maximum(
             break
         batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
         sensor_ids = [names[i] for i in batch.tolist()]
-        fetched = _fetch_packed(store, tier, sensor_ids, metric, from_ms, to_ms)
-        value[batch] = _percentile_of_windows(fetched, len(sensor_ids), q)
+        stored = read_buckets(store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms)
+        value[batch] = stored.quantiles(stored.sensor, len(sensor_ids), [q])[:, 0]
         visited += len(batch)
     return value
-
-
-def _percentile_of_windows(
-    fetched: Sequence[tuple[int, int, bytes | None, bytes | None]], sensors: int, q: float
-) -> npt.NDArray[np.float64]:
-    """The q-quantile of each sensor's window, as `window` computes it, from its buckets as
-    `_fetch_packed` gives them; NaN where a sensor has no readings there."""
-    fetched = [row for row in fetched if row[2] is not None]
-    owner = np.array([sensor for sensor, _, _, _ in fetched], np.intp)
-    table = _summary_table([summary for _, _, summary, _ in fetched])
-    histograms = [bins for _, _, _, bins in fetched]
-    return _quantiles_by_owner(table, histograms, owner, sensors, [q])[:, 0]
 
 
 def _merge_fleet_buckets(
@@ -386,84 +362,17 @@ def sensor_page(
 
 def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
     with redis_errors():
-        score = store.client.zscore(store.keys.sensors, sensor_id)
-        if score is None:
-            return None
-        metrics = cast(set[bytes], store.client.smembers(store.keys.sensor_metrics(sensor_id)))
-    return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
-
-
-def _fetch_packed(
-    store: Store,
-    tier: Tier,
-    sensor_ids: Sequence[str],
-    metric: str,
-    from_ms: int,
-    to_ms: int,
-) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """(sensor's index in sensor_ids, bucket start, packed summary, histogram) for every bucket
-    of the sensors overlapping [from_ms, to_ms), each sensor's in bucket order; summary None
-    where there is no bucket."""
-    first = tier.bucket_of(from_ms)
-    # Each chunk's bucket starts, and for each the (sensor, start) of every field asked for.
-    chunks = [
-        (chunk, range(max(first, chunk), min(to_ms, chunk + tier.chunk_ms), tier.bucket_ms))
-        for chunk in range(tier.chunk_of(first), to_ms, tier.chunk_ms)
-    ]
-    asked = [
-        [(s, start) for start in starts for s in range(len(sensor_ids))] for _, starts in chunks
-    ]
-    with redis_errors():
         pipe = store.client.pipeline(transaction=False)
-        for (chunk, _), items in zip(chunks, asked, strict=True):
-            pipe.hmget(
-                store.keys.aggregate_chunk(tier.name, metric, chunk),
-                [f"{sensor_ids[s]}|{start}" for s, start in items],
-            )
-        replies: list[list[bytes | None]] = pipe.execute()
-    out: list[tuple[int, int, bytes | None, bytes | None]] = []
-    for items, records in zip(asked, replies, strict=True):
-        for (s, start), record in zip(items, records, strict=True):
-            if record is None:
-                out.append((s, start, None, None))
-            else:
-                out.append((s, start, record[: SUMMARY.size], record[SUMMARY.size :]))
-    return out
-
-
-def _summary_table(summaries: Sequence[bytes | None]) -> npt.NDArray[np.void]:
-    """Packed bucket summaries as one numpy table, fields as in stats.SUMMARY_FIELDS."""
-    return np.frombuffer(b"".join(s for s in summaries if s), dtype=SUMMARY_DTYPE)
-
-
-def _quantiles_by_owner(
-    table: npt.NDArray[np.void],
-    histograms: Sequence[bytes | None],
-    owner: npt.NDArray[np.intp],
-    owners: int,
-    qs: Sequence[float],
-) -> npt.NDArray[np.float64]:
-    """The qs-quantiles of buckets merged by owner: bucket i (summary `table[i]`, histogram
-    `histograms[i]`) belongs to `owner[i]`; one row per owner, NaN where it has no bucket."""
-    lowest = np.full(owners, np.inf)
-    np.minimum.at(lowest, owner, table["lo"])
-    highest = np.full(owners, -np.inf)
-    np.maximum.at(highest, owner, table["hi"])
-    keys, counts, sizes = _bins_table(histograms)
-    return quantiles_of_many(keys, counts, np.repeat(owner, sizes), owners, qs, lowest, highest)
+        pipe.zscore(store.keys.sensors, sensor_id)
+        pipe.smembers(store.keys.sensor_metrics(sensor_id))
+        score, metrics = pipe.execute()
+    if score is None:
+        return None
+    return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
 
 
 def _nth_largest(values: npt.NDArray[np.float64], n: int) -> float:
     return float(-np.partition(-values, n - 1)[n - 1])
-
-
-def _bins_table(
-    histograms: Sequence[bytes | None],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[int]]:
-    """The bins of several histograms end to end: keys, counts, and how many each has."""
-    bins = np.frombuffer(b"".join(h for h in histograms if h), dtype=BIN_DTYPE)
-    sizes = [len(h) // BIN_DTYPE.itemsize if h else 0 for h in histograms]
-    return bins["key"].astype(np.int64), bins["count"].astype(np.int64), sizes
 
 
 def _merge_window(
