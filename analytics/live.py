@@ -292,13 +292,14 @@ class _Sender:
 
     async def _run_every_entry(self) -> None:
         subscriber = self.subscriber
+        queue = subscriber.queue
         done = entry_order(self.last_sent)
         # Watching the receiving side is how a client that went away is noticed while the
         # stream is quiet.
         gone = asyncio.ensure_future(self.websocket.receive())
         try:
             while True:
-                getter = asyncio.ensure_future(subscriber.queue.get())
+                getter = asyncio.ensure_future(queue.get())
                 waker = asyncio.ensure_future(subscriber.wake.wait())
                 await asyncio.wait({getter, waker, gone}, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
@@ -307,9 +308,16 @@ class _Sender:
                 if gone.done() or subscriber.overflowed:
                     getter.cancel()
                     break
-                entry = await getter
-                if entry_order(entry[0]) > done:
-                    await self.send(entry)
+                # What queued up while one entry was awaited goes out without a wait per entry,
+                # so a client that fell behind catches up at the speed of the socket.
+                waiting = [await getter]
+                while not queue.empty():
+                    waiting.append(queue.get_nowait())
+                for entry in waiting:
+                    if subscriber.overflowed:
+                        break
+                    if entry_order(entry[0]) > done:
+                        await self.send(entry)
         finally:
             gone.cancel()
         if subscriber.overflowed:
