@@ -4,17 +4,21 @@ that stops reading delays nobody else, and an unlimited client misses nothing.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import websockets
+from websockets.frames import Close
 
 from ingest.connection import connect
 from ingest.reading import entry_time_ms
@@ -43,10 +47,12 @@ def api_server(settings: Settings) -> Iterator[str]:
     process.wait(30)
 
 
-def write_at_rate(settings: Settings, stop: threading.Event) -> list[str]:
-    """RATE entries a second until stopped; the IDs written."""
+def write_at_rate(settings: Settings, stop: threading.Event, padding: str) -> list[str]:
+    """RATE entries a second until stopped, each with `padding` in a field no consumer reads;
+    the IDs written."""
     writer = StreamWriter(connect(settings), settings.stream, 10**7, batch_size=100,
                           background_flush=False)  # fmt: skip
+    extra = {"_padding": padding} if padding else {}
     ids: list[str] = []
     started = time.monotonic()
     sent = 0
@@ -54,7 +60,8 @@ def write_at_rate(settings: Settings, stop: threading.Event) -> list[str]:
         due = int((time.monotonic() - started) * RATE)
         if due > sent:
             batch = [
-                {"sensor_id": f"s{(sent + i) % 50}", "temp": "21.5"} for i in range(due - sent)
+                {"sensor_id": f"s{(sent + i) % 50}", "temp": "21.5", **extra}
+                for i in range(due - sent)
             ]
             ids += writer.write(batch)
             sent = due
@@ -62,16 +69,27 @@ def write_at_rate(settings: Settings, stop: threading.Event) -> list[str]:
     return ids
 
 
+@contextlib.contextmanager
+def writing(settings: Settings, padding: str = "") -> Iterator[list[str]]:
+    """Writes at RATE while the block runs; the list holds the IDs written once it has ended."""
+    stop = threading.Event()
+    written: list[str] = []
+    writer = threading.Thread(target=lambda: written.extend(write_at_rate(settings, stop, padding)))
+    writer.start()
+    try:
+        yield written
+    finally:
+        stop.set()
+        writer.join()
+
+
 Received = list[tuple[float, dict[str, Any]]]
 
 
-async def watch(url: str, seconds: float, *, reading: bool = True) -> Received:
+async def watch(url: str, seconds: float) -> Received:
     got: Received = []
-    async with websockets.connect(url, max_queue=None if reading else 1) as ws:
+    async with websockets.connect(url, max_queue=None) as ws:
         deadline = time.monotonic() + seconds
-        if not reading:
-            await asyncio.sleep(seconds)
-            return got
         while (left := deadline - time.monotonic()) > 0:
             try:
                 message = await asyncio.wait_for(ws.recv(), left)
@@ -81,28 +99,53 @@ async def watch(url: str, seconds: float, *, reading: bool = True) -> Received:
     return got
 
 
-async def clients(
-    base: str, stream: str
-) -> tuple[list[list[tuple[float, dict]]], list[tuple[float, dict]]]:  # type: ignore[type-arg]
-    limited = [watch(f"{base}/stream/{stream}?max_frequency=1", SECONDS) for _ in range(50)]
-    stalled = watch(f"{base}/stream/{stream}", SECONDS, reading=False)
-    everything = watch(f"{base}/stream/{stream}", SECONDS)
-    results = await asyncio.gather(*limited, stalled, everything)
-    return list(results[:50]), results[-1]
+@dataclass
+class Stalled:
+    """What a client that read nothing for a while found when it read again."""
+
+    ids: list[str]
+    close: Close | None
+
+
+async def stall(url: str, seconds: float) -> Stalled:
+    """Reads nothing for `seconds`, then what there is for at most as long again. A small
+    receive buffer and no compression let the server's socket fill within a second or two."""
+    port = int(url.split(":")[2].split("/", maxsplit=1)[0])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    ids: list[str] = []
+    async with websockets.connect(
+        url, sock=sock, max_queue=1, ping_interval=None, compression=None
+    ) as ws:
+        ws.transport.pause_reading()
+        await asyncio.sleep(seconds)
+        ws.transport.resume_reading()
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                ids.append(json.loads(await asyncio.wait_for(ws.recv(), left))["id"])
+        except websockets.ConnectionClosed as closed:
+            return Stalled(ids, closed.rcvd)
+        except TimeoutError:
+            pass
+    return Stalled(ids, None)
+
+
+async def clients(base: str, stream: str) -> tuple[list[Received], Stalled, Received]:
+    url = f"{base}/stream/{stream}"
+    return await asyncio.gather(
+        asyncio.gather(*(watch(f"{url}?max_frequency=1", SECONDS) for _ in range(50))),
+        stall(url, SECONDS),
+        watch(url, SECONDS),
+    )
 
 
 def test_fifty_rate_limited_clients_one_stalled_and_one_taking_everything(
     settings: Settings, api_server: str
 ) -> None:
-    stop = threading.Event()
-    written: list[str] = []
-    writer = threading.Thread(target=lambda: written.extend(write_at_rate(settings, stop)))
-    writer.start()
-    try:
-        limited, everything = asyncio.run(clients(api_server, settings.stream))
-    finally:
-        stop.set()
-        writer.join()
+    with writing(settings) as written:
+        limited, _, everything = asyncio.run(clients(api_server, settings.stream))
     for messages in limited:
         # At most one a second (the first comes at once), and they keep coming. Each carries
         # the newest entry when it was sent (5,000 a second arrive), so the entry times show the
@@ -119,3 +162,21 @@ def test_fifty_rate_limited_clients_one_stalled_and_one_taking_everything(
     # Every entry written while it listened, in order, none missing.
     first = written.index(ids[0])
     assert ids == written[first : first + len(ids)]
+
+
+def test_a_client_that_stops_reading_is_closed_with_where_to_resume(
+    settings: Settings, api_server: str
+) -> None:
+    # Kilobyte entries fill the socket buffers between server and client within a second or
+    # two; the client's queue on the server fills next, and the server closes the client.
+    with writing(settings, padding="x" * 1000) as written:
+        stalled = asyncio.run(stall(f"{api_server}/stream/{settings.stream}", SECONDS))
+    assert stalled.close is not None
+    assert stalled.close.code == 1013
+    resume = stalled.close.reason.removeprefix("too slow; resume with last_id=")
+    # What it found is a run of the stream. Resuming from the ID in the reason loses nothing;
+    # the last entry it got may come again, when the server was stopped while sending it.
+    first = written.index(stalled.ids[0])
+    last = first + len(stalled.ids) - 1
+    assert stalled.ids == written[first : last + 1]
+    assert written.index(resume) in (last, last - 1)
