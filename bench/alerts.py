@@ -70,7 +70,7 @@ TWENTY_RULES = "\n".join(
 
 def fill(client: redis.Redis, readings: int, seed: int) -> None:
     bank = SensorBank([f"dev-{i:04d}" for i in range(1000)], 1.0, seed, FAULTS)
-    writer = StreamWriter(client, STREAM, readings * 2, batch_size=2000, background_flush=False)
+    writer = StreamWriter(client, STREAM, readings * 2, batch_size=2000)
     for step in range(readings // 1000):
         for fields in bank.step(np.arange(1000), T0 + step * 1000):
             writer.add(fields)
@@ -149,7 +149,7 @@ def state_memory(url: str, sensors: int) -> None:
         + [_rule(f"r{i}", "rate", "temp", f"faster_than = {i + 1}.0") for i in range(5)]
     )
     settings = Settings(redis_url=url, read_batch=2000, stream=STREAM)
-    writer = StreamWriter(client, STREAM, sensors * 10, batch_size=2000, background_flush=False)
+    writer = StreamWriter(client, STREAM, sensors * 10, batch_size=2000)
     for step in range(3):
         for i in range(sensors):
             writer.add({"sensor_id": f"dev-{i:06d}", "ts": str(T0 + step * 10_000),

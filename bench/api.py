@@ -65,7 +65,7 @@ def ingest(url: str, address: str, n: int, rounds: int) -> None:
     posted = readings(n)
     bodies = [json.dumps(posted[i : i + BATCH]).encode() for i in range(0, n, BATCH)]
     fields = [as_fields(r) for r in posted]
-    writer = StreamWriter(client, STREAM, 10**8, batch_size=BATCH, background_flush=False)
+    writer = StreamWriter(client, STREAM, 10**8, batch_size=BATCH)
     one, two = "POST /readings, 1 connection", "POST /readings, 2 connections"
     rates: dict[str, list[float]] = {"writer": [], one: [], two: []}
     for _ in range(rounds):
@@ -101,8 +101,7 @@ def post_all(address: str, bodies: list[bytes]) -> None:
 
 
 def write_steadily(url: str, rate: int, stop: threading.Event) -> None:
-    writer = StreamWriter(redis.Redis.from_url(url), STREAM, 10**6, batch_size=500,
-                          background_flush=False)  # fmt: skip
+    writer = StreamWriter(redis.Redis.from_url(url), STREAM, 10**6, batch_size=500)
     started, sent = time.monotonic(), 0
     while not stop.is_set():
         due = int((time.monotonic() - started) * rate)

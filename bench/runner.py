@@ -39,7 +39,7 @@ def raw(_entry_id: str, fields: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def fill(client: redis.Redis, entries: int) -> None:
-    writer = StreamWriter(client, STREAM, entries * 2, batch_size=2000, background_flush=False)
+    writer = StreamWriter(client, STREAM, entries * 2, batch_size=2000)
     for i in range(entries):
         writer.add(
             {

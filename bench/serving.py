@@ -148,7 +148,7 @@ def freshness_rows(
 def query_latency(url: str, api: Api) -> list[tuple[str, str, str, str]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
-    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000, background_flush=False)
+    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000)
     now = now_ms()
     # One sensor over 24 h (a reading every 10 s); 10,000 sensors over the last 15 minutes.
     for i in range(8640):
@@ -183,7 +183,7 @@ def memory(url: str) -> list[tuple[str, str, str, str]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
     sensors, seconds = 4, 86_400
-    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000, background_flush=False)
+    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000)
     now = now_ms()
     rng = np.random.default_rng(2)
     for s in range(seconds):

@@ -74,9 +74,7 @@ def timed(entries: int, write: Callable[[int], None]) -> float:
 
 def stream_writer(client: redis.Redis) -> Callable[[int], None]:
     def write(entries: int) -> None:
-        writer = StreamWriter(
-            client, "bench:writer", MAXLEN, batch_size=1000, background_flush=False
-        )
+        writer = StreamWriter(client, "bench:writer", MAXLEN, batch_size=1000)
         for _ in range(entries):
             writer.add(dict(FIELDS))
         writer.flush()

@@ -114,9 +114,6 @@ class Settings:
     write_batch: int = _setting(
         1000, "TELEMETRY_WRITE_BATCH", _positive_int, "writer flushes after this many entries"
     )
-    flush_ms: int = _setting(
-        50, "TELEMETRY_FLUSH_MS", _positive_int, "writer flushes entries older than this", "MS"
-    )
     read_batch: int = _setting(
         2000, "TELEMETRY_READ_BATCH", _positive_int, "entries a consumer reads at a time"
     )

@@ -1,4 +1,5 @@
-"""Batched, pipelined `XADD ... MAXLEN ~ N` with a flush policy: by batch size and by age.
+"""Batched, pipelined `XADD ... MAXLEN ~ N`: a batch goes out when it is full or when the caller
+flushes (a simulator tick, an HTTP request, a bridge's burst of messages).
 
 The writer encodes the whole batch as one RESP payload and sends it in one write, then reads one
 reply per entry. redis-py's pipeline spends most of its time packing commands one at a time in
@@ -12,13 +13,12 @@ Readings that carry `seq` are counted once downstream whatever the writer re-sen
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping, Sequence
 
 import redis
 
 from ingest import metrics
-from ingest.errors import RedisCommandFailed, RedisUnavailable, redis_errors
+from ingest.errors import RedisCommandFailed, redis_errors
 from ingest.keys import StreamKeys
 
 Fields = Mapping[str, str]
@@ -63,8 +63,8 @@ class XaddPacker:
 class StreamWriter:
     """Buffers entries and writes them in batches; safe to share between threads.
 
-    `add` flushes in the caller's thread once `batch_size` entries are waiting; a background
-    thread flushes anything older than `flush_ms`, so a slow trickle is not held back.
+    `add` flushes in the caller's thread once `batch_size` entries are waiting; `flush` writes
+    what is buffered whenever the caller's own unit of work ends.
     """
 
     def __init__(
@@ -74,29 +74,17 @@ class StreamWriter:
         maxlen: int,
         *,
         batch_size: int = 1000,
-        flush_ms: int = 50,
-        background_flush: bool = True,
     ) -> None:
         self._client = client
         self._keys = StreamKeys(stream)
         self._maxlen = maxlen
         self._packer = XaddPacker(stream, maxlen)
         self._batch_size = batch_size
-        self._flush_s = flush_ms / 1000
         self._buffer: list[Fields] = []
-        self._oldest_at = 0.0
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._meta_published = False
-        self._closed = threading.Event()
         self._written_metric = metrics.WRITTEN.labels(stream=stream)
-        self.last_error: str | None = None
-        self._flusher: threading.Thread | None = None
-        if background_flush:
-            self._flusher = threading.Thread(
-                target=self._flush_old, name="writer-flush", daemon=True
-            )
-            self._flusher.start()
 
     @property
     def buffered(self) -> int:
@@ -108,8 +96,6 @@ class StreamWriter:
 
     def add_many(self, entries: Sequence[Fields]) -> None:
         with self._buffer_lock:
-            if not self._buffer:
-                self._oldest_at = time.monotonic()
             self._buffer.extend(entries)
             full = len(self._buffer) >= self._batch_size
         if full:
@@ -127,7 +113,6 @@ class StreamWriter:
                 ids.extend(self._send(batch))
                 with self._buffer_lock:
                     del self._buffer[: len(batch)]
-                    self._oldest_at = time.monotonic()
                 self._written_metric.inc(len(batch))
 
     def write(self, entries: Sequence[Fields]) -> list[str]:
@@ -143,10 +128,7 @@ class StreamWriter:
         return ids
 
     def close(self) -> None:
-        """Stop the background flusher and write what is left."""
-        self._closed.set()
-        if self._flusher is not None:
-            self._flusher.join()
+        """Write what is left."""
         self.flush()
 
     def _send(self, batch: Sequence[Fields]) -> list[str]:
@@ -178,12 +160,3 @@ class StreamWriter:
             return conn.read_response(disconnect_on_error=False)
         except redis.ResponseError as exc:
             return exc
-
-    def _flush_old(self) -> None:
-        while not self._closed.wait(self._flush_s / 2):
-            if self._buffer and time.monotonic() - self._oldest_at >= self._flush_s:
-                try:
-                    self.flush()
-                    self.last_error = None
-                except (RedisUnavailable, RedisCommandFailed) as exc:
-                    self.last_error = str(exc)

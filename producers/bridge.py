@@ -88,7 +88,6 @@ class Bridge:
         self.client = connect(settings)
         self.writer = StreamWriter(
             self.client, settings.stream, settings.maxlen, batch_size=10**9,
-            background_flush=False,
         )  # fmt: skip
         self.counts = BridgeCounts()
         self._url = urlparse(options.mqtt_url)

@@ -62,7 +62,7 @@ def bearer(authorization: str | None) -> str | None:
 def readings_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     writer = StreamWriter(connect(settings), settings.stream, settings.maxlen,
-                          batch_size=settings.write_batch, background_flush=False)  # fmt: skip
+                          batch_size=settings.write_batch)  # fmt: skip
 
     @router.post(
         "/readings",

@@ -135,7 +135,6 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
             settings.stream,
             settings.maxlen,
             batch_size=settings.write_batch,
-            flush_ms=settings.flush_ms,
         )
     runner = FleetRunner(bank, writer, count_per_sensor=args.count)
     return runner.run(stop)

@@ -150,7 +150,10 @@ class FleetRunner:
         self, entries: list[dict[str, str]], stop: threading.Event, backoff: Backoff
     ) -> bool:
         try:
+            # A tick's readings go out as the tick ends, as devices send what they read; the
+            # writer still splits a large tick into batches.
             self.writer.add_many(entries)
+            self.writer.flush()
             backoff.reset()
             return True
         except RedisCommandFailed:

@@ -54,7 +54,7 @@ def make_readings(sensors: int, per_sensor: int, burst: int, seed: int) -> Made:
 
 
 def write(client: redis.Redis, made: Made, stream: str = "app:event") -> None:
-    writer = StreamWriter(client, stream, 10**8, batch_size=2000, background_flush=False)
+    writer = StreamWriter(client, stream, 10**8, batch_size=2000)
     names = [made.sensor_id(k) for k in range(int(made.sensor.max(initial=-1)) + 1)]
     columns = zip(
         made.sensor.tolist(), made.ts.tolist(), made.seq.tolist(),

@@ -78,7 +78,7 @@ def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
 
 def make_settings(url: str, **changes: Any) -> Settings:
     """Settings for tests: short timeouts so faults are noticed in seconds."""
-    base = Settings(redis_url=url, block_ms=200, claim_idle_ms=300, max_deliveries=3, flush_ms=20)
+    base = Settings(redis_url=url, block_ms=200, claim_idle_ms=300, max_deliveries=3)
     return base.replace(**changes)
 
 

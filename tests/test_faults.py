@@ -23,7 +23,7 @@ from tests.helpers import Recorder, drain, entries, pending_count, reading_runne
 
 
 def fill(client: redis.Redis, stream: str, count: int) -> list[str]:
-    writer = StreamWriter(client, stream, 10**7, batch_size=1000, background_flush=False)
+    writer = StreamWriter(client, stream, 10**7, batch_size=1000)
     for i in range(count):
         writer.add({"sensor_id": f"s{i % 100}", "seq": str(i // 100), "temp": str(i)})
     writer.flush()

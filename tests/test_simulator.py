@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import redis
 
-from ingest.reading import Reading
+from ingest.reading import Reading, entry_time_ms
 from ingest.settings import Settings
 from simulator.faults import FaultConfig
 from simulator.model import SensorBank
@@ -78,6 +78,27 @@ def test_a_fleet_derives_ids_from_the_prefix_and_sends_each_count(
         per_sensor.setdefault(r.sensor_id, []).append(r.seq)
     assert sorted(per_sensor) == [f"dev-{i:03d}" for i in range(250)]
     assert all(seqs == [0, 1, 2] for seqs in per_sensor.values())
+
+
+def test_a_fleet_writes_each_tick_as_it_ends(client: redis.Redis, settings: Settings) -> None:
+    # With the writer's batch out of reach, only the end of a tick can send readings.
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", "simulate", "--fleet", "100", "--rate", "10",
+         "--count", "20"],
+        env=child_env(settings, TELEMETRY_WRITE_BATCH="100000"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    delays = [
+        entry_time_ms(entry_id) - Reading.decode(entry_id, fields).ts_ms
+        for entry_id, fields in entries(client, settings.stream)
+    ]
+    assert len(delays) == 2000
+    # From the reading's time to the stream: a tick (10 ms) and a round trip, with room for a
+    # loaded machine; buffered until the end of the run they would wait up to two seconds.
+    assert np.percentile(delays, 90) < 100
 
 
 def step_all(bank: SensorBank, slots: int) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ MAXLEN = 1000
 
 
 def write(client: redis.Redis, count: int, start: int = 0) -> None:
-    writer = StreamWriter(client, "app:event", MAXLEN, batch_size=100, background_flush=False)
+    writer = StreamWriter(client, "app:event", MAXLEN, batch_size=100)
     for i in range(start, start + count):
         writer.add({"sensor_id": f"s{i % 10}", "seq": str(i // 10), "temp": "1"})
     writer.flush()

@@ -50,8 +50,7 @@ def api_server(settings: Settings) -> Iterator[str]:
 def write_at_rate(settings: Settings, stop: threading.Event, padding: str) -> list[str]:
     """RATE entries a second until stopped, each with `padding` in a field no consumer reads;
     the IDs written."""
-    writer = StreamWriter(connect(settings), settings.stream, 10**7, batch_size=100,
-                          background_flush=False)  # fmt: skip
+    writer = StreamWriter(connect(settings), settings.stream, 10**7, batch_size=100)
     extra = {"_padding": padding} if padding else {}
     ids: list[str] = []
     started = time.monotonic()

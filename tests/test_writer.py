@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 
@@ -17,7 +15,7 @@ from tests.helpers import entries
 
 
 def test_batches_are_written_in_order_with_their_ids(client: redis.Redis) -> None:
-    writer = StreamWriter(client, "app:event", 10_000, batch_size=100, background_flush=False)
+    writer = StreamWriter(client, "app:event", 10_000, batch_size=100)
     for i in range(250):
         writer.add({"sensor_id": "s1", "seq": str(i), "temp": f"{i}.5"})
     # Two full batches went out as they filled; the rest waits for a flush.
@@ -29,18 +27,8 @@ def test_batches_are_written_in_order_with_their_ids(client: redis.Redis) -> Non
     assert client.hget(StreamKeys("app:event").meta, "maxlen") == "10000"
 
 
-def test_a_slow_trickle_is_flushed_by_age(client: redis.Redis) -> None:
-    writer = StreamWriter(client, "app:event", 1000, batch_size=1000, flush_ms=20)
-    writer.add({"sensor_id": "s1", "temp": "1"})
-    deadline = time.monotonic() + 2
-    while client.xlen("app:event") == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert client.xlen("app:event") == 1
-    writer.close()
-
-
 def test_maxlen_caps_the_stream(client: redis.Redis) -> None:
-    writer = StreamWriter(client, "app:event", 1000, batch_size=500, background_flush=False)
+    writer = StreamWriter(client, "app:event", 1000, batch_size=500)
     for i in range(20_000):
         writer.add({"sensor_id": "s1", "seq": str(i), "temp": "1"})
     writer.flush()
@@ -49,7 +37,7 @@ def test_maxlen_caps_the_stream(client: redis.Redis) -> None:
 
 
 def test_non_ascii_and_odd_bytes_survive(client: redis.Redis) -> None:
-    writer = StreamWriter(client, "app:event", 1000, background_flush=False)
+    writer = StreamWriter(client, "app:event", 1000)
     odd = {"sensor_id": "sensör", "note\r\n": "€ \udcff", "temp": "1"}
     writer.add(odd)
     writer.flush()
@@ -60,7 +48,7 @@ def test_non_ascii_and_odd_bytes_survive(client: redis.Redis) -> None:
 def test_an_outage_keeps_the_batch_and_a_later_flush_writes_it(own_redis: RedisProcess) -> None:
     settings = make_settings(own_redis.url)
     client = connect(settings, socket_timeout_s=0.5)
-    writer = StreamWriter(client, "app:event", 1000, batch_size=10, background_flush=False)
+    writer = StreamWriter(client, "app:event", 1000, batch_size=10)
     writer.add_many([{"sensor_id": "s1", "seq": str(i), "temp": "1"} for i in range(5)])
     own_redis.pause()
     try:
