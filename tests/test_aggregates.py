@@ -218,6 +218,24 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     assert hours[("s1", eight_days_ago - eight_days_ago % 3_600_000)].count == 1
 
 
+def test_a_sensor_that_skips_seqs_is_counted_and_its_gaps_recorded(
+    client: redis.Redis, settings: Settings
+) -> None:
+    """Lost messages leave gaps in a sensor's seqs: its readings are still counted, each gap
+    once, and a late reading that fills one is counted too, a repeat of it not again."""
+    for batch in ([0, 1, 3, 7], [5], [5, 8]):
+        for seq in batch:
+            add(client, settings.stream, {"sensor_id": "s1", "seq": str(seq), "temp": "1"})
+        drain(aggregator_runner(client, settings, "c1"))
+    assert ledger(client) == {
+        "settled:aggregated": 6,
+        "settled:duplicate": 1,
+        "seq_gaps": 4,
+        "seq_gaps_filled": 1,
+    }
+    assert client.xlen(StreamKeys(settings.stream).dead) == 0
+
+
 def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Path) -> None:
     client = connect(settings)
     made = make_readings(sensors=20, per_sensor=50, burst=50, seed=6)

@@ -136,7 +136,7 @@ local function add_run(ops, first, last, bit)
     ops[#ops + 1] = 'SET'
     ops[#ops + 1] = 'i' .. width
     ops[#ops + 1] = at
-    ops[#ops + 1] = -bit
+    ops[#ops + 1] = bit == 1 and -1 or 0
     first = first + width
   end
 end
