@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from analytics.preaggregate import BatchOutcome, preaggregate
+from analytics.preaggregate import BatchOutcome, Flat, preaggregate
+from analytics.rollup import Rollup
 from analytics.tiers import Tier
 from ingest.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.errors import redis_errors
@@ -29,7 +31,7 @@ from ingest.scripts import LuaScript
 log = logging.getLogger(__name__)
 
 GROUP = "aggregates"
-APPLY_BATCH = LuaScript("analytics", "apply_batch.lua")
+APPLY_BATCH = LuaScript("analytics", "apply_batch.lua", library="merge.lua")
 # Readings stamped further ahead of the aggregator's clock than this are counted as too new:
 # their buckets would outlive every retention.
 MAX_FUTURE_MS = 3_600_000
@@ -55,7 +57,7 @@ class _Args:
     def __init__(self, keys: StreamKeys) -> None:
         self.keys: list[str] = [
             keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors, keys.sensor_index,
-            keys.sensor_names,
+            keys.sensor_names, keys.rollup_mark, keys.metric_names,
         ]  # fmt: skip
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
@@ -116,8 +118,21 @@ class Aggregator:
         self.tiers = tiers
         self.clock_ms = clock_ms
         self.stats = AggregatorStats()
+        self.rollup = Rollup(client, keys, tiers)
         # (sensor, metric) pairs already in the sensor index: not sent again.
         self._known_pairs: set[tuple[str, str]] = set()
+
+    def upkeep(self, stop: threading.Event) -> None:
+        self.rollup.run(stop)
+
+    def drained(self) -> None:
+        """Roll up through the newest fine bucket aggregated, so that every tier answers for
+        everything the drain processed."""
+        with redis_errors():
+            newest = self.client.zrevrange(self.keys.sensors, 0, 0, withscores=True)
+        if newest:
+            until = min(int(newest[0][1]), self.clock_ms() + MAX_FUTURE_MS)
+            self.rollup.catch_up(self.tiers[0].bucket_of(until) + self.tiers[0].bucket_ms)
 
     def __call__(self, batch: Batch[ReadingColumns]) -> None:
         self.prepare(batch)()
@@ -225,47 +240,63 @@ class Aggregator:
     def _delta_section(self, args: _Args, outcome: BatchOutcome) -> None:
         """Bucket deltas as a handful of packed arguments rather than several per bucket:
         packing tens of thousands of small arguments would cost more than everything else."""
-        chunk_keys: list[Ints] = []
-        fleet_keys: list[Ints] = []
+        finest, coarse = self.tiers[0], self.tiers[1:]
+        placements: list[Ints] = []
         fields: list[str] = []
         records, offsets = [], [np.zeros(1, np.int64)]
         bytes_so_far = 0
         flat = outcome.flat
         sensors = [sensor for sensor, _ in flat.pairs]
         for deltas in outcome.tiers:
-            tier, metric = deltas.tier, flat.pair_metric[deltas.pair]
-            chunk = tier.chunk_of(deltas.bucket)
-            chunk_name = functools.partial(self.keys.aggregate_chunk, tier.name)
-            fleet_name = functools.partial(self.keys.fleet_bucket, tier.name)
-            chunk_keys.append(
-                args.keys_by_time(
-                    flat.metric_names, metric, chunk, chunk_name, tier.chunk_expires_at_ms
-                )
-            )
-            fleet_keys.append(
-                args.keys_by_time(
-                    flat.metric_names, metric, deltas.bucket, fleet_name, tier.bucket_expires_at_ms
-                )
-            )
+            metric = flat.pair_metric[deltas.pair]
+            columns = [
+                *self._bucket_keys(args, flat, deltas.tier, metric, deltas.bucket),
+                args.sensor_place[flat.pair_sensor[deltas.pair]],
+            ]
+            if deltas.tier == finest:
+                # The coarse buckets each fine bucket rolls up into, for a late reading.
+                columns.append(deltas.bucket // finest.bucket_ms)
+                for tier in coarse:
+                    coarse_bucket = tier.bucket_of(deltas.bucket)
+                    columns += self._bucket_keys(args, flat, tier, metric, coarse_bucket)
+            else:
+                columns.append(np.full(len(deltas), -1, np.int64))
+                columns += [np.zeros(len(deltas), np.int64)] * (2 * len(coarse))
+            placements.append(np.stack(columns, axis=1))
             fields += map("{}|{}".format, map(sensors.__getitem__, deltas.pair.tolist()),
                           deltas.bucket.tolist())  # fmt: skip
             records.append(deltas.records)
             offsets.append(deltas.offsets[1:] + bytes_so_far)
             bytes_so_far += len(deltas.records)
-        pairs = [deltas.pair for deltas in outcome.tiers]
-        places = args.sensor_place[flat.pair_sensor[_joined(pairs)]]
-        chunk_key, fleet_key = _joined(chunk_keys), _joined(fleet_keys)
-        order = np.lexsort((places, fleet_key, chunk_key))
-        placement = np.stack([chunk_key, fleet_key, places], axis=1)[order]
+        width = 4 + 2 * len(coarse)
+        placement = np.concatenate(placements) if placements else np.zeros((0, width), np.int64)
+        order = np.lexsort((placement[:, 2], placement[:, 1], placement[:, 0]))
         sorted_records, sorted_offsets = _reordered(b"".join(records), _joined(offsets), order)
         args.argv += [
             len(fields),
-            placement.astype("<i4").tobytes(),
+            len(coarse),
+            finest.bucket_ms,
+            *[tier.bucket_ms for tier in coarse],
+            placement[order].astype("<i4").tobytes(),
             ",".join([fields[i] for i in order.tolist()]),
             sorted_records,
             sorted_offsets.astype("<i4").tobytes(),
         ]
         args.section([[index, at] for index, at in args.expiring.items()])
+
+    def _bucket_keys(
+        self, args: _Args, flat: Flat, tier: Tier, metric: Ints, bucket: Ints
+    ) -> list[Ints]:
+        """The key indexes of each bucket's chunk hash and fleet bucket."""
+        names = flat.metric_names
+        chunk_name = functools.partial(self.keys.aggregate_chunk, tier.name)
+        fleet_name = functools.partial(self.keys.fleet_bucket, tier.name)
+        return [
+            args.keys_by_time(
+                names, metric, tier.chunk_of(bucket), chunk_name, tier.chunk_expires_at_ms
+            ),
+            args.keys_by_time(names, metric, bucket, fleet_name, tier.bucket_expires_at_ms),
+        ]
 
 
 def _reordered(records: bytes, offsets: Ints, order: Ints) -> tuple[bytes, Ints]:

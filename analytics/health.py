@@ -2,12 +2,13 @@
 
 Metrics are read from Redis when scraped, so any API process reports the whole system: the
 ingest rate (as a counter of entries ever added), each group's lag and pending entries, dead
-letters, and alert counts.
+letters, how far the coarse tiers' roll-up is behind, and alert counts.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import redis
@@ -58,6 +59,14 @@ class SystemCollector(Collector):
             pending.add_metric([stream, group.name], group.pending)
         yield lag
         yield pending
+        if status.rolled_up_to_ms is not None:
+            behind = GaugeMetricFamily(
+                "telemetry_rollup_behind_seconds",
+                "how far the coarse tiers' roll-up of the finest tier is behind the clock",
+                labels=["stream"],
+            )
+            behind.add_metric([stream], time.time() - status.rolled_up_to_ms / 1000)
+            yield behind
         yield from self._alerts()
 
     def _alerts(self) -> Iterator[Metric]:

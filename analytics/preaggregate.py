@@ -1,7 +1,9 @@
 """Pre-aggregation of a batch with numpy: one delta per (sensor, metric, tier, bucket).
 
 A consumer turns a batch of readings into the merged statistics of every bucket the batch
-touches, so Redis applies one update per bucket instead of one per reading.
+touches, so Redis applies one update per bucket instead of one per reading. A coarse tier gets
+deltas only for readings past the finest tier's retention: the others reach it by the roll-up
+of the finest tier (see `rollup`).
 """
 
 from __future__ import annotations
@@ -91,13 +93,17 @@ def preaggregate(
     too_new_rows = flat.ts > now_ms + max_future_ms
     deltas: list[TierDeltas] = []
     tier_drops: dict[str, int] = {}
+    in_finest: npt.NDArray[np.bool_] | None = None
     for tier in tiers:
         bucket = tier.bucket_of(flat.ts)
         keep = (tier.bucket_expires_at_ms(bucket) > now_ms) & ~too_new_rows
         tier_drops[tier.name] = int((~keep & ~too_new_rows).sum())
         landed[flat.reading[keep]] = True
-        if keep.any():
-            deltas.append(_tier_deltas(flat, tier, bucket, keep))
+        direct = keep if in_finest is None else keep & ~in_finest
+        if in_finest is None:
+            in_finest = keep
+        if direct.any():
+            deltas.append(_tier_deltas(flat, tier, bucket, direct))
     too_new = np.zeros(flat.readings, dtype=bool)
     too_new[flat.reading[too_new_rows]] = True
     return BatchOutcome(

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
-from analytics.stored import read_buckets
+from analytics.stored import parse_mark, read_buckets, read_mark
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -144,7 +144,9 @@ def bucket_columns(
     """`buckets` as plain columns, one per field of STATS_FIELDS in its order, computed for all
     the buckets at once: a day of one-minute buckets is 1,440 of them."""
     tier = store.tier(tier_name)
-    stored = read_buckets(store.client, store.keys, tier, [sensor_id], metric, from_ms, to_ms)
+    stored = read_buckets(
+        store.client, store.keys, tier, [sensor_id], metric, from_ms, to_ms, finest=store.tiers[0]
+    )
     if not len(stored):
         return [[] for _ in STATS_FIELDS]
     table = stored.summary
@@ -201,7 +203,9 @@ def windows(
     """`window` for several sensors, read together."""
     tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
     found: list[list[tuple[int, BucketStats]]] = [[] for _ in sensor_ids]
-    stored = read_buckets(store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms)
+    stored = read_buckets(
+        store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms, finest=store.tiers[0]
+    )
     for s, start, record in zip(
         stored.sensor.tolist(), stored.start.tolist(), stored.records, strict=True
     ):
@@ -284,7 +288,10 @@ def _percentiles_by_falling_maximum(
             break
         batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
         sensor_ids = [names[i] for i in batch.tolist()]
-        stored = read_buckets(store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms)
+        stored = read_buckets(
+            store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms,
+            finest=store.tiers[0],
+        )  # fmt: skip
         value[batch] = stored.quantiles(stored.sensor, len(sensor_ids), [q])[:, 0]
         visited += len(batch)
     return value
@@ -296,20 +303,35 @@ def _merge_fleet_buckets(
     """The sensors with data in the window, and for each of them the merged count, mean, min,
     max and last value, from the fleet buckets (one string per bucket for every sensor)."""
     starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
+    # A coarse tier's buckets lack the fine buckets not rolled up yet: those are read too, in
+    # one transaction with the mark that says which they are.
+    finest = store.tiers[0]
+    guess = read_mark(store.client, store.keys) if tier != finest and starts else None
+    end = starts[-1] + tier.bucket_ms if starts else from_ms
+    waiting = range(max(guess[0], starts[0]), end, finest.bucket_ms) if guess else range(0)
     with redis_errors():
-        pipe = store.client.pipeline(transaction=False)
+        pipe = store.client.pipeline(transaction=bool(waiting))
         pipe.lrange(store.keys.sensor_names, 0, -1)
         for start in starts:
             pipe.get(store.keys.fleet_bucket(tier.name, metric, start))
-        sensors, *packed = pipe.execute()
+        for start in waiting:
+            pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
+        pipe.hmget(store.keys.rollup_mark, ["bucket", "sensor"])
+        sensors, *packed, mark_reply = pipe.execute()
     # Bucket, sensor by number, summary field; a sensor numbered after a bucket was last
     # written has zeros there, as has one without readings in it.
     width = len(SUMMARY_FIELDS)
-    table = np.zeros((len(starts), len(sensors), width))
+    table = np.zeros((len(packed), len(sensors), width))
     for row, value in zip(table, packed, strict=True):
         if value:
             found = np.frombuffer(value, "<f8").reshape(-1, width)
             row[: len(found)] = found
+    mark = parse_mark(mark_reply) or (end, 0)
+    for row, start in zip(table[len(starts) :], waiting, strict=True):
+        if start < mark[0]:
+            row[:] = 0
+        elif start == mark[0]:
+            row[: mark[1]] = 0
     field = {name: table[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
     count = field["c"].sum(axis=0)
     present = np.flatnonzero(count > 0)
@@ -318,15 +340,15 @@ def _merge_fleet_buckets(
     count = count[present]
     field = {name: column[:, present] for name, column in field.items()}
     empty = field["c"] == 0
-    # Buckets are in time order and a bucket's readings lie inside it: a sensor's last
-    # non-empty bucket holds its last value.
-    last_bucket = len(starts) - 1 - np.argmax(~empty[::-1], axis=0)
+    # The last value is the one with the latest time, the larger on a tie, as buckets merge.
+    last_ts = np.where(empty, -np.inf, field["lts"])
+    newest = last_ts == last_ts.max(axis=0)
     columns = {
         "count": count,
         "mean": field["s"].sum(axis=0) / count,
         "min": np.where(empty, np.inf, field["lo"]).min(axis=0),
         "max": np.where(empty, -np.inf, field["hi"]).max(axis=0),
-        "last": field["lv"][last_bucket, np.arange(len(present))],
+        "last": np.where(newest, field["lv"], -np.inf).max(axis=0),
     }
     return [sensors[i].decode() for i in present.tolist()], columns
 

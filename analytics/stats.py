@@ -91,6 +91,13 @@ class BucketStats:
         for key, count in other.bins.items():
             self.bins[key] = self.bins.get(key, 0) + count
 
+    def pack_summary(self) -> bytes:
+        """The summary as stored, without the histogram."""
+        return SUMMARY.pack(
+            self.count, self.total, self.total_sq, self.minimum, self.maximum,
+            self.first_ts_ms, self.first, self.last_ts_ms, self.last,
+        )  # fmt: skip
+
     @property
     def mean(self) -> float:
         return self.total / self.count

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY_DTYPE
+from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier
 from ingest.columns import Ints
 from ingest.errors import redis_errors
@@ -61,30 +61,116 @@ def read_buckets(
     metric: str,
     from_ms: int,
     to_ms: int,
+    *,
+    finest: Tier,
 ) -> StoredBuckets:
-    """Every stored bucket of the sensors that overlaps [from_ms, to_ms)."""
+    """Every bucket of the sensors that overlaps [from_ms, to_ms). A coarse tier's buckets
+    include the fine buckets not rolled up into them yet (see `rollup`), read in one
+    transaction with the mark that says which those are."""
     first = tier.bucket_of(from_ms)
-    chunks = [
-        (chunk, np.arange(max(first, chunk), min(to_ms, chunk + tier.chunk_ms), tier.bucket_ms))
-        for chunk in range(tier.chunk_of(first), to_ms, tier.chunk_ms)
-    ]
-    # Within a chunk, by start and then by sensor: each sensor's buckets stay in time order.
+    end = max(first, tier.bucket_of(to_ms - 1) + tier.bucket_ms)
+    reads = [_Reads(keys, tier, metric, sensor_ids, first, end)]
+    guess = read_mark(client, keys) if tier != finest else None
+    if guess is not None and guess[0] < end:
+        reads.append(_Reads(keys, finest, metric, sensor_ids, max(guess[0], first), end))
     with redis_errors():
-        pipe = client.pipeline(transaction=False)
-        for chunk, starts in chunks:
-            pipe.hmget(
+        pipe = client.pipeline(transaction=len(reads) > 1)
+        for read in reads:
+            read.queue(pipe)
+        if len(reads) > 1:
+            pipe.hmget(keys.rollup_mark, ["bucket", "sensor"])
+            pipe.hmget(keys.sensor_index, list(sensor_ids))
+        replies = pipe.execute()
+    stored = reads[0].found(replies[: reads[0].commands])
+    if len(reads) == 1:
+        return _unpacked(*stored)
+    fine_sensor, fine_start, fine_records = reads[1].found(replies[reads[0].commands : -2])
+    # Nothing waits when the mark is gone (the aggregates were deleted meanwhile).
+    bucket, sensor = parse_mark(replies[-2]) or (end, 0)
+    numbers = np.array([-1 if n is None else int(n) for n in replies[-1]], np.int64)
+    waiting = (fine_start > bucket) | ((fine_start == bucket) & (numbers[fine_sensor] >= sensor))
+    chosen = np.flatnonzero(waiting).tolist()
+    return _unpacked(
+        *_merged(
+            np.concatenate([stored[0], fine_sensor[waiting]]),
+            np.concatenate([stored[1], tier.bucket_of(fine_start[waiting])]),
+            stored[2] + [fine_records[i] for i in chosen],
+        )
+    )
+
+
+def read_mark(client: redis.Redis, keys: StreamKeys) -> tuple[int, int] | None:
+    """The roll-up mark: the fine bucket being rolled up (ms) and the first sensor number in
+    it not rolled up yet; None before anything was aggregated."""
+    with redis_errors():
+        return parse_mark(client.hmget(keys.rollup_mark, ["bucket", "sensor"]))
+
+
+def parse_mark(reply: Sequence[bytes | str | None]) -> tuple[int, int] | None:
+    bucket, sensor = reply
+    if bucket is None or sensor is None:
+        return None
+    return int(bucket), int(sensor)
+
+
+class _Reads:
+    """The HMGETs that fetch some sensors' buckets of one tier from `first` to `end` (ms): in
+    each chunk by start and then by sensor, so that each sensor's buckets stay in time
+    order."""
+
+    def __init__(
+        self,
+        keys: StreamKeys,
+        tier: Tier,
+        metric: str,
+        sensor_ids: Sequence[str],
+        first: int,
+        end: int,
+    ) -> None:
+        self.fields = [
+            (
                 keys.aggregate_chunk(tier.name, metric, chunk),
-                [f"{sensor_id}|{start}" for start in starts.tolist() for sensor_id in sensor_ids],
+                np.arange(max(first, chunk), min(end, chunk + tier.chunk_ms), tier.bucket_ms),
             )
-        replies: list[list[bytes | None]] = pipe.execute()
-    everything = list(itertools.chain.from_iterable(replies))
-    found = np.fromiter((r is not None for r in everything), bool, len(everything))
-    records = [r for r in everything if r is not None]
-    sensors = len(sensor_ids)
-    sensor = np.tile(np.arange(sensors), sum(len(starts) for _, starts in chunks))
-    start = np.repeat(np.concatenate([starts for _, starts in chunks] or [np.zeros(0, np.int64)]),
-                      sensors)  # fmt: skip
-    return _unpacked(sensor[found], start[found].astype(np.int64), records)
+            for chunk in range(tier.chunk_of(first), end, tier.chunk_ms)
+        ]
+        self.sensor_ids = sensor_ids
+        self.commands = len(self.fields)
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        for key, starts in self.fields:
+            names = [f"{s}|{start}" for start in starts.tolist() for s in self.sensor_ids]
+            pipe.hmget(key, names)
+
+    def found(self, replies: list[list[bytes | None]]) -> tuple[Ints, Ints, list[bytes]]:
+        """The sensor (place in sensor_ids), start and record of every bucket found."""
+        everything = list(itertools.chain.from_iterable(replies))
+        present = np.fromiter((r is not None for r in everything), bool, len(everything))
+        sensors = len(self.sensor_ids)
+        starts = [starts for _, starts in self.fields] or [np.zeros(0, np.int64)]
+        sensor = np.tile(np.arange(sensors), sum(map(len, starts)))
+        start = np.repeat(np.concatenate(starts), sensors).astype(np.int64)
+        return sensor[present], start[present], [r for r in everything if r is not None]
+
+
+def _merged(sensor: Ints, start: Ints, records: list[bytes]) -> tuple[Ints, Ints, list[bytes]]:
+    """One record per (sensor, start), in order of start and then sensor: records that share
+    both are merged (summaries combined, histograms put end to end)."""
+    order = np.lexsort((sensor, start))
+    sensor, start = sensor[order], start[order]
+    ordered = [records[i] for i in order.tolist()]
+    new = np.r_[True, (sensor[1:] != sensor[:-1]) | (start[1:] != start[:-1])]
+    heads = np.flatnonzero(new)
+    out: list[bytes] = []
+    for head, tail in zip(heads.tolist(), [*heads[1:].tolist(), len(ordered)], strict=True):
+        if tail - head == 1:
+            out.append(ordered[head])
+            continue
+        merged = BucketStats.empty()
+        for record in ordered[head:tail]:
+            merged.merge(BucketStats.unpack(record[: SUMMARY.size], None))
+        out.append(merged.pack_summary() + b"".join(r[SUMMARY.size :] for r in ordered[head:tail]))
+    return sensor[heads], start[heads], out
 
 
 def _unpacked(sensor: Ints, start: Ints, records: list[bytes]) -> StoredBuckets:

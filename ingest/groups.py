@@ -118,6 +118,17 @@ class PreparingHandler(Protocol[D_contra]):  # type: ignore[misc]
     def prepare(self, batch: Batch[D_contra]) -> Callable[[], None]: ...
 
 
+@runtime_checkable
+class UpkeepingHandler(Protocol):
+    """A handler with work of its own beside the batches (such as rolling up what they wrote)."""
+
+    def upkeep(self, stop: threading.Event) -> None:
+        """Runs in a thread of its own while the runner runs, until `stop` is set."""
+
+    def drained(self) -> None:
+        """Called once a drain has processed everything, before `run` returns."""
+
+
 @dataclass
 class RunnerStats:
     processed: int = 0
@@ -218,6 +229,9 @@ class GroupRunner(Generic[D]):
         must_recover = True
         next_claim = 0.0
         outage_since: float | None = None
+        drained = False
+        upkeep_stop = threading.Event()
+        upkeep = self._start_upkeep(upkeep_stop)
         while not stop.is_set():
             try:
                 if must_recover:
@@ -245,6 +259,7 @@ class GroupRunner(Generic[D]):
                 if got:
                     continue
                 if drain and self._group_pending_count() == 0:
+                    drained = True
                     break
                 self._wait_for_new()
             except RedisUnavailable as exc:
@@ -274,6 +289,11 @@ class GroupRunner(Generic[D]):
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
+        upkeep_stop.set()
+        if upkeep is not None:
+            upkeep.join()
+        if drained and isinstance(self.handler, UpkeepingHandler):
+            self.handler.drained()
         log.info(
             "consumer %s stopping: processed=%d dead_lettered=%d trimmed=%d claimed=%d",
             self.consumer,
@@ -283,6 +303,15 @@ class GroupRunner(Generic[D]):
             self.stats.claimed,
         )
         return self.stats
+
+    def _start_upkeep(self, stop: threading.Event) -> threading.Thread | None:
+        if not isinstance(self.handler, UpkeepingHandler):
+            return None
+        thread = threading.Thread(
+            target=self.handler.upkeep, args=(stop,), name=f"{self.group}-upkeep", daemon=True
+        )
+        thread.start()
+        return thread
 
     def ensure_group(self) -> bool:
         """Create the group unless it exists; True when it was created now."""

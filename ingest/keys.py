@@ -71,6 +71,17 @@ class StreamKeys:
         """List of sensor ids, each at its number in `sensor_index`."""
         return f"{self.stream}:sensornames"
 
+    @property
+    def metric_names(self) -> str:
+        """Set of every metric name the aggregates group has met."""
+        return f"{self.stream}:metricnames"
+
+    @property
+    def rollup_mark(self) -> str:
+        """Hash with `bucket` and `sensor`: how far the finest tier has been rolled up into the
+        coarse tiers (analytics/lua/rollup.lua says what the mark means)."""
+        return f"{self.stream}:rollup"
+
     def fleet_bucket(self, tier: str, metric: str, bucket_ms: int) -> str:
         """String holding one bucket of one metric for the whole fleet: each sensor's packed
         statistics (as in `aggregate_chunk`, without the histogram) at its number times their

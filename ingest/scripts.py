@@ -14,9 +14,13 @@ Arg = str | int | float
 
 
 class LuaScript:
-    def __init__(self, package: str, filename: str) -> None:
+    def __init__(self, package: str, filename: str, *, library: str | None = None) -> None:
+        """The script in `package`/lua/`filename`, after the functions in `library` (a file
+        beside it) when given."""
         self.name = filename
-        self.source = resources.files(package).joinpath("lua", filename).read_text(encoding="utf-8")
+        files = [library, filename] if library else [filename]
+        folder = resources.files(package).joinpath("lua")
+        self.source = "\n".join(folder.joinpath(f).read_text(encoding="utf-8") for f in files)
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:

@@ -6,7 +6,9 @@ on its own.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import walrus
@@ -17,6 +19,8 @@ from ingest.keys import SETTLED, StreamKeys
 from ingest.reading import entry_order
 
 PENDING_SCAN_LIMIT = 10_000
+# Aggregators roll the finest tier up within seconds of each bucket's end.
+ROLLUP_WARN_S = 300
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class StreamStatus:
     entries_added: int
     dead_letters: int
     groups: list[GroupStatus]
+    # Where the coarse tiers' roll-up of the finest tier stands: fine buckets starting before
+    # this time are in them (None before anything was aggregated).
+    rolled_up_to_ms: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +113,7 @@ def stream_status(url: str, stream: str, default_maxlen: int, warn_ratio: float)
         dead_letters = db.xlen(keys.dead)
         lost = {_text(k): int(v) for k, v in db.hgetall(keys.lost).items()}
         dead_counts = {_text(k): int(v) for k, v in db.hgetall(keys.dead_counts).items()}
+        mark = db.hget(keys.rollup_mark, "bucket")
         if not db.exists(stream):
             return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [])
         handle = db.Stream(stream)
@@ -128,6 +136,7 @@ def stream_status(url: str, stream: str, default_maxlen: int, warn_ratio: float)
         entries_added=int(info.get("entries-added", 0)),
         dead_letters=dead_letters,
         groups=groups,
+        rolled_up_to_ms=None if mark is None else int(mark),
     )
 
 
@@ -196,6 +205,15 @@ def format_status(status: StreamStatus) -> str:
         f"  first {status.first_id}  last {status.last_id}  ever added {status.entries_added}",
         f"  dead letters: {status.dead_letters}",
     ]
+    if status.rolled_up_to_ms is not None:
+        behind_s = time.time() - status.rolled_up_to_ms / 1000
+        lines.append(
+            f"  coarse tiers rolled up to {_utc(status.rolled_up_to_ms)} ({behind_s:.0f}s ago)"
+        )
+        if behind_s > ROLLUP_WARN_S:
+            lines.append(
+                "  WARNING: the coarse tiers are not being rolled up: is an aggregator running?"
+            )
     if not status.groups:
         lines.append("  no consumer groups")
     for g in status.groups:
@@ -223,6 +241,10 @@ def format_status(status: StreamStatus) -> str:
             )
         lines += [f"    WARNING: {w}" for w in g.warnings]
     return "\n".join(lines)
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _or_unknown(value: int | None) -> str:

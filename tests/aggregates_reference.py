@@ -31,6 +31,15 @@ class Made:
     def sensor_id(self, index: int) -> str:
         return f"dev-{index:04d}"
 
+    def take(self, rows: npt.NDArray[np.bool_]) -> Made:
+        """The readings where `rows` is True."""
+        where = np.flatnonzero(rows).tolist()
+        return Made(
+            self.sensor[rows], self.ts[rows], self.seq[rows],
+            {m: v[rows] for m, v in self.values.items()},
+            {m: [t[i] for i in where] for m, t in self.texts.items()},
+        )  # fmt: skip
+
 
 def make_readings(sensors: int, per_sensor: int, burst: int, seed: int) -> Made:
     """Each sensor reads once a second up to now and uploads in bursts, as buffered devices do."""

@@ -7,9 +7,12 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from analytics.aggregator import GROUP, Aggregator
+from analytics.tiers import parse_tiers
 from ingest.columns import ReadingColumns, decode_columns
 from ingest.connection import fields_arg, read_range
 from ingest.groups import Batch, GroupRunner
+from ingest.keys import StreamKeys
 from ingest.reading import Reading
 from ingest.settings import Settings
 
@@ -48,6 +51,25 @@ def drain(runner: GroupRunner[ReadingColumns], timeout_s: float = 60.0) -> None:
     finally:
         timer.cancel()
     assert not stop.is_set(), "runner did not drain in time"
+
+
+class AggregatorWithoutRollup:
+    """The aggregator's batches without its roll-up, so that a test decides when that runs."""
+
+    acknowledges = True
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        self.aggregator(batch)
+
+
+def drain_without_rollup(client: redis.Redis, settings: Settings) -> None:
+    """Drain the aggregates group, leaving the coarse tiers' roll-up where it was."""
+    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    drain(GroupRunner(client, settings, GROUP, "c1", AggregatorWithoutRollup(handler),
+                      decode_columns))  # fmt: skip
 
 
 def pending_count(client: redis.Redis, stream: str, group: str) -> int:

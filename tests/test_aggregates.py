@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from analytics.aggregator import GROUP, Aggregator
+from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
@@ -26,9 +28,15 @@ from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from ingest.status import stream_status
-from tests.aggregates_reference import assert_buckets_match, make_readings, stored_buckets, write
+from tests.aggregates_reference import (
+    Made,
+    assert_buckets_match,
+    make_readings,
+    stored_buckets,
+    write,
+)
 from tests.conftest import RedisProcess, child_env, make_settings
-from tests.helpers import add, drain
+from tests.helpers import add, drain, drain_without_rollup
 
 
 def aggregator_process(settings: Settings, consumer: str) -> subprocess.Popen[bytes]:
@@ -48,6 +56,19 @@ def wait_until_done(client: redis.Redis, stream: str, timeout_s: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"aggregates group not done in {timeout_s}s: {group}")
+
+
+def wait_until_rolled_up(
+    client: redis.Redis, settings: Settings, newest_ms: int, timeout_s: float
+) -> None:
+    """Until the workers have rolled the fine bucket holding `newest_ms` up into the coarse
+    tiers."""
+    finest = parse_tiers(settings.tiers)[0]
+    rollup = Rollup(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    deadline = time.monotonic() + timeout_s
+    while (mark := rollup.mark()) is None or mark[0] <= finest.bucket_of(newest_ms):
+        assert time.monotonic() < deadline, f"roll-up at {mark}, not past {newest_ms}"
+        time.sleep(0.2)
 
 
 def ledger(client: redis.Redis, stream: str = "app:event") -> dict[str, int]:
@@ -84,6 +105,7 @@ def test_a_million_readings_exact_while_a_worker_is_killed_five_times(
             workers[victim].wait()
             workers[victim] = aggregator_process(settings, victim)
         wait_until_done(client, settings.stream, 240)
+        wait_until_rolled_up(client, settings, int(made.ts.max()), 120)
     finally:
         for worker in workers.values():
             worker.terminate()
@@ -234,6 +256,52 @@ def test_a_sensor_that_skips_seqs_is_counted_and_its_gaps_recorded(
         "seq_gaps_filled": 1,
     }
     assert client.xlen(StreamKeys(settings.stream).dead) == 0
+
+
+def test_coarse_tiers_rolled_up_around_late_readings_count_each_reading_once(
+    settings: Settings,
+) -> None:
+    """Half the readings arrive after the roll-up has passed their fine buckets, or stopped
+    halfway through the sensors of one: each lands in every tier exactly once."""
+    client = connect(settings)
+    keys, tiers = StreamKeys(settings.stream), parse_tiers(settings.tiers)
+    finest = tiers[0]
+    made = make_readings(sensors=20, per_sensor=90, burst=90, seed=11)
+
+    def aggregate(part: Made) -> None:
+        write(client, part)
+        drain_without_rollup(client, settings.replace(read_batch=50))
+
+    aggregate(made.take(made.seq % 2 == 1))
+    rollup = Rollup(client, keys, tiers, sensors_per_step=7)
+    rollup.catch_up(int(np.median(made.ts)))
+    assert rollup.step(int(made.ts.max()))
+    mark = rollup.mark()
+    assert mark is not None and mark[1] == 7
+    assert made.ts.min() < mark[0] < finest.bucket_of(int(made.ts.max()))
+
+    aggregate(made.take(made.seq % 2 == 0))
+    assert rollup.catch_up(finest.bucket_of(int(made.ts.max())) + finest.bucket_ms) > 0
+    assert_ledger(client, len(made.ts))
+    for tier in tiers:
+        assert assert_buckets_match(settings.redis_url, made, tier.name, tier.bucket_ms) > 0
+
+
+def test_aggregates_from_before_the_roll_up_existed_are_not_rolled_up_again(
+    settings: Settings,
+) -> None:
+    """Aggregates written by a version that merged every reading into every tier, and no mark:
+    the roll-up starts after them, and readings for their buckets are merged into every tier
+    as before."""
+    client = connect(settings)
+    made = make_readings(sensors=20, per_sensor=60, burst=60, seed=12)
+    for part in (made.seq % 2 == 1, made.seq % 2 == 0):
+        write(client, made.take(part))
+        drain(aggregator_runner(client, settings, "c1"))
+        client.delete(StreamKeys(settings.stream).rollup_mark)
+    assert_ledger(client, len(made.ts))
+    for tier in parse_tiers(settings.tiers):
+        assert assert_buckets_match(settings.redis_url, made, tier.name, tier.bucket_ms) > 0
 
 
 def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Path) -> None:

@@ -19,29 +19,39 @@ from hypothesis import strategies as st
 from analytics import query
 from analytics.api import create_app
 from analytics.query import Store
+from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
+from analytics.tiers import parse_tiers
 from analytics.times import iso
 from analytics.worker import aggregator_runner
 from ingest.connection import connect
+from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from telemetry.localserver import LocalRedis
 from tests.aggregates_reference import QS, Made, make_readings, write
 from tests.conftest import RedisProcess, child_env, make_settings
-from tests.helpers import drain
+from tests.helpers import drain, drain_without_rollup
 
 PER_SENSOR = 2400  # 40 minutes at 1 Hz
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Made]]:
-    """Five sensors' last 40 minutes, aggregated once for every test in this module."""
+    """Five sensors' last 40 minutes, aggregated once for every test in this module; the
+    coarse tiers are rolled up to the middle of a fine bucket 15 minutes in, so answers from
+    them must add the fine buckets after that."""
     server = LocalRedis(workdir=tmp_path_factory.mktemp("query-redis"))
     server.start()
     settings = make_settings(server.url)
     client = connect(settings)
     made = make_readings(sensors=5, per_sensor=PER_SENSOR, burst=100, seed=9)
     write(client, made)
-    drain(aggregator_runner(client, settings, "c1"))
+    drain_without_rollup(client, settings)
+    rollup = Rollup(client, StreamKeys(settings.stream), parse_tiers(settings.tiers), 2)
+    rollup.catch_up(int(made.ts.min()) + 15 * 60_000)
+    rollup.step(int(made.ts.max()))
+    mark = rollup.mark()
+    assert mark is not None and mark[1] == 2
     yield settings, made
     server.close()
 

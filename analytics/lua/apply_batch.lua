@@ -8,23 +8,33 @@
 -- sends the batch again. Only then merges the bucket deltas, records the seqs, updates the
 -- sensor index and the ledger, and XACKs the entries. Returns 1.
 --
+-- Coarse tiers are rolled up from the finest one (rollup.lua) behind a mark: fine bucket B of
+-- sensor number N is rolled up when B < mark.bucket, or B == mark.bucket and N < mark.sensor.
+-- A delta for a fine bucket not yet rolled up is merged into the fine tier only; the roll-up
+-- carries it on. A delta for one already rolled up (a late reading) is merged into the coarse
+-- tiers as well, here. Readings older than the fine tier's retention come as coarse deltas of
+-- their own. The first batch ever sets the mark at its oldest fine bucket.
+--
 -- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, 5 sensor index hash,
--- 6 sensor names list, then keys referred to by index from ARGV (seq windows, metric sets,
--- aggregate chunks, fleet buckets).
+-- 6 sensor names list, 7 roll-up mark hash, 8 metric names set, then keys referred to by index
+-- from ARGV (seq windows, metric sets, aggregate chunks, fleet buckets).
 -- ARGV: group, consumer, min id, max id, n ids, ids (comma-separated),
 --       n ledger increments, (field, amount)...,
 --       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
---       n deltas, then packed, sorted by chunk key, fleet bucket key and sensor: for each, its
---       chunk key index, fleet bucket key index and sensor (its place in the sensors section,
---       from 0) as three int32; hash fields
+--       n deltas, n coarse tiers C, the fine tier's bucket ms, each coarse tier's bucket ms,
+--       then packed, sorted by chunk key, fleet bucket key and sensor: for each delta 4 + 2C
+--       int32: its chunk key index, fleet bucket key index, sensor (its place in the sensors
+--       section, from 0), its fine bucket in bucket numbers (ms / fine bucket ms; -1 for a
+--       coarse delta), then for each coarse tier the chunk and fleet bucket key indexes its
+--       fine bucket rolls up into; hash fields
 --       `sensor|bucket` (comma-separated); records (summary of 72 bytes, then histogram),
 --       end to end; record offsets (n + 1 int32),
 --       n expiring keys, (key index, expire-at ms)...
 
 local SEQ_WINDOW = 4096
 local stream, ledger, seq_high, sensors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local sensor_index, sensor_names = KEYS[5], KEYS[6]
+local sensor_index, sensor_names, rollup, metric_names = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, consumer = ARGV[1], ARGV[2]
 local pos = 5
 
@@ -76,18 +86,6 @@ for _ = 1, tonumber(take()) do
   end
   by_sensor[sensor] = {window = window, items = items}
   sensor_order[#sensor_order + 1] = sensor
-end
-
--- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
-local function call_in_slices(command, key, values, per_call)
-  local out = {}
-  for first = 1, #values, per_call do
-    local got = redis.call(command, key, unpack(values, first, math.min(first + per_call - 1, #values)))
-    if type(got) == 'table' then
-      for _, v in ipairs(got) do out[#out + 1] = v end
-    end
-  end
-  return out
 end
 
 -- 3. No (sensor, seq) of the batch may have been counted already. Each sensor's window is
@@ -204,10 +202,12 @@ for i = 1, tonumber(take()) do
   newest[#newest + 1] = names[i]
 end
 local numbers = call_in_slices('HMGET', sensor_index, names, 4000)
+local new_sensors = 0
 for i, name in ipairs(names) do
   if numbers[i] then
     numbers[i] = tonumber(numbers[i])
   else
+    new_sensors = new_sensors + 1
     numbers[i] = redis.call('RPUSH', sensor_names, name) - 1
     redis.call('HSET', sensor_index, name, numbers[i])
   end
@@ -218,72 +218,19 @@ if #newest > 1 then
   end
 end
 for _ = 1, tonumber(take()) do
-  redis.call('SADD', KEYS[tonumber(take())], take())
+  local set, metric = KEYS[tonumber(take())], take()
+  redis.call('SADD', set, metric)
+  redis.call('SADD', metric_names, metric)
 end
 
 -- 6. Merge the bucket deltas, and expire every chunk key with its tier.
-local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
--- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
-local function merge_summary(old, packed, at)
-  local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
-  local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, packed, at)
-  if fts2 < fts1 or (fts2 == fts1 and fv2 < fv1) then
-    fts1, fv1 = fts2, fv2
-  end
-  if lts2 > lts1 or (lts2 == lts1 and lv2 > lv1) then
-    lts1, lv1 = lts2, lv2
-  end
-  return struct.pack(SUMMARY, c1 + c2, s1 + s2, q1 + q2, math.min(lo1, lo2), math.max(hi1, hi2),
-    fts1, fv1, lts1, lv1)
+local n_deltas, n_coarse, fine_ms = tonumber(take()), tonumber(take()), tonumber(take())
+local coarse_ms = {}
+for c = 1, n_coarse do
+  coarse_ms[c] = tonumber(take())
 end
-
--- Histograms: (int32 key, uint32 count) pairs. Unpacked and packed with one struct call each,
--- since a stored histogram can hold hundreds of bins.
-local function merge_bins(old, new)
-  local counts, order = {}, {}
-  for _, packed in ipairs({old, new}) do
-    local n = #packed / 8
-    if n > 0 then
-      local values = {struct.unpack('<' .. string.rep('i4I4', n, ''), packed)}
-      for i = 1, 2 * n, 2 do
-        local key, count = values[i], values[i + 1]
-        if counts[key] then
-          counts[key] = counts[key] + count
-        else
-          counts[key] = count
-          order[#order + 1] = key
-        end
-      end
-    end
-  end
-  local flat = {}
-  for i, key in ipairs(order) do
-    flat[2 * i - 1] = key
-    flat[2 * i] = counts[key]
-  end
-  return struct.pack('<' .. string.rep('i4I4', #order, ''), unpack(flat))
-end
-
--- A histogram may list a bin more than once (readers add them up): new bins are appended, and
--- merged into one entry per bin only when the histogram grows past a limit. Merging on every
--- update would cost most of the script's time for the coarse tiers' wide histograms.
-local COMPACT_BYTES = 2048
-
--- Little-endian int32s packed end to end, unpacked a slice at a time (see call_in_slices).
-local function unpack_int32s(packed, count)
-  local out = {}
-  for first = 0, count - 1, 4000 do
-    local n = math.min(4000, count - first)
-    local values = {struct.unpack('<' .. string.rep('i4', n), packed, first * 4 + 1)}
-    for j = 1, n do
-      out[first + j] = values[j]
-    end
-  end
-  return out
-end
-
-local n_deltas = tonumber(take())
-local placement = unpack_int32s(take(), 3 * n_deltas)
+local width = 4 + 2 * n_coarse
+local placement = unpack_int32s(take(), width * n_deltas)
 local fields = {}
 for field in string.gmatch(take(), '[^,]+') do
   fields[#fields + 1] = field
@@ -293,31 +240,55 @@ if #fields ~= n_deltas then
   return redis.error_reply('apply_batch: ' .. #fields .. ' bucket fields for ' .. n_deltas .. ' deltas')
 end
 
--- Deltas arrive sorted by chunk hash, then fleet bucket, then sensor. Each hash is read with
--- one HMGET and written with one HSET. Neighbouring sensors' summaries in one fleet bucket
--- (a batch mostly holds sensors numbered one after another) are written with one SETRANGE,
--- since a command per delta would cost more than the merge itself.
-local run_key, run_from, run_next, run = nil, 0, 0, {}
-local function write_run()
-  if run_key then
-    redis.call('SETRANGE', run_key, run_from * SUMMARY_BYTES, table.concat(run))
+local mark = redis.call('HMGET', rollup, 'bucket', 'sensor')
+local mark_bucket, mark_sensor = tonumber(mark[1]), tonumber(mark[2])
+if not mark_bucket and n_deltas > 0 then
+  if redis.call('LLEN', sensor_names) > new_sensors then
+    -- Aggregates written before there was a roll-up hold every tier in full: roll up only
+    -- from the next fine bucket on.
+    local now = redis.call('TIME')
+    local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+    mark_bucket = now_ms - now_ms % fine_ms + fine_ms
+  else
+    for j = 1, n_deltas do
+      local at = placement[width * (j - 1) + 4]
+      if at >= 0 and (not mark_bucket or at * fine_ms < mark_bucket) then
+        mark_bucket = at * fine_ms
+      end
+    end
+  end
+  if mark_bucket then
+    mark_sensor = 0
+    redis.call('HSET', rollup, 'bucket', string.format('%.0f', mark_bucket), 'sensor', 0)
   end
 end
-local function add_to_run(key, number, summary)
-  if key == run_key and number == run_next then
-    run[#run + 1] = summary
-  else
-    write_run()
-    run_key, run_from, run = key, number, {summary}
+
+-- Deltas arrive sorted by chunk hash, then fleet bucket, then sensor. Each hash is read with
+-- one HMGET and written with one HSET.
+local fleet = fleet_writer()
+-- Coarse chunk key index -> items for merge_items, for deltas already rolled up.
+local late, late_keys = {}, {}
+local function roll_on(j, bucket, number)
+  local base = width * (j - 1)
+  local sensor = names[placement[base + 3] + 1]
+  for c = 1, n_coarse do
+    local key = placement[base + 3 + 2 * c]
+    if not late[key] then
+      late[key] = {}
+      late_keys[#late_keys + 1] = key
+    end
+    local items = late[key]
+    items[#items + 1] = {sensor .. '|' .. string.format('%.0f', bucket - bucket % coarse_ms[c]),
+      records, offsets[j] + 1, offsets[j + 1],
+      KEYS[placement[base + 4 + 2 * c]], number}
   end
-  run_next = number + 1
 end
 
 local first = 1
 while first <= n_deltas do
-  local index = placement[3 * first - 2]
+  local index = placement[width * (first - 1) + 1]
   local last = first
-  while last < n_deltas and placement[3 * last + 1] == index do
+  while last < n_deltas and placement[width * last + 1] == index do
     last = last + 1
   end
   local key, wanted = KEYS[index], {}
@@ -327,28 +298,28 @@ while first <= n_deltas do
   local old = call_in_slices('HMGET', key, wanted, 7000)
   local values = {}
   for j = first, last do
-    local from, to = offsets[j] + 1, offsets[j + 1]
-    local stored, record, summary = old[j - first + 1], nil, nil
-    if stored then
-      summary = merge_summary(stored, records, from)
-      local new_bins = string.sub(records, from + SUMMARY_BYTES, to)
-      if #stored - SUMMARY_BYTES + #new_bins <= COMPACT_BYTES then
-        record = summary .. string.sub(stored, SUMMARY_BYTES + 1) .. new_bins
-      else
-        record = summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1), new_bins)
-      end
-    else
-      record = string.sub(records, from, to)
-      summary = string.sub(record, 1, SUMMARY_BYTES)
-    end
-    add_to_run(KEYS[placement[3 * j - 1]], numbers[placement[3 * j] + 1], summary)
+    local base = width * (j - 1)
+    local record, summary = merged_record(old[j - first + 1], records, offsets[j] + 1, offsets[j + 1])
+    local number = numbers[placement[base + 3] + 1]
+    fleet.add(KEYS[placement[base + 2]], number, summary)
     values[#values + 1] = fields[j]
     values[#values + 1] = record
+    local at = placement[base + 4]
+    if at >= 0 and mark_bucket then
+      local bucket = at * fine_ms
+      if bucket < mark_bucket or (bucket == mark_bucket and number < mark_sensor) then
+        roll_on(j, bucket, number)
+      end
+    end
   end
   call_in_slices('HSET', key, values, 7000)
   first = last + 1
 end
-write_run()
+fleet.flush()
+for _, key in ipairs(late_keys) do
+  merge_items(KEYS[key], late[key], fleet)
+end
+fleet.flush()
 
 for _ = 1, tonumber(take()) do
   redis.call('PEXPIREAT', KEYS[tonumber(take())], take())

@@ -1,0 +1,148 @@
+-- Merging bucket records, shared by the scripts that write aggregates (each is sent to Redis
+-- with this file in front of it).
+--
+-- A record (see analytics/stats.py) is a summary of nine little-endian doubles (count, sum,
+-- sum of squares, min, max, first time and value, last time and value), then histogram bins
+-- as (int32 key, uint32 count) pairs. A fleet bucket holds each sensor's summary at its number
+-- times SUMMARY_BYTES.
+
+local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
+
+-- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
+local function call_in_slices(command, key, values, per_call)
+  local out = {}
+  for first = 1, #values, per_call do
+    local got = redis.call(command, key, unpack(values, first, math.min(first + per_call - 1, #values)))
+    if type(got) == 'table' then
+      for _, v in ipairs(got) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+-- Little-endian int32s packed end to end, unpacked a slice at a time (see call_in_slices).
+local function unpack_int32s(packed, count)
+  local out = {}
+  for first = 0, count - 1, 4000 do
+    local n = math.min(4000, count - first)
+    local values = {struct.unpack('<' .. string.rep('i4', n), packed, first * 4 + 1)}
+    for j = 1, n do
+      out[first + j] = values[j]
+    end
+  end
+  return out
+end
+
+-- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
+local function merge_summary(old, packed, at)
+  local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
+  local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, packed, at)
+  if fts2 < fts1 or (fts2 == fts1 and fv2 < fv1) then
+    fts1, fv1 = fts2, fv2
+  end
+  if lts2 > lts1 or (lts2 == lts1 and lv2 > lv1) then
+    lts1, lv1 = lts2, lv2
+  end
+  return struct.pack(SUMMARY, c1 + c2, s1 + s2, q1 + q2, math.min(lo1, lo2), math.max(hi1, hi2),
+    fts1, fv1, lts1, lv1)
+end
+
+-- Histograms: (int32 key, uint32 count) pairs. Unpacked and packed with one struct call each,
+-- since a stored histogram can hold hundreds of bins.
+local function merge_bins(old, new)
+  local counts, order = {}, {}
+  for _, packed in ipairs({old, new}) do
+    local n = #packed / 8
+    if n > 0 then
+      local values = {struct.unpack('<' .. string.rep('i4I4', n, ''), packed)}
+      for i = 1, 2 * n, 2 do
+        local key, count = values[i], values[i + 1]
+        if counts[key] then
+          counts[key] = counts[key] + count
+        else
+          counts[key] = count
+          order[#order + 1] = key
+        end
+      end
+    end
+  end
+  local flat = {}
+  for i, key in ipairs(order) do
+    flat[2 * i - 1] = key
+    flat[2 * i] = counts[key]
+  end
+  return struct.pack('<' .. string.rep('i4I4', #order, ''), unpack(flat))
+end
+
+-- A histogram may list a bin more than once (readers add them up): new bins are appended, and
+-- merged into one entry per bin only when the histogram grows past a limit. Merging on every
+-- update would cost most of the script's time for the coarse tiers' wide histograms.
+local COMPACT_BYTES = 2048
+
+-- The record `stored` (false or nil when there is none) merged with the record at bytes
+-- from..to of `packed`, and the merged summary.
+local function merged_record(stored, packed, from, to)
+  if not stored then
+    local record = string.sub(packed, from, to)
+    return record, string.sub(record, 1, SUMMARY_BYTES)
+  end
+  local summary = merge_summary(stored, packed, from)
+  local new_bins = string.sub(packed, from + SUMMARY_BYTES, to)
+  if #stored - SUMMARY_BYTES + #new_bins <= COMPACT_BYTES then
+    return summary .. string.sub(stored, SUMMARY_BYTES + 1) .. new_bins, summary
+  end
+  return summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1), new_bins), summary
+end
+
+-- Writes summaries into fleet buckets. Neighbouring sensors' summaries in one fleet bucket (a
+-- batch mostly holds sensors numbered one after another) are written with one SETRANGE, since
+-- a command per summary would cost more than the merge itself.
+local function fleet_writer()
+  local run_key, run_from, run_next, run = nil, 0, 0, {}
+  local writer = {}
+  function writer.flush()
+    if run_key then
+      redis.call('SETRANGE', run_key, run_from * SUMMARY_BYTES, table.concat(run))
+      run_key = nil
+    end
+  end
+  function writer.add(key, number, summary)
+    if key == run_key and number == run_next then
+      run[#run + 1] = summary
+    else
+      writer.flush()
+      run_key, run_from, run = key, number, {summary}
+    end
+    run_next = number + 1
+  end
+  return writer
+end
+
+-- Merges records into the hash `key`: each item {field, packed, from, to, fleet key, sensor
+-- number} adds the record at bytes from..to of `packed` to `field`, in order (a field may come
+-- more than once), and the field's final summary goes to the sensor's place in the fleet
+-- bucket.
+local function merge_items(key, items, fleet)
+  local fields, last = {}, {}
+  for _, item in ipairs(items) do
+    if not last[item[1]] then
+      fields[#fields + 1] = item[1]
+    end
+    last[item[1]] = item
+  end
+  local stored = call_in_slices('HMGET', key, fields, 7000)
+  local current, summaries = {}, {}
+  for i, field in ipairs(fields) do
+    current[field] = stored[i]
+  end
+  for _, item in ipairs(items) do
+    current[item[1]], summaries[item[1]] = merged_record(current[item[1]], item[2], item[3], item[4])
+  end
+  local values = {}
+  for _, field in ipairs(fields) do
+    values[#values + 1] = field
+    values[#values + 1] = current[field]
+    fleet.add(last[field][5], last[field][6], summaries[field])
+  end
+  call_in_slices('HSET', key, values, 7000)
+end
