@@ -27,7 +27,7 @@ from ingest.connection import connect
 from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
-from ingest.status import stream_status
+from ingest.status import format_status, stream_status
 from tests.aggregates_reference import (
     Made,
     assert_buckets_match,
@@ -282,6 +282,9 @@ def test_coarse_tiers_rolled_up_around_late_readings_count_each_reading_once(
 
     aggregate(made.take(made.seq % 2 == 0))
     assert rollup.catch_up(finest.bucket_of(int(made.ts.max())) + finest.bucket_ms) > 0
+    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    assert status.rolled_up_to_ms == finest.bucket_of(int(made.ts.max())) + finest.bucket_ms
+    assert "coarse tiers rolled up to" in format_status(status)
     assert_ledger(client, len(made.ts))
     for tier in tiers:
         assert assert_buckets_match(settings.redis_url, made, tier.name, tier.bucket_ms) > 0
