@@ -318,27 +318,26 @@ def _merge_fleet_buckets(
             pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
         pipe.hmget(store.keys.rollup_mark, ["bucket", "sensor"])
         sensors, *packed, mark_reply = pipe.execute()
-    # Bucket, sensor by number, summary field; a sensor numbered after a bucket was last
-    # written has zeros there, as has one without readings in it.
-    width = len(SUMMARY_FIELDS)
-    table = np.zeros((len(packed), len(sensors), width))
-    for row, value in zip(table, packed, strict=True):
-        if value:
-            found = np.frombuffer(value, "<f8").reshape(-1, width)
-            row[: len(found)] = found
+    # Of the fine buckets, only sensors' summaries the mark says are not rolled up yet count.
     mark = parse_mark(mark_reply) or (end, 0)
-    for row, start in zip(table[len(starts) :], waiting, strict=True):
-        if start < mark[0]:
-            row[:] = 0
-        elif start == mark[0]:
-            row[: mark[1]] = 0
-    field = {name: table[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
-    count = field["c"].sum(axis=0)
+    first_sensor = [0] * len(starts) + [
+        len(sensors) if start < mark[0] else mark[1] if start == mark[0] else 0 for start in waiting
+    ]
+    # Bucket (those with data), sensor by number, summary field; a sensor numbered after a
+    # bucket was last written has zeros there, as has one without readings in it.
+    width = len(SUMMARY_FIELDS)
+    rows = [(value, first) for value, first in zip(packed, first_sensor, strict=True) if value]
+    table = np.zeros((len(rows), len(sensors), width))
+    for row, (value, first) in zip(table, rows, strict=True):
+        found = np.frombuffer(value, "<f8").reshape(-1, width)
+        row[first : len(found)] = found[first:]
+    count = table[:, :, 0].sum(axis=0)
     present = np.flatnonzero(count > 0)
     if not len(present):
         return None
     count = count[present]
-    field = {name: column[:, present] for name, column in field.items()}
+    chosen = table[:, present, :]
+    field = {name: chosen[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
     empty = field["c"] == 0
     # The last value is the one with the latest time, the larger on a tie, as buckets merge.
     last_ts = np.where(empty, -np.inf, field["lts"])

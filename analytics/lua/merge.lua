@@ -80,15 +80,16 @@ end
 local COMPACT_BYTES = 2048
 
 -- The record `stored` (false or nil when there is none) merged with the record at bytes
--- from..to of `packed`, and the merged summary.
-local function merged_record(stored, packed, from, to)
+-- from..to of `packed`, and the merged summary. With `compact`, the histogram is merged into
+-- one entry per bin whatever its size.
+local function merged_record(stored, packed, from, to, compact)
   if not stored then
     local record = string.sub(packed, from, to)
     return record, string.sub(record, 1, SUMMARY_BYTES)
   end
   local summary = merge_summary(stored, packed, from)
   local new_bins = string.sub(packed, from + SUMMARY_BYTES, to)
-  if #stored - SUMMARY_BYTES + #new_bins <= COMPACT_BYTES then
+  if not compact and #stored - SUMMARY_BYTES + #new_bins <= COMPACT_BYTES then
     return summary .. string.sub(stored, SUMMARY_BYTES + 1) .. new_bins, summary
   end
   return summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1), new_bins), summary
@@ -121,8 +122,8 @@ end
 -- Merges records into the hash `key`: each item {field, packed, from, to, fleet key, sensor
 -- number} adds the record at bytes from..to of `packed` to `field`, in order (a field may come
 -- more than once), and the field's final summary goes to the sensor's place in the fleet
--- bucket.
-local function merge_items(key, items, fleet)
+-- bucket. `compact` as for merged_record.
+local function merge_items(key, items, fleet, compact)
   local fields, last = {}, {}
   for _, item in ipairs(items) do
     if not last[item[1]] then
@@ -136,7 +137,8 @@ local function merge_items(key, items, fleet)
     current[field] = stored[i]
   end
   for _, item in ipairs(items) do
-    current[item[1]], summaries[item[1]] = merged_record(current[item[1]], item[2], item[3], item[4])
+    current[item[1]], summaries[item[1]] = merged_record(current[item[1]], item[2], item[3],
+      item[4], compact)
   end
   local values = {}
   for _, field in ipairs(fields) do

@@ -65,7 +65,8 @@ for m = 1, n_metrics do
           items[#items + 1] = {name .. '|' .. coarse_bucket, record, 1, #record, fleet_key, numbers[i]}
         end
       end
-      merge_items(chunk, items, fleet)
+      -- The last fine bucket of a coarse one leaves its histogram with one entry per bin.
+      merge_items(chunk, items, fleet, (bucket + fine_ms) % coarse_ms[c] == 0)
       fleet.flush()
       local expiry = expiry_at + 2 * ((m - 1) * n_coarse + c - 1)
       redis.call('PEXPIREAT', chunk, ARGV[expiry])
