@@ -307,6 +307,16 @@ def test_aggregates_from_before_the_roll_up_existed_are_not_rolled_up_again(
         assert assert_buckets_match(settings.redis_url, made, tier.name, tier.bucket_ms) > 0
 
 
+def test_with_one_tier_nothing_is_rolled_up(settings: Settings) -> None:
+    one_tier = settings.replace(tiers="10s:6h")
+    client = connect(one_tier)
+    add(client, one_tier.stream, {"sensor_id": "s1", "temp": "1"})
+    drain(aggregator_runner(client, one_tier, "c1"))
+    status = stream_status(one_tier.redis_url, one_tier.stream, one_tier.maxlen, 0.8)
+    assert status.rolled_up_to_ms is None
+    assert "rolled up" not in format_status(status)
+
+
 def test_the_aggregate_command_drains_and_exits(settings: Settings, tmp_path: Path) -> None:
     client = connect(settings)
     made = make_readings(sensors=20, per_sensor=50, burst=50, seed=6)

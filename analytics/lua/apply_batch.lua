@@ -242,7 +242,7 @@ end
 
 local mark = redis.call('HMGET', rollup, 'bucket', 'sensor')
 local mark_bucket, mark_sensor = tonumber(mark[1]), tonumber(mark[2])
-if not mark_bucket and n_deltas > 0 then
+if not mark_bucket and n_deltas > 0 and n_coarse > 0 then
   if redis.call('LLEN', sensor_names) > new_sensors then
     -- Aggregates written before there was a roll-up hold every tier in full: roll up only
     -- from the next fine bucket on.
