@@ -48,4 +48,12 @@ def parse_tier_spec(text: str) -> list[tuple[int, int]]:
     tiers.sort()
     if len({bucket for bucket, _ in tiers}) != len(tiers):
         raise ValueError(f"tiers repeat a bucket size: {text!r}")
+    # Coarse tiers are rolled up from the finest: each of its buckets must lie in one of theirs.
+    finest = tiers[0][0]
+    for bucket, _ in tiers[1:]:
+        if bucket % finest:
+            raise ValueError(
+                f"tier {format_duration(bucket)} is not a whole number of the finest tier's "
+                f"{format_duration(finest)} buckets"
+            )
     return tiers

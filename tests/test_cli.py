@@ -38,6 +38,11 @@ def telemetry(settings: Settings, *args: str, **env: str) -> subprocess.Complete
         (["status", "--maxlen", "lots"], {}, "--maxlen: expected a positive integer, got 'lots'"),
         (["status"], {"TELEMETRY_MAXLEN": "-3"}, "TELEMETRY_MAXLEN: expected a positive integer"),
         (["status"], {"REDIS_URL": "localhost:6379"}, "REDIS_URL: expected a redis://"),
+        (
+            ["aggregate"],
+            {"TELEMETRY_TIERS": "7s:6h,1m:7d"},
+            "tier 1m is not a whole number of the finest tier's 7s buckets",
+        ),
         (["status", "--format", "xml"], {}, "argument --format: invalid choice: 'xml'"),
         (["simulate"], {}, "give either a SENSOR_ID or --fleet N"),
         (["simulate", "bad id"], {}, "sensor_id must be 1-128 chars"),
