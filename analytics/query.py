@@ -20,7 +20,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
-from analytics.stored import parse_mark, read_buckets, read_mark
+from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
 from analytics.tiers import Tier, parse_tiers
 from ingest.connection import connect
 from ingest.errors import redis_errors
@@ -308,7 +308,7 @@ def _merge_fleet_buckets(
     finest = store.tiers[0]
     guess = read_mark(store.client, store.keys) if tier != finest and starts else None
     end = starts[-1] + tier.bucket_ms if starts else from_ms
-    waiting = range(max(guess[0], starts[0]), end, finest.bucket_ms) if guess else range(0)
+    waiting = range(max(guess.bucket, starts[0]), end, finest.bucket_ms) if guess else range(0)
     with redis_errors():
         pipe = store.client.pipeline(transaction=bool(waiting))
         pipe.lrange(store.keys.sensor_names, 0, -1)
@@ -316,12 +316,13 @@ def _merge_fleet_buckets(
             pipe.get(store.keys.fleet_bucket(tier.name, metric, start))
         for start in waiting:
             pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
-        pipe.hmget(store.keys.rollup_mark, ["bucket", "sensor"])
+        pipe.hmget(store.keys.rollup_mark, MARK_FIELDS)
         sensors, *packed, mark_reply = pipe.execute()
     # Of the fine buckets, only sensors' summaries the mark says are not rolled up yet count.
-    mark = parse_mark(mark_reply) or (end, 0)
+    mark = parse_mark(mark_reply) or Mark(end, 0, end)
     first_sensor = [0] * len(starts) + [
-        len(sensors) if start < mark[0] else mark[1] if start == mark[0] else 0 for start in waiting
+        len(sensors) if start < mark.bucket else mark.sensor if start < mark.until else 0
+        for start in waiting
     ]
     # Bucket (those with data), sensor by number, summary field; a sensor numbered after a
     # bucket was last written has zeros there, as has one without readings in it.

@@ -2,10 +2,13 @@
 
 A batch merges a reading into the finest tier only; a coarse bucket gets each fine bucket it
 holds once, a few seconds after that fine bucket ends, instead of one merge per reading (a
-1-minute bucket of a 1 Hz sensor: six merges instead of sixty). A mark in Redis says how far
-the roll-up has come, so each fine bucket is rolled up once whichever worker takes the step,
-and a late reading for a fine bucket already rolled up is merged into the coarse tiers by its
-batch (lua/apply_batch.lua).
+1-minute bucket of a 1 Hz sensor: six merges instead of sixty). When it is behind, a pass
+takes several fine buckets and merges a sensor's records among themselves before they reach
+the stored coarse record (a drain's backfill would otherwise cost more than merging each
+batch into every tier). A mark in Redis (`stored.Mark`) says how far the roll-up has come, so
+each fine bucket is rolled up once whichever worker takes the step, and a late reading for a
+fine bucket already rolled up is merged into the coarse tiers by its batch
+(lua/apply_batch.lua).
 
 Every aggregator worker rolls up in a thread of its own; a drain rolls up all it aggregated
 before it returns. Queries of a coarse tier add the fine buckets not rolled up yet (see
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 
 import redis
 
-from analytics.stored import read_mark
+from analytics.stored import Mark, read_mark
 from analytics.tiers import Tier
 from ingest.errors import IngestError, redis_errors
 from ingest.keys import StreamKeys
@@ -35,6 +38,8 @@ ROLLUP = LuaScript("analytics", "rollup.lua", library="merge.lua")
 SENSORS_PER_STEP = 100
 # Empty fine buckets one step may pass over.
 SKIP_BUCKETS = 60
+# Fine buckets one pass takes at most, when the roll-up is behind (after a drain or an outage).
+BUCKETS_PER_PASS = 36
 # A fine bucket is rolled up this long after it ends: readings still on their way then are
 # merged into the coarse tiers by their own batch, which costs more.
 GRACE_MS = 2_000
@@ -60,7 +65,7 @@ class Rollup:
         self.finest, self.coarse = tiers[0], tuple(tiers[1:])
         self.sensors_per_step = sensors_per_step
 
-    def mark(self) -> tuple[int, int] | None:
+    def mark(self) -> Mark | None:
         return read_mark(self.client, self.keys)
 
     def catch_up(self, until_ms: int) -> int:
@@ -71,51 +76,68 @@ class Rollup:
         return steps
 
     def step(self, until_ms: int) -> bool:
-        """One step of the roll-up, unless the fine bucket at the mark ends after `until_ms`
-        (or nothing was aggregated yet); True when a step was taken."""
+        """One step of the roll-up: of the pass under way, or of a new one over the fine
+        buckets that end by `until_ms`; False when there is none (or nothing was aggregated
+        yet)."""
         mark = self.mark()
-        if not self.coarse or mark is None or mark[0] + self.finest.bucket_ms > until_ms:
+        if not self.coarse or mark is None:
             return False
+        fine = self.finest
+        pass_end = mark.until
+        if mark.sensor == 0:
+            pass_end = min(
+                mark.bucket + BUCKETS_PER_PASS * fine.bucket_ms,
+                fine.chunk_of(mark.bucket) + fine.chunk_ms,
+                until_ms - until_ms % fine.bucket_ms,
+            )
+        if pass_end <= mark.bucket:
+            return False
+        buckets = (pass_end - mark.bucket) // fine.bucket_ms
+        # Fewer sensors a step when it takes many buckets, so that a step stays short.
+        sensors = max(1, min(self.sensors_per_step, 4 * self.sensors_per_step // buckets))
         with redis_errors():
             metrics = sorted(map(_text, self.client.smembers(self.keys.metric_names)))
-            keys, argv = self._arguments(mark, metrics, until_ms)
+            keys, argv = self._arguments(mark, pass_end, sensors, metrics, until_ms)
             ROLLUP(self.client, keys, argv)
         return True
 
     def _arguments(
-        self, mark: tuple[int, int], metrics: list[str], until_ms: int
+        self, mark: Mark, pass_end: int, sensors: int, metrics: list[str], until_ms: int
     ) -> tuple[list[str], list[int | str]]:
-        bucket, sensor = mark
         fine = self.finest
         keys = [self.keys.rollup_mark, self.keys.sensor_names, self.keys.metric_names]
+        fine_buckets = range(mark.bucket, pass_end, fine.bucket_ms)
+        coarse_buckets = [
+            range(tier.bucket_of(mark.bucket), pass_end, tier.bucket_ms) for tier in self.coarse
+        ]
         expiry: list[int | str] = []
         for metric in metrics:
-            keys += [
-                self.keys.aggregate_chunk(fine.name, metric, fine.chunk_of(bucket)),
-                self.keys.fleet_bucket(fine.name, metric, bucket),
-            ]
-            for tier in self.coarse:
-                coarse_bucket = tier.bucket_of(bucket)
-                chunk = tier.chunk_of(coarse_bucket)
-                keys += [
-                    self.keys.aggregate_chunk(tier.name, metric, chunk),
-                    self.keys.fleet_bucket(tier.name, metric, coarse_bucket),
-                ]
-                expiry += [
-                    tier.chunk_expires_at_ms(chunk),
-                    tier.bucket_expires_at_ms(coarse_bucket),
-                ]
-        # Following buckets that have ended by `until_ms`, which the step may pass over.
+            keys.append(self.keys.aggregate_chunk(fine.name, metric, fine.chunk_of(mark.bucket)))
+            keys += [self.keys.fleet_bucket(fine.name, metric, b) for b in fine_buckets]
+            for tier, starts in zip(self.coarse, coarse_buckets, strict=True):
+                for start in starts:
+                    chunk = tier.chunk_of(start)
+                    keys += [
+                        self.keys.aggregate_chunk(tier.name, metric, chunk),
+                        self.keys.fleet_bucket(tier.name, metric, start),
+                    ]
+                    expiry += [tier.chunk_expires_at_ms(chunk), tier.bucket_expires_at_ms(start)]
+        # Buckets from the pass's end on that have ended by `until_ms`: the step may pass over
+        # those no metric has data in.
         skippable = [
-            bucket + k * fine.bucket_ms
-            for k in range(1, SKIP_BUCKETS + 1)
-            if bucket + (k + 1) * fine.bucket_ms <= until_ms
+            pass_end + k * fine.bucket_ms
+            for k in range(SKIP_BUCKETS)
+            if pass_end + (k + 1) * fine.bucket_ms <= until_ms
         ]
         for later in skippable:
             keys += [self.keys.fleet_bucket(fine.name, metric, later) for metric in metrics]
+        touched = [
+            (tier.bucket_ms, len(starts))
+            for tier, starts in zip(self.coarse, coarse_buckets, strict=True)
+        ]
         argv: list[int | str] = [
-            bucket, sensor, self.sensors_per_step, fine.bucket_ms, len(metrics), *metrics,
-            len(self.coarse), *[tier.bucket_ms for tier in self.coarse], *expiry, len(skippable),
+            mark.bucket, mark.sensor, pass_end, sensors, fine.bucket_ms, len(metrics), *metrics,
+            len(self.coarse), *[n for pair in touched for n in pair], *expiry, len(skippable),
         ]  # fmt: skip
         return keys, argv
 

@@ -71,14 +71,14 @@ def read_buckets(
     end = max(first, tier.bucket_of(to_ms - 1) + tier.bucket_ms)
     reads = [_Reads(keys, tier, metric, sensor_ids, first, end)]
     guess = read_mark(client, keys) if tier != finest else None
-    if guess is not None and guess[0] < end:
-        reads.append(_Reads(keys, finest, metric, sensor_ids, max(guess[0], first), end))
+    if guess is not None and guess.bucket < end:
+        reads.append(_Reads(keys, finest, metric, sensor_ids, max(guess.bucket, first), end))
     with redis_errors():
         pipe = client.pipeline(transaction=len(reads) > 1)
         for read in reads:
             read.queue(pipe)
         if len(reads) > 1:
-            pipe.hmget(keys.rollup_mark, ["bucket", "sensor"])
+            pipe.hmget(keys.rollup_mark, MARK_FIELDS)
             pipe.hmget(keys.sensor_index, list(sensor_ids))
         replies = pipe.execute()
     stored = reads[0].found(replies[: reads[0].commands])
@@ -86,9 +86,9 @@ def read_buckets(
         return _unpacked(*stored)
     fine_sensor, fine_start, fine_records = reads[1].found(replies[reads[0].commands : -2])
     # Nothing waits when the mark is gone (the aggregates were deleted meanwhile).
-    bucket, sensor = parse_mark(replies[-2]) or (end, 0)
+    mark = parse_mark(replies[-2]) or Mark(end, 0, end)
     numbers = np.array([-1 if n is None else int(n) for n in replies[-1]], np.int64)
-    waiting = (fine_start > bucket) | ((fine_start == bucket) & (numbers[fine_sensor] >= sensor))
+    waiting = ~mark.rolled_up(fine_start, numbers[fine_sensor])
     chosen = np.flatnonzero(waiting).tolist()
     return _unpacked(
         *_merged(
@@ -99,18 +99,36 @@ def read_buckets(
     )
 
 
-def read_mark(client: redis.Redis, keys: StreamKeys) -> tuple[int, int] | None:
-    """The roll-up mark: the fine bucket being rolled up (ms) and the first sensor number in
-    it not rolled up yet; None before anything was aggregated."""
+@dataclass(frozen=True)
+class Mark:
+    """How far the coarse tiers' roll-up has come (see `rollup`): fine bucket B of sensor
+    number N is in the coarse tiers when B < bucket, or B < until and N < sensor."""
+
+    bucket: int
+    sensor: int
+    until: int
+
+    def rolled_up(self, start: Ints, number: Ints) -> npt.NDArray[np.bool_]:
+        rolled: npt.NDArray[np.bool_] = (start < self.bucket) | (
+            (start < self.until) & (number < self.sensor)
+        )
+        return rolled
+
+
+MARK_FIELDS = ["bucket", "sensor", "until"]
+
+
+def read_mark(client: redis.Redis, keys: StreamKeys) -> Mark | None:
+    """The roll-up mark; None before anything was aggregated."""
     with redis_errors():
-        return parse_mark(client.hmget(keys.rollup_mark, ["bucket", "sensor"]))
+        return parse_mark(client.hmget(keys.rollup_mark, MARK_FIELDS))
 
 
-def parse_mark(reply: Sequence[bytes | str | None]) -> tuple[int, int] | None:
-    bucket, sensor = reply
-    if bucket is None or sensor is None:
+def parse_mark(reply: Sequence[bytes | str | None]) -> Mark | None:
+    bucket, sensor, until = reply
+    if bucket is None or sensor is None or until is None:
         return None
-    return int(bucket), int(sensor)
+    return Mark(int(bucket), int(sensor), int(until))
 
 
 class _Reads:

@@ -9,7 +9,7 @@
 -- sensor index and the ledger, and XACKs the entries. Returns 1.
 --
 -- Coarse tiers are rolled up from the finest one (rollup.lua) behind a mark: fine bucket B of
--- sensor number N is rolled up when B < mark.bucket, or B == mark.bucket and N < mark.sensor.
+-- sensor number N is rolled up when B < mark.bucket, or B < mark.until and N < mark.sensor.
 -- A delta for a fine bucket not yet rolled up is merged into the fine tier only; the roll-up
 -- carries it on. A delta for one already rolled up (a late reading) is merged into the coarse
 -- tiers as well, here. Readings older than the fine tier's retention come as coarse deltas of
@@ -240,8 +240,8 @@ if #fields ~= n_deltas then
   return redis.error_reply('apply_batch: ' .. #fields .. ' bucket fields for ' .. n_deltas .. ' deltas')
 end
 
-local mark = redis.call('HMGET', rollup, 'bucket', 'sensor')
-local mark_bucket, mark_sensor = tonumber(mark[1]), tonumber(mark[2])
+local mark = redis.call('HMGET', rollup, 'bucket', 'sensor', 'until')
+local mark_bucket, mark_sensor, mark_until = tonumber(mark[1]), tonumber(mark[2]), tonumber(mark[3])
 if not mark_bucket and n_deltas > 0 and n_coarse > 0 then
   if redis.call('LLEN', sensor_names) > new_sensors then
     -- Aggregates written before there was a roll-up hold every tier in full: roll up only
@@ -258,8 +258,9 @@ if not mark_bucket and n_deltas > 0 and n_coarse > 0 then
     end
   end
   if mark_bucket then
-    mark_sensor = 0
-    redis.call('HSET', rollup, 'bucket', string.format('%.0f', mark_bucket), 'sensor', 0)
+    mark_sensor, mark_until = 0, mark_bucket
+    local text = string.format('%.0f', mark_bucket)
+    redis.call('HSET', rollup, 'bucket', text, 'sensor', 0, 'until', text)
   end
 end
 
@@ -307,7 +308,7 @@ while first <= n_deltas do
     local at = placement[base + 4]
     if at >= 0 and mark_bucket then
       local bucket = at * fine_ms
-      if bucket < mark_bucket or (bucket == mark_bucket and number < mark_sensor) then
+      if bucket < mark_bucket or (bucket < mark_until and number < mark_sensor) then
         roll_on(j, bucket, number)
       end
     end
