@@ -369,3 +369,32 @@ def test_a_bucket_merged_from_many_batches_keeps_every_value_in_its_histogram(
     for q, estimate in zip((0.5, 0.9, 0.99), bucket.percentiles((0.5, 0.9, 0.99)), strict=True):
         exact = ordered[int(q * (len(values) - 1))]
         assert estimate is not None and abs(estimate - exact) <= RELATIVE_ERROR * exact
+
+
+def test_a_coarse_bucket_rolled_up_in_one_pass_keeps_one_histogram_entry_per_bin(
+    settings: Settings,
+) -> None:
+    """A drain's roll-up folds the six fine records of each whole minute together in one pass:
+    the minute is stored with each histogram bin once, as small as one rolled up a fine bucket
+    at a time."""
+    client = connect(settings)
+    keys, tiers = StreamKeys(settings.stream), parse_tiers(settings.tiers)
+    minute = next(tier for tier in tiers if tier.name == "1m")
+    made = make_readings(sensors=5, per_sensor=300, burst=300, seed=13)
+    write(client, made)
+    drain(aggregator_runner(client, settings, "c1"))
+    mark = Rollup(client, keys, tiers).mark()
+    assert mark is not None
+    raw = redis.Redis.from_url(settings.redis_url)
+    starts = np.unique(made.ts - made.ts % minute.bucket_ms).tolist()
+    whole = [start for start in starts[1:] if start + minute.bucket_ms <= mark.bucket]
+    assert len(whole) >= 3
+    for k in range(5):
+        for start in whole:
+            chunk = keys.aggregate_chunk("1m", "temp", minute.chunk_of(start))
+            record = raw.hget(chunk, f"{made.sensor_id(k)}|{start}")
+            assert isinstance(record, bytes)
+            bins = np.frombuffer(record[72:], dtype=[("key", "<i4"), ("count", "<u4")])
+            assert len(np.unique(bins["key"])) == len(bins)
+            inside = (made.sensor == k) & (made.ts >= start) & (made.ts < start + 60_000)
+            assert int(bins["count"].sum()) == int(inside.sum())

@@ -84,8 +84,13 @@ local COMPACT_BYTES = 2048
 -- one entry per bin whatever its size.
 local function merged_record(stored, packed, from, to, compact)
   if not stored then
-    local record = string.sub(packed, from, to)
-    return record, string.sub(record, 1, SUMMARY_BYTES)
+    local summary = string.sub(packed, from, from + SUMMARY_BYTES - 1)
+    local bins = string.sub(packed, from + SUMMARY_BYTES, to)
+    -- A roll-up pass may bring a whole coarse bucket at once, folded from several records.
+    if compact then
+      bins = merge_bins('', bins)
+    end
+    return summary .. bins, summary
   end
   local summary = merge_summary(stored, packed, from)
   local new_bins = string.sub(packed, from + SUMMARY_BYTES, to)
