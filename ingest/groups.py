@@ -192,6 +192,8 @@ class GroupRunner(Generic[D]):
         self.stats = RunnerStats()
         self._failures = _Failures()
         self._last_delivered = "0-0"
+        # Reads to send at once next time: more while a backlog waits.
+        self._reads_next = 1
         self._labels = {"stream": self.keys.stream, "group": group}
         self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
         # Batches the handler deferred, oldest first; offered again before anything new is read.
@@ -333,50 +335,87 @@ class GroupRunner(Generic[D]):
     def _read_new(self) -> int:
         """Read and process new entries; return how many were read.
 
-        While a backlog waits (every read comes back full) up to `reads_per_batch` reads make
-        one batch, so the handler's cost per batch is shared by more entries. Reads join only
-        when no other consumer read between them: a batch is always a run of the stream, as
-        one larger read would give.
+        While a backlog waits (the last read came back full) `reads_per_batch` reads are sent
+        at once and their entries make one batch, so the handler's cost per batch is shared by
+        more entries. Reads join only when no other consumer read between them: a batch is
+        always a run of the stream, as one larger read would give. The batch prepared last
+        time is written as soon as the reads are sent, so Redis runs its writes while this
+        thread parses the replies and prepares the next batch.
         """
-        batches: list[list[RawEntry]] = []
-        for _ in range(self.reads_per_batch):
-            read = self._read_once()
-            # Only a full read leads here, so the last batch has entries.
-            if batches and self._last_delivered == batches[-1][-1][0]:
-                batches[-1] += read
-            else:
-                batches.append(read)
-            if len(read) < self.settings.read_batch:
-                break
-        for entries in batches:
-            if entries:
-                self._process_fresh(entries)
-        if not read:
-            # Nothing more waiting: write what was prepared now. While entries keep arriving,
-            # the prepared batch is written with the next read's, as the next is prepared.
-            self._write_prepared()
+        writing: tuple[D, Future[None]] | None = None
+
+        def write_prepared_meanwhile() -> None:
+            nonlocal writing
+            writing = self._start_writing()
+
+        try:
+            reads = self._read_several(self._reads_next, write_prepared_meanwhile)
+            batches: list[list[RawEntry]] = []
+            for last_delivered, read in reads:
+                if not read:
+                    continue
+                if batches and last_delivered == batches[-1][-1][0]:
+                    batches[-1] += read
+                else:
+                    batches.append(read)
+            full = len(reads[-1][1]) >= self.settings.read_batch
+            self._reads_next = self.reads_per_batch if full else 1
+            for entries in batches:
+                started, writing = writing, None
+                self._process_fresh(entries, started)
+        finally:
+            self._finish_writing(writing)
         return sum(map(len, batches))
 
-    def _read_once(self) -> list[RawEntry]:
-        """One XREADGROUP of new entries, in a MULTI that counts what trimming took first."""
-        pipe = self._pipeline(transaction=True)
-        TRIM_CHECK.queue(pipe, [self.keys.stream, self.keys.lost], [self.group])
-        pipe.xreadgroup(
-            self.group, self.consumer, {self.keys.stream: ">"}, count=self.settings.read_batch
-        )
-        try:
-            with redis_errors():
-                (lost, last_delivered), reply = pipe.execute()
-        except RedisCommandFailed as exc:
-            if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
+    def _read_several(
+        self, count: int, on_sent: Callable[[], None]
+    ) -> list[tuple[str, list[RawEntry]]]:
+        """`count` XREADGROUPs of new entries sent at once, each in a MULTI that counts what
+        trimming took first. Calls `on_sent` as Redis starts replying, before the replies are
+        parsed. Returns the group's last-delivered ID before each read, and what it read."""
+        read = (
+            "XREADGROUP", "GROUP", self.group, self.consumer,
+            "COUNT", self.settings.read_batch, "STREAMS", self.keys.stream, ">",
+        )  # fmt: skip
+        trim_check = ("EVALSHA", TRIM_CHECK.sha, 2, self.keys.stream, self.keys.lost, self.group)
+        transaction = [("MULTI",), trim_check, read, ("EXEC",)]
+        pool = self.client.connection_pool
+        with redis_errors():
+            connection: Any = pool.get_connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(transaction * count))
+                # Redis has run the reads once it replies: writes sent on another connection
+                # before that could run first and hold the replies up.
+                connection.can_read(timeout=connection.socket_timeout)
+                on_sent()
+                replies = [self._read_transaction(connection) for _ in range(count)]
+            except BaseException:
+                connection.disconnect()
                 raise
-            # Someone flushed the scripts. The read in the same MULTI still ran, so its
-            # entries are pending here: recover them like after an outage.
-            raise ScriptsFlushed from exc
-        self._last_delivered = str(last_delivered)
-        if lost:
-            self._count_trimmed_unread(int(lost))
-        return _stream_entries(reply)
+            finally:
+                pool.release(connection)
+        reads = []
+        for (lost, last_delivered), reply in replies:
+            if lost:
+                self._count_trimmed_unread(int(lost))
+            reads.append((str(last_delivered), _stream_entries(reply)))
+        self._last_delivered = reads[-1][0]
+        return reads
+
+    @staticmethod
+    def _read_transaction(connection: Any) -> list[Any]:
+        """The results of one MULTI, trim check and XREADGROUP, EXEC sent on `connection`."""
+        for _ in range(3):
+            connection.read_response()
+        results: list[Any] = connection.read_response()
+        for result in results:
+            if isinstance(result, redis.exceptions.NoScriptError):
+                # Someone flushed the scripts. The read in the same MULTI still ran, so its
+                # entries are pending here: recover them like after an outage.
+                raise ScriptsFlushed from result
+            if isinstance(result, redis.ResponseError):
+                raise result
+        return results
 
     def _count_trimmed_unread(self, lost: int) -> None:
         if lost < 0:
@@ -506,13 +545,16 @@ class GroupRunner(Generic[D]):
 
     # -- settling ---------------------------------------------------------------------------
 
-    def _process_fresh(self, entries: Sequence[RawEntry]) -> None:
+    def _process_fresh(
+        self, entries: Sequence[RawEntry], writing: tuple[D, Future[None]] | None
+    ) -> None:
         """Settle entries delivered for the first time: dead-letter or hand to the handler.
-        A preparing handler's previous batch is written meanwhile."""
+        A preparing handler's previous batch is written meanwhile (`writing`, when its write
+        was started already)."""
         if self._preparer is None:
             self._decode_and_settle([], [], entries, [1] * len(entries))
             return
-        writing = self._start_writing()
+        writing = writing or self._start_writing()
         try:
             self._decode_and_settle([], [], entries, [1] * len(entries), prepare=True)
         finally:

@@ -111,6 +111,20 @@ def test_an_existing_group_is_joined_and_a_deleted_stream_gets_its_group_back(
     assert runner.ensure_group() is False
 
 
+def test_a_read_after_the_scripts_were_flushed_loses_and_repeats_nothing(
+    client: redis.Redis, settings: Settings
+) -> None:
+    ids = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(25)]
+    handler = Recorder(fail_if=lambda _: not client.script_flush())
+    runner = reading_runner(client, settings.replace(read_batch=10, reads_per_batch=1), handler)
+    drain(runner)
+    # Each batch flushes the scripts: each read after one ran its MULTI without the trim check
+    # and left what it read (entries 11 to 25) pending here, to be re-read.
+    assert handler.seen == ids
+    assert runner.stats.recovered == 15
+    assert pending_count(client, settings.stream, "aggregates") == 0
+
+
 def test_own_pending_entries_are_re_read_first_after_a_restart(
     client: redis.Redis, settings: Settings
 ) -> None:
