@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -12,7 +11,7 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import RELATIVE_ERROR, quantiles_of_many
-from analytics.stats import SUMMARY, BucketStats
+from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
 from ingest.keys import StreamKeys
 from ingest.writer import StreamWriter
 
@@ -79,38 +78,39 @@ def write(client: redis.Redis, made: Made, stream: str = "app:event") -> None:
 
 @dataclass
 class Expected:
-    count: int
-    total: float
-    minimum: float
-    maximum: float
-    percentiles: tuple[float, ...]
+    """What numpy says about the readings in each bucket: row r is bucket `keys[r]`, a
+    (sensor_id, bucket start) pair."""
+
+    keys: list[tuple[str, int]]
+    count: npt.NDArray[np.int64]
+    total: npt.NDArray[np.float64]
+    minimum: npt.NDArray[np.float64]
+    maximum: npt.NDArray[np.float64]
+    # One column per QS.
+    percentiles: npt.NDArray[np.float64]
 
 
-def expected_buckets(made: Made, metric: str, bucket_ms: int) -> dict[tuple[str, int], Expected]:
-    """Per (sensor_id, bucket start): what numpy says about the readings in that bucket."""
+def expected_buckets(made: Made, metric: str, bucket_ms: int) -> Expected:
     values = made.values[metric]
     bucket = made.ts - made.ts % bucket_ms
     order = np.lexsort((values, bucket, made.sensor))
     s, b, v = made.sensor[order], bucket[order], values[order]
     starts = np.flatnonzero(np.r_[True, (s[1:] != s[:-1]) | (b[1:] != b[:-1])])
     counts = np.diff(np.r_[starts, len(v)])
-    sums = np.add.reduceat(v, starts)
-    out = {}
-    for g, start in enumerate(starts.tolist()):
-        n = int(counts[g])
-        # Sorted by value within the bucket: numpy's "lower" percentile is an index.
-        ranks = [start + int(np.floor(q * (n - 1))) for q in QS]
-        out[(made.sensor_id(int(s[start])), int(b[start]))] = Expected(
-            n, float(sums[g]), float(v[start]), float(v[start + n - 1]),
-            tuple(float(v[r]) for r in ranks),
-        )  # fmt: skip
-    return out
+    # Sorted by value within the bucket: numpy's "lower" percentile is an index.
+    ranks = starts[:, None] + np.floor(np.multiply.outer(counts - 1, QS)).astype(np.int64)
+    firsts = zip(s[starts].tolist(), b[starts].tolist(), strict=True)
+    return Expected(
+        [(made.sensor_id(k), t) for k, t in firsts],
+        counts, np.add.reduceat(v, starts), v[starts], v[starts + counts - 1], v[ranks],
+    )  # fmt: skip
 
 
-def stored_buckets(
+def stored_records(
     url: str, tier: str, metric: str, stream: str = "app:event"
-) -> dict[tuple[str, int], BucketStats]:
-    """Every bucket the aggregates group stored for a tier and metric, read straight from Redis."""
+) -> dict[tuple[str, int], bytes]:
+    """Every bucket record the aggregates group stored for a tier and metric, read straight
+    from Redis."""
     raw = redis.Redis.from_url(url)
     prefix = StreamKeys(stream).aggregate_chunk(tier, metric, 0)[: -len("0")]
     out = {}
@@ -118,15 +118,22 @@ def stored_buckets(
         fields = cast(dict[bytes, bytes], raw.hgetall(key))
         for field, record in fields.items():
             sensor_id, _, bucket = field.decode().partition("|")
-            out[(sensor_id, int(bucket))] = BucketStats.from_record(record)
+            out[(sensor_id, int(bucket))] = record
     return out
 
 
-def stored_fleet_buckets(
+def stored_buckets(
     url: str, tier: str, metric: str, stream: str = "app:event"
 ) -> dict[tuple[str, int], BucketStats]:
-    """Every sensor's buckets as the fleet buckets of a tier and metric hold them (no
-    histograms)."""
+    """Every bucket the aggregates group stored for a tier and metric."""
+    records = stored_records(url, tier, metric, stream)
+    return {key: BucketStats.from_record(record) for key, record in records.items()}
+
+
+def stored_fleet_summaries(
+    url: str, tier: str, metric: str, stream: str = "app:event"
+) -> dict[tuple[str, int], bytes]:
+    """Every sensor's bucket summaries as the fleet buckets of a tier and metric hold them."""
     raw = redis.Redis.from_url(url)
     keys = StreamKeys(stream)
     names = [name.decode() for name in cast(list[bytes], raw.lrange(keys.sensor_names, 0, -1))]
@@ -138,42 +145,49 @@ def stored_fleet_buckets(
         for number, at in enumerate(range(0, len(packed), SUMMARY.size)):
             summary = packed[at : at + SUMMARY.size]
             if summary != bytes(SUMMARY.size):
-                out[(names[number], bucket)] = BucketStats.unpack(summary, None)
+                out[(names[number], bucket)] = summary
     return out
-
-
-def percentiles_of(buckets: list[BucketStats]) -> npt.NDArray[np.float64]:
-    """QS of every bucket, a row each, computed all at once as the query side computes them
-    for many buckets (one at a time, 200,000 buckets would take most of a minute)."""
-    sizes = [len(bucket.bins) for bucket in buckets]
-    return quantiles_of_many(
-        np.fromiter((key for b in buckets for key in b.bins), np.int64, sum(sizes)),
-        np.fromiter((n for b in buckets for n in b.bins.values()), np.int64, sum(sizes)),
-        np.repeat(np.arange(len(buckets)), sizes),
-        len(buckets),
-        QS,
-        np.array([bucket.minimum for bucket in buckets]),
-        np.array([bucket.maximum for bucket in buckets]),
-    )
 
 
 def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int:
     """Every stored bucket equals numpy's answer, and the fleet buckets hold the same
     statistics; returns how many buckets were compared."""
     for metric in METRICS:
-        expected = expected_buckets(made, metric, bucket_ms)
-        stored = stored_buckets(url, tier, metric)
-        assert stored.keys() == expected.keys(), (metric, len(stored), len(expected))
-        fleet = stored_fleet_buckets(url, tier, metric)
-        assert fleet.keys() == stored.keys()
-        for key, bucket in stored.items():
-            assert fleet[key] == dataclasses.replace(bucket, bins={}), key
-        estimates = percentiles_of([stored[key] for key in expected])
-        for (key, want), estimated in zip(expected.items(), estimates.tolist(), strict=True):
-            got = stored[key]
-            assert (got.count, got.minimum, got.maximum) == (want.count, want.minimum, want.maximum)
-            assert abs(got.total - want.total) <= 1e-9 * abs(want.total) + 1e-12, key
-            assert abs(got.mean - want.total / want.count) <= 1e-9 * abs(got.mean) + 1e-12
-            for estimate, exact in zip(estimated, want.percentiles, strict=True):
-                assert abs(estimate - exact) <= RELATIVE_ERROR * abs(exact) + 1e-9, key
-    return len(expected) * len(METRICS)
+        want = expected_buckets(made, metric, bucket_ms)
+        records = stored_records(url, tier, metric)
+        assert records.keys() == set(want.keys), (metric, len(records), len(want.keys))
+        fleet = stored_fleet_summaries(url, tier, metric)
+        assert fleet.keys() == records.keys()
+        in_order = [records[key] for key in want.keys]
+        summaries = np.frombuffer(
+            b"".join(record[: SUMMARY.size] for record in in_order), SUMMARY_DTYPE
+        )
+        same = summaries == np.frombuffer(b"".join(fleet[k] for k in want.keys), SUMMARY_DTYPE)
+        assert same.all(), want.keys[int(np.argmin(same))]
+        histograms = [record[SUMMARY.size :] for record in in_order]
+        bins = np.frombuffer(b"".join(histograms), BIN_DTYPE)
+        estimates = quantiles_of_many(
+            bins["key"].astype(np.int64),
+            bins["count"].astype(np.int64),
+            np.repeat(np.arange(len(in_order)), [len(h) // BIN_DTYPE.itemsize for h in histograms]),
+            len(in_order),
+            QS,
+            summaries["lo"],
+            summaries["hi"],
+        )
+        total = summaries["s"]
+        checks = {
+            "count": summaries["c"] == want.count,
+            "min": summaries["lo"] == want.minimum,
+            "max": summaries["hi"] == want.maximum,
+            "sum": np.abs(total - want.total) <= 1e-9 * np.abs(want.total) + 1e-12,
+            "mean": np.abs(total / summaries["c"] - want.total / want.count)
+            <= 1e-9 * np.abs(total / summaries["c"]) + 1e-12,
+            "percentiles": (
+                np.abs(estimates - want.percentiles)
+                <= RELATIVE_ERROR * np.abs(want.percentiles) + 1e-9
+            ).all(axis=1),
+        }
+        for name, ok in checks.items():
+            assert ok.all(), (metric, name, want.keys[int(np.argmin(ok))])
+    return len(want.keys) * len(METRICS)
