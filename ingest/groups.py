@@ -377,7 +377,7 @@ class GroupRunner(Generic[D]):
             "XREADGROUP", "GROUP", self.group, self.consumer,
             "COUNT", self.settings.read_batch, "STREAMS", self.keys.stream, ">",
         )  # fmt: skip
-        trim_check = ("EVALSHA", TRIM_CHECK.sha, 2, self.keys.stream, self.keys.lost, self.group)
+        trim_check = TRIM_CHECK.command([self.keys.stream, self.keys.lost], [self.group])
         transaction = [("MULTI",), trim_check, read, ("EXEC",)]
         pool = self.client.connection_pool
         with redis_errors():

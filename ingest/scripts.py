@@ -8,7 +8,6 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 Arg = str | int | float
 
@@ -31,10 +30,10 @@ class LuaScript:
             client.script_load(self.source)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        """Add to a pipeline; the caller calls `load` and retries when the pipeline's execute raises
-        NoScriptError."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+    def command(self, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Arg, ...]:
+        """The EVALSHA command, to send with others; the caller calls `load` and retries when
+        Redis answers NOSCRIPT."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def load(self, client: redis.Redis) -> None:
         client.script_load(self.source)

@@ -20,6 +20,7 @@ from redis.retry import Retry
 from analytics.aggregator import GROUP, Aggregator
 from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
+from analytics.stats import BIN_DTYPE, SUMMARY
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.columns import decode_columns
@@ -394,7 +395,7 @@ def test_a_coarse_bucket_rolled_up_in_one_pass_keeps_one_histogram_entry_per_bin
             chunk = keys.aggregate_chunk("1m", "temp", minute.chunk_of(start))
             record = raw.hget(chunk, f"{made.sensor_id(k)}|{start}")
             assert isinstance(record, bytes)
-            bins = np.frombuffer(record[72:], dtype=[("key", "<i4"), ("count", "<u4")])
+            bins = np.frombuffer(record[SUMMARY.size :], BIN_DTYPE)
             assert len(np.unique(bins["key"])) == len(bins)
-            inside = (made.sensor == k) & (made.ts >= start) & (made.ts < start + 60_000)
+            inside = (made.sensor == k) & (made.ts >= start) & (made.ts < start + minute.bucket_ms)
             assert int(bins["count"].sum()) == int(inside.sum())
