@@ -33,18 +33,24 @@ local function unpack_int32s(packed, count)
   return out
 end
 
--- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
-local function merge_summary(old, packed, at)
-  local c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1 = struct.unpack(SUMMARY, old)
-  local c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2 = struct.unpack(SUMMARY, packed, at)
+-- Two summaries' fields combined, the second's given as struct.unpack returns them (an extra
+-- trailing value is ignored).
+local function combined(c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1,
+                        c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2)
   if fts2 < fts1 or (fts2 == fts1 and fv2 < fv1) then
     fts1, fv1 = fts2, fv2
   end
   if lts2 > lts1 or (lts2 == lts1 and lv2 > lv1) then
     lts1, lv1 = lts2, lv2
   end
-  return struct.pack(SUMMARY, c1 + c2, s1 + s2, q1 + q2, math.min(lo1, lo2), math.max(hi1, hi2),
-    fts1, fv1, lts1, lv1)
+  return c1 + c2, s1 + s2, q1 + q2, math.min(lo1, lo2), math.max(hi1, hi2), fts1, fv1, lts1, lv1
+end
+
+-- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
+local function merge_summary(old, packed, at)
+  local c, s, q, lo, hi, fts, fv, lts, lv = struct.unpack(SUMMARY, old)
+  return struct.pack(SUMMARY,
+    combined(c, s, q, lo, hi, fts, fv, lts, lv, struct.unpack(SUMMARY, packed, at)))
 end
 
 -- Histograms: (int32 key, uint32 count) pairs. Unpacked and packed with one struct call each,
@@ -98,6 +104,26 @@ local function merged_record(stored, packed, from, to, compact)
     return summary .. string.sub(stored, SUMMARY_BYTES + 1) .. new_bins, summary
   end
   return summary .. merge_bins(string.sub(stored, SUMMARY_BYTES + 1), new_bins), summary
+end
+
+-- Whole records merged into one, in one pass: merging them pair by pair would copy (and once
+-- past COMPACT_BYTES, unpack) the growing histogram again for each.
+local function folded_record(records)
+  if #records == 1 then
+    return records[1]
+  end
+  local c, s, q, lo, hi, fts, fv, lts, lv = struct.unpack(SUMMARY, records[1])
+  local bins = {string.sub(records[1], SUMMARY_BYTES + 1)}
+  for k = 2, #records do
+    c, s, q, lo, hi, fts, fv, lts, lv = combined(c, s, q, lo, hi, fts, fv, lts, lv,
+      struct.unpack(SUMMARY, records[k]))
+    bins[k] = string.sub(records[k], SUMMARY_BYTES + 1)
+  end
+  local all = table.concat(bins)
+  if #all > COMPACT_BYTES then
+    all = merge_bins('', all)
+  end
+  return struct.pack(SUMMARY, c, s, q, lo, hi, fts, fv, lts, lv) .. all
 end
 
 -- Writes summaries into fleet buckets. Neighbouring sensors' summaries in one fleet bucket (a

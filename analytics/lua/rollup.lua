@@ -69,7 +69,7 @@ for m = 1, n_metrics do
   local coarse_keys = keys_at + 1 + n_buckets
   for c = 1, n_coarse do
     local first_coarse = bucket - bucket % coarse_ms[c]
-    -- Per coarse bucket touched (from 0), per sensor: the fine records merged.
+    -- Per coarse bucket touched (from 0), per sensor: the fine records to merge.
     local folded = {}
     for ci = 0, touched[c] - 1 do
       folded[ci] = {}
@@ -77,8 +77,13 @@ for m = 1, n_metrics do
     for f, record in ipairs(records) do
       if record then
         local ci = (starts[f] - starts[f] % coarse_ms[c] - first_coarse) / coarse_ms[c]
-        local i, so_far = owner[f], folded[ci][owner[f]]
-        folded[ci][i] = so_far and merged_record(so_far, record, 1, #record) or record
+        local i = owner[f]
+        local list = folded[ci][i]
+        if list then
+          list[#list + 1] = record
+        else
+          folded[ci][i] = {record}
+        end
       end
     end
     for ci = 0, touched[c] - 1 do
@@ -86,7 +91,7 @@ for m = 1, n_metrics do
       local chunk, fleet_key = KEYS[coarse_keys + 2 * ci + 1], KEYS[coarse_keys + 2 * ci + 2]
       local items, suffix = {}, '|' .. string.format('%.0f', coarse_start)
       for i = 1, #names do
-        local record = folded[ci][i]
+        local record = folded[ci][i] and folded_record(folded[ci][i])
         if record then
           items[#items + 1] = {names[i] .. suffix, record, 1, #record, fleet_key, sensor + i - 1}
         end
