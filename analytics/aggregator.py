@@ -54,10 +54,10 @@ def wall_clock_ms() -> int:
 class _Args:
     """KEYS and ARGV for one call of the apply script, keys numbered as they are added."""
 
-    def __init__(self, keys: StreamKeys) -> None:
+    def __init__(self, keys: StreamKeys, group: str) -> None:
         self.keys: list[str] = [
             keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors, keys.sensor_index,
-            keys.sensor_names, keys.rollup_mark, keys.metric_names,
+            keys.sensor_names, keys.rollup_mark, keys.metric_names, keys.handovers(group),
         ]  # fmt: skip
         self._index: dict[str, int] = {}
         self.argv: list[Any] = []
@@ -187,10 +187,11 @@ class Aggregator:
         duplicates: int,
         outcome: BatchOutcome,
     ) -> _Args:
-        args = _Args(self.keys)
+        args = _Args(self.keys, batch.group)
         ids = batch.ids
         # Entries arrive in stream order; IDs do not sort as strings ("5-10" < "5-9").
-        args.argv += [batch.group, batch.consumer, ids[0], ids[-1], len(ids), ",".join(ids)]
+        args.argv += [batch.group, batch.consumer, ids[0], ids[-1], len(ids)]
+        args.argv += ["" if batch.handovers is None else batch.handovers, ",".join(ids)]
         increments = [
             (f"{SETTLED}aggregated", outcome.aggregated),
             (f"{SETTLED}duplicate", duplicates),

@@ -8,7 +8,8 @@ One runner is one consumer in one group. It
   trimmed before the group reached them (while a backlog waits, consecutive full reads can make
   one batch),
 - claims entries other consumers left idle (XAUTOCLAIM, following the cursor; IDs Redis reports
-  as deleted were trimmed and are counted as lost),
+  as deleted were trimmed and are counted as lost), counting each claim as a hand-over, so a
+  handler can tell a batch read as new is still all its own (see `Batch.handovers`),
 - decodes a batch at once (see `entries`), and dead-letters the entries its decoder refuses and
   entries delivered more than `max_deliveries` times, each in one transaction with its XACK,
 - hands the handler whole batches and acknowledges only after the handler returns (or lets the
@@ -88,6 +89,10 @@ class Batch(Generic[D]):
     group: str
     consumer: str
     entries: D
+    # For entries this consumer read as new: the group's hand-over count when it read them
+    # (see `StreamKeys.handovers`). While the count is unchanged, no other consumer took them
+    # and this one did not re-read them. None for entries delivered before (claimed, re-read).
+    handovers: int | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -350,35 +355,38 @@ class GroupRunner(Generic[D]):
 
         try:
             reads = self._read_several(self._reads_next, write_prepared_meanwhile)
-            batches: list[list[RawEntry]] = []
-            for last_delivered, read in reads:
+            # Each batch with the hand-over count its first read saw.
+            batches: list[tuple[list[RawEntry], int]] = []
+            for last_delivered, read, handovers in reads:
                 if not read:
                     continue
-                if batches and last_delivered == batches[-1][-1][0]:
-                    batches[-1] += read
+                if batches and last_delivered == batches[-1][0][-1][0]:
+                    batches[-1][0].extend(read)
                 else:
-                    batches.append(read)
+                    batches.append((read, handovers))
             full = len(reads[-1][1]) >= self.settings.read_batch
             self._reads_next = self.reads_per_batch if full else 1
-            for entries in batches:
+            for entries, handovers in batches:
                 started, writing = writing, None
-                self._process_fresh(entries, started)
+                self._process_fresh(entries, started, handovers)
         finally:
             self._finish_writing(writing)
-        return sum(map(len, batches))
+        return sum(len(entries) for entries, _ in batches)
 
     def _read_several(
         self, count: int, on_sent: Callable[[], None]
-    ) -> list[tuple[str, list[RawEntry]]]:
+    ) -> list[tuple[str, list[RawEntry], int]]:
         """`count` XREADGROUPs of new entries sent at once, each in a MULTI that counts what
-        trimming took first. Calls `on_sent` as Redis starts replying, before the replies are
-        parsed. Returns the group's last-delivered ID before each read, and what it read."""
+        trimming took first and reads the group's hand-over count. Calls `on_sent` as Redis
+        starts replying, before the replies are parsed. Returns the group's last-delivered ID
+        before each read, what it read, and the hand-over count."""
         read = (
             "XREADGROUP", "GROUP", self.group, self.consumer,
             "COUNT", self.settings.read_batch, "STREAMS", self.keys.stream, ">",
         )  # fmt: skip
         trim_check = TRIM_CHECK.command([self.keys.stream, self.keys.lost], [self.group])
-        transaction = [("MULTI",), trim_check, read, ("EXEC",)]
+        handovers = ("GET", self.keys.handovers(self.group))
+        transaction = [("MULTI",), trim_check, handovers, read, ("EXEC",)]
         pool = self.client.connection_pool
         with redis_errors():
             connection: Any = pool.get_connection()
@@ -395,17 +403,18 @@ class GroupRunner(Generic[D]):
             finally:
                 pool.release(connection)
         reads = []
-        for (lost, last_delivered), reply in replies:
+        for (lost, last_delivered), handovers, reply in replies:
             if lost:
                 self._count_trimmed_unread(int(lost))
-            reads.append((str(last_delivered), _stream_entries(reply)))
+            reads.append((str(last_delivered), _stream_entries(reply), int(handovers or 0)))
         self._last_delivered = reads[-1][0]
         return reads
 
     @staticmethod
     def _read_transaction(connection: Any) -> list[Any]:
-        """The results of one MULTI, trim check and XREADGROUP, EXEC sent on `connection`."""
-        for _ in range(3):
+        """The results of one MULTI, trim check, GET and XREADGROUP, EXEC sent on
+        `connection`."""
+        for _ in range(4):
             connection.read_response()
         results: list[Any] = connection.read_response()
         for result in results:
@@ -470,7 +479,11 @@ class GroupRunner(Generic[D]):
         return int(summary["pending"])
 
     def _recover_own_pending(self, stop: threading.Event) -> int:
-        """Re-read and process what this consumer was delivered and never acknowledged."""
+        """Re-read and process what this consumer was delivered and never acknowledged.
+
+        Counts a hand-over first: another process under the same consumer name may still hold
+        these entries, and must check them one by one before it applies them."""
+        self._count_handover()
         cursor, recovered = "0-0", 0
         while not stop.is_set():
             with redis_errors():
@@ -502,11 +515,18 @@ class GroupRunner(Generic[D]):
         return recovered
 
     def _claim_idle(self, stop: threading.Event) -> None:
-        """Take over entries idle longer than claim_idle_ms, from any consumer (this one too)."""
+        """Take over entries idle longer than claim_idle_ms, from any consumer (this one too).
+
+        Each XAUTOCLAIM counts a hand-over in the same MULTI, so a consumer that read the
+        entries cannot apply them without checking each (see `Batch.handovers`); it is sent only
+        when some entry has been idle long enough."""
+        if not self._any_idle():
+            return
         cursor = "0-0"
         while not stop.is_set():
             with redis_errors():
-                pipe = self._pipeline(transaction=False)
+                pipe = self._pipeline(transaction=True)
+                pipe.incr(self.keys.handovers(self.group))
                 pipe.xautoclaim(
                     self.keys.stream,
                     self.group,
@@ -515,7 +535,7 @@ class GroupRunner(Generic[D]):
                     cursor,
                     count=self.settings.read_batch,
                 )
-                ((cursor, claimed, deleted),) = pipe.execute()
+                _, (cursor, claimed, deleted) = pipe.execute()
             if deleted:
                 # XAUTOCLAIM already removed these from the pending list: their data was trimmed.
                 with redis_errors():
@@ -529,6 +549,18 @@ class GroupRunner(Generic[D]):
                 self._process_redelivered(claimed, self._deliveries_of(ids))
             if cursor == "0-0":
                 return
+
+    def _any_idle(self) -> bool:
+        with redis_errors():
+            return bool(
+                self.client.xpending_range(
+                    self.keys.stream, self.group, "-", "+", 1, idle=self.settings.claim_idle_ms
+                )
+            )
+
+    def _count_handover(self) -> None:
+        with redis_errors():
+            self.client.incr(self.keys.handovers(self.group))
 
     def _deliveries_of(self, ids: Sequence[str]) -> dict[str, int]:
         """Delivery counts of the entries from ids[0] to ids[-1] that this consumer holds."""
@@ -546,17 +578,21 @@ class GroupRunner(Generic[D]):
     # -- settling ---------------------------------------------------------------------------
 
     def _process_fresh(
-        self, entries: Sequence[RawEntry], writing: tuple[D, Future[None]] | None
+        self,
+        entries: Sequence[RawEntry],
+        writing: tuple[D, Future[None]] | None,
+        handovers: int,
     ) -> None:
         """Settle entries delivered for the first time: dead-letter or hand to the handler.
         A preparing handler's previous batch is written meanwhile (`writing`, when its write
         was started already)."""
+        deliveries = [1] * len(entries)
         if self._preparer is None:
-            self._decode_and_settle([], [], entries, [1] * len(entries))
+            self._decode_and_settle([], [], entries, deliveries, handovers=handovers)
             return
         writing = writing or self._start_writing()
         try:
-            self._decode_and_settle([], [], entries, [1] * len(entries), prepare=True)
+            self._decode_and_settle([], [], entries, deliveries, handovers=handovers, prepare=True)
         finally:
             self._finish_writing(writing)
 
@@ -594,6 +630,7 @@ class GroupRunner(Generic[D]):
         entries: Sequence[RawEntry],
         deliveries: Sequence[int],
         *,
+        handovers: int | None = None,
         prepare: bool = False,
     ) -> None:
         """Settle trimmed and dead entries, then decode the rest: what the decoder refuses is
@@ -609,7 +646,7 @@ class GroupRunner(Generic[D]):
         if dead:
             self._dead_letter(dead)
         if len(valid):
-            (self._prepare if prepare else self._handle)(valid)
+            (self._prepare if prepare else self._handle)(valid, handovers)
 
     def _settle_trimmed(self, ids: list[str]) -> None:
         with redis_errors():
@@ -690,10 +727,10 @@ class GroupRunner(Generic[D]):
 
     # -- preparing and writing apart ---------------------------------------------------------
 
-    def _prepare(self, entries: D) -> None:
+    def _prepare(self, entries: D, handovers: int | None) -> None:
         assert self._preparer is not None and self._prepared is None
         try:
-            write = self._preparer.prepare(self._batch(entries))
+            write = self._preparer.prepare(self._batch(entries, handovers))
         except _STOPPING:
             raise
         except Exception:
@@ -730,8 +767,8 @@ class GroupRunner(Generic[D]):
     def _write_prepared(self) -> None:
         self._finish_writing(self._start_writing())
 
-    def _handle(self, entries: D) -> None:
-        failed = self._handle_isolating(entries)
+    def _handle(self, entries: D, handovers: int | None = None) -> None:
+        failed = self._handle_isolating(entries, handovers)
         if failed:
             first_id, first_error = failed[0]
             log.warning(
@@ -742,12 +779,13 @@ class GroupRunner(Generic[D]):
                 first_error,
             )
 
-    def _handle_isolating(self, entries: D) -> list[tuple[str, str]]:
-        """Run the handler; on failure split the batch so the entries that work go through.
+    def _handle_isolating(self, entries: D, handovers: int | None) -> list[tuple[str, str]]:
+        """Run the handler; on failure split the batch so the entries that work go through
+        (the halves without their hand-over count: the handler checks each of their entries).
 
         Returns the entries that failed on their own, with the error; they stay pending.
         """
-        batch = self._batch(entries)
+        batch = self._batch(entries, handovers)
         try:
             self.handler(batch)
         except Deferred:
@@ -759,8 +797,8 @@ class GroupRunner(Generic[D]):
             self._count_handler_error()
             if len(entries) > 1:
                 middle = len(entries) // 2
-                return self._handle_isolating(entries[:middle]) + self._handle_isolating(
-                    entries[middle:]
+                return self._handle_isolating(entries[:middle], None) + self._handle_isolating(
+                    entries[middle:], None
                 )
             error = f"{type(exc).__name__}: {exc}"
             entry_id = entries.ids[0]
@@ -772,8 +810,8 @@ class GroupRunner(Generic[D]):
         self._count_processed(entries)
         return []
 
-    def _batch(self, entries: D) -> Batch[D]:
-        return Batch(self.keys.stream, self.group, self.consumer, entries)
+    def _batch(self, entries: D, handovers: int | None = None) -> Batch[D]:
+        return Batch(self.keys.stream, self.group, self.consumer, entries, handovers)
 
     def _count_processed(self, entries: D) -> None:
         self.stats.processed += len(entries)

@@ -42,6 +42,13 @@ class StreamKeys:
         """Hash of a group's counts: `settled:*` outcomes, and facts such as sequence gaps."""
         return f"{self.stream}:ledger:{group}"
 
+    def handovers(self, group: str) -> str:
+        """Counter of a group's hand-overs: how many times its consumers took entries delivered
+        to another, or re-read their own after a restart. A handler that writes atomically with
+        its acknowledgement can tell from it, without checking each entry, that a batch it read
+        is still all its own (see `groups.Batch.handovers`)."""
+        return f"{self.stream}:handovers:{group}"
+
     @property
     def sensors(self) -> str:
         """Sorted set sensor_id -> last event time seen (ms)."""

@@ -263,3 +263,39 @@ def test_entries_arriving_while_a_batch_is_prepared_are_prepared_while_it_is_wri
     assert len(handler.overlapped) >= 5
     assert sum(handler.overlapped) >= len(handler.overlapped) // 2
     assert pending_count(client, settings.stream, "aggregates") == 0
+
+
+class HandoverRecorder(Recorder):
+    """Remembers each batch's hand-over count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handovers: list[int | None] = []
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        super().__call__(batch)
+        self.handovers.append(batch.handovers)
+
+
+def test_claims_and_restarts_count_hand_overs_and_new_batches_carry_the_count(
+    client: redis.Redis, settings: Settings
+) -> None:
+    settings = settings.replace(claim_idle_ms=50, read_batch=5, reads_per_batch=1)
+    count = StreamKeys(settings.stream).handovers("aggregates")
+    for i in range(10):
+        add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)})
+    reading_runner(client, settings, Recorder()).ensure_group()
+    # A consumer that died holding five entries: the next one claims them once idle.
+    client.xreadgroup("aggregates", "gone", {settings.stream: ">"}, count=5)
+    time.sleep(0.1)
+    handler = HandoverRecorder()
+    drain(reading_runner(client, settings, handler))
+    # Starting counts one (it re-reads its own pending entries), the claim another; the claimed
+    # batch is checked entry by entry, the one read as new carries the count at its read.
+    assert client.get(count) == "2"
+    assert handler.handovers == [None, 2]
+    # Another start counts one more; with nothing idle no claim is sent, so none is counted.
+    add(client, settings.stream, {"sensor_id": "s1", "temp": "10"})
+    drain(reading_runner(client, settings, handler))
+    assert client.get(count) == "3"
+    assert handler.handovers == [None, 2, 3]

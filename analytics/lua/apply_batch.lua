@@ -2,11 +2,15 @@
 --
 -- First checks that every entry of the batch is still pending and owned by this consumer; if
 -- not (another consumer claimed it, or this very script already ran and acknowledged it before
--- a client re-send), it changes nothing and returns 0. Then checks that no reading's
--- (sensor_id, seq) was counted before; if some were, it changes nothing and returns
--- {-1, {their 0-based positions in the seq list}}: the caller drops them as duplicates and
--- sends the batch again. Only then merges the bucket deltas, records the seqs, updates the
--- sensor index and the ledger, and XACKs the entries. Returns 1.
+-- a client re-send), it changes nothing and returns 0. A batch the consumer read as new comes
+-- with the group's hand-over count at the read (see ingest/keys.py). While that count is
+-- unchanged no other consumer took its entries, so the batch is all this consumer's if its
+-- first and last entries are (a re-sent batch, applied already, has neither): the others are
+-- not looked up. Then checks that no reading's (sensor_id, seq) was counted before; if some
+-- were, it changes nothing and returns {-1, {their 0-based positions in the seq list}}: the
+-- caller drops them as duplicates and sends the batch again. Only then merges the bucket
+-- deltas, records the seqs, updates the sensor index and the ledger, and XACKs the entries.
+-- Returns 1.
 --
 -- Coarse tiers are rolled up from the finest one (rollup.lua) behind a mark: fine bucket B of
 -- sensor number N is rolled up when B < mark.bucket, or B < mark.until and N < mark.sensor.
@@ -16,9 +20,11 @@
 -- their own. The first batch ever sets the mark at its oldest fine bucket.
 --
 -- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, 5 sensor index hash,
--- 6 sensor names list, 7 roll-up mark hash, 8 metric names set, then keys referred to by index
--- from ARGV (seq windows, metric sets, aggregate chunks, fleet buckets).
--- ARGV: group, consumer, min id, max id, n ids, ids (comma-separated),
+-- 6 sensor names list, 7 roll-up mark hash, 8 metric names set, 9 the group's hand-over count,
+-- then keys referred to by index from ARGV (seq windows, metric sets, aggregate chunks, fleet
+-- buckets).
+-- ARGV: group, consumer, min id, max id, n ids, the hand-over count at the read ('' for entries
+--       delivered before), ids (comma-separated),
 --       n ledger increments, (field, amount)...,
 --       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
@@ -35,8 +41,9 @@
 local SEQ_WINDOW = 4096
 local stream, ledger, seq_high, sensors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sensor_index, sensor_names, rollup, metric_names = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local handovers = KEYS[9]
 local group, consumer = ARGV[1], ARGV[2]
-local pos = 5
+local pos = 6
 
 local function take()
   pos = pos + 1
@@ -52,19 +59,25 @@ end
 if #ids ~= n_ids then
   return redis.error_reply('apply_batch: ' .. #ids .. ' entry IDs where ' .. n_ids .. ' were announced')
 end
-local limit = n_ids * 2 + 100
-local pending = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], limit, consumer)
-local owned = {}
-for _, entry in ipairs(pending) do
-  owned[entry[1]] = true
+local function held(id)
+  return #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1
 end
-for i = 1, n_ids do
-  if not owned[ids[i]] then
-    if #pending < limit then
-      return 0
-    end
-    if #redis.call('XPENDING', stream, group, ids[i], ids[i], 1, consumer) == 0 then
-      return 0
+if ARGV[6] ~= '' and tonumber(redis.call('GET', handovers) or '0') == tonumber(ARGV[6]) then
+  if not (held(ids[1]) and held(ids[n_ids])) then
+    return 0
+  end
+else
+  local limit = n_ids * 2 + 100
+  local pending = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], limit, consumer)
+  local owned = {}
+  for _, entry in ipairs(pending) do
+    owned[entry[1]] = true
+  end
+  for i = 1, n_ids do
+    if not owned[ids[i]] then
+      if #pending < limit or not held(ids[i]) then
+        return 0
+      end
     end
   end
 end
