@@ -209,20 +209,21 @@ class Aggregator:
         return args
 
     def _seq_section(self, args: _Args, readings: ReadingColumns) -> None:
-        """The seqs of each sensor in the batch, ascending; the script numbers them in the order
-        sent."""
+        """The seqs of each sensor in the batch, ascending, packed as doubles after a row per
+        sensor saying how many are its; the script numbers them in the order sent."""
         with_seq = np.flatnonzero(readings.seq != NO_SEQ)
         sensor, seq = readings.sensor[with_seq], readings.seq[with_seq]
         order = np.lexsort((seq, sensor))
         args.seq_rows = with_seq[order]
-        sensor, texts = sensor[order], seq[order].astype(str).tolist()
+        sensor = sensor[order]
         bounds = np.flatnonzero(np.r_[True, sensor[1:] != sensor[:-1], True]).tolist()
         rows = []
         for start, end in itertools.pairwise(bounds if len(sensor) else []):
             sensor_id = readings.sensors[int(sensor[start])]
             window = args.key(self.keys.seq_window(sensor_id))
-            rows.append([window, sensor_id, ",".join(texts[start:end])])
+            rows.append([window, sensor_id, end - start])
         args.section(rows)
+        args.argv.append(seq[order].astype("<f8").tobytes())
 
     def _sensor_section(self, args: _Args, readings: ReadingColumns) -> None:
         """Each sensor of the batch with its newest event time."""

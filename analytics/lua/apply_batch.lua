@@ -26,7 +26,8 @@
 -- ARGV: group, consumer, min id, max id, n ids, the hand-over count at the read ('' for entries
 --       delivered before), ids (comma-separated),
 --       n ledger increments, (field, amount)...,
---       n sensors with seqs, (window key index, sensor, seqs ascending, comma-separated)...,
+--       n sensors with seqs, (window key index, sensor, how many seqs)..., the seqs as
+--       little-endian doubles, each sensor's ascending, in the order of the sensors,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
 --       n deltas, n coarse tiers C, the fine tier's bucket ms, each coarse tier's bucket ms,
 --       then packed, sorted by chunk key, fleet bucket key and sensor: for each delta 4 + 2C
@@ -87,43 +88,41 @@ local increments = {}
 for i = 1, tonumber(take()) do
   increments[i] = {take(), tonumber(take())}
 end
--- Readings with a seq, by sensor; positions number them across sensors, from 0, as sent.
-local sensor_order, by_sensor = {}, {}
+-- Readings with a seq, by sensor: sensor i's are seqs[firsts[i]..lasts[i]], ascending. A
+-- reading's position in the seq list (from 0) is its index in seqs less one.
+local windows, sensor_order, firsts, lasts = {}, {}, {}, {}
 local n_seqs = 0
-for _ = 1, tonumber(take()) do
-  local window, sensor = KEYS[tonumber(take())], take()
-  local items = {}
-  for seq in string.gmatch(take(), '[^,]+') do
-    items[#items + 1] = {n_seqs, tonumber(seq)}
-    n_seqs = n_seqs + 1
-  end
-  by_sensor[sensor] = {window = window, items = items}
-  sensor_order[#sensor_order + 1] = sensor
+for i = 1, tonumber(take()) do
+  windows[i], sensor_order[i] = KEYS[tonumber(take())], take()
+  firsts[i] = n_seqs + 1
+  n_seqs = n_seqs + tonumber(take())
+  lasts[i] = n_seqs
 end
+local seqs = unpack_values('d', 8, take(), n_seqs)
 
 -- 3. No (sensor, seq) of the batch may have been counted already. Each sensor's window is
 -- read and written with one BITFIELD.
 local highs = {}
 local got = call_in_slices('HMGET', seq_high, sensor_order, 1000)
-for i, sensor in ipairs(sensor_order) do
-  highs[sensor] = got[i] and tonumber(got[i]) or nil
+for i = 1, #sensor_order do
+  highs[i] = got[i] and tonumber(got[i]) or nil
 end
 local already = {}
-for _, sensor in ipairs(sensor_order) do
-  local group, high = by_sensor[sensor], highs[sensor]
+for i = 1, #sensor_order do
+  local high = highs[i]
   if high then
     local ops, positions = {}, {}
-    for _, item in ipairs(group.items) do
-      local seq = item[2]
+    for k = firsts[i], lasts[i] do
+      local seq = seqs[k]
       if seq <= high and seq > high - SEQ_WINDOW then
         ops[#ops + 1] = 'GET'
         ops[#ops + 1] = 'u1'
         ops[#ops + 1] = seq % SEQ_WINDOW
-        positions[#positions + 1] = item[1]
+        positions[#positions + 1] = k - 1
       end
     end
     if #ops > 0 then
-      for j, bit in ipairs(call_in_slices('BITFIELD', group.window, ops, 3000)) do
+      for j, bit in ipairs(call_in_slices('BITFIELD', windows[i], ops, 3000)) do
         if bit == 1 then
           already[#already + 1] = positions[j]
         end
@@ -153,8 +152,8 @@ local function add_run(ops, first, last, bit)
 end
 local gaps, filled, beyond = 0, 0, 0
 local new_highs = {}
-for _, sensor in ipairs(sensor_order) do
-  local group, high = by_sensor[sensor], highs[sensor]
+for i, sensor in ipairs(sensor_order) do
+  local high = highs[i]
   local ops = {}
   -- The run of ones being built: seqs run_first..run_last, each recorded.
   local run_first, run_last
@@ -172,15 +171,15 @@ for _, sensor in ipairs(sensor_order) do
       run_first, run_last = seq, seq
     end
   end
-  for _, item in ipairs(group.items) do
-    local seq = item[2]
+  for k = firsts[i], lasts[i] do
+    local seq = seqs[k]
     if not high then
       high = seq
       record(seq)
     elseif seq > high then
       gaps = gaps + (seq - high - 1)
       if seq - high >= SEQ_WINDOW then
-        redis.call('DEL', group.window)
+        redis.call('DEL', windows[i])
         ops, run_first = {}, nil
       elseif seq > high + 1 then
         flush()
@@ -197,7 +196,7 @@ for _, sensor in ipairs(sensor_order) do
   end
   flush()
   if #ops > 0 then
-    call_in_slices('BITFIELD', group.window, ops, 4000)
+    call_in_slices('BITFIELD', windows[i], ops, 4000)
   end
   new_highs[#new_highs + 1] = sensor
   new_highs[#new_highs + 1] = string.format('%.0f', high)
@@ -243,12 +242,12 @@ for c = 1, n_coarse do
   coarse_ms[c] = tonumber(take())
 end
 local width = 4 + 2 * n_coarse
-local placement = unpack_int32s(take(), width * n_deltas)
+local placement = unpack_values('i4', 4, take(), width * n_deltas)
 local fields = {}
 for field in string.gmatch(take(), '[^,]+') do
   fields[#fields + 1] = field
 end
-local records, offsets = take(), unpack_int32s(take(), n_deltas + 1)
+local records, offsets = take(), unpack_values('i4', 4, take(), n_deltas + 1)
 if #fields ~= n_deltas then
   return redis.error_reply('apply_batch: ' .. #fields .. ' bucket fields for ' .. n_deltas .. ' deltas')
 end

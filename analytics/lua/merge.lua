@@ -20,12 +20,13 @@ local function call_in_slices(command, key, values, per_call)
   return out
 end
 
--- Little-endian int32s packed end to end, unpacked a slice at a time (see call_in_slices).
-local function unpack_int32s(packed, count)
+-- `count` little-endian values of struct format `code`, `width` bytes each, packed end to
+-- end; unpacked a slice at a time (see call_in_slices).
+local function unpack_values(code, width, packed, count)
   local out = {}
   for first = 0, count - 1, 4000 do
     local n = math.min(4000, count - first)
-    local values = {struct.unpack('<' .. string.rep('i4', n), packed, first * 4 + 1)}
+    local values = {struct.unpack('<' .. string.rep(code, n), packed, first * width + 1)}
     for j = 1, n do
       out[first + j] = values[j]
     end
