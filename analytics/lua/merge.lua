@@ -54,31 +54,26 @@ local function merge_summary(old, packed, at)
     combined(c, s, q, lo, hi, fts, fv, lts, lv, struct.unpack(SUMMARY, packed, at)))
 end
 
--- Histograms: (int32 key, uint32 count) pairs. Unpacked and packed with one struct call each,
--- since a stored histogram can hold hundreds of bins.
+-- Histograms: (int32 key, uint32 count) pairs, in no particular order. Unpacked and packed with
+-- one struct call each, since a stored histogram can hold hundreds of bins.
 local function merge_bins(old, new)
-  local counts, order = {}, {}
+  local counts = {}
   for _, packed in ipairs({old, new}) do
     local n = #packed / 8
     if n > 0 then
-      local values = {struct.unpack('<' .. string.rep('i4I4', n, ''), packed)}
+      local values = {struct.unpack('<' .. string.rep('i4I4', n), packed)}
       for i = 1, 2 * n, 2 do
-        local key, count = values[i], values[i + 1]
-        if counts[key] then
-          counts[key] = counts[key] + count
-        else
-          counts[key] = count
-          order[#order + 1] = key
-        end
+        local key = values[i]
+        counts[key] = (counts[key] or 0) + values[i + 1]
       end
     end
   end
-  local flat = {}
-  for i, key in ipairs(order) do
-    flat[2 * i - 1] = key
-    flat[2 * i] = counts[key]
+  local flat, n = {}, 0
+  for key, count in pairs(counts) do
+    flat[n + 1], flat[n + 2] = key, count
+    n = n + 2
   end
-  return struct.pack('<' .. string.rep('i4I4', #order, ''), unpack(flat))
+  return struct.pack('<' .. string.rep('i4I4', n / 2), unpack(flat))
 end
 
 -- A histogram may list a bin more than once (readers add them up): new bins are appended, and
@@ -92,12 +87,11 @@ local COMPACT_BYTES = 2048
 local function merged_record(stored, packed, from, to, compact)
   if not stored then
     local summary = string.sub(packed, from, from + SUMMARY_BYTES - 1)
-    local bins = string.sub(packed, from + SUMMARY_BYTES, to)
     -- A roll-up pass may bring a whole coarse bucket at once, folded from several records.
     if compact then
-      bins = merge_bins('', bins)
+      return summary .. merge_bins('', string.sub(packed, from + SUMMARY_BYTES, to)), summary
     end
-    return summary .. bins, summary
+    return string.sub(packed, from, to), summary
   end
   local summary = merge_summary(stored, packed, from)
   local new_bins = string.sub(packed, from + SUMMARY_BYTES, to)
