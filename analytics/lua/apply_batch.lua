@@ -153,50 +153,51 @@ end
 local gaps, filled, beyond = 0, 0, 0
 local new_highs = {}
 for i, sensor in ipairs(sensor_order) do
-  local high = highs[i]
+  local high, window = highs[i], windows[i]
   local ops = {}
-  -- The run of ones being built: seqs run_first..run_last, each recorded.
+  -- The run of ones being built: seqs run_first..run_last, each recorded. A sensor's seqs
+  -- come ascending, so a run is seqs that follow one another.
   local run_first, run_last
-  local function flush()
-    if run_first then
-      add_run(ops, run_first, run_last, 1)
-      run_first = nil
-    end
-  end
-  local function record(seq)
-    if run_first and seq == run_last + 1 then
-      run_last = seq
-    else
-      flush()
-      run_first, run_last = seq, seq
-    end
-  end
   for k = firsts[i], lasts[i] do
     local seq = seqs[k]
+    local recorded = true
     if not high then
       high = seq
-      record(seq)
     elseif seq > high then
       gaps = gaps + (seq - high - 1)
       if seq - high >= SEQ_WINDOW then
-        redis.call('DEL', windows[i])
+        redis.call('DEL', window)
         ops, run_first = {}, nil
       elseif seq > high + 1 then
-        flush()
+        if run_first then
+          add_run(ops, run_first, run_last, 1)
+          run_first = nil
+        end
         add_run(ops, high + 1, seq - 1, 0)
       end
       high = seq
-      record(seq)
     elseif seq > high - SEQ_WINDOW then
       filled = filled + 1
-      record(seq)
     else
       beyond = beyond + 1
+      recorded = false
+    end
+    if recorded then
+      if run_first and seq == run_last + 1 then
+        run_last = seq
+      else
+        if run_first then
+          add_run(ops, run_first, run_last, 1)
+        end
+        run_first, run_last = seq, seq
+      end
     end
   end
-  flush()
+  if run_first then
+    add_run(ops, run_first, run_last, 1)
+  end
   if #ops > 0 then
-    call_in_slices('BITFIELD', windows[i], ops, 4000)
+    call_in_slices('BITFIELD', window, ops, 4000)
   end
   new_highs[#new_highs + 1] = sensor
   new_highs[#new_highs + 1] = string.format('%.0f', high)

@@ -10,6 +10,11 @@ local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
 
 -- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
 local function call_in_slices(command, key, values, per_call)
+  if #values == 0 then
+    return {}
+  elseif #values <= per_call then
+    return redis.call(command, key, unpack(values))
+  end
   local out = {}
   for first = 1, #values, per_call do
     local got = redis.call(command, key, unpack(values, first, math.min(first + per_call - 1, #values)))
