@@ -6,7 +6,7 @@ One runner is one consumer in one group. It
 - first re-reads its own pending entries (left by an earlier run under the same name),
 - reads new entries in batches, each read in one MULTI with a check that counts entries MAXLEN
   trimmed before the group reached them (while a backlog waits, consecutive full reads can make
-  one batch),
+  one batch, and the next reads are sent before a batch is processed),
 - claims entries other consumers left idle (XAUTOCLAIM, following the cursor; IDs Redis reports
   as deleted were trimmed and are counted as lost), counting each claim as a hand-over, so a
   handler can tell a batch read as new is still all its own (see `Batch.handovers`),
@@ -52,6 +52,9 @@ TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
 FORGET_CONSUMERS = LuaScript("ingest", "forget_consumers.lua")
 # A consumer that holds nothing and was idle this long is removed from its group.
 FORGET_IDLE_MS = 3_600_000
+# Reads are sent ahead only while a batch takes less than this share of claim_idle_ms: what they
+# deliver waits for the batch in hand, and must not look idle enough for others to claim.
+READ_AHEAD_IDLE_SHARE = 0.1
 # How long a runner with deferred batches waits before offering them again.
 DEFERRED_RETRY_S = 0.001
 DEFERRED_RETRY_MAX_S = 0.1
@@ -162,6 +165,14 @@ class _Failures:
         return self.errors.pop(entry_id, None)
 
 
+@dataclass
+class _SentReads:
+    """Reads sent on a pool connection of their own, their replies not read yet."""
+
+    connection: Any
+    count: int
+
+
 def _stream_entries(reply: Any) -> list[RawEntry]:
     """The entries of an XREADGROUP reply for one stream (RESP2 or RESP3)."""
     if not reply:
@@ -199,6 +210,11 @@ class GroupRunner(Generic[D]):
         self._last_delivered = "0-0"
         # Reads to send at once next time: more while a backlog waits.
         self._reads_next = 1
+        # While a backlog waits, the next reads are sent before this batch is processed, so
+        # Redis runs them meanwhile.
+        self._sent: _SentReads | None = None
+        # How long the last batch read took to read and process.
+        self._batch_s = 0.0
         self._labels = {"stream": self.keys.stream, "group": group}
         self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
         # Batches the handler deferred, oldest first; offered again before anything new is read.
@@ -246,6 +262,7 @@ class GroupRunner(Generic[D]):
                     # prepared and not written.
                     self._deferred.clear()
                     self._prepared = None
+                    self._drop_sent()
                     self.ensure_group()
                     self.stats.recovered += self._recover_own_pending(stop)
                     must_recover = False
@@ -280,6 +297,7 @@ class GroupRunner(Generic[D]):
             except Abort as exc:
                 log.warning("handler gave up (%s); stopping with its batch left pending", exc)
                 self._prepared = None
+                self._drop_sent()
                 break
             except ScriptsFlushed:
                 log.warning("Redis lost the scripts (SCRIPT FLUSH?); reloading them")
@@ -290,9 +308,13 @@ class GroupRunner(Generic[D]):
                 log.warning("group %s is gone (stream deleted?); recreating it", self.group)
                 must_recover = True
         try:
+            if self._sent is not None:
+                # What the reads sent ahead delivered is processed, not left pending.
+                self._read_new(read_ahead=False)
             self._write_prepared()
         except _STOPPING as exc:
             log.warning("could not write the last prepared batch (%s); it stays pending", exc)
+            self._drop_sent()
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
@@ -337,16 +359,19 @@ class GroupRunner(Generic[D]):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_new(self) -> int:
+    def _read_new(self, *, read_ahead: bool = True) -> int:
         """Read and process new entries; return how many were read.
 
         While a backlog waits (the last read came back full) `reads_per_batch` reads are sent
         at once and their entries make one batch, so the handler's cost per batch is shared by
         more entries. Reads join only when no other consumer read between them: a batch is
         always a run of the stream, as one larger read would give. The batch prepared last
-        time is written as soon as the reads are sent, so Redis runs its writes while this
-        thread parses the replies and prepares the next batch.
+        time is written as soon as Redis replies to the reads, and (with `read_ahead`, while
+        the backlog waits and batches are quick) the next reads are sent before this batch is
+        processed, so Redis runs its writes and the next reads while this thread parses,
+        decodes and prepares.
         """
+        began = time.monotonic()
         writing: tuple[D, Future[None]] | None = None
 
         def write_prepared_meanwhile() -> None:
@@ -354,7 +379,10 @@ class GroupRunner(Generic[D]):
             writing = self._start_writing()
 
         try:
-            reads = self._read_several(self._reads_next, write_prepared_meanwhile)
+            sent, self._sent = self._sent, None
+            reads = self._receive_reads(
+                sent or self._send_reads(self._reads_next), write_prepared_meanwhile
+            )
             # Each batch with the hand-over count its first read saw.
             batches: list[tuple[list[RawEntry], int]] = []
             for last_delivered, read, handovers in reads:
@@ -366,20 +394,20 @@ class GroupRunner(Generic[D]):
                     batches.append((read, handovers))
             full = len(reads[-1][1]) >= self.settings.read_batch
             self._reads_next = self.reads_per_batch if full else 1
+            quick = self._batch_s < self.settings.claim_idle_ms / 1000 * READ_AHEAD_IDLE_SHARE
+            if full and read_ahead and quick:
+                self._sent = self._send_reads(self._reads_next)
             for entries, handovers in batches:
                 started, writing = writing, None
                 self._process_fresh(entries, started, handovers)
         finally:
             self._finish_writing(writing)
+            self._batch_s = time.monotonic() - began
         return sum(len(entries) for entries, _ in batches)
 
-    def _read_several(
-        self, count: int, on_sent: Callable[[], None]
-    ) -> list[tuple[str, list[RawEntry], int]]:
-        """`count` XREADGROUPs of new entries sent at once, each in a MULTI that counts what
-        trimming took first and reads the group's hand-over count. Calls `on_sent` as Redis
-        starts replying, before the replies are parsed. Returns the group's last-delivered ID
-        before each read, what it read, and the hand-over count."""
+    def _send_reads(self, count: int) -> _SentReads:
+        """Send `count` XREADGROUPs of new entries at once, each in a MULTI that counts what
+        trimming took first and reads the group's hand-over count."""
         read = (
             "XREADGROUP", "GROUP", self.group, self.consumer,
             "COUNT", self.settings.read_batch, "STREAMS", self.keys.stream, ">",
@@ -392,16 +420,31 @@ class GroupRunner(Generic[D]):
             connection: Any = pool.get_connection()
             try:
                 connection.send_packed_command(connection.pack_commands(transaction * count))
+            except BaseException:
+                connection.disconnect()
+                pool.release(connection)
+                raise
+        return _SentReads(connection, count)
+
+    def _receive_reads(
+        self, sent: _SentReads, on_replying: Callable[[], None]
+    ) -> list[tuple[str, list[RawEntry], int]]:
+        """The replies to reads sent with `_send_reads`: the group's last-delivered ID before
+        each read, what it read, and the hand-over count. Calls `on_replying` as Redis starts
+        replying, before the replies are parsed."""
+        connection = sent.connection
+        with redis_errors():
+            try:
                 # Redis has run the reads once it replies: writes sent on another connection
                 # before that could run first and hold the replies up.
                 connection.can_read(timeout=connection.socket_timeout)
-                on_sent()
-                replies = [self._read_transaction(connection) for _ in range(count)]
+                on_replying()
+                replies = [self._read_transaction(connection) for _ in range(sent.count)]
             except BaseException:
                 connection.disconnect()
                 raise
             finally:
-                pool.release(connection)
+                self.client.connection_pool.release(connection)
         reads = []
         for (lost, last_delivered), handovers, reply in replies:
             if lost:
@@ -409,6 +452,13 @@ class GroupRunner(Generic[D]):
             reads.append((str(last_delivered), _stream_entries(reply), int(handovers or 0)))
         self._last_delivered = reads[-1][0]
         return reads
+
+    def _drop_sent(self) -> None:
+        """Forget reads sent ahead: their entries stay pending here, to be re-read."""
+        if self._sent is not None:
+            self._sent.connection.disconnect()
+            self.client.connection_pool.release(self._sent.connection)
+            self._sent = None
 
     @staticmethod
     def _read_transaction(connection: Any) -> list[Any]:

@@ -130,12 +130,14 @@ def test_sigterm_during_a_batch_finishes_and_acknowledges_it(redis_url: str) -> 
     # It blocks printing its first batch into a pipe nobody reads yet.
     first = read_lines(worker.stdout, 10)
     time.sleep(0.3)
-    assert pending_count(client, settings.stream, "aggregates") == 2000
+    # The batch in hand, and what the reads sent ahead of it delivered.
+    held = pending_count(client, settings.stream, "aggregates")
+    assert held >= 2000
     worker.send_signal(signal.SIGTERM)
     rest = worker.stdout.readlines()
     assert worker.wait(30) == 0
+    # It finished all it held, read nothing more, and acknowledged it.
     printed = ids_of(first + rest)
-    assert printed == ids[: len(printed)]
-    assert len(printed) % 2000 == 0
+    assert printed == ids[:held]
     assert pending_count(client, settings.stream, "aggregates") == 0
     assert "SIGTERM received" in worker.stderr.read()

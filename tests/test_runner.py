@@ -118,10 +118,11 @@ def test_a_read_after_the_scripts_were_flushed_loses_and_repeats_nothing(
     handler = Recorder(fail_if=lambda _: not client.script_flush())
     runner = reading_runner(client, settings.replace(read_batch=10, reads_per_batch=1), handler)
     drain(runner)
-    # Each batch flushes the scripts: each read after one ran its MULTI without the trim check
-    # and left what it read (entries 11 to 25) pending here, to be re-read.
+    # Each batch flushes the scripts. A read sent after a flush ran its MULTI without the trim
+    # check and left what it read pending here, to be re-read. The next read is sent before a
+    # batch is handled, so only the last one (entries 21 to 25) went out after a flush.
     assert handler.seen == ids
-    assert runner.stats.recovered == 15
+    assert runner.stats.recovered == 5
     assert pending_count(client, settings.stream, "aggregates") == 0
 
 
@@ -240,15 +241,15 @@ def test_entries_arriving_while_a_batch_is_prepared_are_prepared_while_it_is_wri
     client: redis.Redis, settings: Settings
 ) -> None:
     handler = OverlapRecorder(client)
-    runner = GroupRunner(
-        client, settings.replace(read_batch=1000), "aggregates", "c1", handler, decode_columns
-    )
+    # Batches of at most 500, so that 3000 entries make at least six however the reads fall.
+    settings = settings.replace(read_batch=500, reads_per_batch=1)
+    runner = GroupRunner(client, settings, "aggregates", "c1", handler, decode_columns)
     runner.ensure_group()
     stop = threading.Event()
     running = threading.Thread(target=runner.run, args=(stop,))
     running.start()
     try:
-        # A live stream: every read comes back with some entries, never a full batch.
+        # A live stream: most reads come back with some entries, not a full batch.
         ids = [
             add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(3000)
         ]
