@@ -121,7 +121,8 @@ class Settings:
         5,
         "TELEMETRY_READS_PER_BATCH",
         _positive_int,
-        "reads a worker sends at once and joins into one batch while a backlog waits",
+        "reads a worker sends at once and joins into one batch while a backlog waits (sent ahead"
+        " of the batch in hand)",
     )
     block_ms: int = _setting(
         1000, "TELEMETRY_BLOCK_MS", _positive_int, "XREADGROUP BLOCK time", "MS"
