@@ -24,6 +24,7 @@ from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.columns import decode_columns
 from ingest.connection import connect
+from ingest.deadletter import list_dead_letters
 from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
@@ -77,8 +78,11 @@ def ledger(client: redis.Redis, stream: str = "app:event") -> dict[str, int]:
 
 
 def assert_ledger(client: redis.Redis, readings: int) -> None:
-    """All aggregated, nothing dropped. Entries taken over from a dead or stalled worker arrive
-    after later ones, which shows as seq gaps opened and filled, not checked here."""
+    """All aggregated, nothing dropped or dead-lettered. Entries taken over from a dead or
+    stalled worker arrive after later ones, which shows as seq gaps opened and filled, not
+    checked here."""
+    keys = StreamKeys("app:event")
+    assert client.hgetall(keys.dead_counts) == {}, list_dead_letters(client, keys, count=3)
     counts = ledger(client)
     assert counts.pop("settled:aggregated") == readings
     counts.pop("seq_gaps", None)
