@@ -860,7 +860,7 @@ class GroupRunner(Generic[D]):
         self._count_processed(entries)
         return []
 
-    def _batch(self, entries: D, handovers: int | None = None) -> Batch[D]:
+    def _batch(self, entries: D, handovers: int | None) -> Batch[D]:
         return Batch(self.keys.stream, self.group, self.consumer, entries, handovers)
 
     def _count_processed(self, entries: D) -> None:

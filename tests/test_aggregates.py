@@ -193,6 +193,7 @@ def apply_script_runs(url: str) -> Iterator[list[int]]:
     """The runs of the apply script while the block ran (each run's microseconds), from the
     slow log."""
     client = redis.Redis.from_url(url, decode_responses=True)
+    before: dict[str, str] = client.config_get("slowlog-*")  # type: ignore[assignment]
     client.config_set("slowlog-max-len", 100_000)
     client.config_set("slowlog-log-slower-than", 0)
     client.slowlog_reset()
@@ -200,10 +201,11 @@ def apply_script_runs(url: str) -> Iterator[list[int]]:
     try:
         yield runs
     finally:
-        client.config_set("slowlog-log-slower-than", 10_000)
+        client.config_set("slowlog-log-slower-than", before["slowlog-log-slower-than"])
         for entry in client.slowlog_get(100_000):
             if entry["command"].startswith(f"EVALSHA {APPLY_BATCH.sha} ".encode()):
                 runs.append(entry["duration"])
+        client.config_set("slowlog-max-len", before["slowlog-max-len"])
 
 
 def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contract_says(

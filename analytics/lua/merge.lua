@@ -8,12 +8,14 @@
 
 local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
 
--- Redis's Lua takes at most ~8000 values from unpack(); call in slices.
+-- Redis's Lua takes at most ~8000 values from unpack(); call in slices. Returns the replies'
+-- elements end to end (none for replies that are not arrays).
 local function call_in_slices(command, key, values, per_call)
   if #values == 0 then
     return {}
   elseif #values <= per_call then
-    return redis.call(command, key, unpack(values))
+    local got = redis.call(command, key, unpack(values))
+    return type(got) == 'table' and got or {}
   end
   local out = {}
   for first = 1, #values, per_call do
