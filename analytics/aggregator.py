@@ -112,10 +112,12 @@ class Aggregator:
         keys: StreamKeys,
         tiers: Sequence[Tier],
         clock_ms: Callable[[], int] = wall_clock_ms,
+        group: str = GROUP,
     ) -> None:
         self.client = client
         self.keys = keys
         self.tiers = tiers
+        self.group = group
         self.clock_ms = clock_ms
         self.stats = AggregatorStats()
         self.rollup = Rollup(client, keys, tiers)
@@ -123,7 +125,7 @@ class Aggregator:
         self._known_pairs: set[tuple[str, str]] = set()
 
     def upkeep(self, stop: threading.Event) -> None:
-        self.rollup.run(stop)
+        self.rollup.run(stop, self.group)
 
     def drained(self) -> None:
         """Roll up through the newest fine bucket aggregated, so that every tier answers for

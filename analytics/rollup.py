@@ -10,9 +10,10 @@ each fine bucket is rolled up once whichever worker takes the step, and a late r
 fine bucket already rolled up is merged into the coarse tiers by its batch
 (lua/apply_batch.lua).
 
-Every aggregator worker rolls up in a thread of its own; a drain rolls up all it aggregated
-before it returns. Queries of a coarse tier add the fine buckets not rolled up yet (see
-`stored`), so no answer waits for the roll-up.
+Every aggregator worker rolls up in a thread of its own, behind the newest reading aggregated
+while a backlog waits; a drain rolls up all it aggregated before it returns. Queries of a
+coarse tier add the fine buckets not rolled up yet (see `stored`), so no answer waits for the
+roll-up.
 """
 
 from __future__ import annotations
@@ -141,13 +142,33 @@ class Rollup:
         ]  # fmt: skip
         return keys, argv
 
-    def run(self, stop: threading.Event) -> None:
-        """Roll up each fine bucket GRACE_MS after it ends, until `stop` is set."""
+    def run(self, stop: threading.Event, group: str) -> None:
+        """Roll up the fine buckets `ready_until_ms` gives, until `stop` is set."""
         while not stop.wait(EVERY_S):
             try:
-                self._paced_catch_up(stop, time.time_ns() // 1_000_000 - GRACE_MS)
+                self._paced_catch_up(stop, self.ready_until_ms(group))
             except IngestError as exc:
                 log.warning("roll-up paused: %s", exc)
+
+    def ready_until_ms(self, group: str) -> int:
+        """Where the fine buckets ready to roll up end: GRACE_MS ago or, while `group` has
+        entries unread, GRACE_MS before the newest reading aggregated.
+
+        A backlog (a backfill, the catch-up after an outage) likely holds readings for the
+        buckets after that one, and each reading for a bucket already rolled up is merged
+        into every coarse tier by its batch, which costs more than the roll-up's merge."""
+        now_ms = time.time_ns() // 1_000_000
+        with redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xinfo_groups(self.keys.stream)
+            pipe.zrevrange(self.keys.sensors, 0, 0, withscores=True)
+            # No stream yet is no backlog.
+            groups, newest = pipe.execute(raise_on_error=False)
+        # Lag is None when Redis cannot tell it (entries deleted with XDEL): go by the clock.
+        behind = isinstance(groups, list) and any(g["name"] == group and g["lag"] for g in groups)
+        if behind and newest:
+            now_ms = min(now_ms, int(newest[0][1]))
+        return now_ms - GRACE_MS
 
     def _paced_catch_up(self, stop: threading.Event, until_ms: int) -> None:
         """catch_up, resting between steps: steps back to back would hold up the batches

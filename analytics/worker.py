@@ -27,7 +27,8 @@ def aggregator_runner(
     client: redis.Redis, settings: Settings, consumer: str, group: str = GROUP
 ) -> GroupRunner[ReadingColumns]:
     """One consumer of the aggregates group (another group name keeps benchmark runs apart)."""
-    handler = Aggregator(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    keys, tiers = StreamKeys(settings.stream), parse_tiers(settings.tiers)
+    handler = Aggregator(client, keys, tiers, group=group)
     return GroupRunner(
         client, settings, group, consumer, handler, decode_columns,
         reads_per_batch=settings.reads_per_batch,

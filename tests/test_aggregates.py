@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from analytics.aggregator import APPLY_BATCH, GROUP, Aggregator
-from analytics.rollup import Rollup
+from analytics.rollup import GRACE_MS, Rollup
 from analytics.sketch import RELATIVE_ERROR
 from analytics.stats import BIN_DTYPE, SUMMARY
 from analytics.tiers import parse_tiers
@@ -305,6 +305,27 @@ def test_coarse_tiers_rolled_up_around_late_readings_count_each_reading_once(
     assert_ledger(client, len(made.ts))
     for tier in tiers:
         assert assert_buckets_match(settings.redis_url, made, tier.name, tier.bucket_ms) > 0
+
+
+def test_while_a_backlog_waits_the_roll_up_stays_behind_the_newest_reading_aggregated(
+    settings: Settings,
+) -> None:
+    """A backfill's fine buckets are ready to roll up once the group has read past them, not as
+    soon as the clock says they ended; with nothing unread, the clock decides."""
+    client = connect(settings)
+    rollup = Rollup(client, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    made = make_readings(sensors=5, per_sensor=120, burst=120, seed=13)
+    aggregated, unread = made.take(made.seq < 60), made.take(made.seq >= 60)
+    write(client, aggregated)
+    drain_without_rollup(client, settings)
+    write(client, unread)
+    assert rollup.ready_until_ms(GROUP) == int(aggregated.ts.max()) - GRACE_MS
+    assert rollup.ready_until_ms("another-group") >= int(made.ts.max()) - GRACE_MS
+
+    drain_without_rollup(client, settings)
+    before_ms = time.time_ns() // 1_000_000
+    ready = rollup.ready_until_ms(GROUP)
+    assert before_ms - GRACE_MS <= ready <= time.time_ns() // 1_000_000 - GRACE_MS
 
 
 def test_aggregates_from_before_the_roll_up_existed_are_not_rolled_up_again(
