@@ -14,6 +14,7 @@ from ingest.connection import connect
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import StreamKeys
 from ingest.metrics import serve_metrics
+from ingest.replycolumns import decode_layouts
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
 
@@ -31,7 +32,7 @@ def aggregator_runner(
     handler = Aggregator(client, keys, tiers, group=group)
     return GroupRunner(
         client, settings, group, consumer, handler, decode_columns,
-        reads_per_batch=settings.reads_per_batch,
+        reads_per_batch=settings.reads_per_batch, decode_replies=decode_layouts,
     )  # fmt: skip
 
 

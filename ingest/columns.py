@@ -33,10 +33,10 @@ Floats = npt.NDArray[np.float64]
 NO_SEQ = -1
 _DECIMAL_DELETED = str.maketrans("", "", DECIMAL_CHARS)
 # Numbered in the order writers send them, so that an entry's columns usually ascend.
-_IGNORED, _SENSOR, _TS, _SEQ = -4, -3, -2, -1
+IGNORED_COLUMN, SENSOR_COLUMN, TS_COLUMN, SEQ_COLUMN = -4, -3, -2, -1
 # Field name -> column: the reserved names, then metric names as they are first seen. Bounded
 # against garbage; a name past the bound sends its batch down the entry-by-entry path.
-_codes: dict[str, int] = {"sensor_id": _SENSOR, "ts": _TS, "seq": _SEQ}
+_codes: dict[str, int] = {"sensor_id": SENSOR_COLUMN, "ts": TS_COLUMN, "seq": SEQ_COLUMN}
 _metric_names: list[str] = []
 _CODES_LIMIT = 10_000
 _entry_by_entry = per_entry(Reading.decode)
@@ -159,7 +159,11 @@ def decode_columns(
     return ReadingColumns.of(kept.ids, kept.values), refused
 
 
-def _code_of(name: str) -> int | None:
+def metric_name(column: int) -> str:
+    return _metric_names[column]
+
+
+def column_of(name: str) -> int | None:
     """A field name's column, learning names not seen before; None for a name that is not
     valid (or one too many to remember)."""
     known = _codes.get(name)
@@ -168,8 +172,8 @@ def _code_of(name: str) -> int | None:
     if len(_codes) >= _CODES_LIMIT:
         return None
     if name[:1] == "_":
-        _codes[name] = _IGNORED
-        return _IGNORED
+        _codes[name] = IGNORED_COLUMN
+        return IGNORED_COLUMN
     try:
         validate_metric_name(name)
     except InvalidEntry:
@@ -193,22 +197,18 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
     codes_or_none = list(map(_codes.get, names))
     if None in codes_or_none:
         codes_or_none = [
-            _code_of(name) if c is None else c for name, c in zip(names, codes_or_none, strict=True)
+            column_of(name) if c is None else c
+            for name, c in zip(names, codes_or_none, strict=True)
         ]
         if None in codes_or_none:
             return None
     codes = np.array(codes_or_none, np.int64)
     row = np.repeat(np.arange(n), sizes // 2)
-    # One field per column within an entry: seen at a glance where every entry sends its fields
-    # in the usual order, by sorting otherwise.
-    field_keys = row * (len(_metric_names) + 8) + (codes - _IGNORED)
-    if not (np.diff(field_keys) > 0).all() and len(np.unique(field_keys)) != len(field_keys):
+    if not fields_in_place(codes, row, n):
         return None
     texts_array = np.array(texts, dtype=object)
 
-    is_sensor = codes == _SENSOR
-    if int(is_sensor.sum()) != n:
-        return None
+    is_sensor = codes == SENSOR_COLUMN
     sensors: dict[str, int] = {}
     sensor = [sensors.setdefault(s, len(sensors)) for s in texts_array[is_sensor].tolist()]
     try:
@@ -218,8 +218,6 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
         return None
 
     is_metric = codes >= 0
-    if not np.bincount(row[is_metric], minlength=n).all():
-        return None
     metric_texts: list[str] = texts_array[is_metric].tolist()
     # float() refuses an empty text; what it takes beyond decimals uses other characters.
     if "".join(metric_texts).translate(_DECIMAL_DELETED):
@@ -231,8 +229,8 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
     if not np.isfinite(values).all():
         return None
 
-    ts = _unsigned_column(texts_array, codes == _TS, row, n)
-    seq = _unsigned_column(texts_array, codes == _SEQ, row, n)
+    ts = _unsigned_column(texts_array, codes == TS_COLUMN, row, n)
+    seq = _unsigned_column(texts_array, codes == SEQ_COLUMN, row, n)
     if ts is None or seq is None:
         return None
     no_ts = ts == NO_SEQ
@@ -250,6 +248,19 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
         value_metric.astype(np.int64),
         values,
     )
+
+
+def fields_in_place(codes: Ints, row: Ints, n: int) -> bool:
+    """Each of n entries (field f in entry `row[f]`, of column `codes[f]`) has one sensor_id, at
+    least one metric and no column twice."""
+    # One field per column within an entry: seen at a glance where every entry sends its fields
+    # in the usual order, by sorting otherwise.
+    field_keys = row * (len(_metric_names) + 8) + (codes - IGNORED_COLUMN)
+    if not (np.diff(field_keys) > 0).all() and len(np.unique(field_keys)) != len(field_keys):
+        return False
+    if int(np.count_nonzero(codes == SENSOR_COLUMN)) != n:
+        return False
+    return bool(np.bincount(row[codes >= 0], minlength=n).all())
 
 
 def _unsigned_column(

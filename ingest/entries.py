@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, Self, TypeVar
 
 from ingest.errors import InvalidEntry
+from ingest.resp import EntryLayout
 
 V = TypeVar("V")
 # An entry's fields as Redis sends them: name, value, name, value, ...
@@ -33,6 +34,9 @@ class Decoded(Protocol):
 
 D = TypeVar("D", bound=Decoded)
 BatchDecoder = Callable[[Sequence[str], Sequence[FlatFields]], tuple[D, Refused]]
+# Decodes a batch of entries laid out in the bytes of read replies (see `resp`), in order; None
+# to leave the batch to a BatchDecoder.
+ReplyDecoder = Callable[[Sequence[EntryLayout]], D | None]
 
 
 def as_mapping(flat: FlatFields) -> dict[str, str]:

@@ -10,8 +10,10 @@ One runner is one consumer in one group. It
 - claims entries other consumers left idle (XAUTOCLAIM, following the cursor; IDs Redis reports
   as deleted were trimmed and are counted as lost), counting each claim as a hand-over, so a
   handler can tell a batch read as new is still all its own (see `Batch.handovers`),
-- decodes a batch at once (see `entries`), and dead-letters the entries its decoder refuses and
-  entries delivered more than `max_deliveries` times, each in one transaction with its XACK,
+- decodes a batch at once (see `entries`; new entries straight from the bytes of the reads'
+  replies when it has a decoder for them, see `resp`), and dead-letters the entries its decoder
+  refuses and entries delivered more than `max_deliveries` times, each in one transaction with
+  its XACK,
 - hands the handler whole batches and acknowledges only after the handler returns (or lets the
   handler acknowledge atomically with its own writes); a handler that prepares a batch apart
   from writing it has its writes run while the next batch is decoded and prepared,
@@ -22,6 +24,7 @@ One runner is one consumer in one group. It
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -37,9 +40,10 @@ from ingest import metrics
 from ingest.backlog import backlog_warning
 from ingest.backoff import Backoff
 from ingest.deadletter import dead_letter_record, queue_dead_letter
-from ingest.entries import BatchDecoder, D, Decoded, FlatFields, as_mapping
+from ingest.entries import BatchDecoder, D, Decoded, FlatFields, ReplyDecoder, as_mapping
 from ingest.errors import RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
+from ingest.resp import EntryLayout, hiredis_replies, parse_reads, read_until
 from ingest.scripts import LuaScript
 from ingest.settings import Settings
 
@@ -61,6 +65,10 @@ DEFERRED_RETRY_MAX_S = 0.1
 
 # Entries as Redis sends them: ID and flat fields; no fields when the data was trimmed away.
 RawEntry = tuple[str, FlatFields | None]
+# What one read delivered: entries parsed by hiredis, or laid out in the reply's bytes.
+_ReadEntries = list[RawEntry] | EntryLayout
+# A read: the group's last-delivered ID before it, its entries, the hand-over count.
+_Read = tuple[str, _ReadEntries, int]
 # An entry to dead-letter: ID, reason, delivery count, original fields.
 DeadEntry = tuple[str, str, int, Mapping[str, str]]
 # Replies the runner parses itself: redis-py would build a dict per entry first.
@@ -173,6 +181,14 @@ class _SentReads:
     count: int
 
 
+def _entries_of(piece: _ReadEntries) -> Sequence[RawEntry]:
+    return piece.entries() if isinstance(piece, EntryLayout) else piece
+
+
+def _last_id(piece: _ReadEntries) -> str:
+    return piece.last_id() if isinstance(piece, EntryLayout) else piece[-1][0]
+
+
 def _stream_entries(reply: Any) -> list[RawEntry]:
     """The entries of an XREADGROUP reply for one stream (RESP2 or RESP3)."""
     if not reply:
@@ -195,6 +211,7 @@ class GroupRunner(Generic[D]):
         stream: str | None = None,
         start_id: str = "0",
         reads_per_batch: int = 1,
+        decode_replies: ReplyDecoder[D] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -203,6 +220,10 @@ class GroupRunner(Generic[D]):
         self.consumer = consumer
         self.handler = handler
         self.decode = decode
+        # Decodes new entries from the bytes of the reads' replies (see `resp`); `decode` takes
+        # what it gives up on.
+        self.decode_replies = decode_replies
+        self._reply_ending = secrets.token_hex(16)
         self.start_id = start_id
         self.reads_per_batch = reads_per_batch
         self.stats = RunnerStats()
@@ -383,27 +404,28 @@ class GroupRunner(Generic[D]):
             reads = self._receive_reads(
                 sent or self._send_reads(self._reads_next), write_prepared_meanwhile
             )
-            # Each batch with the hand-over count its first read saw.
-            batches: list[tuple[list[RawEntry], int]] = []
+            # Each batch, the reads' entries it joins, with the hand-over count its first read
+            # saw.
+            batches: list[tuple[list[_ReadEntries], int]] = []
             for last_delivered, read, handovers in reads:
-                if not read:
+                if not len(read):
                     continue
-                if batches and last_delivered == batches[-1][0][-1][0]:
-                    batches[-1][0].extend(read)
+                if batches and last_delivered == _last_id(batches[-1][0][-1]):
+                    batches[-1][0].append(read)
                 else:
-                    batches.append((read, handovers))
+                    batches.append(([read], handovers))
             full = len(reads[-1][1]) >= self.settings.read_batch
             self._reads_next = self.reads_per_batch if full else 1
             quick = self._batch_s < self.settings.claim_idle_ms / 1000 * READ_AHEAD_IDLE_SHARE
             if full and read_ahead and quick:
                 self._sent = self._send_reads(self._reads_next)
-            for entries, handovers in batches:
+            for pieces, handovers in batches:
                 started, writing = writing, None
-                self._process_fresh(entries, started, handovers)
+                self._process_fresh(pieces, started, handovers)
         finally:
             self._finish_writing(writing)
             self._batch_s = time.monotonic() - began
-        return sum(len(entries) for entries, _ in batches)
+        return sum(len(piece) for pieces, _ in batches for piece in pieces)
 
     def _send_reads(self, count: int) -> _SentReads:
         """Send `count` XREADGROUPs of new entries at once, each in a MULTI that counts what
@@ -415,20 +437,21 @@ class GroupRunner(Generic[D]):
         trim_check = TRIM_CHECK.command([self.keys.stream, self.keys.lost], [self.group])
         handovers = ("GET", self.keys.handovers(self.group))
         transaction = [("MULTI",), trim_check, handovers, read, ("EXEC",)]
+        commands = transaction * count
+        if self.decode_replies is not None:
+            commands.append(("ECHO", self._reply_ending))
         pool = self.client.connection_pool
         with redis_errors():
             connection: Any = pool.get_connection()
             try:
-                connection.send_packed_command(connection.pack_commands(transaction * count))
+                connection.send_packed_command(connection.pack_commands(commands))
             except BaseException:
                 connection.disconnect()
                 pool.release(connection)
                 raise
         return _SentReads(connection, count)
 
-    def _receive_reads(
-        self, sent: _SentReads, on_replying: Callable[[], None]
-    ) -> list[tuple[str, list[RawEntry], int]]:
+    def _receive_reads(self, sent: _SentReads, on_replying: Callable[[], None]) -> list[_Read]:
         """The replies to reads sent with `_send_reads`: the group's last-delivered ID before
         each read, what it read, and the hand-over count. Calls `on_replying` as Redis starts
         replying, before the replies are parsed."""
@@ -439,19 +462,43 @@ class GroupRunner(Generic[D]):
                 # before that could run first and hold the replies up.
                 connection.can_read(timeout=connection.socket_timeout)
                 on_replying()
-                replies = [self._read_transaction(connection) for _ in range(sent.count)]
+                reads = self._parse_reads(connection, sent.count)
             except BaseException:
                 connection.disconnect()
                 raise
             finally:
                 self.client.connection_pool.release(connection)
-        reads = []
-        for (lost, last_delivered), handovers, reply in replies:
+        for lost, *_ in reads:
             if lost:
-                self._count_trimmed_unread(int(lost))
-            reads.append((str(last_delivered), _stream_entries(reply), int(handovers or 0)))
-        self._last_delivered = reads[-1][0]
+                self._count_trimmed_unread(lost)
+        self._last_delivered = reads[-1][1]
+        return [
+            (last_delivered, entries, handovers) for _, last_delivered, entries, handovers in reads
+        ]
+
+    def _parse_reads(
+        self, connection: Any, count: int
+    ) -> list[tuple[int, str, list[RawEntry] | EntryLayout, int]]:
+        """Each read's trimmed count, last-delivered ID, entries and hand-over count: parsed
+        from the replies' bytes when the runner decodes them so, else (or when that parser
+        gives up) by hiredis."""
+        if self.decode_replies is None:
+            return [self._parsed_transaction(connection.read_response) for _ in range(count)]
+        ending = self._reply_ending
+        data = read_until(connection, f"${len(ending)}\r\n{ending}\r\n".encode())
+        parsed = parse_reads(data, count, self.keys.stream)
+        if parsed is not None:
+            return [(r.lost, r.last_delivered, r.entries, r.handovers) for r in parsed]
+        next_reply = hiredis_replies(connection, data)
+        reads = [self._parsed_transaction(next_reply) for _ in range(count)]
+        next_reply()
         return reads
+
+    def _parsed_transaction(
+        self, next_reply: Callable[[], Any]
+    ) -> tuple[int, str, list[RawEntry] | EntryLayout, int]:
+        (lost, last_delivered), handovers, reply = self._read_transaction(next_reply)
+        return int(lost), str(last_delivered), _stream_entries(reply), int(handovers or 0)
 
     def _drop_sent(self) -> None:
         """Forget reads sent ahead: their entries stay pending here, to be re-read."""
@@ -461,12 +508,12 @@ class GroupRunner(Generic[D]):
             self._sent = None
 
     @staticmethod
-    def _read_transaction(connection: Any) -> list[Any]:
-        """The results of one MULTI, trim check, GET and XREADGROUP, EXEC sent on
-        `connection`."""
+    def _read_transaction(next_reply: Callable[[], Any]) -> list[Any]:
+        """The results of one MULTI, trim check, GET and XREADGROUP, EXEC, each reply got by
+        calling `next_reply`."""
         for _ in range(4):
-            connection.read_response()
-        results: list[Any] = connection.read_response()
+            next_reply()
+        results: list[Any] = next_reply()
         for result in results:
             if isinstance(result, redis.exceptions.NoScriptError):
                 # Someone flushed the scripts. The read in the same MULTI still ran, so its
@@ -629,22 +676,36 @@ class GroupRunner(Generic[D]):
 
     def _process_fresh(
         self,
-        entries: Sequence[RawEntry],
+        pieces: Sequence[_ReadEntries],
         writing: tuple[D, Future[None]] | None,
         handovers: int,
     ) -> None:
-        """Settle entries delivered for the first time: dead-letter or hand to the handler.
-        A preparing handler's previous batch is written meanwhile (`writing`, when its write
-        was started already)."""
-        deliveries = [1] * len(entries)
+        """Settle entries delivered for the first time (one batch, in the pieces consecutive
+        reads delivered): dead-letter or hand to the handler. A preparing handler's previous
+        batch is written meanwhile (`writing`, when its write was started already)."""
         if self._preparer is None:
-            self._decode_and_settle([], [], entries, deliveries, handovers=handovers)
+            self._settle_fresh(pieces, handovers, prepare=False)
             return
         writing = writing or self._start_writing()
         try:
-            self._decode_and_settle([], [], entries, deliveries, handovers=handovers, prepare=True)
+            self._settle_fresh(pieces, handovers, prepare=True)
         finally:
             self._finish_writing(writing)
+
+    def _settle_fresh(
+        self, pieces: Sequence[_ReadEntries], handovers: int, *, prepare: bool
+    ) -> None:
+        """Decode the entries from their replies' bytes when that decoder takes them all;
+        otherwise from strs, dead-lettering what `decode` refuses."""
+        layouts = [piece for piece in pieces if isinstance(piece, EntryLayout)]
+        if self.decode_replies is not None and len(layouts) == len(pieces):
+            decoded = self.decode_replies(layouts)
+            if decoded is not None:
+                (self._prepare if prepare else self._handle)(decoded, handovers)
+                return
+        entries = [entry for piece in pieces for entry in _entries_of(piece)]
+        deliveries = [1] * len(entries)
+        self._decode_and_settle([], [], entries, deliveries, handovers=handovers, prepare=prepare)
 
     def _process_redelivered(self, entries: Sequence[RawEntry], deliveries: dict[str, int]) -> None:
         """Settle entries delivered before. `deliveries` maps the IDs this consumer still owns to

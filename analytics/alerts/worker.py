@@ -21,6 +21,7 @@ from ingest.entries import per_entry
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.metrics import serve_metrics
+from ingest.replycolumns import decode_layouts
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 
@@ -40,7 +41,7 @@ def alert_runner(
     evaluator = AlertEvaluator.configured(client, settings, rules)
     return GroupRunner(
         client, settings, GROUP, consumer, evaluator, decode_columns,
-        reads_per_batch=settings.reads_per_batch,
+        reads_per_batch=settings.reads_per_batch, decode_replies=decode_layouts,
     )  # fmt: skip
 
 
