@@ -19,8 +19,9 @@ import redis
 from bench.common import print_table, ratio_rows, redis_for_bench
 from ingest.columns import decode_columns
 from ingest.connection import connect
-from ingest.entries import BatchDecoder, per_entry
+from ingest.entries import BatchDecoder, ReplyDecoder, per_entry
 from ingest.groups import Batch, GroupRunner
+from ingest.replycolumns import decode_layouts
 from ingest.settings import Settings
 from ingest.writer import StreamWriter
 
@@ -66,8 +67,16 @@ def bare_loop(client: redis.Redis, group: str) -> int:
         read += len(ids)
 
 
-def with_runner(settings: Settings, group: str, decode: BatchDecoder[Any]) -> int:
-    runner = GroupRunner(connect(settings), settings, group, "c1", DoNothing(), decode)
+def with_runner(
+    settings: Settings,
+    group: str,
+    decode: BatchDecoder[Any],
+    decode_replies: ReplyDecoder[Any] | None = None,
+) -> int:
+    runner = GroupRunner(
+        connect(settings), settings, group, "c1", DoNothing(), decode,
+        decode_replies=decode_replies,
+    )  # fmt: skip
     return runner.run(threading.Event(), drain=True).processed
 
 
@@ -86,6 +95,9 @@ def main() -> None:
             "GroupRunner, handler does nothing": lambda g: with_runner(settings, g, per_entry(raw)),
             "GroupRunner, readings decoded, handler does nothing": (
                 lambda g: with_runner(settings, g, decode_columns)
+            ),
+            "GroupRunner, readings decoded from the replies' bytes": (
+                lambda g: with_runner(settings, g, decode_columns, decode_layouts)
             ),
         }
         results: dict[str, list[float]] = {name: [] for name in methods}
