@@ -159,10 +159,6 @@ def decode_columns(
     return ReadingColumns.of(kept.ids, kept.values), refused
 
 
-def metric_name(column: int) -> str:
-    return _metric_names[column]
-
-
 def column_of(name: str) -> int | None:
     """A field name's column, learning names not seen before; None for a name that is not
     valid (or one too many to remember)."""
@@ -233,14 +229,33 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
     seq = _unsigned_column(texts_array, codes == SEQ_COLUMN, row, n)
     if ts is None or seq is None:
         return None
+    return assembled(
+        list(ids), list(sensors), np.array(sensor, np.int64), ts, seq, codes, row, values
+    )
+
+
+def assembled(
+    ids: list[str],
+    sensors: list[str],
+    sensor: Ints,
+    ts: Ints,
+    seq: Ints,
+    columns: Ints,
+    row: Ints,
+    values: Floats,
+) -> ReadingColumns:
+    """Columns from a batch's parts, its fields given by their columns (see `column_of`) and
+    entries (`row`), `values` those of the metric fields in order; an entry without `ts` (NO_SEQ)
+    takes its ID's time."""
     no_ts = ts == NO_SEQ
     if no_ts.any():
         ts[no_ts] = [entry_time_ms(ids[i]) for i in np.flatnonzero(no_ts).tolist()]
-    used, value_metric = np.unique(codes[is_metric], return_inverse=True)
+    is_metric = columns >= 0
+    used, value_metric = np.unique(columns[is_metric], return_inverse=True)
     return ReadingColumns(
-        list(ids),
-        list(sensors),
-        np.array(sensor, np.int64),
+        ids,
+        sensors,
+        sensor,
         ts,
         seq,
         [_metric_names[c] for c in used.tolist()],

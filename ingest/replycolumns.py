@@ -22,12 +22,12 @@ from ingest.columns import (
     Floats,
     Ints,
     ReadingColumns,
+    assembled,
     column_of,
     fields_in_place,
-    metric_name,
 )
 from ingest.errors import InvalidEntry
-from ingest.reading import DECIMAL_CHARS, MAX_INT64, entry_time_ms, validate_sensor_id
+from ingest.reading import DECIMAL_CHARS, MAX_INT64, validate_sensor_id
 from ingest.resp import Bytes, EntryLayout, joined, words
 
 # Longer names and sensor ids are decoded from strs (they are refused or ignored there).
@@ -72,21 +72,7 @@ def decode_layouts(layouts: Sequence[EntryLayout]) -> ReadingColumns | None:
     seq = _unsigned(buffer, starts, lengths, columns == SEQ_COLUMN, row, n)
     if ts is None or seq is None:
         return None
-    no_ts = ts == NO_SEQ
-    if no_ts.any():
-        ts[no_ts] = [entry_time_ms(ids[i]) for i in np.flatnonzero(no_ts).tolist()]
-    used, value_metric = np.unique(columns[is_metric], return_inverse=True)
-    return ReadingColumns(
-        ids,
-        sensor_names,
-        sensor,
-        ts,
-        seq,
-        [metric_name(c) for c in used.tolist()],
-        row[is_metric],
-        value_metric.astype(np.int64),
-        values,
-    )
+    return assembled(ids, sensor_names, sensor, ts, seq, columns, row, values)
 
 
 def _distinct(

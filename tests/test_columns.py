@@ -20,6 +20,18 @@ DECIMALS = ["21.5", "-0.0", "1e-3", ".5", "5.", "+2", "1e999", "nan", "inf", " 1
 METRICS = ["temp", "humidity", "battery_v", "_meta", "9bad", "bad name", "m" * 65]
 
 
+def reading_fields(
+    sensor_id: str, ts: int | None, seq: int | None, metrics: dict[str, str]
+) -> list[str]:
+    """A valid reading's flat fields."""
+    flat = ["sensor_id", sensor_id]
+    flat += ["ts", str(ts)] if ts is not None else []
+    flat += ["seq", str(seq)] if seq is not None else []
+    for name, value in metrics.items():
+        flat += [name, value]
+    return flat
+
+
 def rarely(draw: st.DrawFn, usual: st.SearchStrategy[str], odd: list[str]) -> str:
     """Most fields are valid, so that a batch with one bad field among good ones is common."""
     return draw(st.sampled_from(odd)) if draw(st.integers(0, 9)) == 0 else draw(usual)
@@ -101,14 +113,10 @@ def test_valid_batches_are_decoded_at_once(
     """The whole-batch path takes every valid batch (or it would buy nothing) and agrees with
     decoding entry by entry."""
     ids = [f"{1700000000000 + i}-0" for i in range(len(made))]
-    fields = []
-    for sensor_id, ts, seq, metrics in made:
-        flat = ["sensor_id", sensor_id]
-        flat += ["ts", str(ts)] if ts is not None else []
-        flat += ["seq", str(seq)] if seq is not None else []
-        for name, value in metrics.items():
-            flat += [name, repr(value)]
-        fields.append(flat)
+    fields = [
+        reading_fields(sensor_id, ts, seq, {name: repr(v) for name, v in metrics.items()})
+        for sensor_id, ts, seq, metrics in made
+    ]
     at_once = _decode_at_once(ids, fields)
     assert at_once is not None
     assert rows_of(at_once) == entry_by_entry(ids, fields)[0]

@@ -21,7 +21,7 @@ from ingest.replycolumns import decode_layouts
 from ingest.resp import EntryLayout, parse_reads, read_until
 from ingest.settings import Settings
 from tests.helpers import drain
-from tests.test_columns import entry_fields, rows_of
+from tests.test_columns import entry_fields, reading_fields, rows_of
 
 STREAM = "app:event"
 ENDING = "replies-end"
@@ -170,14 +170,7 @@ def test_valid_readings_decode_from_bytes_as_from_strs(
     client: redis.Redis, made: list[tuple[str, int | None, int | None, dict[str, str]]]
 ) -> None:
     client.flushall()
-    entries = []
-    for sensor_id, ts, seq, metrics in made:
-        flat = ["sensor_id", sensor_id]
-        flat += ["ts", str(ts)] if ts is not None else []
-        flat += ["seq", str(seq)] if seq is not None else []
-        for name, value in metrics.items():
-            flat += [name, value]
-        entries.append(fields_as_bytes(flat))
+    entries = [fields_as_bytes(reading_fields(*reading)) for reading in made]
     write(client, entries)
     client.xgroup_create(STREAM, "g", "0", entries_read=0)
     parsed = parse_reads(read_replies(client, "g", 1, len(entries)), 1, STREAM)
