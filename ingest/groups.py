@@ -288,6 +288,11 @@ class GroupRunner(Generic[D]):
                     self.stats.recovered += self._recover_own_pending(stop)
                     must_recover = False
                 if time.monotonic() >= next_claim:
+                    if self._sent is not None:
+                        # Entries the reads sent ahead delivered are this consumer's and under
+                        # way: processed first, so that the claim does not take them back as
+                        # idle (each claim counts as a delivery, towards max_deliveries).
+                        self._read_new(read_ahead=False)
                     self._write_prepared()
                     self._claim_idle(stop)
                     self._watch_lag()

@@ -300,3 +300,34 @@ def test_claims_and_restarts_count_hand_overs_and_new_batches_carry_the_count(
     drain(reading_runner(client, settings, handler))
     assert client.get(count) == "3"
     assert handler.handovers == [None, 2, 3]
+
+
+class SlowOnce(Recorder):
+    """A handler whose one batch takes longer than the claim idle time."""
+
+    def __init__(self, slow_batch: int, seconds: float) -> None:
+        super().__init__()
+        self.batches, self.slow_batch, self.seconds = 0, slow_batch, seconds
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        self.batches += 1
+        if self.batches == self.slow_batch:
+            time.sleep(self.seconds)
+        super().__call__(batch)
+
+
+def test_entries_read_ahead_during_a_slow_batch_are_not_claimed_back(
+    client: redis.Redis, settings: Settings
+) -> None:
+    """While one batch takes longer than claim_idle_ms, the next reads' entries wait with this
+    consumer; it processes them before it next claims, rather than taking them back as idle
+    (every claim counts as a delivery, towards max_deliveries)."""
+    ids = [add(client, settings.stream, {"sensor_id": "s1", "temp": str(i)}) for i in range(3000)]
+    handler = SlowOnce(slow_batch=3, seconds=2 * settings.claim_idle_ms / 1000)
+    runner = GroupRunner(
+        client, settings.replace(read_batch=100), "aggregates", "c1", handler, decode_columns,
+        reads_per_batch=2,
+    )  # fmt: skip
+    drain(runner)
+    assert handler.seen == ids
+    assert runner.stats.claimed == 0
