@@ -59,6 +59,19 @@ def wait_until_done(client: redis.Redis, stream: str, timeout_s: float) -> None:
     raise AssertionError(f"aggregates group not done in {timeout_s}s: {group}")
 
 
+def wait_until_reading(
+    client: redis.Redis, stream: str, started: dict[str, float], timeout_s: float
+) -> None:
+    """Until each consumer has read from the group since its process started (monotonic)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        idle = {c["name"]: c["idle"] / 1000 for c in client.xinfo_consumers(stream, GROUP)}
+        if all(idle.get(name, timeout_s) < time.monotonic() - at for name, at in started.items()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"consumers not reading in {timeout_s}s: {idle}")
+
+
 def wait_until_rolled_up(
     client: redis.Redis, settings: Settings, newest_ms: int, timeout_s: float
 ) -> None:
@@ -101,6 +114,7 @@ def test_a_million_readings_exact_while_a_worker_is_killed_five_times(
     write(client, made)
     rng = random.Random(seed)
     workers = {name: aggregator_process(settings, name) for name in ("a1", "a2", "a3")}
+    started = dict.fromkeys(workers, time.monotonic())
     try:
         for _ in range(5):
             time.sleep(rng.uniform(0.5, 3.0))
@@ -108,8 +122,11 @@ def test_a_million_readings_exact_while_a_worker_is_killed_five_times(
             workers[victim].send_signal(signal.SIGKILL)
             workers[victim].wait()
             workers[victim] = aggregator_process(settings, victim)
+            started[victim] = time.monotonic()
         wait_until_done(client, settings.stream, 240)
         wait_until_rolled_up(client, settings, int(made.ts.max()), 120)
+        # A worker stopped while still starting up would die of the signal, not stop.
+        wait_until_reading(client, settings.stream, started, 60)
     finally:
         for worker in workers.values():
             worker.terminate()
