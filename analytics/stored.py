@@ -179,15 +179,15 @@ def _merged(sensor: Ints, start: Ints, records: list[bytes]) -> tuple[Ints, Ints
     ordered = [records[i] for i in order.tolist()]
     new = np.r_[True, (sensor[1:] != sensor[:-1]) | (start[1:] != start[:-1])]
     heads = np.flatnonzero(new)
-    out: list[bytes] = []
-    for head, tail in zip(heads.tolist(), [*heads[1:].tolist(), len(ordered)], strict=True):
-        if tail - head == 1:
-            out.append(ordered[head])
-            continue
+    tails = np.r_[heads[1:], len(ordered)]
+    out = [ordered[head] for head in heads.tolist()]
+    # Most buckets have one record; only the others are merged, one by one.
+    for place in np.flatnonzero(tails - heads > 1).tolist():
+        shared = ordered[int(heads[place]) : int(tails[place])]
         merged = BucketStats.empty()
-        for record in ordered[head:tail]:
+        for record in shared:
             merged.merge(BucketStats.unpack(record[: SUMMARY.size], None))
-        out.append(merged.pack_summary() + b"".join(r[SUMMARY.size :] for r in ordered[head:tail]))
+        out[place] = merged.pack_summary() + b"".join(r[SUMMARY.size :] for r in shared)
     return sensor[heads], start[heads], out
 
 
