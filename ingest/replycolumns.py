@@ -1,10 +1,11 @@
 """Reading columns decoded straight from the bytes of a read's reply (see `resp`).
 
 They are the columns `decode_columns` makes from strs, without a str per field: names and sensor
-ids are matched as rows of bytes, numbers are parsed from one joined text. A batch that does not
-keep the contract in the usual way (an unknown or invalid name, a value that is not a plain
-decimal...) gives None, and is decoded from strs as before, entry by entry where needed, so every
-refusal keeps its reason.
+ids are told apart as 8-byte words, and numbers are parsed a column of characters at a time for
+all of them at once (float() parses the values that are not plain decimals). A batch that does
+not keep the contract in the usual way (an unknown or invalid name, a value that is not a
+finite decimal number...) gives None, and is decoded from strs as before, entry by entry where
+needed, so every refusal keeps its reason.
 """
 
 from __future__ import annotations
