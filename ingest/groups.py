@@ -69,6 +69,8 @@ RawEntry = tuple[str, FlatFields | None]
 _ReadEntries = list[RawEntry] | EntryLayout
 # A read: the group's last-delivered ID before it, its entries, the hand-over count.
 _Read = tuple[str, _ReadEntries, int]
+# A read as parsed: what the trim check counted as lost, then as `_Read`.
+_ParsedRead = tuple[int, str, _ReadEntries, int]
 # An entry to dead-letter: ID, reason, delivery count, original fields.
 DeadEntry = tuple[str, str, int, Mapping[str, str]]
 # Replies the runner parses itself: redis-py would build a dict per entry first.
@@ -223,7 +225,11 @@ class GroupRunner(Generic[D]):
         # Decodes new entries from the bytes of the reads' replies (see `resp`); `decode` takes
         # what it gives up on.
         self.decode_replies = decode_replies
+        # The ECHO sent after the reads, and its reply: the replies' bytes end with it.
         self._reply_ending = secrets.token_hex(16)
+        self._reply_ending_bytes = (
+            f"${len(self._reply_ending)}\r\n{self._reply_ending}\r\n".encode()
+        )
         self.start_id = start_id
         self.reads_per_batch = reads_per_batch
         self.stats = RunnerStats()
@@ -481,16 +487,13 @@ class GroupRunner(Generic[D]):
             (last_delivered, entries, handovers) for _, last_delivered, entries, handovers in reads
         ]
 
-    def _parse_reads(
-        self, connection: Any, count: int
-    ) -> list[tuple[int, str, list[RawEntry] | EntryLayout, int]]:
+    def _parse_reads(self, connection: Any, count: int) -> list[_ParsedRead]:
         """Each read's trimmed count, last-delivered ID, entries and hand-over count: parsed
         from the replies' bytes when the runner decodes them so, else (or when that parser
         gives up) by hiredis."""
         if self.decode_replies is None:
             return [self._parsed_transaction(connection.read_response) for _ in range(count)]
-        ending = self._reply_ending
-        data = read_until(connection, f"${len(ending)}\r\n{ending}\r\n".encode())
+        data = read_until(connection, self._reply_ending_bytes)
         parsed = parse_reads(data, count, self.keys.stream)
         if parsed is not None:
             return [(r.lost, r.last_delivered, r.entries, r.handovers) for r in parsed]
@@ -499,9 +502,7 @@ class GroupRunner(Generic[D]):
         next_reply()
         return reads
 
-    def _parsed_transaction(
-        self, next_reply: Callable[[], Any]
-    ) -> tuple[int, str, list[RawEntry] | EntryLayout, int]:
+    def _parsed_transaction(self, next_reply: Callable[[], Any]) -> _ParsedRead:
         (lost, last_delivered), handovers, reply = self._read_transaction(next_reply)
         return int(lost), str(last_delivered), _stream_entries(reply), int(handovers or 0)
 
