@@ -67,10 +67,9 @@ DEFERRED_RETRY_MAX_S = 0.1
 RawEntry = tuple[str, FlatFields | None]
 # What one read delivered: entries parsed by hiredis, or laid out in the reply's bytes.
 _ReadEntries = list[RawEntry] | EntryLayout
-# A read: the group's last-delivered ID before it, its entries, the hand-over count.
-_Read = tuple[str, _ReadEntries, int]
-# A read as parsed: what the trim check counted as lost, then as `_Read`.
-_ParsedRead = tuple[int, str, _ReadEntries, int]
+# A read: what the trim check counted as lost, the group's last-delivered ID before it, its
+# entries, the hand-over count.
+_Read = tuple[int, str, _ReadEntries, int]
 # An entry to dead-letter: ID, reason, delivery count, original fields.
 DeadEntry = tuple[str, str, int, Mapping[str, str]]
 # Replies the runner parses itself: redis-py would build a dict per entry first.
@@ -294,11 +293,10 @@ class GroupRunner(Generic[D]):
                     self.stats.recovered += self._recover_own_pending(stop)
                     must_recover = False
                 if time.monotonic() >= next_claim:
-                    if self._sent is not None:
-                        # Entries the reads sent ahead delivered are this consumer's and under
-                        # way: processed first, so that the claim does not take them back as
-                        # idle (each claim counts as a delivery, towards max_deliveries).
-                        self._read_new(read_ahead=False)
+                    # Entries the reads sent ahead delivered are this consumer's and under
+                    # way: processed first, so that the claim does not take them back as idle
+                    # (each claim counts as a delivery, towards max_deliveries).
+                    self._process_sent()
                     self._write_prepared()
                     self._claim_idle(stop)
                     self._watch_lag()
@@ -340,9 +338,8 @@ class GroupRunner(Generic[D]):
                 log.warning("group %s is gone (stream deleted?); recreating it", self.group)
                 must_recover = True
         try:
-            if self._sent is not None:
-                # What the reads sent ahead delivered is processed, not left pending.
-                self._read_new(read_ahead=False)
+            # What the reads sent ahead delivered is processed, not left pending.
+            self._process_sent()
             self._write_prepared()
         except _STOPPING as exc:
             log.warning("could not write the last prepared batch (%s); it stays pending", exc)
@@ -418,14 +415,14 @@ class GroupRunner(Generic[D]):
             # Each batch, the reads' entries it joins, with the hand-over count its first read
             # saw.
             batches: list[tuple[list[_ReadEntries], int]] = []
-            for last_delivered, read, handovers in reads:
+            for _, last_delivered, read, handovers in reads:
                 if not len(read):
                     continue
                 if batches and last_delivered == _last_id(batches[-1][0][-1]):
                     batches[-1][0].append(read)
                 else:
                     batches.append(([read], handovers))
-            full = len(reads[-1][1]) >= self.settings.read_batch
+            full = len(reads[-1][2]) >= self.settings.read_batch
             self._reads_next = self.reads_per_batch if full else 1
             quick = self._batch_s < self.settings.claim_idle_ms / 1000 * READ_AHEAD_IDLE_SHARE
             if full and read_ahead and quick:
@@ -437,6 +434,11 @@ class GroupRunner(Generic[D]):
             self._finish_writing(writing)
             self._batch_s = time.monotonic() - began
         return sum(len(piece) for pieces, _ in batches for piece in pieces)
+
+    def _process_sent(self) -> None:
+        """Process what the reads sent ahead delivered, sending none further."""
+        if self._sent is not None:
+            self._read_new(read_ahead=False)
 
     def _send_reads(self, count: int) -> _SentReads:
         """Send `count` XREADGROUPs of new entries at once, each in a MULTI that counts what
@@ -463,9 +465,8 @@ class GroupRunner(Generic[D]):
         return _SentReads(connection, count)
 
     def _receive_reads(self, sent: _SentReads, on_replying: Callable[[], None]) -> list[_Read]:
-        """The replies to reads sent with `_send_reads`: the group's last-delivered ID before
-        each read, what it read, and the hand-over count. Calls `on_replying` as Redis starts
-        replying, before the replies are parsed."""
+        """The replies to reads sent with `_send_reads` (trimmed entries counted). Calls
+        `on_replying` as Redis starts replying, before the replies are parsed."""
         connection = sent.connection
         with redis_errors():
             try:
@@ -483,11 +484,9 @@ class GroupRunner(Generic[D]):
             if lost:
                 self._count_trimmed_unread(lost)
         self._last_delivered = reads[-1][1]
-        return [
-            (last_delivered, entries, handovers) for _, last_delivered, entries, handovers in reads
-        ]
+        return reads
 
-    def _parse_reads(self, connection: Any, count: int) -> list[_ParsedRead]:
+    def _parse_reads(self, connection: Any, count: int) -> list[_Read]:
         """Each read's trimmed count, last-delivered ID, entries and hand-over count: parsed
         from the replies' bytes when the runner decodes them so, else (or when that parser
         gives up) by hiredis."""
@@ -502,7 +501,7 @@ class GroupRunner(Generic[D]):
         next_reply()
         return reads
 
-    def _parsed_transaction(self, next_reply: Callable[[], Any]) -> _ParsedRead:
+    def _parsed_transaction(self, next_reply: Callable[[], Any]) -> _Read:
         (lost, last_delivered), handovers, reply = self._read_transaction(next_reply)
         return int(lost), str(last_delivered), _stream_entries(reply), int(handovers or 0)
 

@@ -92,9 +92,8 @@ def _distinct(
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     if (found != found[first[inverse]]).any() or (lengths != lengths[first[inverse]]).any():
         return None
-    data = buffer[: int((starts + lengths).max())].tobytes()
     slices = [
-        data[at : at + size]
+        buffer[at : at + size].tobytes()
         for at, size in zip(starts[first].tolist(), lengths[first].tolist(), strict=True)
     ]
     return slices, first, inverse.astype(np.int64)

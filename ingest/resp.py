@@ -195,10 +195,14 @@ class _Lines:
         start = int(self.start[index])
         return self.data[start : start + int(self.length[index])]
 
+    def peek(self) -> bytes | None:
+        """The next line, not taken; None past the last."""
+        return self.line(self.at) if self.at < len(self) else None
+
     def take(self) -> bytes:
-        if self.at >= len(self):
+        line = self.peek()
+        if line is None:
             raise _Unexpected
-        line = self.line(self.at)
         self.at += 1
         return line
 
@@ -217,7 +221,7 @@ class _Lines:
 
     def null(self) -> bool:
         """Whether the next line is a null (RESP3's `_`, or RESP2's `$-1` or `*-1`), taken if so."""
-        if self.at < len(self) and self.line(self.at) in (b"_", b"$-1", b"*-1"):
+        if self.peek() in (b"_", b"$-1", b"*-1"):
             self.at += 1
             return True
         return False
@@ -290,7 +294,7 @@ def _parse_read(lines: _Lines, stream: bytes) -> ReadReply:
         # RESP3 sends the streams read as a map, RESP2 as an array of [stream, entries].
         if lines.take() not in (b"%1", b"*1"):
             raise _Unexpected
-        if lines.line(lines.at) == b"*2":
+        if lines.peek() == b"*2":
             lines.at += 1
         if lines.bulk() != stream:
             raise _Unexpected
