@@ -43,6 +43,7 @@ from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.entries import BatchDecoder, D, Decoded, FlatFields, ReplyDecoder, as_mapping
 from ingest.errors import RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
+from ingest.reading import entry_order
 from ingest.resp import EntryLayout, hiredis_replies, parse_reads, read_until
 from ingest.scripts import LuaScript
 from ingest.settings import Settings
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 D_contra = TypeVar("D_contra", bound=Decoded, contravariant=True)
 
-CREATE_GROUP = LuaScript("ingest", "create_group.lua")
+ENSURE_GROUP = LuaScript("ingest", "ensure_group.lua")
+CLAIM_IDLE = LuaScript("ingest", "claim_idle.lua")
 TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
 FORGET_CONSUMERS = LuaScript("ingest", "forget_consumers.lua")
 # A consumer that holds nothing and was idle this long is removed from its group.
@@ -234,6 +236,8 @@ class GroupRunner(Generic[D]):
         self.stats = RunnerStats()
         self._failures = _Failures()
         self._last_delivered = "0-0"
+        # The newest entry this runner read as new: a group Redis says has read less lost it.
+        self._read_up_to = "0-0"
         # Reads to send at once next time: more while a backlog waits.
         self._reads_next = 1
         # While a backlog waits, the next reads are sent before this batch is processed, so
@@ -372,19 +376,52 @@ class GroupRunner(Generic[D]):
         return thread
 
     def ensure_group(self) -> bool:
-        """Create the group unless it exists; True when it was created now."""
+        """Create the group unless it exists (True when it was created now). A group that
+        exists gets its read counter back from its ledger when Redis lost it (see
+        ensure_group.lua): after a restart from the append-only file it is wrong."""
         with redis_errors():
-            created = bool(
-                CREATE_GROUP(
-                    self.client,
-                    [self.keys.stream, self.keys.ledger(self.group)],
-                    [self.group, self.start_id],
-                )
-            )
+            reply = ENSURE_GROUP(
+                self.client,
+                [self.keys.stream, self.keys.ledger(self.group), self.keys.lost,
+                 self.keys.dead_counts],
+                [self.group, self.start_id],
+            )  # fmt: skip
             TRIM_CHECK.load(self.client)
+            CLAIM_IDLE.load(self.client)
+        created = bool(reply[0])
         if created:
             log.info("created group %s on %s at %s", self.group, self.keys.stream, self.start_id)
-        return created
+            return True
+        self._check_not_gone_back(str(reply[1]))
+        if len(reply) == 4:
+            had = "none" if int(reply[2]) < 0 else reply[2]
+            log.warning(
+                "group %s: Redis's read counter was %s, the ledger says %s entries were read "
+                "(Redis restarted from its append-only file?); set it to the ledger's",
+                self.group,
+                had,
+                reply[3],
+            )
+            metrics.GROUP_COUNTER_REPAIRS.labels(**self._labels).inc()
+        return False
+
+    def _check_not_gone_back(self, last_delivered: str) -> None:
+        """Report a group that Redis says has read less than this runner saw it read: Redis
+        came back from older data (a snapshot, or an append-only file that missed its last
+        writes), and what was written after that copy is gone. Readings with `seq` show the
+        loss sensor by sensor as sequence gaps."""
+        if entry_order(last_delivered) >= entry_order(self._read_up_to):
+            return
+        log.error(
+            "group %s: Redis says the group read up to %s, but it had read up to %s: Redis "
+            "restarted from older data, and entries written after that copy are lost",
+            self.group,
+            last_delivered,
+            self._read_up_to,
+        )
+        with redis_errors():
+            self.client.hincrby(self.keys.ledger(self.group), "stream_went_back", 1)
+        self._read_up_to = last_delivered
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -484,6 +521,9 @@ class GroupRunner(Generic[D]):
             if lost:
                 self._count_trimmed_unread(lost)
         self._last_delivered = reads[-1][1]
+        newest = [read for _, _, read, _ in reads if len(read)]
+        if newest:
+            self._read_up_to = _last_id(newest[-1])
         return reads
 
     def _parse_reads(self, connection: Any, count: int) -> list[_Read]:
@@ -627,21 +667,14 @@ class GroupRunner(Generic[D]):
         cursor = "0-0"
         while not stop.is_set():
             with redis_errors():
-                pipe = self._pipeline(transaction=True)
-                pipe.incr(self.keys.handovers(self.group))
-                pipe.xautoclaim(
-                    self.keys.stream,
-                    self.group,
-                    self.consumer,
-                    self.settings.claim_idle_ms,
-                    cursor,
-                    count=self.settings.read_batch,
-                )
-                _, (cursor, claimed, deleted) = pipe.execute()
+                cursor, claimed, deleted = CLAIM_IDLE(
+                    self.client,
+                    [self.keys.stream, self.keys.handovers(self.group), self.keys.lost],
+                    [self.group, self.consumer, self.settings.claim_idle_ms, cursor,
+                     self.settings.read_batch],
+                )  # fmt: skip
             if deleted:
-                # XAUTOCLAIM already removed these from the pending list: their data was trimmed.
-                with redis_errors():
-                    self.client.hincrby(self.keys.lost, self.group, len(deleted))
+                # Their data was trimmed; the script counted them as lost.
                 self._note_trimmed(len(deleted))
             if claimed:
                 self.stats.claimed += len(claimed)

@@ -14,6 +14,11 @@ GROUP_ENTRIES = Counter(
     "(processed, dead_lettered, trimmed: lost to MAXLEN before processing)",
     ["stream", "group", "outcome"],
 )
+GROUP_COUNTER_REPAIRS = Counter(
+    "telemetry_group_read_counter_repairs",
+    "Times a worker found its group's read counter lost by Redis and set it from the ledger",
+    ["stream", "group"],
+)
 GROUP_CLAIMED = Counter(
     "telemetry_group_claimed_entries",
     "Entries claimed from consumers that left them idle",
