@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.durability import parse_durability
 from ingest.durations import parse_tier_spec
 from ingest.errors import SettingsError
 from ingest.keys import DEFAULT_ALERTS_STREAM, DEFAULT_STREAM
@@ -146,6 +147,14 @@ class Settings:
         _ratio,
         "warn when a group's unread backlog exceeds this share of MAXLEN",
         "R",
+    )
+    durability: str = _setting(
+        "everysec",
+        "TELEMETRY_DURABILITY",
+        parse_durability,
+        "what a Redis crash may lose: everysec (up to about a second of acknowledged writes) or"
+        " always (nothing acknowledged; writers refuse a Redis not set up for it)",
+        "MODE",
     )
     tiers: str = _setting(
         "10s:6h,1m:7d,1h:90d",

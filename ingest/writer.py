@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import redis
 
 from ingest import metrics
+from ingest.durability import verify_durability
 from ingest.errors import RedisCommandFailed, redis_errors
 from ingest.keys import StreamKeys
 
@@ -74,8 +75,11 @@ class StreamWriter:
         maxlen: int,
         *,
         batch_size: int = 1000,
+        durability: str | None = None,
     ) -> None:
         self._client = client
+        # Checked against Redis's persistence settings before the first write (None: not).
+        self._durability = durability
         self._keys = StreamKeys(stream)
         self._maxlen = maxlen
         self._packer = XaddPacker(stream, maxlen)
@@ -132,6 +136,9 @@ class StreamWriter:
         self.flush()
 
     def _send(self, batch: Sequence[Fields]) -> list[str]:
+        if self._durability is not None:
+            verify_durability(self._client, self._durability)
+            self._durability = None
         payload = [self._packer.pack(batch)]
         if not self._meta_published:
             payload.insert(0, pack_command(["HSET", self._keys.meta, "maxlen", str(self._maxlen)]))

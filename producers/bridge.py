@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 from ingest.backoff import Backoff
 from ingest.connection import connect
 from ingest.deadletter import dead_letter_record, queue_dead_letter
+from ingest.durability import verify_durability
 from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
@@ -216,6 +217,7 @@ class Bridge:
     # -- Redis side (main thread, and the network thread's writes) -----------------------------
 
     def run(self, stop: threading.Event) -> BridgeCounts:
+        self._verify_durability(stop)
         v5 = self.options.protocol == 5
         properties = None
         if v5:
@@ -260,6 +262,18 @@ class Bridge:
             self.counts.reconnects,
         )  # fmt: skip
         return self.counts
+
+    def _verify_durability(self, stop: threading.Event) -> None:
+        """Check Redis keeps what the durability setting promises before taking any message:
+        the bridge acknowledges a message once Redis has acknowledged its readings."""
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                verify_durability(self.client, self.settings.durability)
+                return
+            except RedisUnavailable as exc:
+                log.warning("redis unavailable (%s); waiting for it before subscribing", exc)
+                stop.wait(backoff.next_delay())
 
     def _watch(self, silent: bool) -> bool:
         quiet_for = time.monotonic() - self._last_message_at

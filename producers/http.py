@@ -62,7 +62,8 @@ def bearer(authorization: str | None) -> str | None:
 def readings_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     writer = StreamWriter(connect(settings), settings.stream, settings.maxlen,
-                          batch_size=settings.write_batch)  # fmt: skip
+                          batch_size=settings.write_batch,
+                          durability=settings.durability)  # fmt: skip
 
     @router.post(
         "/readings",

@@ -135,6 +135,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
             settings.stream,
             settings.maxlen,
             batch_size=settings.write_batch,
+            durability=settings.durability,
         )
     runner = FleetRunner(bank, writer, count_per_sensor=args.count)
     return runner.run(stop)

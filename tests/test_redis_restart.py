@@ -14,6 +14,7 @@ import redis
 from analytics.aggregator import GROUP
 from analytics.worker import aggregator_runner
 from ingest.connection import connect
+from ingest.durability import DurabilityError
 from ingest.settings import Settings
 from ingest.status import GroupStatus, stream_status
 from ingest.writer import StreamWriter
@@ -139,3 +140,21 @@ def wait_for(condition: Any, timeout_s: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_durability_always_refuses_a_redis_that_does_not_sync_every_write(
+    tmp_path: Path,
+) -> None:
+    server = LocalRedis(workdir=tmp_path / "redis", appendonly=True, appendfsync="everysec")
+    server.start()
+    try:
+        settings = make_settings(server.url, durability="always")
+        writer = StreamWriter(connect(settings), settings.stream, 1000, durability="always")
+        writer.add({"sensor_id": "s1", "temp": "1"})
+        with pytest.raises(DurabilityError, match="appendfsync always; this Redis has"):
+            writer.flush()
+        assert connect(settings).xlen(settings.stream) == 0
+        connect(settings).config_set("appendfsync", "always")
+        assert len(writer.flush()) == 1
+    finally:
+        server.close()
