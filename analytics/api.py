@@ -6,12 +6,15 @@ telemetry api      # or: uvicorn --factory analytics.api:app_from_environment
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import msgspec
+import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import (
@@ -33,19 +36,38 @@ from analytics.live import live_router
 from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
 from ingest.connection import connect
+from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
-from ingest.errors import RedisUnavailable
+from ingest.errors import RedisUnavailable, redis_errors
 from ingest.keys import AlertKeys
 from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.settings import Settings
 from producers.http import readings_router
 
+log = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 LATEST_WITHIN_MS = 600_000
 # query.Stats as msgspec encodes it fastest.
 StatsRecord = msgspec.defstruct("StatsRecord", query.STATS_FIELDS)
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 Metric = Annotated[str, Query(pattern=f"^{METRIC_NAME.pattern}$", description="metric name")]
+
+
+class OutageLog:
+    """Logs one line when Redis goes away and one when it is back, not one per request."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def down(self, exc: Exception) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning("redis unavailable (%s); answering 503 until it is back", exc)
+
+    def up(self) -> None:
+        if self._since is not None:
+            log.info("redis is back after %.1fs", time.monotonic() - self._since)
+            self._since = None
 
 
 def _parameter(name: str, parse: Callable[[], int]) -> int:
@@ -82,9 +104,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def unanswerable(_request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    outage = OutageLog()
+
     @app.exception_handler(RedisUnavailable)
-    async def redis_down(_request: Request, exc: RedisUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        # Where Redis is stays in the log, not in answers to whoever asks.
+        outage.down(exc)
+        return JSONResponse({"detail": "redis unavailable"}, status_code=503)
+
+    @app.exception_handler(DurabilityError)
+    async def not_durable(_request: Request, exc: DurabilityError) -> JSONResponse:
+        log.error("%s", exc)
+        return JSONResponse(
+            {"detail": "redis does not keep writes as TELEMETRY_DURABILITY requires"},
+            status_code=503,
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(readings_router(settings))
@@ -104,9 +140,12 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus text format."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "Redis is unavailable"}})
     def healthz() -> dict[str, str]:
-        store.client.ping()
+        """200 while the API reaches Redis, 503 while it does not."""
+        with redis_errors():
+            store.client.ping()
+        outage.up()
         return {"status": "ok"}
 
     @app.get("/sensors")
