@@ -37,6 +37,17 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+# Rewrite the append-only file once it has grown to four times what the last rewrite wrote, and
+# never below 256 MiB: a capped stream keeps the dataset steady while the file grows by every
+# write, so Redis's defaults (twice, 64 MiB) fork for a rewrite every few seconds at fleet rates.
+AOF_REWRITE_SETTINGS = ("--auto-aof-rewrite-percentage", "300",
+                        "--auto-aof-rewrite-min-size", "256mb")  # fmt: skip
+
+
+# How often a private mosquitto saves its sessions and queued messages.
+BROKER_AUTOSAVE_S = 1
+
+
 class LocalServer:
     binary = ""
     install_hint = ""
@@ -138,10 +149,16 @@ class LocalRedis(LocalServer):
     )
 
     def __init__(
-        self, port: int | None = None, workdir: Path | None = None, *, appendonly: bool = False
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        *,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
     ) -> None:
         super().__init__(port, workdir)
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
 
     @property
     def url(self) -> str:
@@ -163,19 +180,14 @@ class LocalRedis(LocalServer):
 
     def command(self) -> list[str]:
         return [
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--protected-mode",
-            "no",
-        ]
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            *AOF_REWRITE_SETTINGS,
+        ]  # fmt: skip
 
 
 class LocalMosquitto(LocalServer):
@@ -196,9 +208,14 @@ class LocalMosquitto(LocalServer):
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
+            # Mosquitto writes what it holds to disk only this often: a crash loses the
+            # messages it acknowledged since (see the README's Operations section).
+            f"autosave_interval {BROKER_AUTOSAVE_S}\n"
             # A bridge that is down must find its devices' backlog kept, not dropped.
             "max_queued_messages 1000000\n"
             "max_inflight_messages 1000\n"
-            "log_dest stderr\n"
+            "log_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
+            # Started by root, mosquitto would switch to its own user, which cannot write to
+            # a folder of root's: it would run without ever saving. It stays the caller's.
         )
         return ["-c", str(config)]

@@ -2,8 +2,9 @@
 
 Starts a private redis-server when REDIS_URL is not set and a private mosquitto when MQTT_URL
 is not set (without one on PATH, it runs without the bridge and says so), then each service as
-a child process running its own `telemetry` subcommand, restarts a child that dies, logs a
-status line now and then, and stops everything in order on SIGINT/SIGTERM.
+a child process running its own `telemetry` subcommand. It restarts a child or a private server
+that dies (a server on the same port, from the same data folder), logs a status line now and
+then, and stops everything that runs in order on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,12 +23,79 @@ from ingest.errors import IngestError
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings, settings_env
 from ingest.status import stream_status
-from telemetry.localserver import LocalMosquitto, LocalRedis, LocalServerError
+from telemetry.localserver import LocalMosquitto, LocalRedis, LocalServer, LocalServerError
 
 log = logging.getLogger("telemetry.up")
 
 STATUS_EVERY_S = 10.0
 STOP_GRACE_S = 15.0
+
+
+# A private Redis replays its append-only file before it serves; a large one takes a while.
+SERVER_START_TIMEOUT_S = 300.0
+
+
+@dataclass
+class PrivateServer:
+    """A redis-server or mosquitto `up` started and keeps running."""
+
+    server: LocalServer
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=10.0))
+    # When it is down: when to start it again.
+    restart_at: float | None = None
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.server.binary
+
+    def watch(self, now: float) -> None:
+        """Notice a server that died, and start it again once its back-off has passed."""
+        process = self.server.process
+        if self.restart_at is None:
+            if process is not None and process.poll() is not None:
+                delay = self.backoff.next_delay()
+                log.error(
+                    "private %s (pid %d) exited with status %d; restarting it in %.1fs on port"
+                    " %d, from its data in %s",
+                    self.name, process.pid, process.returncode, delay, self.server.port,
+                    self.server.workdir,
+                )  # fmt: skip
+                self.server.process = None
+                self.restart_at = now + delay
+            return
+        if now < self.restart_at:
+            return
+        try:
+            self.server.start(SERVER_START_TIMEOUT_S)
+        except LocalServerError as exc:
+            # One that started but never served must not hold the port for the next try.
+            self.server.kill()
+            delay = self.backoff.next_delay()
+            log.error("private %s did not restart (%s); trying again in %.1fs", self.name, exc,
+                      delay)  # fmt: skip
+            self.restart_at = time.monotonic() + delay
+            return
+        self.restarts += 1
+        self.restart_at = None
+        self.backoff.reset()
+        assert self.server.process is not None
+        log.info("restarted private %s (pid %d) on port %d", self.name,
+                 self.server.process.pid, self.server.port)  # fmt: skip
+
+    def summary(self) -> str:
+        state = "down" if self.restart_at is not None else "up"
+        return f"{self.name} {state}, restarted {self.restarts}x"
+
+    def stop(self) -> None:
+        process = self.server.process
+        if process is None or process.poll() is not None:
+            log.info("private %s was not running", self.name)
+            self.server.process = None
+            return
+        self.server.stop()
+        log.info("stopped private %s (pid %d; data kept in %s)", self.name, process.pid,
+                 self.server.workdir)  # fmt: skip
 
 
 @dataclass
@@ -71,26 +139,33 @@ def services(fleet: int, rate: float, with_bridge: bool, rules: str) -> list[Ser
 
 def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) -> int:
     stop = stop_on_signals()
-    redis_server = None
+    servers: list[PrivateServer] = []
     if "REDIS_URL" not in env:
-        redis_server = LocalRedis(appendonly=True)
-        redis_server.start()
+        redis_server = LocalRedis(appendonly=True, appendfsync=settings.durability)
+        redis_server.start(SERVER_START_TIMEOUT_S)
+        servers.append(PrivateServer(redis_server))
         settings = settings.replace(redis_url=redis_server.url)
         log.info(
-            "started private redis-server at %s (data in %s)",
+            "started private redis-server at %s (pid %d, appendfsync %s; data in %s)",
             redis_server.url,
+            redis_server.process.pid if redis_server.process else -1,
+            settings.durability,
             redis_server.workdir,
         )
-    broker = None
     if settings.mqtt_url is None:
         broker = LocalMosquitto()
         try:
             broker.start()
+            servers.append(PrivateServer(broker))
             settings = settings.replace(mqtt_url=broker.url)
-            log.info("started private mosquitto at %s (data in %s)", broker.url, broker.workdir)
+            log.info(
+                "started private mosquitto at %s (pid %d; data in %s)",
+                broker.url,
+                broker.process.pid if broker.process else -1,
+                broker.workdir,
+            )
         except LocalServerError as exc:
             log.warning("no MQTT bridge: %s", exc)
-            broker = None
     child_env = {**env, **settings_env(settings)}
     rules = settings.rules or sample_rules()
     log.info("alert rules from %s", rules)
@@ -99,15 +174,11 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
         for service in running:
             _start(service, child_env)
         log.info("dashboard: http://%s:%d/dashboard", settings.api_host, settings.api_port)
-        _supervise(running, child_env, settings, stop)
+        _supervise(running, servers, child_env, settings, stop)
     finally:
         _stop_all(running)
-        if broker is not None:
-            broker.stop()
-            log.info("stopped private mosquitto")
-        if redis_server is not None:
-            redis_server.stop()
-            log.info("stopped private redis-server (data kept in %s)", redis_server.workdir)
+        for private in reversed(servers):
+            private.stop()
     return 0
 
 
@@ -127,11 +198,17 @@ def _start(service: Service, env: Mapping[str, str]) -> None:
 
 
 def _supervise(
-    running: list[Service], env: Mapping[str, str], settings: Settings, stop: threading.Event
+    running: list[Service],
+    servers: list[PrivateServer],
+    env: Mapping[str, str],
+    settings: Settings,
+    stop: threading.Event,
 ) -> None:
     next_status = time.monotonic() + STATUS_EVERY_S
     while not stop.wait(0.5):
         now = time.monotonic()
+        for private in servers:
+            private.watch(now)
         for service in running:
             if service.process is not None and service.process.poll() is not None:
                 delay = service.backoff.next_delay()
@@ -146,6 +223,8 @@ def _supervise(
             elif service.process is None and now >= service.restart_at:
                 _start(service, env)
         if now >= next_status:
+            if servers:
+                log.info("private servers: %s", "; ".join(p.summary() for p in servers))
             _log_status(settings)
             next_status = now + STATUS_EVERY_S
 

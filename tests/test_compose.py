@@ -5,6 +5,7 @@ every variable it sets is one the settings object reads."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from ingest.settings import Settings
-from telemetry.localserver import LocalMosquitto, free_port
+from telemetry.localserver import AOF_REWRITE_SETTINGS, LocalMosquitto, free_port
 from tests.conftest import ROOT, child_env
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -25,18 +26,34 @@ PROJECT_SERVICES = {
     for name, service in COMPOSE["services"].items()
     if service.get("command", [""])[0] == "telemetry"
 }
+DURABILITY = "${TELEMETRY_DURABILITY:-everysec}"
 SETTINGS_VARIABLES = {spec.metadata["env"] for spec in dataclasses.fields(Settings)}
 
 
 def test_every_project_service_is_there_and_scalable() -> None:
     assert set(PROJECT_SERVICES) == {"bridge", "aggregator", "alerts", "api", "simulator"}
     assert COMPOSE["services"]["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    for service in PROJECT_SERVICES.values():
+        assert service["environment"]["TELEMETRY_DURABILITY"] == DURABILITY
     for service in COMPOSE["services"].values():
         assert service["restart"] == "unless-stopped"
     # Scaling needs no fixed name or host port on the workers.
     for worker in ("aggregator", "alerts"):
         assert "container_name" not in PROJECT_SERVICES[worker]
         assert "ports" not in PROJECT_SERVICES[worker]
+
+
+def test_redis_keeps_writes_as_the_services_durability_says() -> None:
+    """The same fsync policy and append-only rewrite thresholds as `telemetry up` uses."""
+    command = COMPOSE["services"]["redis"]["command"]
+    assert command[command.index("--appendfsync") + 1] == DURABILITY
+    assert tuple(command[5:]) == AOF_REWRITE_SETTINGS
+    assert compose_value(DURABILITY) == Settings().durability
+
+
+def compose_value(value: str) -> str:
+    """A value as compose gives it when the variables it names are not set."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT_SERVICES))
@@ -51,7 +68,7 @@ def test_each_service_command_starts_with_its_settings(
     service = PROJECT_SERVICES[name]
     broker = LocalMosquitto(workdir=tmp_path / "mosquitto")
     broker.start()
-    environment = dict(service["environment"])
+    environment = {name: compose_value(value) for name, value in service["environment"].items()}
     # The same settings, pointed at this test's servers instead of the compose network's.
     environment["REDIS_URL"] = redis_url
     if "MQTT_URL" in environment:
