@@ -124,14 +124,22 @@ def bare_subscriber(broker: LocalMosquitto, setup: Setup, client_id: str, messag
 
 
 def bridges(
-    broker: LocalMosquitto, url: str, setup: Setup, client_ids: list[str], messages: int
+    broker: LocalMosquitto,
+    url: str,
+    setup: Setup,
+    client_ids: list[str],
+    messages: int,
+    **env: str,
 ) -> float:
     """Bridges draining their sessions' backlog: messages/s from the first entry to the last."""
     client = redis.Redis.from_url(url)
     client.flushall()
     processes = [
         start_telemetry(
-            ["bridge", "--client-id", client_id, *setup.bridge_args()], url, MQTT_URL=broker.url
+            ["bridge", "--client-id", client_id, *setup.bridge_args()],
+            url,
+            MQTT_URL=broker.url,
+            **env,
         )
         for client_id in client_ids
     ]

@@ -191,6 +191,11 @@ def _group_status(
     group.warnings = trim_warnings(group, maxlen, first_id, warn_ratio)
     if group.unaccounted:
         group.warnings.append(f"ledger does not balance: {group.unaccounted} entries unaccounted")
+    if went_back := group.facts.get("stream_went_back"):
+        group.warnings.append(
+            f"Redis came back from older data ({went_back}x, seen by a worker): entries written"
+            " after that copy are lost; readings with seq count them in seq_gaps"
+        )
     return group
 
 

@@ -125,6 +125,7 @@ def test_a_restart_from_an_older_snapshot_is_reported_as_loss(tmp_path: Path) ->
         # ...and what it forgot is reported: the worker saw the stream go back, and each
         # sensor's seq jumped over the readings that were lost.
         assert group.facts["stream_went_back"] == 1
+        assert any("Redis came back from older data" in w for w in group.warnings)
         assert group.facts["seq_gaps"] - group.facts.get("seq_gaps_filled", 0) == 3000
     finally:
         server.close()
