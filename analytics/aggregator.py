@@ -23,10 +23,10 @@ from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
 from analytics.tiers import Tier
 from ingest.columns import NO_SEQ, Ints, ReadingColumns
-from ingest.errors import redis_errors
 from ingest.groups import Batch
 from ingest.keys import SETTLED, StreamKeys
-from ingest.scripts import LuaScript
+from ingest.redis.errors import redis_errors
+from ingest.redis.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 

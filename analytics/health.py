@@ -15,8 +15,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ingest.errors import redis_errors
 from ingest.keys import AlertKeys
+from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.status import StreamStatus, stream_status
 

@@ -22,9 +22,9 @@ import redis
 from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
 from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
 from analytics.tiers import Tier, parse_tiers
-from ingest.connection import connect
-from ingest.errors import redis_errors
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
+from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 
 # Finest tier first, as long as the window needs no more buckets than this.

@@ -27,9 +27,10 @@ import redis
 
 from analytics.stored import Mark, read_mark
 from analytics.tiers import Tier
-from ingest.errors import IngestError, redis_errors
+from ingest.errors import IngestError
 from ingest.keys import StreamKeys
-from ingest.scripts import LuaScript
+from ingest.redis.errors import redis_errors
+from ingest.redis.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from analytics.sketch import quantiles_of_many
 from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier
 from ingest.columns import Ints
-from ingest.errors import redis_errors
 from ingest.keys import StreamKeys
+from ingest.redis.errors import redis_errors
 
 SUMMARY_WORDS = SUMMARY_DTYPE.itemsize // 8
 

@@ -10,10 +10,10 @@ import redis
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
 from ingest.columns import ReadingColumns, decode_columns
-from ingest.connection import connect
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import StreamKeys
 from ingest.metrics import serve_metrics
+from ingest.redis.connection import connect
 from ingest.replycolumns import decode_layouts
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings

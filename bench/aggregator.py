@@ -23,9 +23,9 @@ import redis
 from analytics.worker import aggregator_runner
 from bench.common import print_table, redis_for_bench
 from bench.runner import bare_loop
-from ingest.connection import connect
+from ingest.redis.connection import connect
 from ingest.settings import Settings
-from tests.aggregates_reference import make_readings, write
+from simulator.dataset import make_readings, write
 
 
 def redis_cpu_s(client: redis.Redis) -> float:

@@ -19,7 +19,7 @@ import redis
 
 from bench.common import print_table
 from bench.writer import FIELDS
-from ingest.writer import StreamWriter
+from ingest.redis.writer import StreamWriter
 from telemetry.localserver import AOF_REWRITE_SETTINGS, LocalRedis
 
 BATCH = 1000

@@ -27,7 +27,7 @@ import redis
 import websockets
 
 from bench.common import print_table, redis_for_bench, start_telemetry
-from ingest.writer import StreamWriter
+from ingest.redis.writer import StreamWriter
 from telemetry.localserver import free_port, port_open
 
 STREAM = "app:event"

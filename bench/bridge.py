@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.common import print_table, redis_for_bench, start_telemetry
-from ingest.connection import read_range
+from ingest.redis.connection import read_range
 from telemetry.localserver import LocalMosquitto
 
 

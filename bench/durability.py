@@ -21,7 +21,7 @@ import redis
 from bench.bridge import Setup, bridges, queue_backlog
 from bench.common import print_table
 from bench.writer import FIELDS, MAXLEN, timed
-from ingest.writer import StreamWriter
+from ingest.redis.writer import StreamWriter
 from telemetry.localserver import LocalMosquitto, LocalRedis
 
 MODES = {

@@ -18,12 +18,12 @@ import redis
 
 from bench.common import print_table, ratio_rows, redis_for_bench
 from ingest.columns import decode_columns
-from ingest.connection import connect
 from ingest.entries import BatchDecoder, ReplyDecoder, per_entry
 from ingest.groups import Batch, GroupRunner
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.replycolumns import decode_layouts
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 
 STREAM = "app:event"
 

@@ -26,9 +26,9 @@ import redis
 
 from analytics.worker import aggregator_runner
 from bench.common import print_table, redis_for_bench, start_telemetry
-from ingest.connection import connect
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from telemetry.localserver import free_port, port_open
 
 

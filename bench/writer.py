@@ -19,8 +19,8 @@ import redis
 import walrus
 
 from bench.common import print_table, ratio_rows, redis_for_bench
-from ingest.connection import fields_arg
-from ingest.writer import StreamWriter
+from ingest.redis.connection import fields_arg
+from ingest.redis.writer import StreamWriter
 
 FIELDS = {
     "sensor_id": "dev-00042",

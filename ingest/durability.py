@@ -12,7 +12,8 @@ import logging
 
 import redis
 
-from ingest.errors import RedisCommandFailed, SettingsError, redis_errors
+from ingest.errors import RedisCommandFailed, SettingsError
+from ingest.redis.errors import redis_errors
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, Self, TypeVar
 
 from ingest.errors import InvalidEntry
-from ingest.resp import EntryLayout
+from ingest.redis.replies import EntryLayout
 
 V = TypeVar("V")
 # An entry's fields as Redis sends them: name, value, name, value, ...

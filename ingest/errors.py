@@ -1,11 +1,7 @@
-"""One error tree for the ingest package; Redis errors are translated here, at the edge."""
+"""One error tree for the ingest package; redis-py's errors are translated into it at the edge
+(`ingest.redis.errors`)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import redis
 
 
 class IngestError(Exception):
@@ -30,14 +26,3 @@ class RedisUnavailable(IngestError):
 
 class RedisCommandFailed(IngestError):
     """Redis answered with an error."""
-
-
-@contextmanager
-def redis_errors() -> Iterator[None]:
-    """Translate redis-py's exceptions into this package's tree."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
-    except redis.ResponseError as exc:
-        raise RedisCommandFailed(str(exc)) from exc

@@ -29,7 +29,7 @@ from ingest.columns import (
 )
 from ingest.errors import InvalidEntry
 from ingest.reading import DECIMAL_CHARS, MAX_INT64, validate_sensor_id
-from ingest.resp import Bytes, EntryLayout, joined, words
+from ingest.redis.replies import Bytes, EntryLayout, joined, words
 
 # Longer names and sensor ids are decoded from strs (they are refused or ignored there).
 _NAME_WIDTH = 64

@@ -14,9 +14,9 @@ from typing import Any
 import walrus
 
 from ingest.backlog import backlog_warning
-from ingest.errors import redis_errors
 from ingest.keys import SETTLED, StreamKeys
 from ingest.reading import entry_order
+from ingest.redis.errors import redis_errors
 
 PENDING_SCAN_LIMIT = 10_000
 # Aggregators roll the finest tier up within seconds of each bucket's end.

@@ -27,13 +27,14 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
 from ingest.backoff import Backoff
-from ingest.connection import connect
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.durability import verify_durability
-from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable, redis_errors
+from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
+from ingest.redis.errors import redis_errors
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from producers.payload import TopicTemplate, parse_message, subscriptions
 
 log = logging.getLogger(__name__)

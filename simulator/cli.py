@@ -7,13 +7,13 @@ import math
 import secrets
 from collections.abc import Callable
 
-from ingest.connection import connect
 from ingest.errors import InvalidEntry
 from ingest.metrics import serve_metrics
 from ingest.reading import validate_sensor_id
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from simulator.faults import FaultConfig
 from simulator.fleet import FleetReport, FleetRunner, ReadingSink
 from simulator.model import SensorBank

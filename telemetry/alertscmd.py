@@ -7,8 +7,8 @@ from dataclasses import asdict
 from analytics.alerts.listing import list_alerts
 from analytics.query import now_ms
 from analytics.times import iso, parse_time_ms
-from ingest.connection import connect
 from ingest.keys import AlertKeys
+from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from telemetry.querycmd import render, zone

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from analytics.alerts.worker import run_alert_worker
-from analytics.api import serve
 from analytics.query import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
@@ -20,6 +19,7 @@ from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
 from telemetry.querycmd import fleet_query, sensor_query, sensors_listing
 from telemetry.up import run_up
+from telemetry.web.app import serve
 
 Action = Callable[[Settings, argparse.Namespace], int | None]
 

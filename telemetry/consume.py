@@ -7,9 +7,9 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from ingest.connection import connect
 from ingest.entries import Entries, per_entry
 from ingest.groups import Abort, Batch, GroupRunner
+from ingest.redis.connection import connect
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
 

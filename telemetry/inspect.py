@@ -6,9 +6,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from ingest.connection import connect
 from ingest.deadletter import DeadLetter, list_dead_letters, replay
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from ingest.status import format_status, stream_status

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pytest
 import redis
 
-from ingest.connection import connect
+from ingest.redis.connection import connect
 from ingest.settings import Settings, settings_env
 from telemetry.localserver import LocalMosquitto, LocalRedis
 from tests.containers import ContainerRedis, docker_available

@@ -23,19 +23,14 @@ from analytics.stats import BIN_DTYPE, SUMMARY
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.columns import decode_columns
-from ingest.connection import connect
 from ingest.deadletter import list_dead_letters
 from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
 from ingest.settings import Settings
 from ingest.status import format_status, stream_status
-from tests.aggregates_reference import (
-    Made,
-    assert_buckets_match,
-    make_readings,
-    stored_buckets,
-    write,
-)
+from simulator.dataset import Made, make_readings, write
+from tests.aggregates_reference import assert_buckets_match, stored_buckets
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import add, drain, drain_without_rollup
 

@@ -17,14 +17,14 @@ import redis
 from fastapi.testclient import TestClient
 
 from analytics.alerts.evaluator import GROUP
-from analytics.api import create_app
-from ingest.connection import fields_arg, read_range
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.reading import entry_time_ms
+from ingest.redis.connection import fields_arg, read_range
 from ingest.settings import Settings
 from ingest.status import stream_status
 from simulator.faults import FaultConfig
 from simulator.model import SensorBank
+from telemetry.web.app import create_app
 from tests.alerting import LiveWorker, changes, comparable, evaluate_all, timeline, write
 from tests.conftest import child_env
 

@@ -9,8 +9,8 @@ import redis
 import schemathesis
 from schemathesis.core.result import Ok
 
-from analytics.api import create_app
 from ingest.settings import Settings
+from telemetry.web.app import create_app
 from tests.helpers import add
 
 EXAMPLES_PER_OPERATION = 40

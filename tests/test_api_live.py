@@ -10,10 +10,10 @@ import redis
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from analytics.api import create_app
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
+from telemetry.web.app import create_app
 from tests.helpers import add, entries
 
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.connection import connect
 from ingest.errors import InvalidEntry
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
 from ingest.settings import Settings
 from producers.payload import DEFAULT_TOPICS, TopicTemplate, parse_message
 from telemetry.localserver import LocalMosquitto, LocalRedis

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from ingest.columns import ReadingColumns
-from ingest.connection import connect
 from ingest.groups import Batch
-from ingest.writer import StreamWriter
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import Recorder, drain, entries, pending_count, reading_runner
 

@@ -17,18 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics import query
-from analytics.api import create_app
 from analytics.query import Store
 from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
 from analytics.times import iso
 from analytics.worker import aggregator_runner
-from ingest.connection import connect
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
 from ingest.settings import Settings
+from simulator.dataset import Made, make_readings, write
 from telemetry.localserver import LocalRedis
-from tests.aggregates_reference import QS, Made, make_readings, write
+from telemetry.web.app import create_app
+from tests.aggregates_reference import QS
 from tests.conftest import RedisProcess, child_env, make_settings
 from tests.helpers import drain, drain_without_rollup
 

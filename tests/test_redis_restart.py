@@ -13,11 +13,11 @@ import redis
 
 from analytics.aggregator import GROUP
 from analytics.worker import aggregator_runner
-from ingest.connection import connect
 from ingest.durability import DurabilityError
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from ingest.status import GroupStatus, stream_status
-from ingest.writer import StreamWriter
 from telemetry.localserver import LocalRedis
 from tests.conftest import make_settings
 from tests.helpers import drain

@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ingest.columns import ReadingColumns, _decode_at_once, decode_columns
-from ingest.connection import connect, read_range
-from ingest.groups import TRIM_CHECK, Batch, GroupRunner, _stream_entries
+from ingest.groups import Batch, GroupRunner
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect, read_range
+from ingest.redis.groupreads import TRIM_CHECK, stream_entries
+from ingest.redis.replies import EntryLayout, parse_reads, read_until
 from ingest.replycolumns import decode_layouts
-from ingest.resp import EntryLayout, parse_reads, read_until
 from ingest.settings import Settings
 from tests.helpers import drain
 from tests.test_columns import entry_fields, reading_fields, rows_of
@@ -120,7 +121,7 @@ def test_parsed_reads_hold_the_entries_hiredis_gives_and_decode_as_strs_do(
     # The entries as the runner gets them from hiredis: flat fields, in order, repeats kept.
     client.response_callbacks.pop("XREADGROUP", None)
     read_by_hiredis = client.xreadgroup("strs", "c1", {STREAM: ">"}, count=reads * count)
-    expected = _stream_entries(read_by_hiredis)
+    expected = stream_entries(read_by_hiredis)
     layouts = [reply.entries for reply in parsed]
     got = [entry for layout in layouts for entry in layout.entries()]
     assert [(entry_id, list(flat or ())) for entry_id, flat in expected] == got

@@ -11,7 +11,8 @@ import redis
 
 from ingest.columns import ReadingColumns, decode_columns
 from ingest.deadletter import list_dead_letters
-from ingest.groups import FORGET_CONSUMERS, Batch, GroupRunner
+from ingest.groups import Batch, GroupRunner
+from ingest.groups.consumer import FORGET_CONSUMERS
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
 from tests.helpers import Recorder, add, drain, entries, pending_count, reading_runner

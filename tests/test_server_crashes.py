@@ -25,11 +25,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from analytics.aggregator import GROUP as AGGREGATES
 from analytics.alerts.evaluator import GROUP as ALERTS
-from ingest.connection import connect, read_range
 from ingest.errors import RedisUnavailable
+from ingest.redis.connection import connect, read_range
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from ingest.status import GroupStatus, stream_status
-from ingest.writer import StreamWriter
 from telemetry.localserver import (
     BROKER_AUTOSAVE_S,
     LocalMosquitto,

@@ -7,9 +7,9 @@ import redis
 from prometheus_client import REGISTRY
 
 from ingest.keys import StreamKeys
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from ingest.status import stream_status
-from ingest.writer import StreamWriter
 from tests.helpers import Recorder, drain, pending_count, reading_runner
 
 MAXLEN = 1000

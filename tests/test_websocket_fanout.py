@@ -21,10 +21,10 @@ import pytest
 import websockets
 from websockets.frames import Close
 
-from ingest.connection import connect
 from ingest.reading import entry_time_ms
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from telemetry.localserver import free_port, port_open
 from tests.conftest import child_env
 

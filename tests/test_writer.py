@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from ingest.connection import connect
 from ingest.errors import RedisUnavailable
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from tests.conftest import RedisProcess, make_settings
 from tests.helpers import entries
 

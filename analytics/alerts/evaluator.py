@@ -27,11 +27,11 @@ from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, 
 from analytics.alerts.rules import Rule
 from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
 from ingest.columns import NO_SEQ, ReadingColumns
-from ingest.errors import redis_errors
 from ingest.groups import Batch, Deferred
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
 from ingest.reading import entry_time_ms
-from ingest.scripts import LuaScript
+from ingest.redis.errors import redis_errors
+from ingest.redis.scripts import LuaScript
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)

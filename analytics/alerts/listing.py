@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import redis
 
-from ingest.connection import read_range_newest_first
-from ingest.errors import redis_errors
 from ingest.keys import AlertKeys
+from ingest.redis.connection import read_range_newest_first
+from ingest.redis.errors import redis_errors
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import redis
 
 from analytics.alerts.evaluator import GROUP, silence_template
 from analytics.alerts.rules import Rule
-from ingest.errors import RedisUnavailable, redis_errors
+from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys, StreamKeys
-from ingest.scripts import LuaScript
+from ingest.redis.errors import redis_errors
+from ingest.redis.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 

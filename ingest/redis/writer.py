@@ -19,8 +19,9 @@ import redis
 
 from ingest import metrics
 from ingest.durability import verify_durability
-from ingest.errors import RedisCommandFailed, redis_errors
+from ingest.errors import RedisCommandFailed
 from ingest.keys import StreamKeys
+from ingest.redis.errors import redis_errors
 
 Fields = Mapping[str, str]
 

@@ -29,7 +29,7 @@ from ingest.backoff import Backoff
 from ingest.keys import StreamKeys
 from ingest.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.settings import Settings
-from producers.http import token_accepted
+from telemetry.web.auth import token_accepted
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ingest.redis.internals import check_client_library
 from ingest.settings import Settings
 
 
@@ -22,6 +23,7 @@ def connect(
     survive decoding as surrogate escapes, so a garbage entry can still be dead-lettered intact.
     With `decode=False` replies stay bytes, for packed binary values.
     """
+    check_client_library()
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=decode,

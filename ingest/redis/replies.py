@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -107,15 +107,36 @@ class EntryLayout:
         return list(zip(self.ids(), fields, strict=True))
 
 
+# An entry as hiredis gives it: ID and flat fields; no fields when its data was trimmed away.
+RawEntry = tuple[str, Sequence[str] | None]
+
+
+E = TypeVar("E", EntryLayout, list[RawEntry])
+
+
 @dataclass(frozen=True)
-class ReadReply:
+class ReadReply(Generic[E]):
     """One read's MULTI: what the trim check counted as lost, the group's last-delivered ID
-    before the read, the hand-over count, and the entries read."""
+    before the read, the hand-over count, and the entries read: laid out in the reply's bytes,
+    or as hiredis parsed them."""
 
     lost: int
     last_delivered: str
     handovers: int
-    entries: EntryLayout
+    entries: E
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def last_id(self) -> str:
+        if isinstance(self.entries, EntryLayout):
+            return self.entries.last_id()
+        return self.entries[-1][0]
+
+    def raw_entries(self) -> Sequence[RawEntry]:
+        if isinstance(self.entries, EntryLayout):
+            return self.entries.entries()
+        return self.entries
 
 
 def words(buffer: Bytes, starts: Ints, lengths: Ints, count: int) -> npt.NDArray[np.uint64]:
@@ -263,7 +284,7 @@ class _Unexpected(Exception):
     """The reply is not the shape this parser reads."""
 
 
-def parse_reads(data: bytes, reads: int, stream: str) -> list[ReadReply] | None:
+def parse_reads(data: bytes, reads: int, stream: str) -> list[ReadReply[EntryLayout]] | None:
     """The replies to `reads` MULTIs of trim check, GET and XREADGROUP, then one more reply (the
     ending `read_until` waited for); None when `data` is anything else."""
     try:
@@ -277,7 +298,7 @@ def parse_reads(data: bytes, reads: int, stream: str) -> list[ReadReply] | None:
         return None
 
 
-def _parse_read(lines: _Lines, stream: bytes) -> ReadReply:
+def _parse_read(lines: _Lines, stream: bytes) -> ReadReply[EntryLayout]:
     lines.expect(b"+OK")
     for _ in range(3):
         lines.expect(b"+QUEUED")

@@ -6,7 +6,6 @@ in order) or, when any breaks the contract, none is (422 with the reason for eac
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 import msgspec
@@ -15,12 +14,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ingest.connection import connect
 from ingest.errors import InvalidEntry
 from ingest.reading import SENSOR_ID
+from ingest.redis.connection import connect
+from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
-from ingest.writer import StreamWriter
 from producers.payload import parse_posted
+from telemetry.web.auth import bearer, check_token
 
 MAX_READINGS = 10_000
 READING_SCHEMA: dict[str, Any] = {
@@ -38,25 +38,6 @@ READING_SCHEMA: dict[str, Any] = {
 
 class Accepted(BaseModel):
     ids: list[str]
-
-
-def token_accepted(settings: Settings, presented: str | None) -> bool:
-    """True when no API token is configured, or this one matches (in constant time)."""
-    expected = settings.api_token
-    return expected is None or (presented is not None and hmac.compare_digest(presented, expected))
-
-
-def check_token(settings: Settings, presented: str | None) -> None:
-    """401 unless the configured API token (if any) was presented."""
-    if not token_accepted(settings, presented):
-        raise HTTPException(401, "a valid API token is required (Authorization: Bearer TOKEN)")
-
-
-def bearer(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def readings_router(settings: Settings) -> APIRouter:

@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): aggregates and sensors as JSON, with OpenAPI docs at /docs.
 
-telemetry api      # or: uvicorn --factory analytics.api:app_from_environment
+telemetry api      # or: uvicorn --factory telemetry.web.app:app_from_environment
 """
 
 from __future__ import annotations
@@ -30,19 +30,20 @@ from pydantic import BaseModel
 
 from analytics import query
 from analytics.alerts.listing import AlertChange, list_alerts
-from analytics.deadletters import dead_letters_router
 from analytics.health import SystemCollector, system_status
-from analytics.live import live_router
 from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
-from ingest.connection import connect
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
-from ingest.errors import RedisUnavailable, redis_errors
+from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys
 from ingest.reading import METRIC_NAME, SENSOR_ID
+from ingest.redis.connection import connect
+from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
-from producers.http import readings_router
+from telemetry.web.deadletters import dead_letters_router
+from telemetry.web.live import live_router
+from telemetry.web.readings import readings_router
 
 log = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"

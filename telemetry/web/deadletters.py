@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import AfterValidator, BaseModel, Field
 
-from ingest.connection import connect
 from ingest.deadletter import DeadLetter, ReplayResult, list_dead_letters, replay
 from ingest.keys import StreamKeys
 from ingest.reading import parse_entry_id
+from ingest.redis.connection import connect
 from ingest.settings import Settings
-from producers.http import bearer, check_token
+from telemetry.web.auth import bearer, check_token
 
 
 def _entry_id(text: str) -> str:
