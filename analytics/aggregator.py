@@ -22,7 +22,7 @@ import redis
 from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
 from analytics.tiers import Tier
-from ingest.columns import NO_SEQ, Ints, ReadingColumns
+from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.groups import Batch
 from ingest.keys import SETTLED, StreamKeys
 from ingest.redis.errors import redis_errors

@@ -18,23 +18,30 @@ from prometheus_client.registry import Collector
 from ingest.keys import AlertKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
-from ingest.status import StreamStatus, stream_status
+from ingest.status import StreamStatus, status_database, stream_status
 
 
-def system_status(settings: Settings) -> StreamStatus:
-    return stream_status(
-        settings.redis_url, settings.stream, settings.maxlen, settings.trim_warn_ratio
-    )
+class SystemStatus:
+    """What `telemetry status` reports, gathered through one client kept for every call."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._db = status_database(settings.redis_url)
+
+    def __call__(self) -> StreamStatus:
+        settings = self.settings
+        return stream_status(self._db, settings.stream, settings.maxlen, settings.trim_warn_ratio)
 
 
 class SystemCollector(Collector):
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, status: SystemStatus) -> None:
         self.settings = settings
         self.client = client
+        self.status = status
         self.alert_keys = AlertKeys(settings.alerts_stream)
 
     def collect(self) -> Iterator[Metric]:
-        status = system_status(self.settings)
+        status = self.status()
         stream = status.stream
         added = CounterMetricFamily(
             "telemetry_stream_entries_added", "entries ever added to the stream", labels=["stream"]

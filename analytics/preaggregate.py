@@ -17,7 +17,7 @@ import numpy.typing as npt
 from analytics.sketch import bin_keys
 from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE
 from analytics.tiers import Tier
-from ingest.columns import ReadingColumns
+from ingest.contract.columns import ReadingColumns
 
 
 @dataclass(frozen=True)

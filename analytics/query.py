@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from analytics.errors import QueryError
 from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
 from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
 from analytics.tiers import Tier, parse_tiers
@@ -36,10 +37,6 @@ FLEET_PERCENTILE_BATCH = 200
 RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
 # The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
-
-
-class QueryError(ValueError):
-    """A question that cannot be answered as asked (unknown tier, window beyond retention)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import redis
 from analytics.sketch import quantiles_of_many
 from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier
-from ingest.columns import Ints
+from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 

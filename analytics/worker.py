@@ -9,12 +9,12 @@ import redis
 
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
-from ingest.columns import ReadingColumns, decode_columns
+from ingest.contract.columns import ReadingColumns, decode_columns
+from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import StreamKeys
 from ingest.metrics import serve_metrics
 from ingest.redis.connection import connect
-from ingest.replycolumns import decode_layouts
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
 

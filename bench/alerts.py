@@ -25,8 +25,8 @@ from analytics.alerts.rules import Rule, parse_rules
 from analytics.alerts.worker import alert_runner
 from bench.common import print_table, redis_for_bench, start_telemetry
 from bench.runner import STREAM, bare_loop
+from ingest.contract.reading import entry_time_ms
 from ingest.keys import AlertKeys
-from ingest.reading import entry_time_ms
 from ingest.redis.connection import connect, read_range
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings

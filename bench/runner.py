@@ -17,12 +17,12 @@ from typing import Any
 import redis
 
 from bench.common import print_table, ratio_rows, redis_for_bench
-from ingest.columns import decode_columns
-from ingest.entries import BatchDecoder, ReplyDecoder, per_entry
+from ingest.contract.columns import decode_columns
+from ingest.contract.entries import BatchDecoder, ReplyDecoder, per_entry
+from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import Batch, GroupRunner
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
-from ingest.replycolumns import decode_layouts
 from ingest.settings import Settings
 
 STREAM = "app:event"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
+from ingest.contract.reading import Reading, entry_time_ms
 from ingest.errors import InvalidEntry
 from ingest.keys import StreamKeys
-from ingest.reading import Reading, entry_time_ms
 from ingest.redis.connection import fields_arg, read_range
 from ingest.redis.errors import redis_errors
 

@@ -52,7 +52,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-class CommandLineError(Exception):
+class CommandLineError(SettingsError):
     """A flag or argument combination that cannot work; the message says what to fix."""
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import walrus
 
 from ingest.backlog import backlog_warning
+from ingest.contract.reading import entry_order
 from ingest.keys import SETTLED, StreamKeys
-from ingest.reading import entry_order
 from ingest.redis.errors import redis_errors
 
 PENDING_SCAN_LIMIT = 10_000
@@ -100,9 +100,17 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-def stream_status(url: str, stream: str, default_maxlen: int, warn_ratio: float) -> StreamStatus:
+def status_database(url: str) -> walrus.Database:
+    """The client status is gathered with; a service that reports often keeps one."""
+    return walrus.Database.from_url(url, socket_timeout=10)
+
+
+def stream_status(
+    source: str | walrus.Database, stream: str, default_maxlen: int, warn_ratio: float
+) -> StreamStatus:
+    """The stream's and its groups' status, from Redis at a URL or through a kept client."""
     keys = StreamKeys(stream)
-    db = walrus.Database.from_url(url, socket_timeout=10)
+    db = status_database(source) if isinstance(source, str) else source
     with redis_errors():
         recorded_maxlen = db.hget(keys.meta, "maxlen")
         maxlen, source = (

@@ -22,14 +22,14 @@ from typing import Any
 
 import msgspec
 
-from ingest.errors import InvalidEntry
-from ingest.reading import (
+from ingest.contract.reading import (
     MAX_INT64,
     RESERVED,
     Reading,
     validate_metric_name,
     validate_sensor_id,
 )
+from ingest.errors import InvalidEntry
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 

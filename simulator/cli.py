@@ -7,9 +7,9 @@ import math
 import secrets
 from collections.abc import Callable
 
+from ingest.contract.reading import validate_sensor_id
 from ingest.errors import InvalidEntry
 from ingest.metrics import serve_metrics
-from ingest.reading import validate_sensor_id
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.runtime import CommandLineError, stop_on_signals

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from analytics.alerts.worker import run_alert_worker
 from analytics.query import RANKINGS
@@ -95,6 +96,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(
         prog="telemetry", description="Sensor telemetry on Redis Streams."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"telemetry {metadata.version('telemetry')}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

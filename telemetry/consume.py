@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from ingest.entries import Entries, per_entry
+from ingest.contract.entries import Entries, per_entry
 from ingest.groups import Abort, Batch, GroupRunner
 from ingest.redis.connection import connect
 from ingest.runtime import stop_on_signals

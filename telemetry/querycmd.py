@@ -12,7 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from analytics import query
-from analytics.query import QueryError, Stats, Store
+from analytics.errors import QueryError
+from analytics.query import Stats, Store
 from analytics.times import iso, parse_time_ms
 from ingest.durations import parse_duration_ms
 from ingest.runtime import CommandLineError

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
+import walrus
+
 from ingest.backoff import Backoff
 from ingest.errors import IngestError
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings, settings_env
-from ingest.status import stream_status
+from ingest.status import status_database, stream_status
 from telemetry.localserver import LocalMosquitto, LocalRedis, LocalServer, LocalServerError
 
 log = logging.getLogger("telemetry.up")
@@ -205,6 +207,7 @@ def _supervise(
     stop: threading.Event,
 ) -> None:
     next_status = time.monotonic() + STATUS_EVERY_S
+    status_db = status_database(settings.redis_url)
     while not stop.wait(0.5):
         now = time.monotonic()
         for private in servers:
@@ -225,15 +228,13 @@ def _supervise(
         if now >= next_status:
             if servers:
                 log.info("private servers: %s", "; ".join(p.summary() for p in servers))
-            _log_status(settings)
+            _log_status(settings, status_db)
             next_status = now + STATUS_EVERY_S
 
 
-def _log_status(settings: Settings) -> None:
+def _log_status(settings: Settings, db: walrus.Database) -> None:
     try:
-        status = stream_status(
-            settings.redis_url, settings.stream, settings.maxlen, settings.trim_warn_ratio
-        )
+        status = stream_status(db, settings.stream, settings.maxlen, settings.trim_warn_ratio)
     except IngestError as exc:
         log.warning("status unavailable: %s", exc)
         return

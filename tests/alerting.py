@@ -10,7 +10,7 @@ import redis
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.rules import parse_rules
 from analytics.alerts.silence import SilenceSweeper
-from ingest.columns import decode_columns
+from ingest.contract.columns import decode_columns
 from ingest.groups import GroupRunner
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.connection import fields_arg, read_range

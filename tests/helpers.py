@@ -9,10 +9,10 @@ import redis
 
 from analytics.aggregator import GROUP, Aggregator
 from analytics.tiers import parse_tiers
-from ingest.columns import ReadingColumns, decode_columns
+from ingest.contract.columns import ReadingColumns, decode_columns
+from ingest.contract.reading import Reading
 from ingest.groups import Batch, GroupRunner
 from ingest.keys import StreamKeys
-from ingest.reading import Reading
 from ingest.redis.connection import fields_arg, read_range
 from ingest.settings import Settings
 

@@ -22,7 +22,7 @@ from analytics.sketch import RELATIVE_ERROR
 from analytics.stats import BIN_DTYPE, SUMMARY
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
-from ingest.columns import decode_columns
+from ingest.contract.columns import decode_columns
 from ingest.deadletter import list_dead_letters
 from ingest.groups import GroupRunner
 from ingest.keys import StreamKeys

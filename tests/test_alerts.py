@@ -17,8 +17,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from analytics.alerts.evaluator import GROUP
+from ingest.contract.reading import entry_time_ms
 from ingest.keys import AlertKeys, StreamKeys
-from ingest.reading import entry_time_ms
 from ingest.redis.connection import fields_arg, read_range
 from ingest.settings import Settings
 from ingest.status import stream_status

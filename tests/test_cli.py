@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 import redis
 
+from ingest.contract.reading import Reading
 from ingest.keys import StreamKeys
-from ingest.reading import Reading
 from ingest.settings import Settings
 from telemetry.localserver import free_port, port_open
 from tests.conftest import child_env
@@ -198,3 +198,11 @@ def test_up_without_redis_server_says_how_to_install_it(settings: Settings) -> N
     assert done.returncode == 1
     assert "redis-server not found on PATH: install Redis 7" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert re.fullmatch(r"telemetry \d+\.\d+\.\d+\n", done.stdout)

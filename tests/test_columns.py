@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.columns import ReadingColumns, _decode_at_once, decode_columns
-from ingest.entries import as_mapping
+from ingest.contract.columns import ReadingColumns, _decode_at_once, decode_columns
+from ingest.contract.entries import as_mapping
+from ingest.contract.reading import Reading
 from ingest.errors import InvalidEntry
-from ingest.reading import Reading
 
 SENSOR_IDS = ["s1", "dev-0042", "a.b:c_d", "s*1", "", "x" * 129, "sensör"]
 UNSIGNED = ["0", "7", "1700000000000", "9223372036854775807", "9223372036854775808", "",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingest.columns import ReadingColumns
+from ingest.contract.columns import ReadingColumns
 from ingest.groups import Batch
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter

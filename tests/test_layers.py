@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 # What the fast paths use beyond redis-py's documented API (see ingest/redis/internals.py).
 INTERNALS = re.compile(
     r"\._sock\b|\._parser\b|send_packed_command|pack_commands|read_response|get_connection"
-    r"|response_callbacks|CaseInsensitiveDict|(?<![.\w])redis\.(?:connection|_parsers)|import hiredis"
+    r"|response_callbacks|CaseInsensitiveDict|(?<![.\w])redis\.(?:connection|_parsers)"
+    r"|import hiredis"
 )
 PACKAGES = ("ingest", "analytics", "producers", "simulator", "telemetry")
 REDIS_PACKAGE = ROOT / "ingest" / "redis"

@@ -12,8 +12,8 @@ import walrus
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ingest.contract.reading import DECIMAL, Reading, entry_time_ms
 from ingest.errors import InvalidEntry
-from ingest.reading import DECIMAL, Reading, entry_time_ms
 from tests.helpers import entries
 
 

@@ -13,13 +13,13 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ingest.columns import ReadingColumns, _decode_at_once, decode_columns
+from ingest.contract.columns import ReadingColumns, _decode_at_once, decode_columns
+from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import Batch, GroupRunner
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect, read_range
-from ingest.redis.groupreads import TRIM_CHECK, stream_entries
-from ingest.redis.replies import EntryLayout, parse_reads, read_until
-from ingest.replycolumns import decode_layouts
+from ingest.redis.groupreads import TRIM_CHECK, read_until, stream_entries
+from ingest.redis.replies import EntryLayout, parse_reads
 from ingest.settings import Settings
 from tests.helpers import drain
 from tests.test_columns import entry_fields, reading_fields, rows_of

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis
 
-from ingest.columns import ReadingColumns, decode_columns
+from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.deadletter import list_dead_letters
 from ingest.groups import Batch, GroupRunner
 from ingest.groups.consumer import FORGET_CONSUMERS

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import redis
 
-from ingest.reading import Reading, entry_time_ms
+from ingest.contract.reading import Reading, entry_time_ms
 from ingest.settings import Settings
 from simulator.faults import FaultConfig
 from simulator.model import SensorBank

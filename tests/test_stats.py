@@ -12,8 +12,8 @@ from analytics.preaggregate import preaggregate
 from analytics.sketch import RELATIVE_ERROR, ZERO_LIMIT, bin_keys, bin_value, quantiles_of_many
 from analytics.stats import BucketStats
 from analytics.tiers import parse_tiers
-from ingest.columns import ReadingColumns
-from ingest.reading import Reading
+from ingest.contract.columns import ReadingColumns
+from ingest.contract.reading import Reading
 
 QS = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
 NOW = 1_800_000_000_000

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from websockets.frames import Close
 
-from ingest.reading import entry_time_ms
+from ingest.contract.reading import entry_time_ms
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings

@@ -26,10 +26,10 @@ from prometheus_client import Counter
 from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
 from analytics.alerts.rules import Rule
 from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
-from ingest.columns import NO_SEQ, ReadingColumns
+from ingest.contract.columns import NO_SEQ, ReadingColumns
+from ingest.contract.reading import entry_time_ms
 from ingest.groups import Batch, Deferred
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
-from ingest.reading import entry_time_ms
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
 from ingest.settings import Settings

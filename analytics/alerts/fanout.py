@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
 from ingest.backoff import Backoff
-from ingest.entries import Entries
+from ingest.contract.entries import Entries
 from ingest.errors import InvalidEntry
 from ingest.groups import Batch
 from ingest.mqttclient import broker_name, start_publisher

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.contract.reading import METRIC_NAME, RESERVED
 from ingest.durations import parse_duration_ms
 from ingest.errors import SettingsError
-from ingest.reading import METRIC_NAME, RESERVED
 
 KINDS = ("threshold", "rate", "anomaly", "silence")
 SEVERITIES = ("info", "warning", "critical")

@@ -19,7 +19,7 @@ import numpy as np
 
 from analytics.alerts.kernels import DTYPES, Bools, Ints, Records, fresh
 from analytics.alerts.rules import Rule
-from ingest.columns import NO_SEQ
+from ingest.contract.columns import NO_SEQ
 
 # A clock no reading is older than: the sensor has none yet.
 NO_CLOCK = -(2**62)

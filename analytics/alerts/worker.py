@@ -15,13 +15,13 @@ from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
 from analytics.alerts.rules import Rule, load_rules
 from analytics.alerts.silence import SilenceSweeper
 from analytics.worker import default_consumer_name
-from ingest.columns import ReadingColumns, decode_columns
-from ingest.entries import per_entry
+from ingest.contract.columns import ReadingColumns, decode_columns
+from ingest.contract.entries import per_entry
+from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.metrics import serve_metrics
 from ingest.redis.connection import connect
-from ingest.replycolumns import decode_layouts
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 

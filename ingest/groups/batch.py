@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
-from ingest.entries import D, Decoded
+from ingest.contract.entries import D, Decoded
 from ingest.errors import IngestError
 
 D_contra = TypeVar("D_contra", bound=Decoded, contravariant=True)

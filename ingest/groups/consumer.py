@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import redis
 
 from ingest import metrics
+from ingest.contract.reading import entry_order
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.groups.batch import DeadEntry
 from ingest.keys import StreamKeys
-from ingest.reading import entry_order
 from ingest.redis.errors import redis_errors
 from ingest.redis.groupreads import GroupReads, stream_entries
 from ingest.redis.replies import RawEntry

@@ -50,7 +50,8 @@ import redis
 from ingest import metrics
 from ingest.backlog import backlog_warning
 from ingest.backoff import Backoff
-from ingest.entries import BatchDecoder, D, ReplyDecoder, as_mapping
+from ingest.contract.entries import BatchDecoder, D, ReplyDecoder, as_mapping
+from ingest.contract.reading import entry_order
 from ingest.errors import RedisCommandFailed, RedisUnavailable
 from ingest.groups.batch import (
     Abort,
@@ -64,7 +65,6 @@ from ingest.groups.batch import (
 )
 from ingest.groups.consumer import GroupConsumer
 from ingest.keys import StreamKeys
-from ingest.reading import entry_order
 from ingest.redis.groupreads import Read, ScriptsFlushed, SentReads
 from ingest.redis.replies import EntryLayout, RawEntry
 from ingest.settings import Settings

@@ -10,6 +10,7 @@ directly (`internals` checks what they rely on).
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +21,11 @@ from redis.client import CaseInsensitiveDict, Pipeline
 from ingest.errors import IngestError
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
-from ingest.redis.replies import (
-    EntryLayout,
-    RawEntry,
-    ReadReply,
-    hiredis_replies,
-    parse_reads,
-    read_until,
-)
+from ingest.redis.replies import EntryLayout, RawEntry, ReadReply, parse_reads
 from ingest.redis.scripts import LuaScript
 
 TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
+_RECV_BYTES = 1 << 20
 # A read's reply, its entries parsed from the bytes or by hiredis.
 Read = ReadReply[EntryLayout] | ReadReply[list[RawEntry]]
 # Replies the runner parses itself: redis-py would build a dict per entry first.
@@ -176,3 +171,34 @@ def _parsed_transaction(next_reply: Callable[[], Any]) -> ReadReply[list[RawEntr
             raise result
     (lost, last_delivered), handovers, reply = results
     return ReadReply(int(lost), str(last_delivered), int(handovers or 0), stream_entries(reply))
+
+
+def read_until(connection: redis.Connection, ending: bytes) -> bytes:
+    """Bytes from the connection's socket until they end with `ending` (the reply to the last
+    command sent, unique enough that it ends nothing else)."""
+    sock: socket.socket | None = connection._sock
+    if sock is None:
+        raise redis.ConnectionError("not connected to Redis")
+    chunks = bytearray()
+    view = memoryview(bytearray(_RECV_BYTES))
+    try:
+        while not chunks.endswith(ending):
+            received = sock.recv_into(view)
+            if received == 0:
+                raise redis.ConnectionError("Redis closed the connection")
+            chunks += view[:received]
+    except TimeoutError as exc:
+        raise redis.TimeoutError("Timeout reading from socket") from exc
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+    return bytes(chunks)
+
+
+def hiredis_replies(connection: redis.Connection, data: bytes) -> Callable[[], Any]:
+    """A call that returns the replies in `data` one at a time, as the connection's own parser
+    (hiredis) would have returned them from its socket."""
+    reader = getattr(connection._parser, "_reader", None)
+    if reader is None:
+        raise RuntimeError("reading replies from bytes needs redis-py's hiredis parser")
+    reader.feed(data)
+    return connection.read_response

@@ -10,20 +10,17 @@ go to hiredis as before.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-import redis
 
 Ints = npt.NDArray[np.int64]
 Bytes = npt.NDArray[np.uint8]
 # The longest header line read as a number: "$" and a length, "*" and a count, ":" and an int.
 _NUMBER_WIDTH = 20
-_RECV_BYTES = 1 << 20
 # The low n bytes of a little-endian word, for n from 0 to 8.
 _LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)
 # The bulk string header of each length below 16 KiB, as a little-endian word.
@@ -161,37 +158,6 @@ def joined(buffer: Bytes, starts: Ints, lengths: Ints, separator: bytes) -> byte
     taken = buffer[np.minimum(positions, len(buffer) - 1)]
     taken[ends - 1] = separator[0]
     return taken[:-1].tobytes()
-
-
-def read_until(connection: redis.Connection, ending: bytes) -> bytes:
-    """Bytes from the connection's socket until they end with `ending` (the reply to the last
-    command sent, unique enough that it ends nothing else)."""
-    sock: socket.socket | None = connection._sock
-    if sock is None:
-        raise redis.ConnectionError("not connected to Redis")
-    chunks = bytearray()
-    view = memoryview(bytearray(_RECV_BYTES))
-    try:
-        while not chunks.endswith(ending):
-            received = sock.recv_into(view)
-            if received == 0:
-                raise redis.ConnectionError("Redis closed the connection")
-            chunks += view[:received]
-    except TimeoutError as exc:
-        raise redis.TimeoutError("Timeout reading from socket") from exc
-    except OSError as exc:
-        raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
-    return bytes(chunks)
-
-
-def hiredis_replies(connection: redis.Connection, data: bytes) -> Callable[[], Any]:
-    """A call that returns the replies in `data` one at a time, as the connection's own parser
-    (hiredis) would have returned them from its socket."""
-    reader = getattr(connection._parser, "_reader", None)
-    if reader is None:
-        raise RuntimeError("reading replies from bytes needs redis-py's hiredis parser")
-    reader.feed(data)
-    return connection.read_response
 
 
 class _Lines:

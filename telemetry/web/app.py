@@ -30,14 +30,15 @@ from pydantic import BaseModel
 
 from analytics import query
 from analytics.alerts.listing import AlertChange, list_alerts
-from analytics.health import SystemCollector, system_status
-from analytics.query import QueryError, Ranked, SensorInfo, Stats, Store, Window
+from analytics.errors import QueryError
+from analytics.health import SystemCollector, SystemStatus
+from analytics.query import Ranked, SensorInfo, Stats, Store, Window
 from analytics.times import parse_time_ms
+from ingest.contract.reading import METRIC_NAME, SENSOR_ID
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys
-from ingest.reading import METRIC_NAME, SENSOR_ID
 from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
@@ -128,13 +129,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dead_letters_router(settings))
     app.include_router(live_router(settings))
     registry = CollectorRegistry()
-    registry.register(SystemCollector(settings, text_client))
+    system_status = SystemStatus(settings)
+    registry.register(SystemCollector(settings, text_client, system_status))
 
     @app.get("/groups")
     def groups() -> dict[str, Any]:
         """The stream, its consumer groups, their lag, pending entries and ledgers: what
         `telemetry status` shows."""
-        return system_status(settings).as_dict()
+        return system_status().as_dict()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:

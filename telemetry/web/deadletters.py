@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import AfterValidator, BaseModel, Field
 
+from ingest.contract.reading import parse_entry_id
 from ingest.deadletter import DeadLetter, ReplayResult, list_dead_letters, replay
 from ingest.keys import StreamKeys
-from ingest.reading import parse_entry_id
 from ingest.redis.connection import connect
 from ingest.settings import Settings
 from telemetry.web.auth import bearer, check_token

@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from ingest.backoff import Backoff
+from ingest.contract.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.keys import StreamKeys
-from ingest.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.settings import Settings
 from telemetry.web.auth import token_accepted
 

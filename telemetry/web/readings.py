@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from ingest.contract.reading import SENSOR_ID
 from ingest.errors import InvalidEntry
-from ingest.reading import SENSOR_ID
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings

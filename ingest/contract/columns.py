@@ -16,9 +16,8 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 
-from ingest.entries import FlatFields, Refused, per_entry
-from ingest.errors import InvalidEntry
-from ingest.reading import (
+from ingest.contract.entries import FlatFields, Refused, per_entry
+from ingest.contract.reading import (
     DECIMAL_CHARS,
     MAX_INT64,
     Reading,
@@ -26,6 +25,7 @@ from ingest.reading import (
     validate_metric_name,
     validate_sensor_id,
 )
+from ingest.errors import InvalidEntry
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ingest.columns import (
+from ingest.contract.columns import (
     NO_SEQ,
     SENSOR_COLUMN,
     SEQ_COLUMN,
@@ -27,8 +27,8 @@ from ingest.columns import (
     column_of,
     fields_in_place,
 )
+from ingest.contract.reading import DECIMAL_CHARS, MAX_INT64, validate_sensor_id
 from ingest.errors import InvalidEntry
-from ingest.reading import DECIMAL_CHARS, MAX_INT64, validate_sensor_id
 from ingest.redis.replies import Bytes, EntryLayout, joined, words
 
 # Longer names and sensor ids are decoded from strs (they are refused or ignored there).
