@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,12 @@ def _mqtt_url(text: str) -> str:
     return text
 
 
+def _readable_file(text: str) -> str:
+    if not os.access(text, os.R_OK) or not os.path.isfile(text):
+        raise ValueError(f"no readable file at {text!r}")
+    return text
+
+
 def _stream_name(text: str) -> str:
     if not text or any(ch.isspace() for ch in text):
         raise ValueError(f"expected a stream name without spaces, got {text!r}")
@@ -104,6 +111,19 @@ class Settings:
         _mqtt_url,
         "MQTT broker for the bridge (mqtt://user:pass@host:1883)",
         "URL",
+    )
+    mqtt_ca_file: str | None = _setting(
+        None,
+        "MQTT_CA_FILE",
+        _readable_file,
+        "CA certificate that signed the broker's (mqtts://)",
+        "FILE",
+    )
+    mqtt_cert_file: str | None = _setting(
+        None, "MQTT_CERT_FILE", _readable_file, "client certificate for mqtts://", "FILE"
+    )
+    mqtt_key_file: str | None = _setting(
+        None, "MQTT_KEY_FILE", _readable_file, "client key for mqtts://", "FILE"
     )
     stream: str = _setting(DEFAULT_STREAM, "TELEMETRY_STREAM", _stream_name, "readings stream")
     maxlen: int = _setting(

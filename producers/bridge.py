@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -31,6 +30,7 @@ from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.durability import verify_durability
 from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable
 from ingest.keys import StreamKeys
+from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
 from ingest.redis.writer import StreamWriter
@@ -53,7 +53,7 @@ SESSION_EXPIRY_S = 7 * 86_400
 
 @dataclass(frozen=True)
 class BridgeOptions:
-    mqtt_url: str
+    broker: MqttBroker
     templates: Sequence[TopicTemplate]
     client_id: str
     qos: int = 1
@@ -61,9 +61,6 @@ class BridgeOptions:
     share: str | None = None
     max_payload_bytes: int = 65_536
     silence_s: float = 60.0
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
 
 
 @dataclass
@@ -92,9 +89,6 @@ class Bridge:
             self.client, settings.stream, settings.maxlen, batch_size=10**9,
         )  # fmt: skip
         self.counts = BridgeCounts()
-        self._url = urlparse(options.mqtt_url)
-        self._host = self._url.hostname or "localhost"
-        self._port = self._url.port or (8883 if self._url.scheme == "mqtts" else 1883)
         self._queue: deque[_Message] = deque()
         self._first_queued_at = 0.0
         # (mid, qos) of messages written and not yet acknowledged; see `_ack_written`.
@@ -114,7 +108,6 @@ class Bridge:
     # -- MQTT side (paho's network thread) ------------------------------------------------
 
     def _mqtt_client(self) -> mqtt.Client:
-        url = self._url
         v5 = self.options.protocol == 5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -124,14 +117,7 @@ class Bridge:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=True,
         )
-        if url.username:
-            client.username_pw_set(unquote(url.username), unquote(url.password or ""))
-        if url.scheme == "mqtts":
-            client.tls_set(
-                ca_certs=self.options.ca_file,
-                certfile=self.options.cert_file,
-                keyfile=self.options.key_file,
-            )
+        self.options.broker.configure(client)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -213,7 +199,7 @@ class Bridge:
             self.mqtt.ack(mid, qos)
 
     def _where(self) -> str:
-        return f"{self._url.scheme}://{self._host}:{self._port}"
+        return self.options.broker.name
 
     # -- Redis side (main thread, and the network thread's writes) -----------------------------
 
@@ -225,8 +211,8 @@ class Bridge:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
         self.mqtt.connect_async(
-            self._host,
-            self._port,
+            self.options.broker.host,
+            self.options.broker.port,
             keepalive=30,
             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,

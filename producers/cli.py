@@ -6,6 +6,7 @@ import argparse
 import socket
 
 from ingest.metrics import serve_metrics
+from ingest.mqttclient import MqttBroker
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 from producers.bridge import Bridge, BridgeCounts, BridgeOptions
@@ -27,13 +28,11 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-payload", type=int, default=65_536, metavar="BYTES")
     parser.add_argument("--silence", type=float, default=60.0, metavar="S",
                         help="warn when connected but nothing arrives for this long")  # fmt: skip
-    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
-    parser.add_argument("--cert-file", help="client certificate for mqtts://")
-    parser.add_argument("--key-file", help="client key for mqtts://")
 
 
 def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOptions:
-    if settings.mqtt_url is None:
+    broker = MqttBroker.from_settings(settings)
+    if broker is None:
         raise CommandLineError("no broker: set MQTT_URL or --mqtt-url")
     if args.share and args.mqtt_version != 5:
         raise CommandLineError("--share needs --mqtt-version 5")
@@ -42,7 +41,7 @@ def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOption
     except ValueError as exc:
         raise CommandLineError(str(exc)) from None
     return BridgeOptions(
-        mqtt_url=settings.mqtt_url,
+        broker=broker,
         templates=templates,
         client_id=args.client_id or f"telemetry-bridge-{socket.gethostname()}",
         qos=args.qos,
@@ -50,9 +49,6 @@ def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOption
         share=args.share,
         max_payload_bytes=args.max_payload,
         silence_s=args.silence,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ingest.contract.reading import validate_sensor_id
 from ingest.errors import InvalidEntry
 from ingest.metrics import serve_metrics
+from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.runtime import CommandLineError, stop_on_signals
@@ -126,9 +127,10 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
     stop = stop_on_signals()
     writer: ReadingSink
     if args.via_mqtt:
-        if settings.mqtt_url is None:
+        broker = MqttBroker.from_settings(settings)
+        if broker is None:
             raise CommandLineError("--via-mqtt needs a broker: set MQTT_URL or --mqtt-url")
-        writer = MqttSink(settings.mqtt_url)
+        writer = MqttSink(broker)
     else:
         writer = StreamWriter(
             connect(settings),

@@ -197,25 +197,47 @@ class LocalMosquitto(LocalServer):
         "mosquitto) or set MQTT_URL to a running broker"
     )
 
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        *,
+        tls_folder: Path | None = None,
+    ) -> None:
+        """With `tls_folder` (holding ca.pem, server.pem and server.key) it listens for mqtts://
+        only."""
+        super().__init__(port, workdir)
+        self.tls_folder = tls_folder
+
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtts" if self.tls_folder else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.workdir}/\n"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
             # Mosquitto writes what it holds to disk only this often: a crash loses the
             # messages it acknowledged since (see the README's Operations section).
-            f"autosave_interval {BROKER_AUTOSAVE_S}\n"
+            f"autosave_interval {BROKER_AUTOSAVE_S}",
             # A bridge that is down must find its devices' backlog kept, not dropped.
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 1000\n"
-            "log_dest stderr\n" + ("user root\n" if os.geteuid() == 0 else "")
-            # Started by root, mosquitto would switch to its own user, which cannot write to
-            # a folder of root's: it would run without ever saving. It stays the caller's.
-        )
+            "max_queued_messages 1000000",
+            "max_inflight_messages 1000",
+            "log_dest stderr",
+        ]
+        if os.geteuid() == 0:
+            # Started by root, mosquitto would switch to its own user, which cannot write to a
+            # folder of root's: it would run without ever saving. It stays the caller's.
+            lines.append("user root")
+        if self.tls_folder:
+            lines += [
+                f"cafile {self.tls_folder / 'ca.pem'}",
+                f"certfile {self.tls_folder / 'server.pem'}",
+                f"keyfile {self.tls_folder / 'server.key'}",
+            ]
+        config.write_text("\n".join(lines) + "\n")
         return ["-c", str(config)]

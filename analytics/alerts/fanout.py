@@ -25,7 +25,7 @@ from ingest.backoff import Backoff
 from ingest.contract.entries import Entries
 from ingest.errors import InvalidEntry
 from ingest.groups import Batch
-from ingest.mqttclient import broker_name, start_publisher
+from ingest.mqttclient import MqttBroker, start_publisher
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ class Target(Protocol):
 class MqttTarget:
     """Publishes to `alerts/{sensor_id}` at QoS 1; paho queues and re-sends across reconnects."""
 
-    def __init__(self, url: str) -> None:
-        self.name = broker_name(url)
-        self.client = start_publisher(url, "alerts", QUEUE_LIMIT)
+    def __init__(self, broker: MqttBroker) -> None:
+        self.name = broker.name
+        self.client = start_publisher(broker, "alerts", QUEUE_LIMIT)
 
     def offer(self, change: Mapping[str, str]) -> None:
         info = self.client.publish(f"alerts/{change['sensor_id']}", json.dumps(change), qos=1)
@@ -152,6 +152,6 @@ class AlertFanout:
             target.close()
 
 
-def targets_from(mqtt_url: str | None, webhook_urls: Sequence[str]) -> list[Target]:
-    targets: list[Target] = [MqttTarget(mqtt_url)] if mqtt_url else []
+def targets_from(broker: MqttBroker | None, webhook_urls: Sequence[str]) -> list[Target]:
+    targets: list[Target] = [MqttTarget(broker)] if broker else []
     return targets + [WebhookTarget(url) for url in webhook_urls]

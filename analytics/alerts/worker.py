@@ -21,6 +21,7 @@ from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.metrics import serve_metrics
+from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
@@ -54,7 +55,7 @@ def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -
     stop = stop_on_signals()
     sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
     background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
-    fanout = AlertFanout(targets_from(settings.mqtt_url, settings.webhook_urls))
+    fanout = AlertFanout(targets_from(MqttBroker.from_settings(settings), settings.webhook_urls))
     if fanout.targets:
         log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
         fanout_runner = GroupRunner(
