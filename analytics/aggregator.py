@@ -23,7 +23,7 @@ from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
 from analytics.tiers import Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
-from ingest.groups import Batch
+from ingest.groups import Batch, PreparingHandler, UpkeepingHandler
 from ingest.keys import SETTLED, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
@@ -103,7 +103,7 @@ class _Args:
             self.argv.extend(row)
 
 
-class Aggregator:
+class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
     acknowledges = True
 
     def __init__(

@@ -12,21 +12,22 @@ import time
 from collections.abc import Iterator
 
 import redis
+import walrus
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ingest.keys import AlertKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
-from ingest.status import StreamStatus, status_database, stream_status
+from ingest.status import StreamStatus, stream_status
 
 
 class SystemStatus:
     """What `telemetry status` reports, gathered through one client kept for every call."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: walrus.Database) -> None:
         self.settings = settings
-        self._db = status_database(settings.redis_url)
+        self._db = db
 
     def __call__(self) -> StreamStatus:
         settings = self.settings

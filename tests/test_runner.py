@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.deadletter import list_dead_letters
-from ingest.groups import Batch, GroupRunner
+from ingest.groups import Batch, GroupRunner, PreparingHandler
 from ingest.groups.consumer import FORGET_CONSUMERS
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
@@ -156,7 +157,7 @@ def test_idle_consumers_holding_nothing_are_forgotten_and_holders_kept(
     assert names == {"holder"}
 
 
-class PreparingRecorder:
+class PreparingRecorder(PreparingHandler[ReadingColumns]):
     """A handler that prepares a batch apart from writing it, its writes acknowledging; the
     write fails for a batch holding `poison` always, and for one holding `flaky` once."""
 
@@ -207,7 +208,7 @@ def test_a_preparing_handler_writes_each_batch_once_while_the_next_is_prepared(
     assert pending_count(client, settings.stream, "aggregates") == 0
 
 
-class OverlapRecorder:
+class OverlapRecorder(PreparingHandler[ReadingColumns]):
     """A preparing handler whose write of a batch waits (a little) for the next batch's prepare
     to begin, and records whether it did: writes are apart from preparing only if the runner
     prepares the next batch while it writes."""
@@ -332,3 +333,16 @@ def test_entries_read_ahead_during_a_slow_batch_are_not_claimed_back(
     drain(runner)
     assert handler.seen == ids
     assert runner.stats.claimed == 0
+
+
+def test_a_handler_that_misspells_a_part_it_takes_cannot_be_made() -> None:
+    class Misspelt(PreparingHandler[ReadingColumns]):
+        acknowledges = True
+
+        def __call__(self, batch: Batch[ReadingColumns]) -> None: ...
+
+        def prepared(self, batch: Batch[ReadingColumns]) -> Callable[[], None]:
+            return lambda: None
+
+    with pytest.raises(TypeError, match="prepare"):
+        Misspelt()  # type: ignore[abstract]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from ingest.contract.entries import D, Decoded
 from ingest.errors import IngestError
@@ -50,27 +51,33 @@ class BatchHandler(Protocol[D_contra]):  # type: ignore[misc]
     def __call__(self, batch: Batch[D_contra]) -> None: ...
 
 
-@runtime_checkable
-class PreparingHandler(Protocol[D_contra]):  # type: ignore[misc]
+class PreparingHandler(ABC, Generic[D]):
     """A handler whose `prepare` does all its work but the writes, and returns the call that
     makes them (and acknowledges). While a backlog waits the runner runs that call in a second
     thread while it decodes and prepares the next batch, so Redis and Python work at the same
-    time. The call must not touch state `prepare` reads without replacing it whole."""
+    time. The call must not touch state `prepare` reads without replacing it whole.
+
+    A handler takes this part by subclassing, so that a misspelt method is an error when it is
+    made, not a feature silently off."""
 
     acknowledges: bool
 
-    def __call__(self, batch: Batch[D_contra]) -> None: ...
+    @abstractmethod
+    def __call__(self, batch: Batch[D]) -> None: ...
 
-    def prepare(self, batch: Batch[D_contra]) -> Callable[[], None]: ...
+    @abstractmethod
+    def prepare(self, batch: Batch[D]) -> Callable[[], None]: ...
 
 
-@runtime_checkable
-class UpkeepingHandler(Protocol):
-    """A handler with work of its own beside the batches (such as rolling up what they wrote)."""
+class UpkeepingHandler(ABC):
+    """A handler with work of its own beside the batches (such as rolling up what they wrote);
+    taken by subclassing, as PreparingHandler is."""
 
+    @abstractmethod
     def upkeep(self, stop: threading.Event) -> None:
         """Runs in a thread of its own while the runner runs, until `stop` is set."""
 
+    @abstractmethod
     def drained(self) -> None:
         """Called once a drain has processed everything, before `run` returns."""
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -26,13 +28,27 @@ def connect(
     check_client_library()
     return redis.Redis.from_url(
         settings.redis_url,
-        decode_responses=decode,
-        encoding_errors="surrogateescape",
-        socket_timeout=socket_timeout_s or settings.socket_timeout_s,
-        socket_connect_timeout=5.0,
         retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
+        **_options(settings, socket_timeout_s, decode),
     )
+
+
+def connect_async(settings: Settings) -> aioredis.Redis:
+    """An asyncio client configured as `connect` configures its clients."""
+    check_client_library()
+    return aioredis.Redis.from_url(
+        settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **_options(settings, None, True)
+    )
+
+
+def _options(settings: Settings, socket_timeout_s: float | None, decode: bool) -> dict[str, Any]:
+    return {
+        "decode_responses": decode,
+        "encoding_errors": "surrogateescape",
+        "socket_timeout": socket_timeout_s or settings.socket_timeout_s,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 0,
+    }
 
 
 StreamEntries = list[tuple[str, dict[str, str]]]

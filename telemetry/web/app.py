@@ -33,15 +33,16 @@ from analytics.alerts.listing import AlertChange, list_alerts
 from analytics.errors import QueryError
 from analytics.health import SystemCollector, SystemStatus
 from analytics.query import Ranked, SensorInfo, Stats, Store, Window
+from analytics.tiers import parse_tiers
 from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable
-from ingest.keys import AlertKeys
-from ingest.redis.connection import connect
+from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
+from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.live import live_router
 from telemetry.web.readings import readings_router
@@ -86,9 +87,10 @@ class LatestValue(BaseModel):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    store = Store.from_settings(settings)
+    clients = ApiClients.from_settings(settings)
     # Aggregates are packed binary; everything else is read as text.
-    text_client = connect(settings)
+    store = Store(clients.binary, StreamKeys(settings.stream), parse_tiers(settings.tiers))
+    text_client = clients.text
     alert_keys = AlertKeys(settings.alerts_stream)
     app = FastAPI(
         title="telemetry",
@@ -125,11 +127,11 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(readings_router(settings))
-    app.include_router(dead_letters_router(settings))
-    app.include_router(live_router(settings))
+    app.include_router(readings_router(settings, clients.text))
+    app.include_router(dead_letters_router(settings, clients.text))
+    app.include_router(live_router(settings, clients.live))
     registry = CollectorRegistry()
-    system_status = SystemStatus(settings)
+    system_status = SystemStatus(settings, clients.status)
     registry.register(SystemCollector(settings, text_client, system_status))
 
     @app.get("/groups")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import AfterValidator, BaseModel, Field
 
 from ingest.contract.reading import parse_entry_id
 from ingest.deadletter import DeadLetter, ReplayResult, list_dead_letters, replay
 from ingest.keys import StreamKeys
-from ingest.redis.connection import connect
 from ingest.settings import Settings
 from telemetry.web.auth import bearer, check_token
 
@@ -27,9 +27,8 @@ class ReplayRequest(BaseModel):
     ids: list[EntryId] = Field(min_length=1, max_length=1000)
 
 
-def dead_letters_router(settings: Settings) -> APIRouter:
+def dead_letters_router(settings: Settings, client: redis.Redis) -> APIRouter:
     router = APIRouter()
-    client = connect(settings)
     keys = StreamKeys(settings.stream)
 
     @router.get("/dead-letters")

@@ -151,14 +151,9 @@ class StreamHub:
 class Live:
     """The hubs of one API process and the rules for who may watch what."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
         self.settings = settings
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=settings.socket_timeout_s,
-            encoding_errors="surrogateescape",
-        )
+        self.client = client
         self.exposed = {
             settings.stream,
             settings.alerts_stream,
@@ -190,9 +185,9 @@ class Live:
         return origin in self.origins or urlsplit(origin).netloc == headers.get("host")
 
 
-def live_router(settings: Settings) -> APIRouter:
+def live_router(settings: Settings, client: aioredis.Redis) -> APIRouter:
     router = APIRouter()
-    live = Live(settings)
+    live = Live(settings, client)
 
     async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
                    last_id: str | None, token: str | None, sensor: str | None = None

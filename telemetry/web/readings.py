@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import redis
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -16,7 +17,6 @@ from starlette.concurrency import run_in_threadpool
 
 from ingest.contract.reading import SENSOR_ID
 from ingest.errors import InvalidEntry
-from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from producers.payload import parse_posted
@@ -40,9 +40,9 @@ class Accepted(BaseModel):
     ids: list[str]
 
 
-def readings_router(settings: Settings) -> APIRouter:
+def readings_router(settings: Settings, client: redis.Redis) -> APIRouter:
     router = APIRouter()
-    writer = StreamWriter(connect(settings), settings.stream, settings.maxlen,
+    writer = StreamWriter(client, settings.stream, settings.maxlen,
                           batch_size=settings.write_batch,
                           durability=settings.durability)  # fmt: skip
 
