@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,10 +253,31 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; each defaults to None so the environment can fill it in."""
+# The settings each kind of command uses, so that a command offers flags for those alone (every
+# setting still comes from the environment, which child processes share).
+CONNECTION = ("redis_url", "log_level")
+STREAM = ("stream", "maxlen", "dead_letter_maxlen")
+WRITING = ("write_batch", "durability")
+MQTT = ("mqtt_url", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_deliveries",
+          "trim_warn_ratio", "metrics_port")  # fmt: skip
+AGGREGATES = ("tiers",)
+ALERTS = ("alerts_stream", "alerts_maxlen")
+ALERT_WORKER = (*ALERTS, "rules", "webhooks")
+API = ("api_port", "api_host", "api_token", "api_origins", "api_max_body", "block_ms",
+       "trim_warn_ratio")  # fmt: skip
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None
+) -> None:
+    """Add one flag per setting in `names` (default: all); each defaults to None so the
+    environment can fill it in."""
     group = parser.add_argument_group("settings (flags override environment variables)")
+    wanted = set(names) if names is not None else None
     for spec in dataclasses.fields(Settings):
+        if wanted is not None and spec.name not in wanted:
+            continue
         group.add_argument(
             "--" + spec.name.replace("_", "-"),
             dest=spec.name,

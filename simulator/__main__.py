@@ -5,7 +5,7 @@ import sys
 
 from ingest.runtime import OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import Settings, add_settings_arguments
-from simulator.cli import add_simulate_arguments, run_simulate
+from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 
 
 def main(argv: list[str]) -> int:
@@ -13,7 +13,7 @@ def main(argv: list[str]) -> int:
         prog="python -m simulator", description="Append simulated sensor readings to the stream."
     )
     add_simulate_arguments(parser)
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, SIMULATE_SETTINGS)
     args = parser.parse_args(argv)
 
     def simulate() -> None:

@@ -14,11 +14,14 @@ from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.runtime import CommandLineError, stop_on_signals
-from ingest.settings import Settings
+from ingest.settings import CONNECTION, MQTT, STREAM, WRITING, Settings
 from simulator.faults import FaultConfig
 from simulator.fleet import FleetReport, FleetRunner, ReadingSink
 from simulator.model import SensorBank
 from simulator.mqttsink import MqttSink
+
+# The settings a simulator uses, offered as its flags.
+SIMULATE_SETTINGS = (*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port")
 
 
 def _number(text: str, kind: Callable[[str], float]) -> float:

@@ -12,9 +12,21 @@ from analytics.alerts.worker import run_alert_worker
 from analytics.query import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
-from ingest.settings import Settings, add_settings_arguments
+from ingest.settings import (
+    AGGREGATES,
+    ALERT_WORKER,
+    ALERTS,
+    API,
+    CONNECTION,
+    MQTT,
+    STREAM,
+    WORKER,
+    WRITING,
+    Settings,
+    add_settings_arguments,
+)
 from producers.cli import add_bridge_arguments, run_bridge
-from simulator.cli import add_simulate_arguments, run_simulate
+from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
@@ -102,20 +114,30 @@ def build_parser() -> OneLineArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, action: Action, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, action: Action, help: str, settings: Sequence[str] | None
+    ) -> argparse.ArgumentParser:
+        """A subcommand offering flags for `settings` (None: all of them)."""
         sub = commands.add_parser(name, help=help, description=help)
         assert isinstance(sub, OneLineArgumentParser)
-        add_settings_arguments(sub)
+        add_settings_arguments(sub, settings)
         sub.set_defaults(action=action)
         return sub
 
-    up = command("up", _up, "run the whole pipeline here until Ctrl-C")
+    up = command("up", _up, "run the whole pipeline here until Ctrl-C", None)
     up.add_argument("--fleet", type=int, default=200, help="simulated sensors (default 200)")
     up.add_argument("--rate", type=float, default=1.0, help="readings/s per sensor (default 1)")
 
-    add_simulate_arguments(command("simulate", _simulate, "append simulated sensor readings"))
+    add_simulate_arguments(
+        command("simulate", _simulate, "append simulated sensor readings", SIMULATE_SETTINGS)
+    )
 
-    consume = command("consume", _consume, "read a stream with a consumer group, print JSON lines")
+    consume = command(
+        "consume",
+        _consume,
+        "read a stream with a consumer group, print JSON lines",
+        [*CONNECTION, *STREAM, *WORKER],
+    )
     consume.add_argument("stream_name", metavar="STREAM")
     consume.add_argument("group", metavar="GROUP")
     consume.add_argument("consumer", metavar="CONSUMER")
@@ -124,24 +146,39 @@ def build_parser() -> OneLineArgumentParser:
         "--start-id", default="0", help="where a new group starts: 0 (all) or $ (new only)"
     )
 
-    aggregate = command("aggregate", _aggregate, "run a worker of the aggregates group")
+    aggregate = command(
+        "aggregate",
+        _aggregate,
+        "run a worker of the aggregates group",
+        [*CONNECTION, *STREAM, *WORKER, *AGGREGATES],
+    )
     aggregate.add_argument("--consumer", help="consumer name (default: host-pid)")
     aggregate.add_argument("--drain", action="store_true", help="exit when nothing is left")
 
     alerting = command(
-        "alert-worker", _alert_worker, "run a worker of the alerts group (needs --rules FILE)"
+        "alert-worker",
+        _alert_worker,
+        "run a worker of the alerts group (needs --rules FILE)",
+        [*CONNECTION, *STREAM, *WORKER, *ALERT_WORKER, *MQTT],
     )
     alerting.add_argument("--consumer", help="consumer name (default: host-pid)")
     alerting.add_argument("--drain", action="store_true", help="exit when nothing is left")
 
-    alert_list = command("alerts", _alerts, "list open alerts or recent alert changes")
+    alert_list = command(
+        "alerts", _alerts, "list open alerts or recent alert changes", [*CONNECTION, *ALERTS]
+    )
     alert_list.add_argument("--open", action="store_true", help="only alerts open now")
     alert_list.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
     alert_list.add_argument("--since", help="changes since: ISO 8601 or a time ago such as 1h")
     alert_list.add_argument("--format", choices=["table", "json"], default="table")
     alert_list.add_argument("--tz", help="show times in this zone (default UTC)")
 
-    question = command("query", _query, "aggregates of a sensor, or the fleet's top sensors")
+    question = command(
+        "query",
+        _query,
+        "aggregates of a sensor, or the fleet's top sensors",
+        [*CONNECTION, "stream", *AGGREGATES],
+    )
     question.add_argument("sensor_id", metavar="SENSOR", nargs="?")
     question.add_argument("--metric", help="one metric (default: all of the sensor's)")
     question.add_argument("--tier", help="bucket tier such as 10s, 1m, 1h (default: finest fit)")
@@ -154,26 +191,48 @@ def build_parser() -> OneLineArgumentParser:
     question.add_argument("--format", choices=["table", "json", "csv"], default="table")
     question.add_argument("--tz", help="show times in this zone, such as Europe/Paris (UTC)")
 
-    listing_sensors = command("sensors", _sensors, "every known sensor, its metrics, last seen")
+    listing_sensors = command(
+        "sensors",
+        _sensors,
+        "every known sensor, its metrics, last seen",
+        [*CONNECTION, "stream", *AGGREGATES],
+    )
     listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
 
-    command("api", _api, "serve the HTTP API (OpenAPI docs at /docs)")
+    command(
+        "api",
+        _api,
+        "serve the HTTP API (OpenAPI docs at /docs)",
+        [*CONNECTION, *STREAM, *WRITING, *AGGREGATES, *ALERTS, *API],
+    )
 
-    add_bridge_arguments(command("bridge", _bridge, "write MQTT devices' readings to the stream"))
+    add_bridge_arguments(
+        command(
+            "bridge",
+            _bridge,
+            "write MQTT devices' readings to the stream",
+            [*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port"],
+        )
+    )
 
-    status = command("status", _status, "stream length, groups, lag, pending, trimming risk")
+    status = command(
+        "status",
+        _status,
+        "stream length, groups, lag, pending, trimming risk",
+        [*CONNECTION, *STREAM, "trim_warn_ratio"],
+    )
     status.add_argument("--format", choices=["table", "json"], default="table")
 
     dead = commands.add_parser("dead-letter", help="inspect and replay dead-lettered entries")
     dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
     listing = dead_commands.add_parser("list", help="show dead letters with their reasons")
-    add_settings_arguments(listing)
+    add_settings_arguments(listing, [*CONNECTION, *STREAM])
     listing.set_defaults(action=_dead_letter_list)
     listing.add_argument("--count", type=int, default=100)
     listing.add_argument("--format", choices=["table", "json"], default="table")
     again = dead_commands.add_parser("replay", help="put dead letters back on the stream")
-    add_settings_arguments(again)
+    add_settings_arguments(again, [*CONNECTION, *STREAM])
     again.set_defaults(action=_dead_letter_replay)
     again.add_argument("--id", action="append", default=[], help="dead-letter ID (repeatable)")
     again.add_argument("--all", action="store_true", help="replay every dead letter")

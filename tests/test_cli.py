@@ -206,3 +206,24 @@ def test_version() -> None:
     )
     assert done.returncode == 0
     assert re.fullmatch(r"telemetry \d+\.\d+\.\d+\n", done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("command", "offered", "not_offered"),
+    [
+        (["query"], ["--redis-url", "--tiers"], ["--api-token", "--webhooks", "--mqtt-url"]),
+        (["simulate"], ["--maxlen", "--mqtt-ca-file"], ["--tiers", "--api-port"]),
+        (["api"], ["--api-token", "--tiers"], ["--mqtt-url", "--webhooks"]),
+        (["alert-worker"], ["--rules", "--webhooks"], ["--api-token", "--tiers"]),
+    ],
+)
+def test_each_command_offers_the_settings_it_uses(
+    command: list[str], offered: list[str], not_offered: list[str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry", *command, "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    flags = set(re.findall(r"--[a-z-]+", done.stdout))
+    assert set(offered) <= flags
+    assert not set(not_offered) & flags
