@@ -1,9 +1,10 @@
 """The group runner: everything between a stream and a batch handler, losing nothing.
 
-It is one class of some 600 lines because the loop, the batching and the settling share the
+It stays one class of over 400 lines because the loop, the batching and the settling share the
 state of the work in hand (reads sent ahead, a batch prepared and not written, batches
-deferred), and the ordering rules below are checked most easily in one place; its Redis work is
-in `consumer`, and the reads' fast path in `ingest.redis.groupreads`.
+deferred), and the ordering rules below are checked most easily in one place. Its Redis work is
+in `consumer`, the reads' fast path in `ingest.redis.groupreads`, write-behind in
+`writebehind`, and its metrics and log lines in `observer`.
 
 One runner is one consumer in one group (`GroupConsumer` does its Redis work). It
 
@@ -41,14 +42,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic
 
 import redis
 
-from ingest import metrics
-from ingest.backlog import backlog_warning
 from ingest.backoff import Backoff
 from ingest.contract.entries import BatchDecoder, D, ReplyDecoder, as_mapping
 from ingest.contract.reading import entry_order
@@ -64,6 +62,8 @@ from ingest.groups.batch import (
     UpkeepingHandler,
 )
 from ingest.groups.consumer import GroupConsumer
+from ingest.groups.observer import RunnerObserver
+from ingest.groups.writebehind import WriteBehind, Writing
 from ingest.keys import StreamKeys
 from ingest.redis.groupreads import Read, ScriptsFlushed, SentReads
 from ingest.redis.replies import EntryLayout, RawEntry
@@ -137,7 +137,8 @@ class GroupRunner(Generic[D]):
             dead_letter_maxlen=settings.dead_letter_maxlen, from_bytes=decode_replies is not None,
         )  # fmt: skip
         self.reads_per_batch = reads_per_batch
-        self.stats = RunnerStats()
+        self.observe = RunnerObserver(self.keys.stream, self.keys.dead, group, consumer)
+        self.stats = self.observe.stats
         self._failures = _Failures()
         # The group's last-delivered ID before the last read (new entries come after it), and
         # the newest entry this runner read as new: a group Redis says has read less lost it.
@@ -150,30 +151,26 @@ class GroupRunner(Generic[D]):
         self._sent: SentReads | None = None
         # How long the last batch read took to read and process.
         self._batch_s = 0.0
-        self._labels = {"stream": self.keys.stream, "group": group}
         self._claim_every_s = min(settings.claim_idle_ms / 2000, 5.0)
         # Batches the handler deferred, oldest first; offered again before anything new is read.
         self._deferred: list[D] = []
         self._deferred_rounds = 0
         self._deferred_since = 0.0
-        # The handler when it prepares apart from writing; a batch prepared and not yet
-        # written, and the thread that writes one meanwhile.
+        # The handler when it prepares apart from writing, and its writes under way.
         self._preparer: PreparingHandler[D] | None = (
             handler if isinstance(handler, PreparingHandler) else None
         )
-        self._prepared: tuple[D, Callable[[], None]] | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        self._behind: WriteBehind[D] = WriteBehind(group)
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, drain: bool = False) -> RunnerStats:
         """Process until `stop` is set, or with `drain` until the group has nothing unread or
         unacknowledged (entries other consumers hold are claimed once idle, then processed)."""
-        log.info("consumer %s joined group %s on %s", self.consumer, self.group, self.keys.stream)
+        self.observe.joined()
         backoff = Backoff()
         must_recover = True
         next_claim = 0.0
-        outage_since: float | None = None
         drained = False
         upkeep_stop = threading.Event()
         upkeep = self._start_upkeep(upkeep_stop)
@@ -183,10 +180,10 @@ class GroupRunner(Generic[D]):
                     # Re-reading the pending list brings back whatever was deferred or
                     # prepared and not written.
                     self._deferred.clear()
-                    self._prepared = None
+                    self._behind.drop()
                     self._drop_sent()
                     self.ensure_group()
-                    self.stats.recovered += self._recover_own_pending(stop)
+                    self.observe.recovered(self._recover_own_pending(stop))
                     must_recover = False
                 if time.monotonic() >= next_claim:
                     self._process_sent()
@@ -199,9 +196,7 @@ class GroupRunner(Generic[D]):
                     self._retry_deferred(stop)
                     continue
                 got = self._read_new()
-                if outage_since is not None:
-                    log.info("redis is back after %.1fs", time.monotonic() - outage_since)
-                    outage_since = None
+                self.observe.redis_available()
                 backoff.reset()
                 if got:
                     continue
@@ -210,16 +205,12 @@ class GroupRunner(Generic[D]):
                     break
                 self.redis.wait_for_new(self._last_delivered, self.settings.block_ms)
             except RedisUnavailable as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    self.stats.redis_outages += 1
-                    metrics.REDIS_OUTAGES.labels(component=f"group:{self.group}").inc()
-                    log.warning("redis unavailable (%s); retrying with backoff", exc)
+                self.observe.redis_unavailable(exc)
                 must_recover = True
                 stop.wait(backoff.next_delay())
             except Abort as exc:
                 log.warning("handler gave up (%s); stopping with its batch left pending", exc)
-                self._prepared = None
+                self._behind.drop()
                 self._drop_sent()
                 break
             except ScriptsFlushed:
@@ -243,22 +234,13 @@ class GroupRunner(Generic[D]):
         except _STOPPING as exc:
             log.warning("could not write the last prepared batch (%s); it stays pending", exc)
             self._drop_sent()
-        if self._writer is not None:
-            self._writer.shutdown()
-            self._writer = None
+        self._behind.shutdown()
         upkeep_stop.set()
         if upkeep is not None:
             upkeep.join()
         if drained and isinstance(self.handler, UpkeepingHandler):
             self.handler.drained()
-        log.info(
-            "consumer %s stopping: processed=%d dead_lettered=%d trimmed=%d claimed=%d",
-            self.consumer,
-            self.stats.processed,
-            self.stats.dead_lettered,
-            self.stats.trimmed,
-            self.stats.claimed,
-        )
+        self.observe.stopping()
 
     def _start_upkeep(self, stop: threading.Event) -> threading.Thread | None:
         if not isinstance(self.handler, UpkeepingHandler):
@@ -292,7 +274,7 @@ class GroupRunner(Generic[D]):
         decodes and prepares.
         """
         began = time.monotonic()
-        writing: tuple[D, Future[None]] | None = None
+        writing: Writing[D] | None = None
 
         def write_prepared_meanwhile() -> None:
             nonlocal writing
@@ -327,7 +309,7 @@ class GroupRunner(Generic[D]):
         reads = self.redis.reads.receive(sent, on_replying)
         for read in reads:
             if read.lost:
-                self._count_trimmed_unread(read.lost)
+                self.observe.trimmed_unread(read.lost)
         self._last_delivered = reads[-1].last_delivered
         newest = [read for read in reads if len(read)]
         if newest:
@@ -345,35 +327,17 @@ class GroupRunner(Generic[D]):
             self.redis.reads.drop(self._sent)
             self._sent = None
 
-    def _count_trimmed_unread(self, lost: int) -> None:
-        if lost < 0:
-            log.error(
-                "group %s skipped entries trimmed by MAXLEN; Redis lost the count", self.group
-            )
-            return
-        self.stats.trimmed += lost
-        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="trimmed").inc(lost)
-        log.error(
-            "group %s lost %d entries to MAXLEN trimming before reading them", self.group, lost
-        )
-
     # -- the group's upkeep ---------------------------------------------------------------------
 
     def _forget_idle_consumers(self) -> None:
-        removed = self.redis.forget_idle_consumers()
-        if removed:
-            log.info("removed %d idle consumers holding nothing: %s", len(removed), removed)
+        self.observe.consumers_removed(self.redis.forget_idle_consumers())
 
     def _watch_lag(self) -> None:
         """Publish the group's lag and warn while trimming threatens entries it has not read."""
         found = self.redis.lag()
-        if found is None:
-            return
-        metrics.GROUP_LAG.labels(**self._labels).set(found.lag)
-        cap = found.maxlen or self.settings.maxlen
-        warning = backlog_warning(found.lag, cap, self.settings.trim_warn_ratio)
-        if warning:
-            log.warning("group %s: %s", self.group, warning)
+        if found is not None:
+            cap = found.maxlen or self.settings.maxlen
+            self.observe.lag(found.lag, cap, self.settings.trim_warn_ratio)
 
     def _recover_own_pending(self, stop: threading.Event) -> int:
         """Re-read and process what this consumer was delivered and never acknowledged.
@@ -389,8 +353,6 @@ class GroupRunner(Generic[D]):
             cursor = entries[-1][0]
             self._process_redelivered(entries, deliveries)
             recovered += len(entries)
-        if recovered:
-            log.info("consumer %s re-read %d of its own pending entries", self.consumer, recovered)
         return recovered
 
     def _claim_idle(self, stop: threading.Event) -> None:
@@ -404,19 +366,16 @@ class GroupRunner(Generic[D]):
             cursor = claimed.cursor
             if claimed.trimmed:
                 # Their data was trimmed; the claim counted them as lost.
-                self._note_trimmed(claimed.trimmed)
+                self.observe.trimmed_pending(claimed.trimmed)
             if claimed.entries:
-                count = len(claimed.entries)
-                self.stats.claimed += count
-                metrics.GROUP_CLAIMED.labels(**self._labels).inc(count)
-                log.info("consumer %s claimed %d idle entries", self.consumer, count)
+                self.observe.claimed(len(claimed.entries))
                 self._process_redelivered(claimed.entries, claimed.deliveries)
             if cursor == "0-0":
                 return
 
     # -- settling ---------------------------------------------------------------------------
 
-    def _process_fresh(self, batch: _FreshBatch, writing: tuple[D, Future[None]] | None) -> None:
+    def _process_fresh(self, batch: _FreshBatch, writing: Writing[D] | None) -> None:
         """Settle entries delivered for the first time (one batch, in the replies of consecutive
         reads): dead-letter or hand to the handler. A preparing handler's previous batch is
         written meanwhile (`writing`, when its write was started already)."""
@@ -491,33 +450,12 @@ class GroupRunner(Generic[D]):
                                   as_mapping(fields[position])))  # fmt: skip
         if trimmed:
             self.redis.settle_trimmed(trimmed)
-            self._note_trimmed(len(trimmed))
+            self.observe.trimmed_pending(len(trimmed))
         if dead:
-            self._dead_letter(dead)
+            self.redis.dead_letter(dead)
+            self.observe.dead_lettered(dead)
         if len(valid):
             (self._prepare if prepare else self._handle)(valid, handovers)
-
-    def _note_trimmed(self, count: int) -> None:
-        self.stats.trimmed += count
-        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="trimmed").inc(count)
-        log.error(
-            "group %s: %d pending entries were trimmed by MAXLEN before processing",
-            self.group,
-            count,
-        )
-
-    def _dead_letter(self, dead: Sequence[DeadEntry]) -> None:
-        self.redis.dead_letter(dead)
-        self.stats.dead_lettered += len(dead)
-        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="dead_lettered").inc(len(dead))
-        log.warning(
-            "dead-lettered %d entries from group %s to %s (first: %s: %s)",
-            len(dead),
-            self.group,
-            self.keys.dead,
-            dead[0].entry_id,
-            dead[0].reason,
-        )
 
     def _retry_deferred(self, stop: threading.Event) -> None:
         waiting = self._deferred
@@ -543,7 +481,7 @@ class GroupRunner(Generic[D]):
     # -- preparing and writing apart ---------------------------------------------------------
 
     def _prepare(self, entries: D, handovers: int | None) -> None:
-        assert self._preparer is not None and self._prepared is None
+        assert self._preparer is not None
         try:
             write = self._preparer.prepare(self._batch(entries, handovers))
         except _STOPPING:
@@ -552,49 +490,34 @@ class GroupRunner(Generic[D]):
             # The plain path retries and isolates what fails.
             self._handle(entries)
             return
-        self._prepared = (entries, write)
+        self._behind.hold(entries, write)
 
-    def _start_writing(self) -> tuple[D, Future[None]] | None:
-        """Start writing the prepared batch in the writer thread."""
-        if self._prepared is None:
-            return None
-        entries, write = self._prepared
-        self._prepared = None
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.group}-writer")
-        return entries, self._writer.submit(write)
+    def _start_writing(self) -> Writing[D] | None:
+        return self._behind.start()
 
-    def _finish_writing(self, writing: tuple[D, Future[None]] | None) -> None:
+    def _finish_writing(self, writing: Writing[D] | None) -> None:
         if writing is None:
             return
-        entries, future = writing
         try:
-            future.result()
+            writing.future.result()
         except _STOPPING:
             raise
         except Exception as exc:
-            self._count_handler_error()
+            self.observe.handler_error()
             log.warning("writing a prepared batch failed (%s); handling it again", exc)
-            self._handle(entries)
+            self._handle(writing.entries)
             return
-        self._count_processed(entries)
+        self.observe.processed(len(writing.entries))
 
     def _write_prepared(self) -> None:
-        self._finish_writing(self._start_writing())
+        self._finish_writing(self._behind.start())
 
     # -- handling ---------------------------------------------------------------------------
 
     def _handle(self, entries: D, handovers: int | None = None) -> None:
         failed = self._handle_isolating(entries, handovers)
         if failed:
-            first_id, first_error = failed[0]
-            log.warning(
-                "handler failed on %d of %d entries, left pending for retry (first: %s: %s)",
-                len(failed),
-                len(entries),
-                first_id,
-                first_error,
-            )
+            self.observe.handler_failed(failed, len(entries))
 
     def _handle_isolating(self, entries: D, handovers: int | None) -> list[tuple[str, str]]:
         """Run the handler; on failure split the batch so the entries that work go through
@@ -611,7 +534,7 @@ class GroupRunner(Generic[D]):
         except _STOPPING:
             raise
         except Exception as exc:
-            self._count_handler_error()
+            self.observe.handler_error()
             if len(entries) > 1:
                 middle = len(entries) // 2
                 return self._handle_isolating(entries[:middle], None) + self._handle_isolating(
@@ -623,16 +546,8 @@ class GroupRunner(Generic[D]):
             return [(entry_id, error)]
         if not self.handler.acknowledges:
             self.redis.ack(batch.ids)
-        self._count_processed(entries)
+        self.observe.processed(len(entries))
         return []
 
     def _batch(self, entries: D, handovers: int | None) -> Batch[D]:
         return Batch(self.keys.stream, self.group, self.consumer, entries, handovers)
-
-    def _count_processed(self, entries: D) -> None:
-        self.stats.processed += len(entries)
-        metrics.GROUP_ENTRIES.labels(**self._labels, outcome="processed").inc(len(entries))
-
-    def _count_handler_error(self) -> None:
-        self.stats.handler_errors += 1
-        metrics.GROUP_HANDLER_ERRORS.labels(**self._labels).inc()
