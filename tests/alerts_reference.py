@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from analytics.alerts.kernels import MAX_SAMPLES, MIN_DEVIATION, NEVER, RATE_ANCHORS
+from analytics.alerts.kinds.anomaly import MAX_SAMPLES, MIN_DEVIATION
+from analytics.alerts.kinds.base import NEVER
+from analytics.alerts.kinds.rate import ANCHORS as RATE_ANCHORS
 from analytics.alerts.rules import Rule
 
 RAISED = "raised"

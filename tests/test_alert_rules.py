@@ -28,7 +28,7 @@ def feed(rule: Rule, points: Points) -> list[tuple[str, int]]:
     record = kernels.fresh(rule.kind, 1)
     out = []
     for ts, value in points:
-        record = np.frombuffer(record.tobytes(), kernels.DTYPES[rule.kind]).copy()
+        record = np.frombuffer(record.tobytes(), kernels.dtype_of(rule.kind)).copy()
         decided = kernels.step(rule, record, np.array([ts]), np.array([value]))
         if decided.raised[0]:
             out.append((RAISED, ts))

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import collections
+from typing import Any
 
+import numpy as np
+import pytest
 import redis
 
+from analytics.alerts.kinds import KINDS
+from analytics.alerts.kinds.base import Floats, Ints, Judgement, Kind, Records, RuleTable
+from analytics.alerts.rules import Rule
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.groups import Batch, GroupRunner
 from ingest.redis.connection import read_range
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
+from tests.alerting import changes, evaluate_all, write
 from tests.helpers import drain
 
 
@@ -41,3 +48,41 @@ def test_a_consumer_group_is_a_handler_and_a_group_name(
     dead = read_range(client, f"{settings.stream}:dead")
     assert len(dead) == 1 and "temp" in dead[0][1]["reason"]
     assert client.xpending(settings.stream, "per-sensor")["pending"] == 0
+
+
+class Band(Kind):
+    """A toy alert kind: bad while a value is farther than `limit` from zero, either side."""
+
+    name = "band"
+    settings = frozenset({"limit"})
+
+    def parse(self, table: RuleTable) -> dict[str, Any]:
+        limit = table.number("limit")
+        return {"level": limit, "clear": limit}
+
+    def limit_text(self, rule: Rule) -> str:
+        return f"|value| > {rule.level:g}"
+
+    def judge(self, rule: Rule, records: Records, ts: Ints, values: Floats) -> Judgement:
+        far = np.abs(values) > rule.level
+        return Judgement(values, far, ~far, np.ones(len(ts), bool))
+
+
+def test_an_alert_kind_is_a_module(
+    client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(KINDS, "band", Band())
+    temps = [0.0, 3.0, 6.0, 7.0, 2.0, -8.0, 0.0]
+    readings = [{"sensor_id": "s1", "ts": str(1000 * i), "seq": str(i), "temp": str(t)}
+                for i, t in enumerate(temps)]  # fmt: skip
+    write(client, settings.stream, readings, first_ms=1)
+    rules = 'name = "wide"\ntype = "band"\nmetric = "temp"\nlimit = 5.0\n'
+    evaluate_all(client, settings, "[[rule]]\n" + rules)
+    got = [(c["state"], int(c["ts"]), c["kind"]) for c in changes(client, settings.alerts_stream)]
+    assert got == [
+        ("raised", 2000, "band"),
+        ("resolved", 4000, "band"),
+        ("raised", 5000, "band"),
+        ("resolved", 6000, "band"),
+    ]
+    assert changes(client, settings.alerts_stream)[0]["message"] == "temp |value| > 5 (got 6)"

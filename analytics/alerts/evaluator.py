@@ -23,7 +23,8 @@ import numpy.typing as npt
 import redis
 from prometheus_client import Counter
 
-from analytics.alerts.kernels import Decisions, Ints, is_fresh, quiet_on_fresh, step
+from analytics.alerts.kernels import Decisions, is_fresh, keeps_state, quiet_on_fresh, step
+from analytics.alerts.kinds.base import Ints
 from analytics.alerts.rules import Rule
 from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
 from ingest.contract.columns import NO_SEQ, ReadingColumns
@@ -133,7 +134,7 @@ class AlertEvaluator:
         self.stats = EvaluatorStats()
         self.tables = Tables(self.rules)
         self._metrics = sorted({r.metric for r in self.rules if r.metric})
-        self._silence = [(i, r) for i, r in enumerate(self.rules) if r.kind == "silence"]
+        self._silence = [(i, r) for i, r in enumerate(self.rules) if not keeps_state(r)]
 
     @classmethod
     def configured(
@@ -269,9 +270,10 @@ class AlertEvaluator:
                 values = columns.values[rule.metric or ""][rows]
                 fed = live & tables.selects[i][slots] & ~np.isnan(values)
                 records = tables.records[i]
-                if rule.kind == "threshold":
+                quiet = quiet_on_fresh(rule, values)
+                if quiet is not None:
                     # A fresh state that the reading leaves fresh is not touched.
-                    fed &= ~(quiet_on_fresh(rule, values) & is_fresh(records[slots]))
+                    fed &= ~(quiet & is_fresh(records[slots]))
                 if not fed.any():
                     continue
                 fed_slots = slots[fed]

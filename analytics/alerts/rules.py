@@ -29,21 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analytics.alerts.kinds import KINDS
 from ingest.contract.reading import METRIC_NAME, RESERVED
 from ingest.durations import parse_duration_ms
 from ingest.errors import SettingsError
 
-KINDS = ("threshold", "rate", "anomaly", "silence")
 SEVERITIES = ("info", "warning", "critical")
-DIRECTIONS = ("rising", "falling", "either")
 RULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_COMMON = {"name", "type", "sensors", "metric", "severity", "cooldown"}
-_ALLOWED = {
-    "threshold": _COMMON | {"above", "below", "clear", "for"},
-    "rate": _COMMON | {"faster_than", "window", "direction", "clear"},
-    "anomaly": _COMMON | {"z", "window", "clear", "min_samples"},
-    "silence": _COMMON | {"after"},
-}
+_COMMON = frozenset({"name", "type", "sensors", "metric", "severity", "cooldown"})
 
 
 class RulesError(SettingsError):
@@ -75,13 +68,7 @@ class Rule:
 
     @property
     def limit_text(self) -> str:
-        if self.kind == "threshold":
-            return f"{'>' if self.rising else '<'} {self.level:g}"
-        if self.kind == "rate":
-            return f"|rate| > {self.level:g}/s over {self.window_ms // 1000}s"
-        if self.kind == "anomaly":
-            return f"|z| > {self.level:g}"
-        return f"silent for {self.after_ms // 1000}s"
+        return KINDS[self.kind].limit_text(self)
 
 
 def load_rules(path: str | Path) -> list[Rule]:
@@ -145,101 +132,79 @@ class _Locator:
         return f"{self.source}:{line}: {reason}"
 
 
-def _rule(table: Mapping[str, Any], locate: _Locator) -> Rule:
-    def fail(key: str | None, reason: str) -> RulesError:
-        return RulesError(locate.at(key, reason))
+class _Table:
+    """One [[rule]] table read key by key (see `kinds.base.RuleTable`)."""
 
-    kind = table.get("type")
-    if kind not in KINDS:
-        raise fail("type", f"type must be one of {', '.join(KINDS)}, got {kind!r}")
-    for key in table:
-        if key not in _ALLOWED[kind]:
-            raise fail(key, f"{key!r} is not a setting of a {kind} rule")
+    def __init__(self, table: Mapping[str, Any], locate: _Locator) -> None:
+        self.table = table
+        self.locate = locate
 
-    def text(key: str, default: str | None = None) -> str:
-        value = table.get(key, default)
+    def fail(self, key: str | None, reason: str) -> RulesError:
+        return RulesError(self.locate.at(key, reason))
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.table.get(key, default)
         if not isinstance(value, str):
-            raise fail(key, f"{key} must be a string" if key in table else f"{key} is missing")
+            raise self.fail(key, f"{key} must be a string" if key in self.table else
+                            f"{key} is missing")  # fmt: skip
         return value
 
-    def number(key: str, default: float | None = None) -> float:
-        value = table.get(key, default)
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self.table.get(key, default)
         if value is None:
-            raise fail(None, f"{key} is missing")
+            raise self.fail(None, f"{key} is missing")
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise fail(key, f"{key} must be a finite number, got {value!r}")
+            raise self.fail(key, f"{key} must be a finite number, got {value!r}")
         return float(value)
 
-    def duration(key: str, default: str | None = None) -> int:
-        value = text(key, default)
+    def duration(self, key: str, default: str | None = None) -> int:
+        value = self.text(key, default)
         if value == "0s":
             return 0
         try:
             return parse_duration_ms(value)
         except ValueError as exc:
-            raise fail(key, f"{key}: {exc}") from None
+            raise self.fail(key, f"{key}: {exc}") from None
 
-    name = text("name")
+
+def _rule(raw: Mapping[str, Any], locate: _Locator) -> Rule:
+    table = _Table(raw, locate)
+    kind_name = raw.get("type")
+    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise table.fail("type", f"type must be one of {', '.join(KINDS)}, got {kind_name!r}")
+    for key in raw:
+        if key not in _COMMON | kind.settings:
+            raise table.fail(key, f"{key!r} is not a setting of a {kind.name} rule")
+    name = table.text("name")
     if RULE_NAME.fullmatch(name) is None:
-        raise fail("name", f"name must be 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
-    metric = table.get("metric")
-    if metric is None and kind != "silence":
-        raise fail(None, f"metric is missing (a {kind} rule watches one metric)")
+        raise table.fail("name", f"name must be 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
+    metric = raw.get("metric")
+    if metric is None and kind.needs_metric:
+        raise table.fail(None, f"metric is missing (a {kind.name} rule watches one metric)")
     if metric is not None and (
         not isinstance(metric, str)
         or not METRIC_NAME.fullmatch(metric)
         or metric in RESERVED
         or metric.startswith("_")
     ):
-        raise fail("metric", f"metric must be a metric name such as temp, got {metric!r}")
-    severity = text("severity", "warning")
+        raise table.fail("metric", f"metric must be a metric name such as temp, got {metric!r}")
+    severity = table.text("severity", "warning")
     if severity not in SEVERITIES:
-        raise fail("severity", f"severity must be one of {', '.join(SEVERITIES)}")
-    common: dict[str, Any] = dict(
+        raise table.fail("severity", f"severity must be one of {', '.join(SEVERITIES)}")
+    return Rule(
         name=name,
-        kind=kind,
-        sensors=text("sensors", "*"),
+        kind=kind.name,
+        sensors=table.text("sensors", "*"),
         metric=metric,
         severity=severity,
-        cooldown_ms=duration("cooldown", "0s"),
+        cooldown_ms=table.duration("cooldown", "0s"),
+        **kind.parse(table),
     )
-    if kind == "threshold":
-        if ("above" in table) == ("below" in table):
-            raise fail(None, "a threshold rule needs exactly one of above or below")
-        rising = "above" in table
-        level = number("above" if rising else "below")
-        clear = number("clear", level)
-        if (rising and clear > level) or (not rising and clear < level):
-            side = "at or below above" if rising else "at or above below"
-            raise fail("clear", f"clear must be {side} ({level:g}), got {clear:g}")
-        return Rule(**common, level=level, clear=clear, rising=rising, for_ms=duration("for", "0s"))
-
-    def level_and_clear(key: str) -> tuple[float, float]:
-        """A limit above 0, and a clear level between 0 and it (default: the limit)."""
-        level = number(key)
-        if level <= 0:
-            raise fail(key, f"{key} must be above 0")
-        clear = number("clear", level)
-        if not 0 <= clear <= level:
-            raise fail("clear", f"clear must be between 0 and {key} ({level:g})")
-        return level, clear
-
-    if kind == "rate":
-        level, clear = level_and_clear("faster_than")
-        direction = text("direction", "either")
-        if direction not in DIRECTIONS:
-            raise fail("direction", f"direction must be one of {', '.join(DIRECTIONS)}")
-        return Rule(**common, level=level, clear=clear, direction=direction,
-                    window_ms=duration("window", "60s"))  # fmt: skip
-    if kind == "anomaly":
-        level, clear = level_and_clear("z")
-        samples = number("min_samples", 30)
-        if samples < 2 or samples != int(samples):
-            raise fail("min_samples", "min_samples must be a whole number of at least 2")
-        return Rule(**common, level=level, clear=clear, window_ms=duration("window", "10m"),
-                    min_samples=int(samples))  # fmt: skip
-    return Rule(**common, after_ms=duration("after"))

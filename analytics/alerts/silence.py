@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from analytics.alerts.evaluator import GROUP, silence_template
+from analytics.alerts.kernels import keeps_state
 from analytics.alerts.rules import Rule
 from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys, StreamKeys
@@ -28,7 +29,7 @@ class SilenceSweeper:
     def __init__(self, client: redis.Redis, keys: StreamKeys, alert_keys: AlertKeys,
                  rules: Sequence[Rule], alerts_maxlen: int) -> None:  # fmt: skip
         self.client = client
-        self.rules = [rule for rule in rules if rule.kind == "silence"]
+        self.rules = [rule for rule in rules if not keeps_state(rule)]
         self.keys = [keys.stream, alert_keys.stream, alert_keys.open] + [
             alert_keys.heard(rule.name) for rule in self.rules
         ]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analytics.alerts.kernels import DTYPES, Bools, Ints, Records, fresh
+from analytics.alerts.kernels import dtype_of, fresh, keeps_state
+from analytics.alerts.kinds.base import Bools, Ints, Records
 from analytics.alerts.rules import Rule
 from ingest.contract.columns import NO_SEQ
 
@@ -49,7 +50,7 @@ class Tables:
         self.known: Bools = np.zeros(self._capacity, bool)
         self.clock_ts: Ints = np.full(self._capacity, NO_CLOCK, np.int64)
         self.clock_seq: Ints = np.full(self._capacity, NO_SEQ, np.int64)
-        self.stateful = [i for i, r in enumerate(self.rules) if r.kind != "silence"]
+        self.stateful = [i for i, r in enumerate(self.rules) if keeps_state(r)]
         self.records: dict[int, Records] = {
             i: fresh(self.rules[i].kind, self._capacity) for i in self.stateful
         }
@@ -69,7 +70,7 @@ class Tables:
         chosen = []
         for i, rule in enumerate(self.rules):
             self.selects[i][slot] = selected = rule.selects(sensor_id)
-            if selected and rule.kind != "silence":
+            if selected and keeps_state(rule):
                 chosen.append(i)
         self.layout[slot] = self._layout_id(tuple(chosen))
         return slot
@@ -124,9 +125,9 @@ class Tables:
         found = self._layout_ids.get(chosen)
         if found is None:
             fields = [("fingerprint", "<u8")] + [
-                (f"r{i}", DTYPES[self.rules[i].kind]) for i in chosen
+                (f"r{i}", dtype_of(self.rules[i].kind)) for i in chosen
             ]
-            signature = ";".join(f"{self.rules[i].name}:{DTYPES[self.rules[i].kind].descr}"
+            signature = ";".join(f"{self.rules[i].name}:{dtype_of(self.rules[i].kind).descr}"
                                  for i in chosen)  # fmt: skip
             fingerprint = int.from_bytes(hashlib.sha1(signature.encode()).digest()[:8], "little")
             found = self._layout_ids[chosen] = len(self.layouts)
