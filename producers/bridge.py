@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,16 +26,14 @@ from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
 from ingest.backoff import Backoff
-from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.durability import verify_durability
-from ingest.errors import InvalidEntry, RedisCommandFailed, RedisUnavailable
+from ingest.errors import RedisCommandFailed, RedisUnavailable
 from ingest.keys import StreamKeys
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
-from ingest.redis.errors import redis_errors
-from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from producers.payload import TopicTemplate, parse_message, subscriptions
+from producers.pipeline import Received, StreamSink, received
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +73,7 @@ class BridgeCounts:
 class _Message:
     mid: int
     qos: int
-    entries: list[dict[str, str]]
-    dead: list[dict[str, str]] = field(default_factory=list)
+    unit: Received
 
 
 class Bridge:
@@ -85,9 +82,8 @@ class Bridge:
         self.options = options
         self.keys = StreamKeys(settings.stream)
         self.client = connect(settings)
-        self.writer = StreamWriter(
-            self.client, settings.stream, settings.maxlen, batch_size=10**9,
-        )  # fmt: skip
+        # Writes when the bridge decides (a burst, a pause), never because a batch filled.
+        self.sink = StreamSink(self.client, settings, batch_size=10**9)
         self.counts = BridgeCounts()
         self._queue: deque[_Message] = deque()
         self._first_queued_at = 0.0
@@ -165,22 +161,12 @@ class Bridge:
     def _parse(self, message: mqtt.MQTTMessage) -> _Message:
         self._last_message_at = time.monotonic()
         self.counts.received += 1
-        parsed = _Message(message.mid, message.qos, [])
-        topic = message.topic
-        for item in parse_message(
-            topic, bytes(message.payload), self.options.templates, self.options.max_payload_bytes
-        ):
-            if isinstance(item, InvalidEntry):
-                raw = message.payload.decode("utf-8", "surrogateescape")
-                parsed.dead.append(
-                    dead_letter_record(
-                        self.keys.stream, "mqtt-bridge", "", self.options.client_id, 1,
-                        item.reason, {"topic": topic, "payload": raw},
-                    )
-                )  # fmt: skip
-            else:
-                parsed.entries.append(item)
-        return parsed
+        topic, payload = message.topic, bytes(message.payload)
+        parsed = parse_message(topic, payload, self.options.templates,
+                               self.options.max_payload_bytes)  # fmt: skip
+        raw = {"topic": topic, "payload": payload.decode("utf-8", "surrogateescape")}
+        unit = received(self.keys.stream, "mqtt-bridge", self.options.client_id, parsed, raw)
+        return _Message(message.mid, message.qos, unit)
 
     def _ack_written(self) -> None:
         """Acknowledge the messages written so far.
@@ -289,26 +275,19 @@ class Bridge:
         if not self._in_flight:
             take = min(BATCH_MAX, len(self._queue))
             self._in_flight = [self._queue.popleft() for _ in range(take)]
-            # The writer keeps what it could not write, so a retry sends each reading once.
-            self.writer.add_many([e for m in self._in_flight for e in m.entries])
-        dead = [d for m in self._in_flight for d in m.dead]
+            self.sink.stage([m.unit for m in self._in_flight])
         try:
-            self.writer.flush()
-            if dead:
-                with redis_errors():
-                    pipe = self.client.pipeline(transaction=False)
-                    for record in dead:
-                        queue_dead_letter(pipe, self.keys, self.settings.dead_letter_maxlen, record)
-                    pipe.execute()
+            self.sink.write([m.unit for m in self._in_flight])
         except (RedisUnavailable, RedisCommandFailed) as exc:
             log.warning("redis unavailable (%s); holding %d messages unacknowledged", exc,
                         len(self._in_flight) + len(self._queue))  # fmt: skip
             return False
         batch, self._in_flight = self._in_flight, []
         self._acks_due.extend((m.mid, m.qos) for m in batch if m.qos > 0)
-        entries = sum(len(m.entries) for m in batch)
+        entries = sum(len(m.unit.entries) for m in batch)
+        dead = sum(len(m.unit.dead) for m in batch)
         self.counts.written += entries
-        self.counts.dead_lettered += len(dead)
+        self.counts.dead_lettered += dead
         MESSAGES.labels(outcome="written").inc(entries)
-        MESSAGES.labels(outcome="dead_lettered").inc(len(dead))
+        MESSAGES.labels(outcome="dead_lettered").inc(dead)
         return True

@@ -13,10 +13,13 @@ from analytics.alerts.kinds import KINDS
 from analytics.alerts.kinds.base import Floats, Ints, Judgement, Kind, Records, RuleTable
 from analytics.alerts.rules import Rule
 from ingest.contract.columns import ReadingColumns, decode_columns
+from ingest.errors import InvalidEntry
 from ingest.groups import Batch, GroupRunner
 from ingest.redis.connection import read_range
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
+from producers.payload import parse_posted
+from producers.pipeline import StreamSink, received
 from tests.alerting import changes, evaluate_all, write
 from tests.helpers import drain
 
@@ -86,3 +89,23 @@ def test_an_alert_kind_is_a_module(
         ("resolved", 6000, "band"),
     ]
     assert changes(client, settings.alerts_stream)[0]["message"] == "temp |value| > 5 (got 6)"
+
+
+def test_an_input_protocol_is_a_parser_a_sink_and_an_acknowledgement(
+    client: redis.Redis, settings: Settings
+) -> None:
+    """A toy input: JSON lines, each acknowledged (here: remembered) once written."""
+    lines = [b'{"sensor_id": "s1", "temp": 21.5}', b'{"sensor_id": "s1", "temp": "hot"}',
+             b'[{"sensor_id": "s2", "temp": 19}, {"sensor_id": "s3", "rh": 0.4}]']  # fmt: skip
+    sink = StreamSink(client, settings, batch_size=1000)
+    acknowledged = []
+    for number, line in enumerate(lines):
+        unit = received(settings.stream, "lines", "toy", parse_posted(line),
+                        {"line": line.decode()})  # fmt: skip
+        sink.write_now(unit)
+        acknowledged.append(number)
+    assert acknowledged == [0, 1, 2]
+    assert [f["sensor_id"] for _, f in read_range(client, settings.stream)] == ["s1", "s2", "s3"]
+    dead = read_range(client, f"{settings.stream}:dead")
+    assert [(d["group"], d["reason"][:14]) for _, d in dead] == [("lines", "metric 'temp' ")]
+    assert not isinstance(parse_posted(lines[0])[0], InvalidEntry)

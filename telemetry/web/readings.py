@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ingest.contract.reading import SENSOR_ID
 from ingest.errors import InvalidEntry
-from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from producers.payload import parse_posted
+from producers.pipeline import Received, StreamSink
 from telemetry.web.auth import bearer, check_token
 
 MAX_READINGS = 10_000
@@ -42,9 +42,8 @@ class Accepted(BaseModel):
 
 def readings_router(settings: Settings, client: redis.Redis) -> APIRouter:
     router = APIRouter()
-    writer = StreamWriter(client, settings.stream, settings.maxlen,
-                          batch_size=settings.write_batch,
-                          durability=settings.durability)  # fmt: skip
+    sink = StreamSink(client, settings, batch_size=settings.write_batch,
+                      durability=settings.durability)  # fmt: skip
 
     @router.post(
         "/readings",
@@ -93,8 +92,8 @@ def readings_router(settings: Settings, client: redis.Redis) -> APIRouter:
         ]
         if bad:
             return JSONResponse({"detail": bad}, status_code=422)
-        entries = [item for item in parsed if not isinstance(item, InvalidEntry)]
-        ids = await run_in_threadpool(writer.write, entries)
+        unit = Received(entries=[item for item in parsed if not isinstance(item, InvalidEntry)])
+        ids = await run_in_threadpool(sink.write_now, unit)
         # Serialised directly: validating thousands of IDs against the response model would
         # cost more than writing them.
         return Response(

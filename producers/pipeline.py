@@ -1,0 +1,101 @@
+"""What every input does with what it receives, whatever its protocol.
+
+An input (the MQTT bridge, `POST /readings`, any later one) turns each unit it receives (a
+message, a request body) into `Received`: the readings that keep the stream contract and a dead
+letter for each that does not. `StreamSink` writes them: readings with `XADD MAXLEN ~`, dead
+letters to the dead-letter stream. The input acknowledges its source only once `write` has
+returned; when Redis fails, nothing is acknowledged and the same units are written again later
+(the sink keeps what it could not send, so each reading goes out once per attempt that fails
+before Redis took it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from ingest.deadletter import dead_letter_record, queue_dead_letter
+from ingest.errors import InvalidEntry
+from ingest.keys import StreamKeys
+from ingest.redis.errors import redis_errors
+from ingest.redis.writer import StreamWriter
+from ingest.settings import Settings
+
+Fields = dict[str, str]
+# A dead letter's fields (see `ingest.deadletter.dead_letter_record`).
+DeadLetter = dict[str, str]
+
+
+@dataclass
+class Received:
+    """One unit an input received: its readings, and a dead letter per reading refused."""
+
+    entries: list[Fields] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def received(
+    stream: str,
+    source: str,
+    producer: str,
+    parsed: Sequence[Fields | InvalidEntry],
+    raw: Mapping[str, str],
+) -> Received:
+    """Split what a parser made of one unit into readings and dead letters; each dead letter
+    names the input (`source`, such as mqtt-bridge), who received it, and carries `raw`."""
+    unit = Received()
+    for item in parsed:
+        if isinstance(item, InvalidEntry):
+            unit.dead.append(dead_letter_record(stream, source, "", producer, 1, item.reason, raw))
+        else:
+            unit.entries.append(item)
+    return unit
+
+
+class StreamSink:
+    """Writes what inputs received to the stream and the dead-letter stream."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        *,
+        batch_size: int,
+        durability: str | None = None,
+    ) -> None:
+        """`durability`: checked against Redis before the first write (see StreamWriter)."""
+        self.client = client
+        self.keys = StreamKeys(settings.stream)
+        self.dead_letter_maxlen = settings.dead_letter_maxlen
+        self.writer = StreamWriter(client, settings.stream, settings.maxlen,
+                                   batch_size=batch_size, durability=durability)  # fmt: skip
+
+    def stage(self, units: Sequence[Received]) -> None:
+        """Buffer the units' readings for the next `write`; a unit is staged once, however often
+        its write is tried."""
+        self.writer.add_many([entry for unit in units for entry in unit.entries])
+
+    def write_now(self, unit: Received) -> list[str]:
+        """Write one unit at once, in batches, beside any other caller's (each on its own
+        connection); return its entries' IDs in order."""
+        ids = self.writer.write(unit.entries)
+        self._write_dead([unit])
+        return ids
+
+    def write(self, units: Sequence[Received]) -> list[str]:
+        """Write what is staged, then the units' dead letters; return the new entry IDs.
+        Raises RedisUnavailable or RedisCommandFailed when Redis failed: acknowledge nothing."""
+        ids = self.writer.flush()
+        self._write_dead(units)
+        return ids
+
+    def _write_dead(self, units: Sequence[Received]) -> None:
+        dead = [record for unit in units for record in unit.dead]
+        if dead:
+            with redis_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for record in dead:
+                    queue_dead_letter(pipe, self.keys, self.dead_letter_maxlen, record)
+                pipe.execute()
