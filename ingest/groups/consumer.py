@@ -23,7 +23,7 @@ from ingest.redis.scripts import LuaScript
 
 log = logging.getLogger("ingest.groups")
 
-ENSURE_GROUP = LuaScript("ingest", "ensure_group.lua")
+ENSURE_GROUP = LuaScript("ingest", "ensure_group.lua", library="group_info.lua")
 CLAIM_IDLE = LuaScript("ingest", "claim_idle.lua")
 FORGET_CONSUMERS = LuaScript("ingest", "forget_consumers.lua")
 # A consumer that holds nothing and was idle this long is removed from its group.

@@ -15,26 +15,12 @@
 -- per group; ARGV[1] group; ARGV[2] start ID ("0" for all history, "$" for new only).
 -- Returns {1} when created; {0, last-delivered ID} when it existed; {0, last-delivered ID,
 -- counter before (-1: none), counter now} when it existed and its counter was repaired.
-local function to_table(flat)
-  local t = {}
-  for i = 1, #flat, 2 do
-    t[flat[i]] = flat[i + 1]
-  end
-  return t
-end
-
 local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if type(created) == 'table' and created.err then
   if not string.find(created.err, 'BUSYGROUP', 1, true) then
     return redis.error_reply(created.err)
   end
-  local group
-  for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local candidate = to_table(raw)
-    if candidate['name'] == ARGV[1] then
-      group = candidate
-    end
-  end
+  local group = group_info(KEYS[1], ARGV[1])
   local last = group['last-delivered-id']
   local ledger = to_table(redis.call('HGETALL', KEYS[2]))
   local read = tonumber(ledger['entries_before_start'])

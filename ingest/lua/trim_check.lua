@@ -2,14 +2,6 @@
 -- read jumps the gap. Run in the same MULTI as that read.
 -- KEYS[1] stream, KEYS[2] hash of losses per group; ARGV[1] group.
 -- Returns {entries lost now (-1: Redis lost the group's read counter), group's last-delivered ID}.
-local function to_table(flat)
-  local t = {}
-  for i = 1, #flat, 2 do
-    t[flat[i]] = flat[i + 1]
-  end
-  return t
-end
-
 local function id_less(a, b)
   local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
   local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
@@ -23,14 +15,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {0, '0-0'}
 end
-local group
-for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local candidate = to_table(raw)
-  if candidate['name'] == ARGV[1] then
-    group = candidate
-    break
-  end
-end
+local group = group_info(KEYS[1], ARGV[1])
 if not group then
   return {0, '0-0'}
 end

@@ -24,7 +24,7 @@ from ingest.redis.errors import redis_errors
 from ingest.redis.replies import EntryLayout, RawEntry, ReadReply, parse_reads
 from ingest.redis.scripts import LuaScript
 
-TRIM_CHECK = LuaScript("ingest", "trim_check.lua")
+TRIM_CHECK = LuaScript("ingest", "trim_check.lua", library="group_info.lua")
 _RECV_BYTES = 1 << 20
 # A read's reply, its entries parsed from the bytes or by hiredis.
 Read = ReadReply[EntryLayout] | ReadReply[list[RawEntry]]
