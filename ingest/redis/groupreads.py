@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from redis.client import CaseInsensitiveDict, Pipeline
@@ -44,12 +43,14 @@ class SentReads:
     count: int
 
 
-def stream_entries(reply: Any) -> list[RawEntry]:
+def stream_entries(reply: object) -> list[RawEntry]:
     """The entries of an XREADGROUP reply for one stream (RESP2 or RESP3)."""
     if not reply:
         return []
     if isinstance(reply, dict):
         return list(next(iter(reply.values())))
+    if not isinstance(reply, list):
+        raise TypeError(f"not an XREADGROUP reply: {type(reply).__name__}")
     return list(reply[0][1])
 
 
@@ -110,11 +111,12 @@ class GroupReads:
             commands.append(("ECHO", self._ending))
         pool = self.client.connection_pool
         with redis_errors():
-            connection: Any = pool.get_connection()
+            connection: redis.Connection = pool.get_connection()
             try:
-                connection.send_packed_command(connection.pack_commands(commands))
+                packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+                connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
             except BaseException:
-                connection.disconnect()
+                connection.disconnect()  # type: ignore[no-untyped-call]
                 pool.release(connection)
                 raise
         return SentReads(connection, count)
@@ -122,26 +124,33 @@ class GroupReads:
     def receive(self, sent: SentReads, on_replying: Callable[[], None]) -> list[Read]:
         """The replies to reads sent with `send`. Calls `on_replying` as Redis starts replying,
         before the replies are parsed."""
-        connection: Any = sent.connection
+        connection = sent.connection
         with redis_errors():
             try:
                 # Redis has run the reads once it replies: writes sent on another connection
                 # before that could run first and hold the replies up.
-                connection.can_read(timeout=connection.socket_timeout)
+                connection.can_read(timeout=self._timeout_s(connection))
                 on_replying()
                 return self._parse(connection, sent.count)
             except BaseException:
-                connection.disconnect()
+                connection.disconnect()  # type: ignore[no-untyped-call]
                 raise
             finally:
                 self.client.connection_pool.release(connection)
+
+    @staticmethod
+    def _timeout_s(connection: redis.Connection) -> float:
+        # `connect` always sets one, longer than a blocking read.
+        timeout = connection.socket_timeout
+        assert isinstance(timeout, int | float), "clients are made with a socket timeout"
+        return float(timeout)
 
     def drop(self, sent: SentReads) -> None:
         """Forget reads sent: their entries stay pending with the consumer, to be re-read."""
         sent.connection.disconnect()  # type: ignore[no-untyped-call]
         self.client.connection_pool.release(sent.connection)
 
-    def _parse(self, connection: Any, count: int) -> list[Read]:
+    def _parse(self, connection: redis.Connection, count: int) -> list[Read]:
         """Each read's reply: parsed from the replies' bytes when asked, else (or when that
         parser gives up) by hiredis."""
         if not self.from_bytes:
@@ -156,12 +165,14 @@ class GroupReads:
         return reads
 
 
-def _parsed_transaction(next_reply: Callable[[], Any]) -> ReadReply[list[RawEntry]]:
+def _parsed_transaction(next_reply: Callable[[], object]) -> ReadReply[list[RawEntry]]:
     """One MULTI, trim check, GET and XREADGROUP, EXEC, each reply got by calling
     `next_reply`."""
     for _ in range(4):
         next_reply()
-    results: Sequence[Any] = next_reply()
+    results = next_reply()
+    if not isinstance(results, list):
+        raise TypeError(f"not a transaction's results: {type(results).__name__}")
     for result in results:
         if isinstance(result, redis.exceptions.NoScriptError):
             # Someone flushed the scripts. The read in the same MULTI still ran, so its
@@ -194,7 +205,7 @@ def read_until(connection: redis.Connection, ending: bytes) -> bytes:
     return bytes(chunks)
 
 
-def hiredis_replies(connection: redis.Connection, data: bytes) -> Callable[[], Any]:
+def hiredis_replies(connection: redis.Connection, data: bytes) -> Callable[[], object]:
     """A call that returns the replies in `data` one at a time, as the connection's own parser
     (hiredis) would have returned them from its socket."""
     reader = getattr(connection._parser, "_reader", None)
