@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from math import isfinite
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -84,53 +84,75 @@ def subscriptions(templates: Sequence[TopicTemplate]) -> list[str]:
     return [f for f in filters if not any(g != f and covers(g, f) for g in filters)]
 
 
+class Refusal(NamedTuple):
+    """A reading refused: its place in the message or body (0 for one that could not be read
+    at all), and why."""
+
+    at: int
+    reason: str
+
+
+@dataclass
+class Parsed:
+    """What one message or body holds: the stream entries of its valid readings, and a refusal
+    for each reading that is not valid."""
+
+    readings: list[dict[str, str]] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    @classmethod
+    def unreadable(cls, reason: str) -> Parsed:
+        return cls(refused=[Refusal(0, reason)])
+
+    @property
+    def items(self) -> int:
+        return len(self.readings) + len(self.refused)
+
+
 def parse_message(
     topic: str, payload: bytes, templates: Sequence[TopicTemplate], max_bytes: int
-) -> list[dict[str, str] | InvalidEntry]:
-    """Stream entries for one message: fields for each valid reading, InvalidEntry for each
-    reading that is not. A message that cannot be read at all gives one InvalidEntry."""
+) -> Parsed:
+    """The readings of one MQTT message. A message that cannot be read at all is one refusal."""
     if len(payload) > max_bytes:
-        return [InvalidEntry(f"payload of {len(payload)} bytes is over the {max_bytes} limit")]
+        return Parsed.unreadable(f"payload of {len(payload)} bytes is over the {max_bytes} limit")
     for template in templates:
         found = template.match(topic)
         if found is not None:
             break
     else:
-        return [InvalidEntry(f"topic {topic[:200]!r} matches no configured topic")]
+        return Parsed.unreadable(f"topic {topic[:200]!r} matches no configured topic")
     try:
         sensor_id = found["sensor_id"]
         if "metric" in found:
-            return [_bare_number(sensor_id, found["metric"], payload)]
+            return Parsed(readings=[_bare_number(sensor_id, found["metric"], payload)])
     except InvalidEntry as exc:
-        return [exc]
+        return Parsed.unreadable(exc.reason)
     return _document_readings(payload, sensor_id)
 
 
-def parse_posted(body: bytes) -> list[dict[str, str] | InvalidEntry]:
+def parse_posted(body: bytes) -> Parsed:
     """Readings posted over HTTP: a JSON object or an array of them, each naming its own
-    `sensor_id`. A body that cannot be read at all gives one InvalidEntry."""
+    `sensor_id`. A body that cannot be read at all is one refusal."""
     return _document_readings(body, None)
 
 
-def _document_readings(
-    payload: bytes, sensor_id: str | None
-) -> list[dict[str, str] | InvalidEntry]:
-    """Fields or the reason for each reading of a JSON object or array; `sensor_id` is the
-    topic's, or with None each reading's own."""
+def _document_readings(payload: bytes, sensor_id: str | None) -> Parsed:
+    """The readings of a JSON object or array; `sensor_id` is the topic's, or with None each
+    reading's own."""
     try:
         document = _json(payload)
     except InvalidEntry as exc:
-        return [exc]
+        return Parsed.unreadable(exc.reason)
     items = document if isinstance(document, list) else [document]
     if not items:
-        return [InvalidEntry("empty JSON array")]
-    out: list[dict[str, str] | InvalidEntry] = []
-    for item in items:
+        return Parsed.unreadable("empty JSON array")
+    parsed = Parsed()
+    for index, item in enumerate(items):
         try:
-            out.append(_reading(sensor_id, item))
+            parsed.readings.append(_reading(sensor_id, item))
         except InvalidEntry as exc:
-            out.append(exc)
-    return out
+            parsed.refused.append(Refusal(index, exc.reason))
+    return parsed
 
 
 _fast_decoder = msgspec.json.Decoder()

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import redis
 
 from ingest.deadletter import dead_letter_record, queue_dead_letter
-from ingest.errors import InvalidEntry
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
+from producers.payload import Parsed
 
 Fields = dict[str, str]
 # A dead letter's fields (see `ingest.deadletter.dead_letter_record`).
@@ -37,21 +37,15 @@ class Received:
 
 
 def received(
-    stream: str,
-    source: str,
-    producer: str,
-    parsed: Sequence[Fields | InvalidEntry],
-    raw: Mapping[str, str],
+    stream: str, source: str, producer: str, parsed: Parsed, raw: Mapping[str, str]
 ) -> Received:
-    """Split what a parser made of one unit into readings and dead letters; each dead letter
-    names the input (`source`, such as mqtt-bridge), who received it, and carries `raw`."""
-    unit = Received()
-    for item in parsed:
-        if isinstance(item, InvalidEntry):
-            unit.dead.append(dead_letter_record(stream, source, "", producer, 1, item.reason, raw))
-        else:
-            unit.entries.append(item)
-    return unit
+    """What a parser made of one unit, as readings and dead letters; each dead letter names the
+    input (`source`, such as mqtt-bridge) and who received it, and carries `raw`."""
+    dead = [
+        dead_letter_record(stream, source, "", producer, 1, refusal.reason, raw)
+        for refusal in parsed.refused
+    ]
+    return Received(parsed.readings, dead)
 
 
 class StreamSink:

@@ -13,7 +13,6 @@ from analytics.alerts.kinds import KINDS
 from analytics.alerts.kinds.base import Floats, Ints, Judgement, Kind, Records, RuleTable
 from analytics.alerts.rules import Rule
 from ingest.contract.columns import ReadingColumns, decode_columns
-from ingest.errors import InvalidEntry
 from ingest.groups import Batch, GroupRunner
 from ingest.redis.connection import read_range
 from ingest.redis.writer import StreamWriter
@@ -108,4 +107,3 @@ def test_an_input_protocol_is_a_parser_a_sink_and_an_acknowledgement(
     assert [f["sensor_id"] for _, f in read_range(client, settings.stream)] == ["s1", "s2", "s3"]
     dead = read_range(client, f"{settings.stream}:dead")
     assert [(d["group"], d["reason"][:14]) for _, d in dead] == [("lines", "metric 'temp' ")]
-    assert not isinstance(parse_posted(lines[0])[0], InvalidEntry)

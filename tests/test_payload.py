@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ingest.errors import InvalidEntry
 from producers.payload import (
     DEFAULT_TOPICS,
+    Parsed,
     TopicTemplate,
     _checked_reading,
     _json,
@@ -23,7 +24,14 @@ from producers.payload import (
 TEMPLATES = [TopicTemplate(t) for t in DEFAULT_TOPICS]
 
 
-def parse(topic: str, payload: bytes | str) -> list[dict[str, str] | InvalidEntry]:
+def parse(topic: str, payload: bytes | str) -> list[dict[str, str]]:
+    """The readings of a message that must hold no invalid one."""
+    parsed = read(topic, payload)
+    assert parsed.refused == []
+    return parsed.readings
+
+
+def read(topic: str, payload: bytes | str) -> Parsed:
     raw = payload.encode() if isinstance(payload, str) else payload
     return parse_message(topic, raw, TEMPLATES, 1024)
 
@@ -71,14 +79,16 @@ def test_an_object_an_array_and_a_bare_number() -> None:
     ],
 )
 def test_everything_else_has_a_reason(topic: str, payload: str | bytes, reason: str) -> None:
-    [result] = parse(topic, payload)
-    assert isinstance(result, InvalidEntry)
-    assert reason in result.reason
+    parsed = read(topic, payload)
+    assert parsed.readings == []
+    [refusal] = parsed.refused
+    assert refusal.at == 0 and reason in refusal.reason
 
 
 def test_an_array_keeps_its_good_readings_and_refuses_the_bad_ones() -> None:
-    results = parse("sensors/s1/telemetry", json.dumps([{"temp": 1}, {"temp": "x"}, {"t": 2}]))
-    assert [isinstance(r, InvalidEntry) for r in results] == [False, True, False]
+    parsed = read("sensors/s1/telemetry", json.dumps([{"temp": 1}, {"temp": "x"}, {"t": 2}]))
+    assert [r["temp" if "temp" in r else "t"] for r in parsed.readings] == ["1.0", "2.0"]
+    assert [r.at for r in parsed.refused] == [1]
 
 
 def test_overlapping_topics_are_subscribed_once() -> None:
@@ -95,8 +105,8 @@ def test_bad_templates_are_refused(template: str) -> None:
 
 def test_json_nested_deeper_than_python_recurses_is_refused_not_fatal() -> None:
     deep = ("[" * 100_000 + "]" * 100_000).encode()
-    [result] = parse_message("sensors/s1/telemetry", deep, TEMPLATES, 1 << 20)
-    assert isinstance(result, InvalidEntry) and "payload is not JSON" in result.reason
+    [refusal] = parse_message("sensors/s1/telemetry", deep, TEMPLATES, 1 << 20).refused
+    assert "payload is not JSON" in refusal.reason
 
 
 def _standard(payload: bytes) -> object:

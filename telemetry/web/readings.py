@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ingest.contract.reading import SENSOR_ID
-from ingest.errors import InvalidEntry
 from ingest.settings import Settings
 from producers.payload import parse_posted
 from producers.pipeline import Received, StreamSink
@@ -83,16 +82,12 @@ def readings_router(settings: Settings, client: redis.Redis) -> APIRouter:
             if len(body) > settings.api_max_body:
                 raise HTTPException(413, f"body over the {settings.api_max_body}-byte limit")
         parsed = parse_posted(bytes(body))
-        if len(parsed) > MAX_READINGS:
+        if parsed.items > MAX_READINGS:
             raise HTTPException(413, f"more than {MAX_READINGS} readings in one request")
-        bad = [
-            {"index": i, "reason": item.reason}
-            for i, item in enumerate(parsed)
-            if isinstance(item, InvalidEntry)
-        ]
-        if bad:
+        if parsed.refused:
+            bad = [{"index": r.at, "reason": r.reason} for r in parsed.refused]
             return JSONResponse({"detail": bad}, status_code=422)
-        unit = Received(entries=[item for item in parsed if not isinstance(item, InvalidEntry)])
+        unit = Received(entries=parsed.readings)
         ids = await run_in_threadpool(sink.write_now, unit)
         # Serialised directly: validating thousands of IDs against the response model would
         # cost more than writing them.
