@@ -16,12 +16,11 @@ from dataclasses import dataclass, fields
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 import redis
 
 from analytics.errors import QueryError
-from analytics.stats import SUMMARY_FIELDS, BucketStats, spread
-from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
+from analytics.stats import BucketStats, spread
+from analytics.stored import read_buckets
 from analytics.tiers import Tier, parse_tiers
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
@@ -30,11 +29,6 @@ from ingest.settings import Settings
 
 # Finest tier first, as long as the window needs no more buckets than this.
 MAX_BUCKETS = 1440
-# A fleet question reads every sensor's buckets: fewer, coarser ones.
-FLEET_MAX_BUCKETS = 16
-# Sensors whose windows a fleet question ranked by a percentile reads at a time.
-FLEET_PERCENTILE_BATCH = 200
-RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
 # The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -112,13 +106,6 @@ class SensorInfo:
     sensor_id: str
     last_seen_ms: int
     metrics: list[str]
-
-
-@dataclass(frozen=True)
-class Ranked:
-    sensor_id: str
-    value: float
-    window: Window
 
 
 def now_ms() -> int:
@@ -225,131 +212,6 @@ def choose_tier(tiers: Sequence[Tier], span_ms: int, max_buckets: int = MAX_BUCK
     raise QueryError(f"no tier keeps a window of {span_ms} ms")
 
 
-def fleet_top(
-    store: Store, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
-) -> list[Ranked]:
-    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`.
-
-    Every sensor's statistics come from the fleet buckets, merged with numpy; only the
-    winners' windows are read in full. Percentiles need histograms, so for them sensors are
-    visited by falling maximum (a percentile never exceeds the maximum), a few hundred at a
-    time, until no sensor left can beat the n-th best.
-    """
-    if by not in RANKINGS:
-        raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
-    to_ms = now_ms() if at_ms is None else at_ms
-    from_ms = to_ms - last_ms
-    tier = choose_tier(store.tiers, last_ms, FLEET_MAX_BUCKETS)
-    merged = _merge_fleet_buckets(store, tier, metric, from_ms, to_ms)
-    if merged is None:
-        return []
-    names, columns = merged
-    if by in columns:
-        value = columns[by]
-    else:
-        value = _percentiles_by_falling_maximum(
-            store, tier, names, columns["max"], metric, from_ms, to_ms, by, n
-        )
-    known = np.flatnonzero(~np.isnan(value))
-    # The n best, and any tied with the n-th, in order; ties go to the smaller sensor id.
-    cut = _nth_largest(value[known], min(n, len(known)))
-    contenders = known[value[known] >= cut].tolist()
-    winners = sorted(contenders, key=lambda i: (-value[i], names[i]))[:n]
-    found = windows(store, [names[i] for i in winners], metric, from_ms, to_ms, tier.name)
-    return [Ranked(w.sensor_id, getattr(w.stats, by), w) for w in found if w.stats is not None]
-
-
-def _percentiles_by_falling_maximum(
-    store: Store,
-    tier: Tier,
-    names: Sequence[str],
-    highest: npt.NDArray[np.float64],
-    metric: str,
-    from_ms: int,
-    to_ms: int,
-    by: str,
-    n: int,
-) -> npt.NDArray[np.float64]:
-    """Each sensor's percentile `by` where it could be among the n best, NaN elsewhere.
-
-    A percentile never exceeds the maximum: sensors are read by falling maximum, a few hundred
-    at a time, until the n-th best found beats every maximum left."""
-    q = PERCENTILES[("p50", "p90", "p95", "p99").index(by)]
-    value = np.full(len(names), np.nan)
-    order = np.argsort(-highest, kind="stable")
-    visited = 0
-    while visited < len(order):
-        found = value[order[:visited]]
-        found = found[~np.isnan(found)]
-        if len(found) >= n and _nth_largest(found, n) > highest[order[visited]]:
-            break
-        batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
-        sensor_ids = [names[i] for i in batch.tolist()]
-        stored = read_buckets(
-            store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms,
-            finest=store.tiers[0],
-        )  # fmt: skip
-        value[batch] = stored.quantiles(stored.sensor, len(sensor_ids), [q])[:, 0]
-        visited += len(batch)
-    return value
-
-
-def _merge_fleet_buckets(
-    store: Store, tier: Tier, metric: str, from_ms: int, to_ms: int
-) -> tuple[list[str], dict[str, npt.NDArray[np.float64]]] | None:
-    """The sensors with data in the window, and for each of them the merged count, mean, min,
-    max and last value, from the fleet buckets (one string per bucket for every sensor)."""
-    starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
-    # A coarse tier's buckets lack the fine buckets not rolled up yet: those are read too, in
-    # one transaction with the mark that says which they are.
-    finest = store.tiers[0]
-    guess = read_mark(store.client, store.keys) if tier != finest and starts else None
-    end = starts[-1] + tier.bucket_ms if starts else from_ms
-    waiting = range(max(guess.bucket, starts[0]), end, finest.bucket_ms) if guess else range(0)
-    with redis_errors():
-        pipe = store.client.pipeline(transaction=bool(waiting))
-        pipe.lrange(store.keys.sensor_names, 0, -1)
-        for start in starts:
-            pipe.get(store.keys.fleet_bucket(tier.name, metric, start))
-        for start in waiting:
-            pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
-        pipe.hmget(store.keys.rollup_mark, MARK_FIELDS)
-        sensors, *packed, mark_reply = pipe.execute()
-    # Of the fine buckets, only sensors' summaries the mark says are not rolled up yet count.
-    mark = parse_mark(mark_reply) or Mark(end, 0, end)
-    first_sensor = [0] * len(starts) + [
-        len(sensors) if start < mark.bucket else mark.sensor if start < mark.until else 0
-        for start in waiting
-    ]
-    # Bucket (those with data), sensor by number, summary field; a sensor numbered after a
-    # bucket was last written has zeros there, as has one without readings in it.
-    width = len(SUMMARY_FIELDS)
-    rows = [(value, first) for value, first in zip(packed, first_sensor, strict=True) if value]
-    table = np.zeros((len(rows), len(sensors), width))
-    for row, (value, first) in zip(table, rows, strict=True):
-        found = np.frombuffer(value, "<f8").reshape(-1, width)
-        row[first : len(found)] = found[first:]
-    count = table[:, :, 0].sum(axis=0)
-    present = np.flatnonzero(count > 0)
-    if not len(present):
-        return None
-    count = count[present]
-    chosen = table[:, present, :]
-    field = {name: chosen[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
-    empty = field["c"] == 0
-    # The last value is the one with the latest time, the larger on a tie, as buckets merge.
-    last_ts = np.where(empty, -np.inf, field["lts"])
-    newest = last_ts == last_ts.max(axis=0)
-    columns = {
-        "count": count,
-        "mean": field["s"].sum(axis=0) / count,
-        "min": np.where(empty, np.inf, field["lo"]).min(axis=0),
-        "max": np.where(empty, -np.inf, field["hi"]).max(axis=0),
-        "last": np.where(newest, field["lv"], -np.inf).max(axis=0),
-    }
-    return [sensors[i].decode() for i in present.tolist()], columns
-
-
 def list_sensors(store: Store) -> list[SensorInfo]:
     """Every sensor seen, with its metrics and the event time of its newest reading."""
     return sensor_page(store)[1]
@@ -388,10 +250,6 @@ def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
     if score is None:
         return None
     return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
-
-
-def _nth_largest(values: npt.NDArray[np.float64], n: int) -> float:
-    return float(-np.partition(-values, n - 1)[n - 1])
 
 
 def _merge_window(

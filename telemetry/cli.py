@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from analytics.alerts.worker import run_alert_worker
-from analytics.query import RANKINGS
+from analytics.fleet import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import (

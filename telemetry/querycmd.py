@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from analytics import query
 from analytics.errors import QueryError
+from analytics.fleet import fleet_top
 from analytics.query import Stats, Store
 from analytics.times import iso, parse_time_ms
 from ingest.durations import parse_duration_ms
@@ -134,7 +135,7 @@ def fleet_query(
     store = Store.from_settings(settings)
     now = query.now_ms()
     try:
-        ranked = query.fleet_top(
+        ranked = fleet_top(
             store, metric, by, _parse("duration", "--last", last, now), top, at_ms=now
         )
     except QueryError as exc:

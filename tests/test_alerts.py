@@ -1,5 +1,8 @@
 """The alerts group on real Redis: exact alert sequences from the simulator's faults, the same
-alerts from one worker or several, through kill -9, and bad rules files refused at start."""
+alerts from one worker or several, through kill -9, and bad rules files refused at start.
+
+Over 400 lines: the tests share the reference evaluation (`alerts_reference`) and the
+simulator's fault timelines they compare against."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The servers themselves killed with SIGKILL under the whole pipeline: readings written straight
 to the stream and published by MQTT devices through the bridge, two aggregators, an alert
-worker and the API, all real processes. Counts are checked against the stream afterwards."""
+worker and the API, all real processes. Counts are checked against the stream afterwards.
+
+Over 400 lines: the pipeline harness (the producers and `Pipeline`) serves every test here."""
 
 from __future__ import annotations
 

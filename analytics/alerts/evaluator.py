@@ -12,9 +12,8 @@ of a round's sensors at once (see `kernels`).
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +22,15 @@ import numpy.typing as npt
 import redis
 from prometheus_client import Counter
 
+from analytics.alerts.commit import (
+    RAISED,
+    RESOLVED,
+    Change,
+    CommitArgs,
+    Heard,
+    HeardBy,
+    change_record,
+)
 from analytics.alerts.kernels import Decisions, is_fresh, keeps_state, quiet_on_fresh, step
 from analytics.alerts.kinds.base import Ints
 from analytics.alerts.rules import Rule
@@ -30,7 +38,7 @@ from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
 from ingest.contract.columns import NO_SEQ, ReadingColumns
 from ingest.contract.reading import entry_time_ms
 from ingest.groups import Batch, Deferred
-from ingest.keys import SETTLED, AlertKeys, StreamKeys
+from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
 from ingest.settings import Settings
@@ -40,7 +48,6 @@ log = logging.getLogger(__name__)
 GROUP = "alerts"
 COMMIT = LuaScript("analytics.alerts", "commit.lua")
 OPEN, BLOCKED, NOT_OURS = "open", "blocked", "not ours"
-RAISED, RESOLVED = "raised", "resolved"
 ALERT_CHANGES = Counter(
     "telemetry_alert_worker_changes", "Alert changes this worker recorded", ["rule", "state"]
 )
@@ -54,60 +61,6 @@ class EvaluatorStats:
     changes: int = 0
     deferred: int = 0
     not_owned: int = 0
-
-
-def open_field(sensor_id: str, rule: str) -> str:
-    return f"{sensor_id}|{rule}"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One alert change a batch decided, in the order of the readings that decided them."""
-
-    position: int
-    rule_index: int
-    record: dict[str, str]
-
-
-def change_record(
-    rule: Rule, sensor_id: str, entry_id: str, ts_ms: int, value: float, state: str,
-    score: float, raised_ms: int,
-) -> dict[str, str]:  # fmt: skip
-    """The fields of one alert change as it appears on the alerts stream."""
-    limit = rule.level if state == RAISED else rule.clear
-    if state == RAISED:
-        message = f"{rule.metric} {rule.limit_text} (got {score:.4g})"
-    else:
-        message = f"{rule.metric} back past {limit:g} (got {score:.4g})"
-    record = {
-        "sensor_id": sensor_id,
-        "rule": rule.name,
-        "kind": rule.kind,
-        "severity": rule.severity,
-        "metric": rule.metric or "",
-        "state": state,
-        "ts": str(ts_ms),
-        "value": repr(value),
-        "score": repr(score),
-        "limit": repr(limit),
-        "reading": entry_id,
-        "message": message,
-    }
-    if state != RAISED:
-        record["raised_ts"] = str(raised_ms)
-    return record
-
-
-def silence_template(rule: Rule) -> dict[str, str]:
-    """The rule's part of a silence alert record; the sweep and the commit script add the rest."""
-    return {
-        "rule": rule.name,
-        "kind": rule.kind,
-        "severity": rule.severity,
-        "metric": rule.metric or "",
-        "limit": str(rule.after_ms),
-        "message": f"no reading for {rule.after_ms / 1000:g}s",
-    }
 
 
 class _Columns(NamedTuple):
@@ -248,7 +201,7 @@ class AlertEvaluator:
             tables.load(wanted, replies[2], replies[3])
         return OPEN
 
-    def _evaluate(self, batch: Batch[ReadingColumns], columns: _Columns) -> _CommitArgs:
+    def _evaluate(self, batch: Batch[ReadingColumns], columns: _Columns) -> CommitArgs:
         tables = self.tables
         entries = batch.entries
         touched: list[Ints] = []
@@ -285,7 +238,9 @@ class AlertEvaluator:
         stale = int(stale_rows.sum())
         changes.sort(key=lambda c: (c.position, c.rule_index))
         assert tables.version is not None
-        args = _CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen, tables.version)
+        args = CommitArgs(
+            self.keys, self.alert_keys, GROUP, batch, self.alerts_maxlen, tables.version
+        )
         args.ledger(len(entries) - stale, stale)
         args.clocks(
             {tables.names[s]: (int(tables.clock_ts[s]), int(tables.clock_seq[s]))
@@ -331,7 +286,7 @@ class AlertEvaluator:
             else:
                 heard = self._heard_from(batch, columns, rows[selected])
             if heard.size:
-                found.append((self.alert_keys.heard(rule.name), rule, heard))
+                found.append(HeardBy(self.alert_keys.heard(rule.name), rule, heard))
         return found
 
     @staticmethod
@@ -356,21 +311,6 @@ class AlertEvaluator:
         )
 
 
-class Heard(NamedTuple):
-    """Sensors a silence rule heard from, packed for the commit script: their ids, the stream
-    times and event times of their last entries, and those entries' IDs."""
-
-    size: int
-    sensors: str
-    heard_ms: str
-    ts: str
-    entry_ids: str
-
-
-# A silence rule's heard set key, the rule, and whom it heard from.
-HeardBy = tuple[str, Rule, Heard]
-
-
 def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: str) -> str:
     """The commit script's gate, read ahead: may this batch be evaluated now?"""
     ours = set(ids)
@@ -380,80 +320,3 @@ def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: st
         if str(entry["consumer"]) != consumer:
             return NOT_OURS
     return OPEN if len(pending) == len(ids) else NOT_OURS
-
-
-class _CommitArgs:
-    """KEYS and ARGV for one call of the commit script; lists packed one argument each."""
-
-    def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[ReadingColumns],
-                 alerts_maxlen: int, version: int) -> None:  # fmt: skip
-        self.keys = [
-            keys.stream,
-            keys.ledger(GROUP),
-            alert_keys.stream,
-            alert_keys.open,
-            alert_keys.clock,
-            alert_keys.version,
-            alert_keys.state,
-        ]
-        self._index: dict[str, int] = {}
-        ids = batch.ids
-        self.argv: list[Any] = [GROUP, batch.consumer, ids[-1], alerts_maxlen, version,
-                                len(ids), ",".join(ids)]  # fmt: skip
-        # The changes the batch decided (silence resolutions are the script's own), and how
-        # many of its readings were stale.
-        self.decided: list[dict[str, str]] = []
-        self.stale = 0
-
-    def key(self, name: str) -> int:
-        index = self._index.get(name)
-        if index is None:
-            self.keys.append(name)
-            index = self._index[name] = len(self.keys)
-        return index
-
-    def ledger(self, evaluated: int, stale: int) -> None:
-        self.stale = stale
-        increments = [(f"{SETTLED}evaluated", evaluated)]
-        if stale:
-            increments.append((f"{SETTLED}stale", stale))
-        self.argv.append(len(increments))
-        for name, amount in increments:
-            self.argv += [name, amount]
-
-    def clocks(self, clocks: Mapping[str, tuple[int, int]]) -> None:
-        self.argv += [
-            len(clocks),
-            ",".join(clocks),
-            ",".join(f"{ts}:{'' if seq == NO_SEQ else seq}" for ts, seq in clocks.values()),
-        ]
-
-    def states(self, dumped: Iterable[tuple[int, list[str], bytes]]) -> None:
-        """Sensors' records, packed per layout: value size, sensor ids, values concatenated."""
-        groups = list(dumped)
-        self.argv.append(len(groups))
-        for size, names, values in groups:
-            self.argv += [size, len(names), ",".join(names), values]
-
-    def changes_section(self, changes: Sequence[Change]) -> None:
-        self.decided = [change.record for change in changes]
-        self.argv.append(len(changes))
-        for change in changes:
-            record = change.record
-            field = open_field(record["sensor_id"], record["rule"])
-            self.argv += [field, record["state"], json.dumps(record)]
-            self._fields(record)
-
-    def heard_section(self, heard: Iterable[HeardBy]) -> None:
-        rows = list(heard)
-        self.argv.append(len(rows))
-        for key, rule, sensors in rows:
-            self.argv += [self.key(key), rule.name]
-            self._fields(silence_template(rule) | {"message": "heard from again"})
-            self.argv += [sensors.size, sensors.sensors, sensors.heard_ms, sensors.ts,
-                          sensors.entry_ids]  # fmt: skip
-
-    def _fields(self, record: Mapping[str, str]) -> None:
-        self.argv.append(len(record))
-        for name, value in record.items():
-            self.argv += [name, value]

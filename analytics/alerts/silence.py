@@ -9,7 +9,8 @@ from typing import Any
 
 import redis
 
-from analytics.alerts.evaluator import GROUP, silence_template
+from analytics.alerts.commit import silence_template
+from analytics.alerts.evaluator import GROUP
 from analytics.alerts.kernels import keeps_state
 from analytics.alerts.rules import Rule
 from ingest.errors import RedisUnavailable

@@ -28,11 +28,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
-from analytics import query
+from analytics import fleet, query
 from analytics.alerts.listing import AlertChange, list_alerts
 from analytics.errors import QueryError
+from analytics.fleet import RANKINGS, Ranked
 from analytics.health import SystemCollector, SystemStatus
-from analytics.query import Ranked, SensorInfo, Stats, Store, Window
+from analytics.query import SensorInfo, Stats, Store, Window
 from analytics.tiers import parse_tiers
 from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
@@ -254,13 +255,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/fleet/top")
     def fleet_top(
         metric: Metric,
-        by: Annotated[str, Query(pattern="^(" + "|".join(query.RANKINGS) + ")$")] = "mean",
+        by: Annotated[str, Query(pattern="^(" + "|".join(RANKINGS) + ")$")] = "mean",
         last: str = "15m",
         n: Annotated[int, Query(ge=1, le=1000)] = 10,
     ) -> list[Ranked]:
         """The n sensors ranking highest by a statistic over the last window."""
         span = _parameter("last", lambda: parse_duration_ms(last))
-        return query.fleet_top(store, metric, by, span, n)
+        return fleet.fleet_top(store, metric, by, span, n)
 
     return app
 
