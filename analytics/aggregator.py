@@ -21,9 +21,10 @@ import redis
 
 from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
+from analytics.stored import FormatMismatch, RecordFormat
 from analytics.tiers import Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
-from ingest.groups import Batch, PreparingHandler, UpkeepingHandler
+from ingest.groups import Abort, Batch, PreparingHandler, UpkeepingHandler
 from ingest.keys import SETTLED, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
@@ -120,7 +121,10 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
         self.group = group
         self.clock_ms = clock_ms
         self.stats = AggregatorStats()
-        self.rollup = Rollup(client, keys, tiers)
+        self.record_format = RecordFormat()
+        # Why this handler gave up, for the command to report.
+        self.fatal: FormatMismatch | None = None
+        self.rollup = Rollup(client, keys, tiers, record_format=self.record_format)
         # (sensor, metric) pairs already in the sensor index: not sent again.
         self._known_pairs: set[tuple[str, str]] = set()
 
@@ -143,6 +147,11 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
         """Pre-aggregate the batch and build the apply script's arguments; the returned call
         applies them. Only that call writes, so the group runner can run it while it prepares
         the next batch."""
+        try:
+            self.record_format.claim(self.client, self.keys)
+        except FormatMismatch as exc:
+            self.fatal = exc
+            raise Abort(str(exc)) from exc
         kept = _first_of_each_seq(batch.entries)
         duplicates = len(batch.entries) - len(kept)
         args = self._arguments_for(batch, kept, duplicates)

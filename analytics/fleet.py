@@ -105,6 +105,7 @@ def _merge_fleet_buckets(
 ) -> tuple[list[str], dict[str, npt.NDArray[np.float64]]] | None:
     """The sensors with data in the window, and for each of them the merged count, mean, min,
     max and last value, from the fleet buckets (one string per bucket for every sensor)."""
+    store.check_format()
     starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
     # A coarse tier's buckets lack the fine buckets not rolled up yet: those are read too, in
     # one transaction with the mark that says which they are.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import numpy as np
@@ -20,7 +20,7 @@ import redis
 
 from analytics.errors import QueryError
 from analytics.stats import BucketStats, spread
-from analytics.stored import read_buckets
+from analytics.stored import RecordFormat, read_buckets
 from analytics.tiers import Tier, parse_tiers
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
@@ -38,6 +38,10 @@ class Store:
     client: redis.Redis
     keys: StreamKeys
     tiers: tuple[Tier, ...]
+    record_format: RecordFormat = field(default_factory=RecordFormat, compare=False)
+
+    def check_format(self) -> None:
+        self.record_format.check(self.client, self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -128,6 +132,7 @@ def bucket_columns(
     """`buckets` as plain columns, one per field of STATS_FIELDS in its order, computed for all
     the buckets at once: a day of one-minute buckets is 1,440 of them."""
     tier = store.tier(tier_name)
+    store.check_format()
     stored = read_buckets(
         store.client, store.keys, tier, [sensor_id], metric, from_ms, to_ms, finest=store.tiers[0]
     )
@@ -187,6 +192,7 @@ def windows(
     """`window` for several sensors, read together."""
     tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
     found: list[list[tuple[int, BucketStats]]] = [[] for _ in sensor_ids]
+    store.check_format()
     stored = read_buckets(
         store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms, finest=store.tiers[0]
     )

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import redis
 
-from analytics.stored import Mark, read_mark
+from analytics.stored import Mark, RecordFormat, read_mark
 from analytics.tiers import Tier
 from ingest.errors import IngestError
 from ingest.keys import StreamKeys
@@ -61,9 +61,13 @@ class Rollup:
         keys: StreamKeys,
         tiers: Sequence[Tier],
         sensors_per_step: int = SENSORS_PER_STEP,
+        *,
+        record_format: RecordFormat | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
+        # Nothing is rolled up while the records stored are of another format.
+        self.record_format = record_format or RecordFormat()
         self.finest, self.coarse = tiers[0], tuple(tiers[1:])
         self.sensors_per_step = sensors_per_step
 
@@ -147,6 +151,7 @@ class Rollup:
         """Roll up the fine buckets `ready_until_ms` gives, until `stop` is set."""
         while not stop.wait(EVERY_S):
             try:
+                self.record_format.check(self.client, self.keys)
                 self._paced_catch_up(stop, self.ready_until_ms(group))
             except IngestError as exc:
                 log.warning("roll-up paused: %s", exc)

@@ -23,6 +23,9 @@ import numpy.typing as npt
 
 from analytics.sketch import quantiles
 
+# The layout of every aggregate record and fleet bucket below. A store records the format it
+# holds (see `stored.RecordFormat`); change the layout, and this number changes with it.
+RECORD_FORMAT = 1
 SUMMARY = struct.Struct("<9d")
 BIN = struct.Struct("<iI")
 # The same layouts for numpy, to pack and read many buckets at once.

@@ -13,8 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from analytics.errors import AnalyticsError
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
+from analytics.stats import BIN_DTYPE, RECORD_FORMAT, SUMMARY, SUMMARY_DTYPE, BucketStats
 from analytics.tiers import Tier
 from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
@@ -51,6 +52,42 @@ class StoredBuckets:
         return quantiles_of_many(
             self.bin_key, self.bin_count, owner[self.bin_bucket], owners, qs, lowest, highest
         )
+
+
+class FormatMismatch(AnalyticsError):
+    """The aggregates in Redis are laid out in a format this version does not read."""
+
+
+class RecordFormat:
+    """The format of a store's aggregate records, kept in the stream's meta hash: claimed by the
+    first aggregator, checked by every aggregator and reader. A check that passed is not
+    repeated."""
+
+    FIELD = "aggregates_format"
+
+    def __init__(self) -> None:
+        self._checked = False
+
+    def claim(self, client: redis.Redis, keys: StreamKeys) -> None:
+        """For a writer: record this version's format where none is, then check."""
+        if self._checked:
+            return
+        with redis_errors():
+            client.hsetnx(keys.meta, self.FIELD, RECORD_FORMAT)
+        self.check(client, keys)
+
+    def check(self, client: redis.Redis, keys: StreamKeys) -> None:
+        if self._checked:
+            return
+        with redis_errors():
+            found = client.hget(keys.meta, self.FIELD)
+        if found is not None and int(found) != RECORD_FORMAT:
+            raise FormatMismatch(
+                f"the aggregates in Redis are format {int(found)} ({keys.meta} {self.FIELD}); "
+                f"this version reads and writes format {RECORD_FORMAT}: aggregate into another "
+                "stream name (TELEMETRY_STREAM) or delete the old aggregates"
+            )
+        self._checked = found is not None
 
 
 def read_buckets(

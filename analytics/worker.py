@@ -39,4 +39,7 @@ def aggregator_runner(
 def run_aggregator(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
     serve_metrics(settings.metrics_port)
     runner = aggregator_runner(connect(settings), settings, consumer or default_consumer_name())
-    return runner.run(stop_on_signals(), drain=drain)
+    stats = runner.run(stop_on_signals(), drain=drain)
+    if isinstance(runner.handler, Aggregator) and runner.handler.fatal is not None:
+        raise runner.handler.fatal
+    return stats

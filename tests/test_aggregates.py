@@ -22,7 +22,7 @@ import redis
 from analytics.aggregator import APPLY_BATCH, GROUP, Aggregator
 from analytics.rollup import GRACE_MS, Rollup
 from analytics.sketch import RELATIVE_ERROR
-from analytics.stats import BIN_DTYPE, SUMMARY
+from analytics.stats import BIN_DTYPE, RECORD_FORMAT, SUMMARY
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.contract.columns import decode_columns
@@ -35,7 +35,7 @@ from ingest.status import format_status, stream_status
 from simulator.dataset import Made, make_readings, write
 from tests.aggregates_reference import assert_buckets_match, stored_buckets
 from tests.conftest import RedisProcess, child_env, make_settings
-from tests.helpers import add, drain, drain_without_rollup
+from tests.helpers import add, drain, drain_without_rollup, pending_count
 
 
 def aggregator_process(settings: Settings, consumer: str) -> subprocess.Popen[bytes]:
@@ -450,3 +450,33 @@ def test_a_coarse_bucket_rolled_up_in_one_pass_keeps_one_histogram_entry_per_bin
             assert len(np.unique(bins["key"])) == len(bins)
             inside = (made.sensor == k) & (made.ts >= start) & (made.ts < start + minute.bucket_ms)
             assert int(bins["count"].sum()) == int(inside.sum())
+
+
+def test_aggregates_stored_in_another_format_are_refused_in_one_line(settings: Settings) -> None:
+    client = connect(settings)
+    env = child_env(settings)
+
+    def telemetry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "telemetry", *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    add(client, settings.stream, {"sensor_id": "s1", "temp": "20"})
+    assert telemetry("aggregate", "--drain").returncode == 0
+    meta = StreamKeys(settings.stream).meta
+    assert client.hget(meta, "aggregates_format") == str(RECORD_FORMAT)
+
+    client.hset(meta, "aggregates_format", "999")
+    add(client, settings.stream, {"sensor_id": "s1", "temp": "21"})
+    refused = telemetry("aggregate", "--drain")
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith("telemetry: error: the aggregates in Redis are format 999")
+    )
+    # Nothing written in the wrong layout, nothing dead-lettered: the reading waits.
+    assert pending_count(client, settings.stream, GROUP) == 1
+    assert client.xlen(StreamKeys(settings.stream).dead) == 0
+    asked = telemetry("query", "s1", "--metric", "temp")
+    assert asked.returncode == 1
+    assert asked.stderr.strip() == refused.stderr.strip().splitlines()[-1]
