@@ -164,8 +164,10 @@ class Bridge:
         topic, payload = message.topic, bytes(message.payload)
         parsed = parse_message(topic, payload, self.options.templates,
                                self.options.max_payload_bytes)  # fmt: skip
-        raw = {"topic": topic, "payload": payload.decode("utf-8", "surrogateescape")}
-        unit = received(self.keys.stream, "mqtt-bridge", self.options.client_id, parsed, raw)
+        unit = received(
+            self.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
+            lambda: {"topic": topic, "payload": payload.decode("utf-8", "surrogateescape")},
+        )  # fmt: skip
         return _Message(message.mid, message.qos, unit)
 
     def _ack_written(self) -> None:

@@ -11,7 +11,7 @@ before Redis took it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -37,12 +37,20 @@ class Received:
 
 
 def received(
-    stream: str, source: str, producer: str, parsed: Parsed, raw: Mapping[str, str]
+    stream: str,
+    source: str,
+    producer: str,
+    parsed: Parsed,
+    raw: Callable[[], Mapping[str, str]],
 ) -> Received:
     """What a parser made of one unit, as readings and dead letters; each dead letter names the
-    input (`source`, such as mqtt-bridge) and who received it, and carries `raw`."""
+    input (`source`, such as mqtt-bridge) and who received it, and carries what `raw` gives,
+    which is called only for a unit with something refused."""
+    if not parsed.refused:
+        return Received(parsed.readings)
+    fields = raw()
     dead = [
-        dead_letter_record(stream, source, "", producer, 1, refusal.reason, raw)
+        dead_letter_record(stream, source, "", producer, 1, refusal.reason, fields)
         for refusal in parsed.refused
     ]
     return Received(parsed.readings, dead)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_an_input_protocol_is_a_parser_a_sink_and_an_acknowledgement(
     acknowledged = []
     for number, line in enumerate(lines):
         unit = received(settings.stream, "lines", "toy", parse_posted(line),
-                        {"line": line.decode()})  # fmt: skip
+                        functools.partial(dict, line=line.decode()))  # fmt: skip
         sink.write_now(unit)
         acknowledged.append(number)
     assert acknowledged == [0, 1, 2]

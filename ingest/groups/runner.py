@@ -278,7 +278,7 @@ class GroupRunner(Generic[D]):
 
         def write_prepared_meanwhile() -> None:
             nonlocal writing
-            writing = self._start_writing()
+            writing = self._behind.start()
 
         batches: list[_FreshBatch] = []
         try:
@@ -382,7 +382,7 @@ class GroupRunner(Generic[D]):
         if self._preparer is None:
             self._settle_fresh(batch, prepare=False)
             return
-        writing = writing or self._start_writing()
+        writing = writing or self._behind.start()
         try:
             self._settle_fresh(batch, prepare=True)
         finally:
@@ -491,9 +491,6 @@ class GroupRunner(Generic[D]):
             self._handle(entries)
             return
         self._behind.hold(entries, write)
-
-    def _start_writing(self) -> Writing[D] | None:
-        return self._behind.start()
 
     def _finish_writing(self, writing: Writing[D] | None) -> None:
         if writing is None:

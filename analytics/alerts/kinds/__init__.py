@@ -10,7 +10,3 @@ from analytics.alerts.kinds.silence import Silence
 from analytics.alerts.kinds.threshold import Threshold
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (Threshold(), Rate(), Anomaly(), Silence())}
-
-
-def kind_of(name: str) -> Kind:
-    return KINDS[name]
