@@ -22,6 +22,7 @@ import redis
 from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
 from analytics.stored import FormatMismatch, RecordFormat
+from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.groups import Abort, Batch, PreparingHandler, UpkeepingHandler
@@ -32,7 +33,9 @@ from ingest.redis.scripts import LuaScript
 log = logging.getLogger(__name__)
 
 GROUP = "aggregates"
-APPLY_BATCH = LuaScript("analytics", "apply_batch.lua", library="merge.lua")
+APPLY_BATCH = LuaScript(
+    "analytics", "apply_batch.lua", library="merge.lua", prelude=SUMMARY.lua_source()
+)
 # Readings stamped further ahead of the aggregator's clock than this are counted as too new:
 # their buckets would outlive every retention.
 MAX_FUTURE_MS = 3_600_000

@@ -11,9 +11,17 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.errors import QueryError
-from analytics.query import PERCENTILES, Store, Window, choose_tier, now_ms, windows
-from analytics.stats import SUMMARY_FIELDS
+from analytics.query import (
+    PERCENTILE_FIELDS,
+    PERCENTILES,
+    Store,
+    Window,
+    choose_tier,
+    now_ms,
+    windows,
+)
 from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
+from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
 from analytics.tiers import Tier
 from ingest.redis.errors import redis_errors
 
@@ -21,7 +29,11 @@ from ingest.redis.errors import redis_errors
 FLEET_MAX_BUCKETS = 16
 # Sensors whose windows a fleet question ranked by a percentile reads at a time.
 FLEET_PERCENTILE_BATCH = 200
-RANKINGS = ("mean", "max", "min", "p50", "p90", "p95", "p99", "count", "last")
+# Every report but the times, and the percentiles.
+RANKINGS = (
+    *(name for name in REPORTS if name == "count" or name not in WHOLE_REPORTS),
+    *PERCENTILE_FIELDS,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ def _percentiles_by_falling_maximum(
 
     A percentile never exceeds the maximum: sensors are read by falling maximum, a few hundred
     at a time, until the n-th best found beats every maximum left."""
-    q = PERCENTILES[("p50", "p90", "p95", "p99").index(by)]
+    q = PERCENTILES[PERCENTILE_FIELDS.index(by)]
     value = np.full(len(names), np.nan)
     order = np.argsort(-highest, kind="stable")
     visited = 0
@@ -103,8 +115,9 @@ def _percentiles_by_falling_maximum(
 def _merge_fleet_buckets(
     store: Store, tier: Tier, metric: str, from_ms: int, to_ms: int
 ) -> tuple[list[str], dict[str, npt.NDArray[np.float64]]] | None:
-    """The sensors with data in the window, and for each of them the merged count, mean, min,
-    max and last value, from the fleet buckets (one string per bucket for every sensor)."""
+    """The sensors with data in the window, and for each of them the reports a fleet question
+    ranks by (all but percentiles), from the fleet buckets (one string per bucket for every
+    sensor)."""
     store.check_format()
     starts = range(tier.bucket_of(from_ms), to_ms, tier.bucket_ms)
     # A coarse tier's buckets lack the fine buckets not rolled up yet: those are read too, in
@@ -128,32 +141,21 @@ def _merge_fleet_buckets(
         len(sensors) if start < mark.bucket else mark.sensor if start < mark.until else 0
         for start in waiting
     ]
-    # Bucket (those with data), sensor by number, summary field; a sensor numbered after a
+    # Bucket (those with data), sensor by number, summary column; a sensor numbered after a
     # bucket was last written has zeros there, as has one without readings in it.
-    width = len(SUMMARY_FIELDS)
+    width = len(SUMMARY.names)
     rows = [(value, first) for value, first in zip(packed, first_sensor, strict=True) if value]
     table = np.zeros((len(rows), len(sensors), width))
     for row, (value, first) in zip(table, rows, strict=True):
         found = np.frombuffer(value, "<f8").reshape(-1, width)
         row[first : len(found)] = found[first:]
-    count = table[:, :, 0].sum(axis=0)
-    present = np.flatnonzero(count > 0)
+    # The first column counts readings.
+    present = np.flatnonzero(table[:, :, 0].sum(axis=0) > 0)
     if not len(present):
         return None
-    count = count[present]
     chosen = table[:, present, :]
-    field = {name: chosen[:, :, i] for i, name in enumerate(SUMMARY_FIELDS)}
-    empty = field["c"] == 0
-    # The last value is the one with the latest time, the larger on a tie, as buckets merge.
-    last_ts = np.where(empty, -np.inf, field["lts"])
-    newest = last_ts == last_ts.max(axis=0)
-    columns = {
-        "count": count,
-        "mean": field["s"].sum(axis=0) / count,
-        "min": np.where(empty, np.inf, field["lo"]).min(axis=0),
-        "max": np.where(empty, -np.inf, field["hi"]).max(axis=0),
-        "last": np.where(newest, field["lv"], -np.inf).max(axis=0),
-    }
+    merged = SUMMARY.fold(chosen, chosen[:, :, 0] > 0)
+    columns = {name: REPORTS[name](merged) for name in RANKINGS if name in REPORTS}
     return [sensors[i].decode() for i in present.tolist()], columns
 
 

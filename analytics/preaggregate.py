@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.sketch import bin_keys
-from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE
+from analytics.stats import BIN_DTYPE
+from analytics.summary import SUMMARY, Runs
 from analytics.tiers import Tier
 from ingest.contract.columns import ReadingColumns
 
@@ -123,14 +124,7 @@ def _tier_deltas(
     value, keys = flat.value[keep], flat.keys[keep]
     starts = np.flatnonzero(np.r_[True, (pair[1:] != pair[:-1]) | (bucket[1:] != bucket[:-1])])
     ends = np.r_[starts[1:], len(pair)] - 1
-    summary = np.empty(len(starts), dtype=SUMMARY_DTYPE)
-    summary["c"] = np.diff(np.r_[starts, len(pair)])
-    summary["s"] = np.add.reduceat(value, starts)
-    summary["q"] = np.add.reduceat(value * value, starts)
-    summary["lo"] = np.minimum.reduceat(value, starts)
-    summary["hi"] = np.maximum.reduceat(value, starts)
-    summary["fts"], summary["fv"] = ts[starts], value[starts]
-    summary["lts"], summary["lv"] = ts[ends], value[ends]
+    summary = SUMMARY.of_runs(Runs(ts, value, starts, ends))
 
     group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(pair)]))
     combined, counts = np.unique((group << 24) | (keys + (1 << 23)), return_counts=True)

@@ -19,8 +19,9 @@ import numpy as np
 import redis
 
 from analytics.errors import QueryError
-from analytics.stats import BucketStats, spread
+from analytics.stats import BucketStats
 from analytics.stored import RecordFormat, read_buckets
+from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
 from analytics.tiers import Tier, parse_tiers
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
@@ -31,6 +32,7 @@ from ingest.settings import Settings
 MAX_BUCKETS = 1440
 # The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+PERCENTILE_FIELDS = ("p50", "p90", "p95", "p99")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class Store:
 
 @dataclass(frozen=True)
 class Stats:
-    """Statistics of one bucket or of a merged window."""
+    """Statistics of one bucket or of a merged window: the span, every one of
+    `summary.REPORTS` and the percentiles."""
 
     start_ms: int
     end_ms: int
@@ -82,11 +85,9 @@ class Stats:
 
     @classmethod
     def of(cls, start_ms: int, end_ms: int, b: BucketStats) -> Stats:
-        p50, p90, p95, p99 = b.percentiles(PERCENTILES)
-        return cls(
-            start_ms, end_ms, b.count, b.mean, b.minimum, b.maximum, b.std, p50, p90, p95, p99,
-            b.first, b.first_ts_ms, b.last, b.last_ts_ms,
-        )  # fmt: skip
+        reported: dict[str, Any] = {name: b.report(name) for name in REPORTS}
+        reported.update(zip(PERCENTILE_FIELDS, b.percentiles(PERCENTILES), strict=True))
+        return cls(start_ms=start_ms, end_ms=end_ms, **reported)
 
 
 @dataclass(frozen=True)
@@ -143,16 +144,17 @@ def bucket_columns(
     # None for a bucket without a histogram, as `Stats` reports it.
     reported = percentiles.astype(object)
     reported[np.isnan(percentiles)] = None
-    count = table["c"]
-    starts = stored.start
-    return [
-        starts.tolist(), (starts + tier.bucket_ms).tolist(), count.astype(np.int64).tolist(),
-        (table["s"] / count).tolist(), table["lo"].tolist(), table["hi"].tolist(),
-        spread(count, table["s"], table["q"]).tolist(),
-        *reported.tolist(),
-        table["fv"].tolist(), table["fts"].astype(np.int64).tolist(),
-        table["lv"].tolist(), table["lts"].astype(np.int64).tolist(),
-    ]  # fmt: skip
+    columns = {name: table[name] for name in SUMMARY.names}
+    out = {
+        name: (
+            report(columns).astype(np.int64) if name in WHOLE_REPORTS else report(columns)
+        ).tolist()
+        for name, report in REPORTS.items()
+    }
+    out["start_ms"] = stored.start.tolist()
+    out["end_ms"] = (stored.start + tier.bucket_ms).tolist()
+    out.update(zip(PERCENTILE_FIELDS, reported.tolist(), strict=True))
+    return [out[name] for name in STATS_FIELDS]
 
 
 def rolling(

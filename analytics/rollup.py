@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import redis
 
 from analytics.stored import Mark, RecordFormat, read_mark
+from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.errors import IngestError
 from ingest.keys import StreamKeys
@@ -34,7 +35,7 @@ from ingest.redis.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 
-ROLLUP = LuaScript("analytics", "rollup.lua", library="merge.lua")
+ROLLUP = LuaScript("analytics", "rollup.lua", library="merge.lua", prelude=SUMMARY.lua_source())
 # Sensors per script call: about 20 µs each with three metrics and two coarse tiers, so that a
 # step holds Redis for about 2 ms.
 SENSORS_PER_STEP = 100

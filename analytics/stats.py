@@ -1,69 +1,40 @@
-"""Statistics of one bucket: what is stored, how buckets merge, and what is reported.
+"""A bucket's stored record, and one bucket's statistics in Python.
 
-Stored per bucket, all mergeable: count, sum, sum of squares, min, max, first and last value with
-their event times, and a histogram (see `sketch`). Two buckets merge by adding or by min/max;
-"first" is the value with the smallest event time (the smaller value on a tie) and "last" the
-value with the largest (the larger value on a tie), so the merge order never matters.
-
-A bucket is stored as one record: its summary packed as nine little-endian doubles, followed by
-its histogram as (int32 key, uint32 count) pairs; the Lua script that merges them in Redis reads
-the same layout.
+A record is its summary (see `summary`: doubles, one per column) followed by its histogram (see
+`sketch`) as (int32 key, uint32 count) pairs. Fleet buckets hold summaries only, each sensor's at
+its number times the summary's size.
 """
 
 from __future__ import annotations
 
-import math
 import struct
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from analytics.sketch import quantiles
+from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
 
-# The layout of every aggregate record and fleet bucket below. A store records the format it
-# holds (see `stored.RecordFormat`); change the layout, and this number changes with it.
+# The layout of every aggregate record and fleet bucket. A store records the format it holds
+# (see `stored.RecordFormat`); change the layout or `SUMMARY`'s columns, and this number changes
+# with it (`tests/test_summary.py` holds the two together).
 RECORD_FORMAT = 1
-SUMMARY = struct.Struct("<9d")
 BIN = struct.Struct("<iI")
-# The same layouts for numpy, to pack and read many buckets at once.
-SUMMARY_FIELDS = ["c", "s", "q", "lo", "hi", "fts", "fv", "lts", "lv"]
-SUMMARY_DTYPE = np.dtype([(name, "<f8") for name in SUMMARY_FIELDS])
 BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
-assert SUMMARY_DTYPE.itemsize == SUMMARY.size and BIN_DTYPE.itemsize == BIN.size
+assert BIN_DTYPE.itemsize == BIN.size
 
 
-def spread(
-    count: npt.ArrayLike, total: npt.ArrayLike, total_sq: npt.ArrayLike
-) -> npt.NDArray[np.float64]:
-    """Population standard deviation from a bucket's count, sum and sum of squares; for one
-    bucket or, element by element, for arrays of them."""
-    mean = np.divide(total, count)
-    deviation: npt.NDArray[np.float64] = np.sqrt(
-        np.maximum(0.0, np.divide(total_sq, count) - mean**2)
-    )
-    return deviation
-
-
-@dataclass
 class BucketStats:
-    count: int
-    total: float
-    total_sq: float
-    minimum: float
-    maximum: float
-    first_ts_ms: int
-    first: float
-    last_ts_ms: int
-    last: float
-    bins: dict[int, int] = field(default_factory=dict)
+    """One bucket's (or a merged window's) summary and histogram."""
+
+    def __init__(self, values: Sequence[float], bins: dict[int, int]) -> None:
+        self.values = tuple(values)
+        self.bins = bins
 
     @classmethod
     def empty(cls) -> BucketStats:
         """The identity of `merge`."""
-        return cls(0, 0.0, 0.0, math.inf, -math.inf, sys.maxsize, math.inf, -1, -math.inf)
+        return cls(SUMMARY.empty(), {})
 
     @classmethod
     def from_record(cls, record: bytes) -> BucketStats:
@@ -72,43 +43,36 @@ class BucketStats:
     @classmethod
     def unpack(cls, summary: bytes, histogram: bytes | None) -> BucketStats:
         """A stored bucket; a histogram may list a bin more than once."""
-        c, s, q, lo, hi, fts, fv, lts, lv = SUMMARY.unpack(summary)
         bins: dict[int, int] = {}
         if histogram:
             for key, count in BIN.iter_unpack(histogram):
                 bins[key] = bins.get(key, 0) + count
-        return cls(int(c), s, q, lo, hi, int(fts), fv, int(lts), lv, bins)
+        return cls(SUMMARY.struct.unpack(summary), bins)
 
     def merge(self, other: BucketStats) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.total_sq += other.total_sq
-        self.minimum = min(self.minimum, other.minimum)
-        self.maximum = max(self.maximum, other.maximum)
-        self.first_ts_ms, self.first = min(
-            (self.first_ts_ms, self.first), (other.first_ts_ms, other.first)
-        )
-        self.last_ts_ms, self.last = max(
-            (self.last_ts_ms, self.last), (other.last_ts_ms, other.last)
-        )
+        self.values = SUMMARY.merge(self.values, other.values)
         for key, count in other.bins.items():
             self.bins[key] = self.bins.get(key, 0) + count
 
     def pack_summary(self) -> bytes:
         """The summary as stored, without the histogram."""
-        return SUMMARY.pack(
-            self.count, self.total, self.total_sq, self.minimum, self.maximum,
-            self.first_ts_ms, self.first, self.last_ts_ms, self.last,
-        )  # fmt: skip
+        return SUMMARY.struct.pack(*self.values)
+
+    def column(self, name: str) -> float:
+        """One of the summary's stored columns."""
+        return self.values[SUMMARY.names.index(name)]
+
+    def report(self, name: str) -> float | int:
+        """One of `summary.REPORTS`."""
+        columns = {
+            n: np.asarray(v, np.float64) for n, v in zip(SUMMARY.names, self.values, strict=True)
+        }
+        value = float(REPORTS[name](columns))
+        return int(value) if name in WHOLE_REPORTS else value
 
     @property
-    def mean(self) -> float:
-        return self.total / self.count
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation."""
-        return float(spread(self.count, self.total, self.total_sq))
+    def count(self) -> int:
+        return int(self.values[0])
 
     def percentiles(self, qs: Sequence[float]) -> list[float | None]:
-        return quantiles(self.bins, qs, self.minimum, self.maximum)
+        return quantiles(self.bins, qs, float(self.report("min")), float(self.report("max")))

@@ -15,13 +15,14 @@ import redis
 
 from analytics.errors import AnalyticsError
 from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, RECORD_FORMAT, SUMMARY, SUMMARY_DTYPE, BucketStats
+from analytics.stats import BIN_DTYPE, RECORD_FORMAT, BucketStats
+from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 
-SUMMARY_WORDS = SUMMARY_DTYPE.itemsize // 8
+SUMMARY_WORDS = SUMMARY.size // 8
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def _unpacked(sensor: Ints, start: Ints, records: list[bytes]) -> StoredBuckets:
         sensor=sensor,
         start=start,
         records=records,
-        summary=summary_words.view(SUMMARY_DTYPE),
+        summary=summary_words.view(SUMMARY.dtype),
         bin_key=bins["key"].astype(np.int64),
         bin_count=bins["count"].astype(np.int64),
         bin_bucket=bin_bucket,

@@ -10,7 +10,8 @@ import numpy.typing as npt
 import redis
 
 from analytics.sketch import RELATIVE_ERROR, quantiles_of_many
-from analytics.stats import BIN_DTYPE, SUMMARY, SUMMARY_DTYPE, BucketStats
+from analytics.stats import BIN_DTYPE, BucketStats
+from analytics.summary import SUMMARY
 from ingest.keys import StreamKeys
 from simulator.dataset import METRICS, Made
 
@@ -101,9 +102,9 @@ def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int
         assert fleet.keys() == records.keys()
         in_order = [records[key] for key in want.keys]
         summaries = np.frombuffer(
-            b"".join(record[: SUMMARY.size] for record in in_order), SUMMARY_DTYPE
+            b"".join(record[: SUMMARY.size] for record in in_order), SUMMARY.dtype
         )
-        same = summaries == np.frombuffer(b"".join(fleet[k] for k in want.keys), SUMMARY_DTYPE)
+        same = summaries == np.frombuffer(b"".join(fleet[k] for k in want.keys), SUMMARY.dtype)
         assert same.all(), want.keys[int(np.argmin(same))]
         histograms = [record[SUMMARY.size :] for record in in_order]
         bins = np.frombuffer(b"".join(histograms), BIN_DTYPE)

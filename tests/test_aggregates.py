@@ -22,7 +22,8 @@ import redis
 from analytics.aggregator import APPLY_BATCH, GROUP, Aggregator
 from analytics.rollup import GRACE_MS, Rollup
 from analytics.sketch import RELATIVE_ERROR
-from analytics.stats import BIN_DTYPE, RECORD_FORMAT, SUMMARY
+from analytics.stats import BIN_DTYPE, RECORD_FORMAT
+from analytics.summary import SUMMARY
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
 from ingest.contract.columns import decode_columns
@@ -263,7 +264,7 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     assert group.unaccounted == 0
     tens = stored_buckets(settings.redis_url, "10s", "temp")
     assert tens[("s1", minute)].count == 10
-    assert tens[("s1", minute)].maximum == 29.0
+    assert tens[("s1", minute)].report("max") == 29.0
     assert tens[("s1", minute + 10_000)].count == 1
     assert tens[("s1", minute - 50_000)].count == 1 and tens[("s1", minute - 60_000)].count == 1
     hours = stored_buckets(settings.redis_url, "1h", "temp")
@@ -393,7 +394,7 @@ def test_readings_without_seq_or_ts_are_counted(settings: Settings) -> None:
     drain(aggregator_runner(client, settings, "c1"))
     assert ledger(client) == {"settled:aggregated": 3}
     hours = stored_buckets(settings.redis_url, "1h", "temp").values()
-    assert sum(b.count for b in hours) == 3 and sum(b.total for b in hours) == 8.0
+    assert sum(b.count for b in hours) == 3 and sum(b.column("s") for b in hours) == 8.0
 
 
 def test_a_bucket_merged_from_many_batches_keeps_every_value_in_its_histogram(

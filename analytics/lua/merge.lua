@@ -1,12 +1,10 @@
 -- Merging bucket records, shared by the scripts that write aggregates (each is sent to Redis
 -- with this file in front of it).
 --
--- A record (see analytics/stats.py) is a summary of nine little-endian doubles (count, sum,
--- sum of squares, min, max, first time and value, last time and value), then histogram bins
--- as (int32 key, uint32 count) pairs. A fleet bucket holds each sensor's summary at its number
--- times SUMMARY_BYTES.
-
-local SUMMARY, SUMMARY_BYTES = '<ddddddddd', 72
+-- A record (see analytics/stats.py) is a summary of SUMMARY_BYTES, then histogram bins as
+-- (int32 key, uint32 count) pairs. A fleet bucket holds each sensor's summary at its number
+-- times SUMMARY_BYTES. SUMMARY, SUMMARY_BYTES, merge_summary and folded_summary come from
+-- analytics/summary.py, which writes them from the summary's definition.
 
 -- Redis's Lua takes at most ~8000 values from unpack(); call in slices. Returns the replies'
 -- elements end to end (none for replies that are not arrays).
@@ -39,26 +37,6 @@ local function unpack_values(code, width, packed, count)
     end
   end
   return out
-end
-
--- Two summaries' fields combined, the second's given as struct.unpack returns them (an extra
--- trailing value is ignored).
-local function combined(c1, s1, q1, lo1, hi1, fts1, fv1, lts1, lv1,
-                        c2, s2, q2, lo2, hi2, fts2, fv2, lts2, lv2)
-  if fts2 < fts1 or (fts2 == fts1 and fv2 < fv1) then
-    fts1, fv1 = fts2, fv2
-  end
-  if lts2 > lts1 or (lts2 == lts1 and lv2 > lv1) then
-    lts1, lv1 = lts2, lv2
-  end
-  return c1 + c2, s1 + s2, q1 + q2, math.min(lo1, lo2), math.max(hi1, hi2), fts1, fv1, lts1, lv1
-end
-
--- The stored summary `old` merged with the one at byte `at` (from 1) of `packed`.
-local function merge_summary(old, packed, at)
-  local c, s, q, lo, hi, fts, fv, lts, lv = struct.unpack(SUMMARY, old)
-  return struct.pack(SUMMARY,
-    combined(c, s, q, lo, hi, fts, fv, lts, lv, struct.unpack(SUMMARY, packed, at)))
 end
 
 -- Histograms: (int32 key, uint32 count) pairs, in no particular order. Unpacked and packed with
@@ -114,18 +92,15 @@ local function folded_record(records)
   if #records == 1 then
     return records[1]
   end
-  local c, s, q, lo, hi, fts, fv, lts, lv = struct.unpack(SUMMARY, records[1])
-  local bins = {string.sub(records[1], SUMMARY_BYTES + 1)}
-  for k = 2, #records do
-    c, s, q, lo, hi, fts, fv, lts, lv = combined(c, s, q, lo, hi, fts, fv, lts, lv,
-      struct.unpack(SUMMARY, records[k]))
+  local bins = {}
+  for k = 1, #records do
     bins[k] = string.sub(records[k], SUMMARY_BYTES + 1)
   end
   local all = table.concat(bins)
   if #all > COMPACT_BYTES then
     all = merge_bins('', all)
   end
-  return struct.pack(SUMMARY, c, s, q, lo, hi, fts, fv, lts, lv) .. all
+  return folded_summary(records) .. all
 end
 
 -- Writes summaries into fleet buckets. Neighbouring sensors' summaries in one fleet bucket (a

@@ -13,13 +13,17 @@ Arg = str | int | float
 
 
 class LuaScript:
-    def __init__(self, package: str, filename: str, *, library: str | None = None) -> None:
+    def __init__(
+        self, package: str, filename: str, *, library: str | None = None, prelude: str = ""
+    ) -> None:
         """The script in `package`/lua/`filename`, after the functions in `library` (a file
-        beside it) when given."""
+        beside it) when given, all after `prelude` (Lua source written by the caller)."""
         self.name = filename
         files = [library, filename] if library else [filename]
         folder = resources.files(package).joinpath("lua")
-        self.source = "\n".join(folder.joinpath(f).read_text(encoding="utf-8") for f in files)
+        self.source = prelude + "\n".join(
+            folder.joinpath(f).read_text(encoding="utf-8") for f in files
+        )
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
