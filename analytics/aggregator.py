@@ -26,6 +26,7 @@ from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.groups import Abort, Batch, PreparingHandler, UpkeepingHandler
+from ingest.groups.settlement import SETTLE_LIBRARY, Gate, SettlingArgs
 from ingest.keys import SETTLED, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "aggregates"
 APPLY_BATCH = LuaScript(
-    "analytics", "apply_batch.lua", library="merge.lua", prelude=SUMMARY.lua_source()
-)
+    "analytics", "apply_batch.lua", library="merge.lua",
+    prelude=SETTLE_LIBRARY + SUMMARY.lua_source(),
+)  # fmt: skip
 # Readings stamped further ahead of the aggregator's clock than this are counted as too new:
 # their buckets would outlive every retention.
 MAX_FUTURE_MS = 3_600_000
@@ -55,16 +57,15 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _Args:
-    """KEYS and ARGV for one call of the apply script, keys numbered as they are added."""
+class _Args(SettlingArgs):
+    """KEYS and ARGV for one call of the apply script, and what the aggregator keeps of them."""
 
-    def __init__(self, keys: StreamKeys, group: str) -> None:
-        self.keys: list[str] = [
-            keys.stream, keys.ledger(GROUP), keys.seq_high, keys.sensors, keys.sensor_index,
-            keys.sensor_names, keys.rollup_mark, keys.metric_names, keys.handovers(group),
-        ]  # fmt: skip
-        self._index: dict[str, int] = {}
-        self.argv: list[Any] = []
+    def __init__(self, keys: StreamKeys, batch: Batch[ReadingColumns]) -> None:
+        super().__init__(
+            keys, batch, Gate.OWNED,
+            [keys.seq_high, keys.sensors, keys.sensor_index, keys.sensor_names,
+             keys.rollup_mark, keys.metric_names],
+        )  # fmt: skip
         self.new_pairs: set[tuple[str, str]] = set()
         # Rows of the readings that carry a seq, in the order the script numbers them.
         self.seq_rows: Ints = np.zeros(0, np.int64)
@@ -72,13 +73,6 @@ class _Args:
         self.sensor_place: Ints = np.zeros(0, np.int64)
         # Key index -> when it expires (ms).
         self.expiring: dict[int, int] = {}
-
-    def key(self, name: str) -> int:
-        index = self._index.get(name)
-        if index is None:
-            self.keys.append(name)
-            index = self._index[name] = len(self.keys)
-        return index
 
     def keys_by_time(
         self,
@@ -192,7 +186,7 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
 
     def _apply(self, args: _Args) -> Any:
         with redis_errors():
-            return APPLY_BATCH(self.client, args.keys, args.argv)
+            return APPLY_BATCH(self.client, args.keys, args.all_argv)
 
     def _arguments(
         self,
@@ -201,18 +195,16 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
         duplicates: int,
         outcome: BatchOutcome,
     ) -> _Args:
-        args = _Args(self.keys, batch.group)
-        ids = batch.ids
-        # Entries arrive in stream order; IDs do not sort as strings ("5-10" < "5-9").
-        args.argv += [batch.group, batch.consumer, ids[0], ids[-1], len(ids)]
-        args.argv += ["" if batch.handovers is None else batch.handovers, ",".join(ids)]
-        increments = [
-            (f"{SETTLED}aggregated", outcome.aggregated),
-            (f"{SETTLED}duplicate", duplicates),
-            (f"{SETTLED}too_old", outcome.too_old),
-            (f"{SETTLED}too_new", outcome.too_new),
-        ] + [(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()]
-        args.section(increments)
+        args = _Args(self.keys, batch)
+        args.ledger(
+            [
+                (f"{SETTLED}aggregated", outcome.aggregated),
+                (f"{SETTLED}duplicate", duplicates),
+                (f"{SETTLED}too_old", outcome.too_old),
+                (f"{SETTLED}too_new", outcome.too_new),
+                *[(f"outside_retention:{tier}", n) for tier, n in outcome.tier_drops.items()],
+            ]
+        )
         self._seq_section(args, readings)
         self._sensor_section(args, readings)
         args.new_pairs = set(outcome.flat.pairs) - self._known_pairs

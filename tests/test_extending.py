@@ -15,6 +15,8 @@ from analytics.alerts.kinds.base import Floats, Ints, Judgement, Kind, Records, 
 from analytics.alerts.rules import Rule
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.groups import Batch, GroupRunner
+from ingest.groups.settlement import SETTLE_LIBRARY, Gate, SettlingArgs
+from ingest.keys import StreamKeys
 from ingest.redis.connection import read_range
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
@@ -51,6 +53,57 @@ def test_a_consumer_group_is_a_handler_and_a_group_name(
     dead = read_range(client, f"{settings.stream}:dead")
     assert len(dead) == 1 and "temp" in dead[0][1]["reason"]
     assert client.xpending(settings.stream, "per-sensor")["pending"] == 0
+
+
+# A toy effectively-once analysis: readings per sensor counted in a Redis hash, settled with the
+# batch by the library every settling script loads.
+COUNT_AND_SETTLE = (
+    SETTLE_LIBRARY
+    + """
+local settlement = read_settlement()
+if settle_gate(settlement) ~= 1 then
+  return 0
+end
+for i = settlement.next_arg, #ARGV do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
+end
+settle_finish(settlement)
+return 1
+"""
+)
+
+
+class ReadingsPerSensorInRedis:
+    acknowledges = True
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client, self.keys = client, StreamKeys(settings.stream)
+        self.calls: list[SettlingArgs] = []
+
+    def __call__(self, batch: Batch[ReadingColumns]) -> None:
+        args = SettlingArgs(self.keys, batch, Gate.OWNED, ["counts"], [("settled:counted", 1)])
+        readings = batch.entries
+        args.argv += [readings.sensors[k] for k in readings.sensor.tolist()]
+        self.calls.append(args)
+        self.client.eval(COUNT_AND_SETTLE, len(args.keys), *args.keys, *args.all_argv)
+
+
+def test_a_consumer_group_settles_exactly_once_from_the_shared_library(
+    client: redis.Redis, settings: Settings
+) -> None:
+    writer = StreamWriter(client, settings.stream, settings.maxlen)
+    writer.write([{"sensor_id": f"s{i % 3}", "temp": str(i)} for i in range(3000)])
+    handler = ReadingsPerSensorInRedis(client, settings)
+    drain(GroupRunner(client, settings, "counted", "c1", handler, decode_columns))
+    expected = {"s0": "1000", "s1": "1000", "s2": "1000"}
+    assert client.hgetall("counts") == expected
+    # Every call sent again, as a client does when a reply is lost: nothing changes.
+    for args in handler.calls:
+        assert client.eval(COUNT_AND_SETTLE, len(args.keys), *args.keys, *args.all_argv) == 0
+    assert client.hgetall("counts") == expected
+    ledger = client.hgetall(StreamKeys(settings.stream).ledger("counted"))
+    assert int(ledger["settled:counted"]) == len(handler.calls)
+    assert client.xpending(settings.stream, "counted")["pending"] == 0
 
 
 class Band(Kind):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from analytics.alerts.rules import Rule
 from ingest.contract.columns import NO_SEQ, ReadingColumns
 from ingest.groups import Batch
+from ingest.groups.settlement import Gate, SettlingArgs
 from ingest.keys import SETTLED, AlertKeys, StreamKeys
 
 RAISED, RESOLVED = "raised", "resolved"
@@ -89,45 +90,25 @@ class HeardBy(NamedTuple):
     heard: Heard
 
 
-class CommitArgs:
+class CommitArgs(SettlingArgs):
     """KEYS and ARGV for one call of the commit script; lists packed one argument each."""
 
-    def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, group: str,
-                 batch: Batch[ReadingColumns], alerts_maxlen: int,
-                 version: int) -> None:  # fmt: skip
-        self.keys = [
-            keys.stream,
-            keys.ledger(group),
-            alert_keys.stream,
-            alert_keys.open,
-            alert_keys.clock,
-            alert_keys.version,
-            alert_keys.state,
-        ]
-        self._index: dict[str, int] = {}
-        ids = batch.ids
-        self.argv: list[Any] = [group, batch.consumer, ids[-1], alerts_maxlen, version,
-                                len(ids), ",".join(ids)]  # fmt: skip
+    def __init__(self, keys: StreamKeys, alert_keys: AlertKeys, batch: Batch[ReadingColumns],
+                 alerts_maxlen: int, version: int) -> None:  # fmt: skip
+        super().__init__(
+            keys, batch, Gate.IN_ORDER,
+            [alert_keys.stream, alert_keys.open, alert_keys.clock, alert_keys.version,
+             alert_keys.state],
+        )  # fmt: skip
+        self.argv += [alerts_maxlen, version]
         # The changes the batch decided (silence resolutions are the script's own), and how
         # many of its readings were stale.
         self.decided: list[dict[str, str]] = []
         self.stale = 0
 
-    def key(self, name: str) -> int:
-        index = self._index.get(name)
-        if index is None:
-            self.keys.append(name)
-            index = self._index[name] = len(self.keys)
-        return index
-
-    def ledger(self, evaluated: int, stale: int) -> None:
+    def counts(self, evaluated: int, stale: int) -> None:
         self.stale = stale
-        increments = [(f"{SETTLED}evaluated", evaluated)]
-        if stale:
-            increments.append((f"{SETTLED}stale", stale))
-        self.argv.append(len(increments))
-        for name, amount in increments:
-            self.argv += [name, amount]
+        self.ledger([(f"{SETTLED}evaluated", evaluated), (f"{SETTLED}stale", stale)])
 
     def clocks(self, clocks: Mapping[str, tuple[int, int]]) -> None:
         self.argv += [

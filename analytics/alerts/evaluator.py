@@ -13,9 +13,9 @@ of a round's sensors at once (see `kernels`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,15 @@ from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
 from ingest.contract.columns import NO_SEQ, ReadingColumns
 from ingest.contract.reading import entry_time_ms
 from ingest.groups import Batch, Deferred
+from ingest.groups.settlement import (
+    GATE,
+    NOT_OURS,
+    OLDER_PENDING,
+    SETTLE,
+    SETTLE_LIBRARY,
+    Gate,
+    SettlingArgs,
+)
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
@@ -46,8 +55,7 @@ from ingest.settings import Settings
 log = logging.getLogger(__name__)
 
 GROUP = "alerts"
-COMMIT = LuaScript("analytics.alerts", "commit.lua")
-OPEN, BLOCKED, NOT_OURS = "open", "blocked", "not ours"
+COMMIT = LuaScript("analytics.alerts", "commit.lua", prelude=SETTLE_LIBRARY)
 ALERT_CHANGES = Counter(
     "telemetry_alert_worker_changes", "Alert changes this worker recorded", ["rule", "state"]
 )
@@ -104,8 +112,8 @@ class AlertEvaluator:
         while True:
             # What this worker holds may already be all the batch needs; the commit script
             # checks that no other batch was settled since (the version), as well as the gate.
-            gate = OPEN if self._holds_all(columns) else self._snapshot(batch, columns)
-            if gate == BLOCKED:
+            gate = SETTLE if self._holds_all(columns) else self._snapshot(batch, columns)
+            if gate == OLDER_PENDING:
                 self.stats.deferred += 1
                 raise Deferred("older entries of the group are not settled yet")
             if gate == NOT_OURS:
@@ -114,7 +122,7 @@ class AlertEvaluator:
             try:
                 args = self._evaluate(batch, columns)
                 with redis_errors():
-                    result, version = COMMIT(self.client, args.keys, args.argv)
+                    result, version = COMMIT(self.client, args.keys, args.all_argv)
             except BaseException:
                 # Evaluation changed the held state in place; only a settled batch makes it
                 # Redis's.
@@ -169,27 +177,32 @@ class AlertEvaluator:
         tables = self.tables
         return tables.version is not None and bool(tables.known[columns.slots].all())
 
-    def _snapshot(self, batch: Batch[ReadingColumns], columns: _Columns) -> str:
-        """Check the gate and bring the held state up to date for the batch, in one
-        transaction."""
+    def _snapshot(self, batch: Batch[ReadingColumns], columns: _Columns) -> int:
+        """Check the settlement's gate and bring the held state up to date for the batch, in
+        one transaction."""
         tables = self.tables
         was_valid = tables.version is not None
         in_batch = np.unique(columns.slots)
         wanted = in_batch[~tables.known[in_batch]]
         names = tables.names
-        ids = batch.ids
+        gate = SettlingArgs(self.keys, batch, Gate.IN_ORDER)
         pipe = self.client.pipeline(transaction=True)
-        pipe.xpending_range(self.keys.stream, GROUP, "-", ids[-1], len(ids) + 1)
+        pipe.evalsha(GATE.sha, len(gate.keys), *gate.keys, *gate.all_argv)
         pipe.get(self.alert_keys.version)
         wanted_names = [names[s] for s in wanted.tolist()]
         if wanted_names:
             pipe.hmget(self.alert_keys.clock, wanted_names)
             pipe.hmget(self.alert_keys.state, wanted_names)
         with redis_errors():
-            replies = pipe.execute()
-        gate = _gate(replies[0], ids, batch.consumer)
-        if gate != OPEN:
-            return gate
+            replies = pipe.execute(raise_on_error=False)
+            if isinstance(replies[0], redis.exceptions.NoScriptError):
+                GATE.load(self.client)
+                return self._snapshot(batch, columns)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        if replies[0] != SETTLE:
+            return int(replies[0])
         version = int(replies[1] or 0)
         if version != tables.version:
             tables.forget()
@@ -199,7 +212,7 @@ class AlertEvaluator:
             tables.version = version
         if wanted_names:
             tables.load(wanted, replies[2], replies[3])
-        return OPEN
+        return SETTLE
 
     def _evaluate(self, batch: Batch[ReadingColumns], columns: _Columns) -> CommitArgs:
         tables = self.tables
@@ -238,10 +251,8 @@ class AlertEvaluator:
         stale = int(stale_rows.sum())
         changes.sort(key=lambda c: (c.position, c.rule_index))
         assert tables.version is not None
-        args = CommitArgs(
-            self.keys, self.alert_keys, GROUP, batch, self.alerts_maxlen, tables.version
-        )
-        args.ledger(len(entries) - stale, stale)
+        args = CommitArgs(self.keys, self.alert_keys, batch, self.alerts_maxlen, tables.version)
+        args.counts(len(entries) - stale, stale)
         args.clocks(
             {tables.names[s]: (int(tables.clock_ts[s]), int(tables.clock_seq[s]))
              for s in np.unique(columns.slots).tolist() if tables.clock_ts[s] != NO_CLOCK}
@@ -309,14 +320,3 @@ class AlertEvaluator:
             ",".join(map(str, columns.ts[rows].tolist())),
             ",".join(ids),
         )
-
-
-def _gate(pending: Sequence[Mapping[str, Any]], ids: Sequence[str], consumer: str) -> str:
-    """The commit script's gate, read ahead: may this batch be evaluated now?"""
-    ours = set(ids)
-    for entry in pending:
-        if str(entry["message_id"]) not in ours:
-            return BLOCKED
-        if str(entry["consumer"]) != consumer:
-            return NOT_OURS
-    return OPEN if len(pending) == len(ids) else NOT_OURS

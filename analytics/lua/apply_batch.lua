@@ -1,16 +1,11 @@
 -- Apply one pre-aggregated batch of the aggregates group, atomically and at most once.
 --
--- First checks that every entry of the batch is still pending and owned by this consumer; if
--- not (another consumer claimed it, or this very script already ran and acknowledged it before
--- a client re-send), it changes nothing and returns 0. A batch the consumer read as new comes
--- with the group's hand-over count at the read (see ingest/keys.py). While that count is
--- unchanged no other consumer took its entries, so the batch is all this consumer's if its
--- first and last entries are (a re-sent batch, applied already, has neither): the others are
--- not looked up. Then checks that no reading's (sensor_id, seq) was counted before; if some
--- were, it changes nothing and returns {-1, {their 0-based positions in the seq list}}: the
--- caller drops them as duplicates and sends the batch again. Only then merges the bucket
--- deltas, records the seqs, updates the sensor index and the ledger, and XACKs the entries.
--- Returns 1.
+-- First the settlement's gate ('owned', see ingest/lua/settle.lua): if the batch is no longer
+-- this consumer's, it changes nothing and returns 0. Then checks that no reading's
+-- (sensor_id, seq) was counted before; if some were, it changes nothing and returns
+-- {-1, {their 0-based positions in the seq list}}: the caller drops them as duplicates and
+-- sends the batch again. Only then merges the bucket deltas, records the seqs, updates the
+-- sensor index, and settles (ledger and XACK). Returns 1.
 --
 -- Coarse tiers are rolled up from the finest one (rollup.lua) behind a mark: fine bucket B of
 -- sensor number N is rolled up when B < mark.bucket, or B < mark.until and N < mark.sensor.
@@ -19,13 +14,10 @@
 -- tiers as well, here. Readings older than the fine tier's retention come as coarse deltas of
 -- their own. The first batch ever sets the mark at its oldest fine bucket.
 --
--- KEYS: 1 stream, 2 ledger hash, 3 seq-high hash, 4 sensors zset, 5 sensor index hash,
--- 6 sensor names list, 7 roll-up mark hash, 8 metric names set, 9 the group's hand-over count,
--- then keys referred to by index from ARGV (seq windows, metric sets, aggregate chunks, fleet
--- buckets).
--- ARGV: group, consumer, min id, max id, n ids, the hand-over count at the read ('' for entries
---       delivered before), ids (comma-separated),
---       n ledger increments, (field, amount)...,
+-- KEYS: the settlement's (settle.lua), then 4 seq-high hash, 5 sensors zset, 6 sensor index
+-- hash, 7 sensor names list, 8 roll-up mark hash, 9 metric names set, then keys referred to by
+-- index from ARGV (seq windows, metric sets, aggregate chunks, fleet buckets).
+-- ARGV: the settlement's, then
 --       n sensors with seqs, (window key index, sensor, how many seqs)..., the seqs as
 --       little-endian doubles, each sensor's ascending, in the order of the sensors,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
@@ -35,16 +27,16 @@
 --       section, from 0), its fine bucket in bucket numbers (ms / fine bucket ms; -1 for a
 --       coarse delta), then for each coarse tier the chunk and fleet bucket key indexes its
 --       fine bucket rolls up into; hash fields
---       `sensor|bucket` (comma-separated); records (summary of 72 bytes, then histogram),
+--       `sensor|bucket` (comma-separated); records (summary, then histogram),
 --       end to end; record offsets (n + 1 int32),
 --       n expiring keys, (key index, expire-at ms)...
 
 local SEQ_WINDOW = 4096
-local stream, ledger, seq_high, sensors = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local sensor_index, sensor_names, rollup, metric_names = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local handovers = KEYS[9]
-local group, consumer = ARGV[1], ARGV[2]
-local pos = 6
+local settlement = read_settlement()
+local ledger = settlement.ledger
+local seq_high, sensors, sensor_index, sensor_names = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local rollup, metric_names = KEYS[8], KEYS[9]
+local pos = settlement.next_arg - 1
 
 local function take()
   pos = pos + 1
@@ -52,42 +44,11 @@ local function take()
 end
 
 -- 1. Ownership.
-local n_ids = tonumber(ARGV[5])
-local ids = {}
-for id in string.gmatch(take(), '[^,]+') do
-  ids[#ids + 1] = id
-end
-if #ids ~= n_ids then
-  return redis.error_reply('apply_batch: ' .. #ids .. ' entry IDs where ' .. n_ids .. ' were announced')
-end
-local function held(id)
-  return #redis.call('XPENDING', stream, group, id, id, 1, consumer) == 1
-end
-if ARGV[6] ~= '' and tonumber(redis.call('GET', handovers) or '0') == tonumber(ARGV[6]) then
-  if not (held(ids[1]) and held(ids[n_ids])) then
-    return 0
-  end
-else
-  local limit = n_ids * 2 + 100
-  local pending = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], limit, consumer)
-  local owned = {}
-  for _, entry in ipairs(pending) do
-    owned[entry[1]] = true
-  end
-  for i = 1, n_ids do
-    if not owned[ids[i]] then
-      if #pending < limit or not held(ids[i]) then
-        return 0
-      end
-    end
-  end
+if settle_gate(settlement) ~= 1 then
+  return 0
 end
 
 -- 2. Read the rest of the arguments.
-local increments = {}
-for i = 1, tonumber(take()) do
-  increments[i] = {take(), tonumber(take())}
-end
 -- Readings with a seq, by sensor: sensor i's are seqs[firsts[i]..lasts[i]], ascending. A
 -- reading's position in the seq list (from 0) is its index in seqs less one.
 local windows, sensor_order, firsts, lasts = {}, {}, {}, {}
@@ -340,15 +301,8 @@ for _ = 1, tonumber(take()) do
 end
 
 -- 7. The ledger, then the acknowledgement.
-for _, inc in ipairs(increments) do
-  if inc[2] ~= 0 then
-    redis.call('HINCRBY', ledger, inc[1], inc[2])
-  end
-end
 if gaps > 0 then redis.call('HINCRBY', ledger, 'seq_gaps', gaps) end
 if filled > 0 then redis.call('HINCRBY', ledger, 'seq_gaps_filled', filled) end
 if beyond > 0 then redis.call('HINCRBY', ledger, 'seq_beyond_window', beyond) end
-for first = 1, n_ids, 1000 do
-  redis.call('XACK', stream, group, unpack(ids, first, math.min(first + 999, n_ids)))
-end
+settle_finish(settlement)
 return 1

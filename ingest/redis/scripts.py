@@ -12,6 +12,11 @@ import redis
 Arg = str | int | float
 
 
+def lua_file(package: str, filename: str) -> str:
+    """The source of `package`/lua/`filename`."""
+    return resources.files(package).joinpath("lua", filename).read_text(encoding="utf-8")
+
+
 class LuaScript:
     def __init__(
         self, package: str, filename: str, *, library: str | None = None, prelude: str = ""
@@ -20,10 +25,7 @@ class LuaScript:
         beside it) when given, all after `prelude` (Lua source written by the caller)."""
         self.name = filename
         files = [library, filename] if library else [filename]
-        folder = resources.files(package).joinpath("lua")
-        self.source = prelude + "\n".join(
-            folder.joinpath(f).read_text(encoding="utf-8") for f in files
-        )
+        self.source = prelude + "\n".join(lua_file(package, f) for f in files)
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:

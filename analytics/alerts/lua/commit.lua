@@ -1,22 +1,21 @@
 -- Settle one evaluated batch of the alerts group: state, alert changes and XACK, all or nothing.
 --
--- The gate: every pending entry of the group up to the batch's last ID must be one of the batch's
--- entries, owned by this consumer. So batches settle in stream order whatever the number of
--- workers, and the alerts are the ones a single worker would give. Then the state version, which
--- every settled batch increments, must still be the one the batch was evaluated against.
--- Returns -1 (changing nothing) while an older entry is still unsettled, 0 when the batch is no
--- longer this consumer's (claimed by another, or this very script already ran before a client
--- re-send), -2 when another batch was settled since the state was read, 1 when settled; and the
--- state version.
+-- The settlement's gate is 'in_order' (see ingest/lua/settle.lua): batches settle in stream
+-- order whatever the number of workers, so the alerts are the ones a single worker would give.
+-- Then the state version, which every settled batch increments, must still be the one the
+-- batch was evaluated against. Returns -1 (changing nothing) while an older entry is still
+-- unsettled, 0 when the batch is no longer this consumer's (claimed by another, or this very
+-- script already ran before a client re-send), -2 when another batch was settled since the
+-- state was read, 1 when settled; and the state version.
 --
 -- Lists travel packed in one argument each (sensor ids comma-separated; rule states as fixed-size
 -- binary records, concatenated): packing thousands of small arguments costs the client more than
 -- everything else.
 --
--- KEYS: 1 stream, 2 group ledger, 3 alerts stream, 4 open-alerts hash, 5 clock hash, 6 state
--- version, 7 state hash, then keys referred to by index from ARGV (silence rules' heard sets).
--- ARGV: group, consumer, last id, alerts maxlen, state version evaluated against, n ids, ids,
---       n ledger increments, (field, amount)...,
+-- KEYS: the settlement's (settle.lua), then 4 alerts stream, 5 open-alerts hash, 6 clock hash,
+-- 7 state version, 8 state hash, then keys referred to by index from ARGV (silence rules'
+-- heard sets).
+-- ARGV: the settlement's, then alerts maxlen, state version evaluated against,
 --       n clocks, sensors, `ts:seq`s,
 --       n groups of sensors' state values, (value size, n, sensors, values)...,
 --       n changes, (open field, state, raise record JSON, n fields, (field, value)...)...,
@@ -24,11 +23,10 @@
 --         heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert of theirs
 --         is resolved with the rule's fields and theirs.
 
-local stream, ledger, alerts, open, clock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local version, state = KEYS[6], KEYS[7]
-local group, consumer, last_id, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local expected_version = tonumber(ARGV[5])
-local pos = 5
+local settlement = read_settlement()
+local alerts, open, clock, version, state = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local maxlen, expected_version = ARGV[settlement.next_arg], tonumber(ARGV[settlement.next_arg + 1])
+local pos = settlement.next_arg + 1
 local CHUNK = 1000
 
 local function take()
@@ -89,23 +87,9 @@ local function add_change(fields)
 end
 
 -- 1. The gate.
-local n_ids = tonumber(take())
-local ids = take_list(n_ids, ',')
-local ours = {}
-for i = 1, n_ids do
-  ours[ids[i]] = true
-end
-local pending = redis.call('XPENDING', stream, group, '-', last_id, n_ids + 1)
-for _, entry in ipairs(pending) do
-  if not ours[entry[1]] then
-    return {-1, 0}
-  end
-  if entry[2] ~= consumer then
-    return {0, 0}
-  end
-end
-if #pending ~= n_ids then
-  return {0, 0}
+local gate = settle_gate(settlement)
+if gate ~= 1 then
+  return {gate, 0}
 end
 local current_version = tonumber(redis.call('GET', version) or '0')
 if current_version ~= expected_version then
@@ -113,9 +97,6 @@ if current_version ~= expected_version then
 end
 
 -- 2. Effects.
-for _ = 1, tonumber(take()) do
-  redis.call('HINCRBY', ledger, take(), take())
-end
 local n_clocks = tonumber(take())
 local sensors, times = take_list(n_clocks, ','), take_list(n_clocks, ',')
 local pairs_ = {}
@@ -183,5 +164,5 @@ for _ = 1, tonumber(take()) do
     end
   end
 end
-call_sliced('XACK', stream, group, ids)
+settle_finish(settlement)
 return {1, redis.call('INCR', version)}
