@@ -36,10 +36,13 @@ class Made:
         )  # fmt: skip
 
 
-def make_readings(sensors: int, per_sensor: int, burst: int, seed: int) -> Made:
-    """Each sensor reads once a second up to now and uploads in bursts, as buffered devices do."""
+def make_readings(
+    sensors: int, per_sensor: int, burst: int, seed: int, *, now_ms: int | None = None
+) -> Made:
+    """Each sensor reads once a second up to now (or `now_ms`) and uploads in bursts, as
+    buffered devices do."""
     rng = np.random.default_rng(seed)
-    now = time.time_ns() // 1_000_000
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     order = [
         (k, j)
         for start in range(0, per_sensor, burst)

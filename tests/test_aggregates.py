@@ -298,7 +298,16 @@ def test_coarse_tiers_rolled_up_around_late_readings_count_each_reading_once(
     client = connect(settings)
     keys, tiers = StreamKeys(settings.stream), parse_tiers(settings.tiers)
     finest = tiers[0]
-    made = make_readings(sensors=20, per_sensor=90, burst=90, seed=11)
+    # In the middle of the previous hour, so that the readings' fine buckets share one
+    # chunk (an hour), as the passes below need, whatever the time of the run.
+    hour = finest.chunk_ms
+    made = make_readings(
+        sensors=20,
+        per_sensor=90,
+        burst=90,
+        seed=11,
+        now_ms=(time.time_ns() // 1_000_000) // hour * hour - hour // 2,
+    )
 
     def aggregate(part: Made) -> None:
         write(client, part)
