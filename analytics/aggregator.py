@@ -23,7 +23,7 @@ from analytics.preaggregate import BatchOutcome, Flat, preaggregate
 from analytics.rollup import Rollup
 from analytics.stored import FormatMismatch, RecordFormat
 from analytics.summary import SUMMARY
-from analytics.tiers import Tier
+from analytics.tiers import MAX_FUTURE_MS, Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
 from ingest.groups import Abort, Batch, PreparingHandler, UpkeepingHandler
 from ingest.groups.settlement import SETTLE_LIBRARY, Gate, SettlingArgs
@@ -38,9 +38,6 @@ APPLY_BATCH = LuaScript(
     "analytics", "apply_batch.lua", library="merge.lua",
     prelude=SETTLE_LIBRARY + SUMMARY.lua_source(),
 )  # fmt: skip
-# Readings stamped further ahead of the aggregator's clock than this are counted as too new:
-# their buckets would outlive every retention.
-MAX_FUTURE_MS = 3_600_000
 # Bound on the (sensor, metric) pairs one process remembers having put in the sensor index.
 KNOWN_PAIRS_LIMIT = 1_000_000
 

@@ -29,6 +29,10 @@ from ingest.redis.errors import redis_errors
 FLEET_MAX_BUCKETS = 16
 # Sensors whose windows a fleet question ranked by a percentile reads at a time.
 FLEET_PERCENTILE_BATCH = 200
+# No fleet question reads more sensor summaries (72 bytes each) from the fleet buckets, nor more
+# sensor windows of histograms, than these: it is refused, or stops, before.
+FLEET_MAX_SUMMARIES = 1_000_000
+FLEET_MAX_WINDOWS = 10_000
 # Every report but the times, and the percentiles.
 RANKINGS = (
     *(name for name in REPORTS if name == "count" or name not in WHOLE_REPORTS),
@@ -90,17 +94,29 @@ def _percentiles_by_falling_maximum(
 ) -> npt.NDArray[np.float64]:
     """Each sensor's percentile `by` where it could be among the n best, NaN elsewhere.
 
-    A percentile never exceeds the maximum: sensors are read by falling maximum, a few hundred
-    at a time, until the n-th best found beats every maximum left."""
+    A percentile never exceeds the maximum: sensors are read by falling maximum (then rising
+    id), a few hundred at a time, until no sensor left can beat the n-th best found: its value
+    is above every maximum left, or equal to the next maximum with an id before the next
+    sensor's (ties go to the smaller id). At most FLEET_MAX_WINDOWS sensors are read."""
     q = PERCENTILES[PERCENTILE_FIELDS.index(by)]
     value = np.full(len(names), np.nan)
-    order = np.argsort(-highest, kind="stable")
+    order = np.array(sorted(range(len(names)), key=lambda i: (-highest[i], names[i])), np.intp)
     visited = 0
     while visited < len(order):
-        found = value[order[:visited]]
-        found = found[~np.isnan(found)]
-        if len(found) >= n and _nth_largest(found, n) > highest[order[visited]]:
-            break
+        seen = order[:visited]
+        seen = seen[~np.isnan(value[seen])]
+        if len(seen) >= n:
+            nth = sorted(seen.tolist(), key=lambda i: (-value[i], names[i]))[n - 1]
+            upcoming = int(order[visited])
+            if value[nth] > highest[upcoming] or (
+                value[nth] == highest[upcoming] and names[nth] < names[upcoming]
+            ):
+                break
+        if visited >= FLEET_MAX_WINDOWS:
+            raise QueryError(
+                f"ranking by {by} needs more than {FLEET_MAX_WINDOWS} sensors' histograms: "
+                "rank by max or mean, or ask for a shorter window"
+            )
         batch = order[visited : visited + FLEET_PERCENTILE_BATCH]
         sensor_ids = [names[i] for i in batch.tolist()]
         stored = read_buckets(
@@ -126,6 +142,13 @@ def _merge_fleet_buckets(
     guess = read_mark(store.client, store.keys) if tier != finest and starts else None
     end = starts[-1] + tier.bucket_ms if starts else from_ms
     waiting = range(max(guess.bucket, starts[0]), end, finest.bucket_ms) if guess else range(0)
+    with redis_errors():
+        known = int(store.client.llen(store.keys.sensor_names))
+    if known * (len(starts) + len(waiting)) > FLEET_MAX_SUMMARIES:
+        raise QueryError(
+            f"a fleet question over {len(starts) + len(waiting)} buckets of {known} sensors is "
+            f"over the limit of {FLEET_MAX_SUMMARIES} summaries: ask for a shorter window"
+        )
     with redis_errors():
         pipe = store.client.pipeline(transaction=bool(waiting))
         pipe.lrange(store.keys.sensor_names, 0, -1)

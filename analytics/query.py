@@ -30,6 +30,8 @@ from ingest.settings import Settings
 
 # Finest tier first, as long as the window needs no more buckets than this.
 MAX_BUCKETS = 1440
+# No answer reads more buckets of one sensor than this (about 3 MiB of records).
+MAX_ANSWER_BUCKETS = 20_000
 # The percentiles every answer reports, as Stats' p50, p90, p95 and p99.
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 PERCENTILE_FIELDS = ("p50", "p90", "p95", "p99")
@@ -133,6 +135,7 @@ def bucket_columns(
     """`buckets` as plain columns, one per field of STATS_FIELDS in its order, computed for all
     the buckets at once: a day of one-minute buckets is 1,440 of them."""
     tier = store.tier(tier_name)
+    from_ms, to_ms = held_range(tier, from_ms, to_ms)
     store.check_format()
     stored = read_buckets(
         store.client, store.keys, tier, [sensor_id], metric, from_ms, to_ms, finest=store.tiers[0]
@@ -194,9 +197,10 @@ def windows(
     """`window` for several sensors, read together."""
     tier = store.tier(tier_name) if tier_name else choose_tier(store.tiers, to_ms - from_ms)
     found: list[list[tuple[int, BucketStats]]] = [[] for _ in sensor_ids]
+    start, end = held_range(tier, from_ms, to_ms)
     store.check_format()
     stored = read_buckets(
-        store.client, store.keys, tier, sensor_ids, metric, from_ms, to_ms, finest=store.tiers[0]
+        store.client, store.keys, tier, sensor_ids, metric, start, end, finest=store.tiers[0]
     )
     for s, start, record in zip(
         stored.sensor.tolist(), stored.start.tolist(), stored.records, strict=True
@@ -206,6 +210,19 @@ def windows(
         _merge_window(sensor_id, metric, tier, from_ms, to_ms, buckets)
         for sensor_id, buckets in zip(sensor_ids, found, strict=True)
     ]
+
+
+def held_range(tier: Tier, from_ms: int, to_ms: int) -> tuple[int, int]:
+    """[from_ms, to_ms) cut to what the tier holds now; QueryError, before anything is read,
+    when that still spans more than MAX_ANSWER_BUCKETS buckets."""
+    start, end = tier.held(from_ms, to_ms, now_ms())
+    buckets = -(-(end - tier.bucket_of(start)) // tier.bucket_ms)
+    if buckets > MAX_ANSWER_BUCKETS:
+        raise QueryError(
+            f"{buckets} buckets of {tier.name} asked for, over the {MAX_ANSWER_BUCKETS} limit: "
+            "ask for a shorter range or a coarser tier"
+        )
+    return start, end
 
 
 def choose_tier(tiers: Sequence[Tier], span_ms: int, max_buckets: int = MAX_BUCKETS) -> Tier:

@@ -10,6 +10,9 @@ import numpy.typing as npt
 
 from ingest.durations import format_duration, parse_tier_spec
 
+# Readings stamped further ahead of the aggregator's clock than this are counted as too new:
+# their buckets would outlive every retention.
+MAX_FUTURE_MS = 3_600_000
 # Buckets per storage chunk (one Redis hash per sensor, metric, tier and chunk).
 CHUNK_BUCKETS = 360
 # Times in ms: one, or an array of them (a batch's readings).
@@ -37,6 +40,14 @@ class Tier:
 
     def bucket_expires_at_ms(self, bucket_ms: Ms) -> Ms:
         return bucket_ms + self.bucket_ms + self.retention_ms
+
+    def held(self, from_ms: int, to_ms: int, now_ms: int) -> tuple[int, int]:
+        """[from_ms, to_ms) cut to the times this tier can hold buckets for at `now_ms`: none
+        older than its retention, none later than readings may be stamped ahead. Empty
+        (from == to) when nothing is left."""
+        start = max(from_ms, now_ms - self.retention_ms - self.bucket_ms)
+        end = min(to_ms, now_ms + MAX_FUTURE_MS + self.bucket_ms)
+        return start, max(start, end)
 
 
 def parse_tiers(text: str) -> tuple[Tier, ...]:

@@ -3,10 +3,18 @@
 A dead letter is itself a flat stream entry, readable in redis-cli:
 `stream`, `group`, `id` (the original entry ID), `consumer`, `deliveries`, `reason`, and `fields`,
 the original fields as a JSON object (bytes that were not UTF-8 kept as surrogate escapes).
+
+A dead letter says what was refused; it is not an archive. A field's value is kept up to
+KEPT_CHARS characters and all fields up to KEPT_TOTAL_CHARS; for a value cut short `cut` (a JSON
+object) gives its whole length and SHA-256, and under "..." how many fields were left out, so
+whatever a device sends, a dead letter stays a few KiB. A letter with something cut cannot be
+replayed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +28,12 @@ from ingest.keys import StreamKeys
 from ingest.redis.connection import fields_arg, read_range
 from ingest.redis.errors import redis_errors
 
+KEPT_CHARS = 4096
+KEPT_TOTAL_CHARS = 16_384
+REASON_CHARS = 2000
+# In `cut`: how many fields were left out once KEPT_TOTAL_CHARS was reached.
+LEFT_OUT = "..."
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -31,6 +45,8 @@ class DeadLetter:
     deliveries: int
     reason: str
     fields: Mapping[str, str]
+    # Fields whose values were cut short: name -> {"length": ..., "sha256": ...}.
+    cut: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_entry(cls, dead_id: str, record: Mapping[str, str]) -> DeadLetter:
@@ -47,7 +63,16 @@ class DeadLetter:
             deliveries=int(record.get("deliveries", "0") or 0),
             reason=record.get("reason", ""),
             fields={str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {},
+            cut=_json_object(record.get("cut", "{}")),
         )
+
+
+def _json_object(text: str) -> dict[str, Mapping[str, object]]:
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def dead_letter_record(
@@ -59,15 +84,31 @@ def dead_letter_record(
     reason: str,
     fields: Mapping[str, str] | None,
 ) -> dict[str, str]:
-    return {
+    kept: dict[str, str] = {}
+    cut: dict[str, dict[str, object]] = {}
+    budget = KEPT_TOTAL_CHARS
+    for name, value in (fields or {}).items():
+        if budget <= 0:
+            cut[LEFT_OUT] = {"fields": len(fields or {}) - len(kept)}
+            break
+        short = name[:KEPT_CHARS]
+        kept[short] = value[: min(KEPT_CHARS, budget)]
+        budget -= len(short) + len(kept[short])
+        if len(kept[short]) < len(value) or short != name:
+            whole = value.encode("utf-8", "surrogateescape")
+            cut[short] = {"length": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+    record = {
         "stream": stream,
         "group": group,
         "id": entry_id,
         "consumer": consumer,
         "deliveries": str(deliveries),
-        "reason": reason,
-        "fields": json.dumps(dict(fields or {}), ensure_ascii=True),
+        "reason": reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "...",
+        "fields": json.dumps(kept, ensure_ascii=True),
     }
+    if cut:
+        record["cut"] = json.dumps(cut)
+    return record
 
 
 def queue_dead_letter(
@@ -118,7 +159,12 @@ def replay(
     happen in one transaction, so a replay is never lost nor doubled.
     """
     results = []
-    for letter in letters:
+    for letter in {letter.dead_id: letter for letter in letters}.values():
+        if letter.cut:
+            names = ", ".join(sorted(letter.cut))
+            results.append(ReplayResult(letter.dead_id, None, f"{names} cut short when "
+                                        "dead-lettered; it cannot be replayed"))  # fmt: skip
+            continue
         fields = repaired_fields(letter, set_fields or {}, unset_fields)
         try:
             Reading.decode(letter.entry_id or "0-0", fields)

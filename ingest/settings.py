@@ -38,6 +38,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _token(text: str) -> str:
+    if not text or text != text.strip() or not text.isprintable():
+        # An empty token would let an empty bearer through.
+        raise ValueError("expected a token of printable characters without surrounding spaces")
+    return text
+
+
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -204,7 +211,10 @@ class Settings:
         "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
     )
     api_token: str | None = _setting(
-        None, "API_TOKEN", str, "token that writes (POST, replay) and websockets must present"
+        None,
+        "API_TOKEN",
+        _token,
+        "token that writes (POST, replay) and websockets must present",
     )
     api_origins: str | None = _setting(
         None,

@@ -32,7 +32,7 @@ from ingest.keys import StreamKeys
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.settings import Settings
-from producers.payload import TopicTemplate, parse_message, subscriptions
+from producers.payload import Parsed, TopicTemplate, parse_message, subscriptions
 from producers.pipeline import Received, StreamSink, received
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class BridgeCounts:
     received: int = 0
     written: int = 0
     dead_lettered: int = 0
+    retained: int = 0
     reconnects: int = 0
 
 
@@ -161,9 +162,21 @@ class Bridge:
     def _parse(self, message: mqtt.MQTTMessage) -> _Message:
         self._last_message_at = time.monotonic()
         self.counts.received += 1
+        if message.retain:
+            # A retained message is a device's last value, replayed by the broker at every
+            # subscription (each reconnect): not a new reading. Acknowledged, never written.
+            self.counts.retained += 1
+            MESSAGES.labels("retained").inc()
+            return _Message(message.mid, message.qos, Received())
         topic, payload = message.topic, bytes(message.payload)
-        parsed = parse_message(topic, payload, self.options.templates,
-                               self.options.max_payload_bytes)  # fmt: skip
+        try:
+            parsed = parse_message(topic, payload, self.options.templates,
+                                   self.options.max_payload_bytes)  # fmt: skip
+        except Exception as exc:
+            # Whatever went wrong with this one message, it must not come back after every
+            # restart and stop all MQTT ingestion: it is dead-lettered and acknowledged.
+            log.exception("could not parse a message on %r; dead-lettered", topic[:200])
+            parsed = Parsed.unreadable(f"the bridge could not parse it ({type(exc).__name__})")
         unit = received(
             self.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
             lambda: {"topic": topic, "payload": payload.decode("utf-8", "surrogateescape")},
@@ -232,9 +245,9 @@ class Bridge:
             self.mqtt.disconnect()
             self.mqtt.loop_stop()
         log.info(
-            "bridge stopping: received=%d written=%d dead_lettered=%d reconnects=%d",
+            "bridge stopping: received=%d written=%d dead_lettered=%d retained=%d reconnects=%d",
             self.counts.received, self.counts.written, self.counts.dead_lettered,
-            self.counts.reconnects,
+            self.counts.retained, self.counts.reconnects,
         )  # fmt: skip
         return self.counts
 

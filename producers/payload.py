@@ -32,6 +32,8 @@ from ingest.contract.reading import (
 from ingest.errors import InvalidEntry
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
+# Readings one message or body may hold; more are refused whole before any is looked at.
+MAX_READINGS = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,12 @@ class Parsed:
 
     readings: list[dict[str, str]] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    # Refused whole for holding more readings than allowed.
+    too_many: bool = False
 
     @classmethod
-    def unreadable(cls, reason: str) -> Parsed:
-        return cls(refused=[Refusal(0, reason)])
+    def unreadable(cls, reason: str, *, too_many: bool = False) -> Parsed:
+        return cls(refused=[Refusal(0, reason)], too_many=too_many)
 
     @property
     def items(self) -> int:
@@ -110,7 +114,11 @@ class Parsed:
 
 
 def parse_message(
-    topic: str, payload: bytes, templates: Sequence[TopicTemplate], max_bytes: int
+    topic: str,
+    payload: bytes,
+    templates: Sequence[TopicTemplate],
+    max_bytes: int,
+    max_readings: int = MAX_READINGS,
 ) -> Parsed:
     """The readings of one MQTT message. A message that cannot be read at all is one refusal."""
     if len(payload) > max_bytes:
@@ -127,16 +135,16 @@ def parse_message(
             return Parsed(readings=[_bare_number(sensor_id, found["metric"], payload)])
     except InvalidEntry as exc:
         return Parsed.unreadable(exc.reason)
-    return _document_readings(payload, sensor_id)
+    return _document_readings(payload, sensor_id, max_readings)
 
 
-def parse_posted(body: bytes) -> Parsed:
+def parse_posted(body: bytes, max_readings: int = MAX_READINGS) -> Parsed:
     """Readings posted over HTTP: a JSON object or an array of them, each naming its own
     `sensor_id`. A body that cannot be read at all is one refusal."""
-    return _document_readings(body, None)
+    return _document_readings(body, None, max_readings)
 
 
-def _document_readings(payload: bytes, sensor_id: str | None) -> Parsed:
+def _document_readings(payload: bytes, sensor_id: str | None, max_readings: int) -> Parsed:
     """The readings of a JSON object or array; `sensor_id` is the topic's, or with None each
     reading's own."""
     try:
@@ -146,6 +154,10 @@ def _document_readings(payload: bytes, sensor_id: str | None) -> Parsed:
     items = document if isinstance(document, list) else [document]
     if not items:
         return Parsed.unreadable("empty JSON array")
+    if len(items) > max_readings:
+        return Parsed.unreadable(
+            f"{len(items)} readings, over the {max_readings} limit", too_many=True
+        )
     parsed = Parsed()
     for index, item in enumerate(items):
         try:

@@ -28,9 +28,14 @@ Fields = dict[str, str]
 DeadLetter = dict[str, str]
 
 
+# Reasons one dead letter lists, of the readings a unit had refused.
+LISTED_REFUSALS = 20
+
+
 @dataclass
 class Received:
-    """One unit an input received: its readings, and a dead letter per reading refused."""
+    """One unit an input received: its readings, and at most one dead letter, for the readings
+    it had refused."""
 
     entries: list[Fields] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -43,17 +48,23 @@ def received(
     parsed: Parsed,
     raw: Callable[[], Mapping[str, str]],
 ) -> Received:
-    """What a parser made of one unit, as readings and dead letters; each dead letter names the
-    input (`source`, such as mqtt-bridge) and who received it, and carries what `raw` gives,
-    which is called only for a unit with something refused."""
-    if not parsed.refused:
+    """What a parser made of one unit, as readings and a dead letter for what was refused: one
+    per unit however many readings it refused, listing their reasons by index, naming the input
+    (`source`, such as mqtt-bridge) and who received it, and carrying what `raw` gives (cut
+    short, see `ingest.deadletter`); `raw` is called only for a unit with something refused."""
+    refused = parsed.refused
+    if not refused:
         return Received(parsed.readings)
-    fields = raw()
-    dead = [
-        dead_letter_record(stream, source, "", producer, 1, refusal.reason, fields)
-        for refusal in parsed.refused
-    ]
-    return Received(parsed.readings, dead)
+    if len(refused) == 1 and parsed.items <= 1:
+        reason = refused[0].reason
+    else:
+        listed = "; ".join(f"[{r.at}] {r.reason}" for r in refused[:LISTED_REFUSALS])
+        more = (
+            f"; and {len(refused) - LISTED_REFUSALS} more" if len(refused) > LISTED_REFUSALS else ""
+        )
+        reason = f"{len(refused)} of {parsed.items} readings refused: {listed}{more}"
+    dead = dead_letter_record(stream, source, "", producer, 1, reason, raw())
+    return Received(parsed.readings, [dead])
 
 
 class StreamSink:

@@ -17,6 +17,7 @@ import msgspec
 import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
@@ -43,6 +44,7 @@ from ingest.errors import RedisUnavailable
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
+from telemetry.web.auth import WriteGuard
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.live import live_router
@@ -97,7 +99,18 @@ def create_app(settings: Settings) -> FastAPI:
         title="telemetry",
         description="Rolling aggregates per sensor and metric from the `aggregates` group, and "
         "alerts from the `alerts` group.",
+        max_body_size=settings.api_max_body,
     )
+    app.add_middleware(WriteGuard, settings=settings)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and why, never the input itself: it may be megabytes, or a secret.
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200]}
+            for e in exc.errors()[:20]
+        ]
+        return JSONResponse({"detail": problems}, status_code=422)
 
     def known_sensor(sensor_id: str) -> SensorInfo:
         info = query.sensor_info(store, sensor_id)
@@ -174,7 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Each sensor's newest value of each metric within the last 10 minutes (for up to
         200 sensors at a time)."""
         answer: dict[str, dict[str, LatestValue]] = {}
-        for sensor_id in sensor:
+        for sensor_id in dict.fromkeys(sensor):
             info = query.sensor_info(store, sensor_id)
             if info is None:
                 continue
