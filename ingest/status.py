@@ -112,26 +112,63 @@ def stream_status(
     keys = StreamKeys(stream)
     db = status_database(source) if isinstance(source, str) else source
     with redis_errors():
-        recorded_maxlen = db.hget(keys.meta, "maxlen")
+        names = [_text(g["name"]) for g in db.xinfo_groups(stream)] if db.exists(stream) else []
+        # Everything a ledger is balanced against, read at one instant: read apart, a worker
+        # settling a batch in between makes a healthy group look unbalanced.
+        pipe = db.pipeline(transaction=True)
+        pipe.hget(keys.meta, "maxlen")
+        pipe.xlen(keys.dead)
+        pipe.hgetall(keys.lost)
+        pipe.hgetall(keys.dead_counts)
+        pipe.hget(keys.rollup_mark, "bucket")
+        pipe.exists(stream)
+        pipe.xinfo_stream(stream)
+        pipe.xinfo_groups(stream)
+        for name in names:
+            pipe.hgetall(keys.ledger(name))
+        (
+            recorded_maxlen,
+            dead_letters,
+            lost,
+            dead_counts,
+            mark,
+            exists,
+            info,
+            groups_info,
+            *ledgers,
+        ) = pipe.execute(raise_on_error=False)
         maxlen, source = (
             (int(recorded_maxlen), "written by the stream's writers")
             if recorded_maxlen
             else (default_maxlen, "from settings; no writer has recorded one yet")
         )
-        dead_letters = db.xlen(keys.dead)
-        lost = {_text(k): int(v) for k, v in db.hgetall(keys.lost).items()}
-        dead_counts = {_text(k): int(v) for k, v in db.hgetall(keys.dead_counts).items()}
-        mark = db.hget(keys.rollup_mark, "bucket")
-        if not db.exists(stream):
+        if not exists:
             return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [])
+        for reply in (info, groups_info, *ledgers):
+            if isinstance(reply, Exception):
+                raise reply
+        counts = (
+            {_text(k): int(v) for k, v in lost.items()},
+            {_text(k): int(v) for k, v in dead_counts.items()},
+        )
+        by_name = dict(zip(names, ledgers, strict=True))
         handle = db.Stream(stream)
-        info = handle.info()
         first_id = _text(info["first-entry"][0]) if info.get("first-entry") else None
         last_id = _text(info["last-entry"][0]) if info.get("last-entry") else None
         added = int(info.get("entries-added", 0))
         groups = [
-            _group_status(db, handle, raw, (lost, dead_counts), added, maxlen, first_id, warn_ratio)
-            for raw in handle.groups_info()
+            _group_status(
+                db,
+                handle,
+                raw,
+                by_name.get(_text(raw["name"]), {}),
+                counts,
+                added,
+                maxlen,
+                first_id,
+                warn_ratio,
+            )
+            for raw in groups_info
         ]
     return StreamStatus(
         stream=stream,
@@ -152,6 +189,7 @@ def _group_status(
     db: walrus.Database,
     handle: Any,
     raw: dict[str, Any],
+    stored_ledger: dict[Any, Any],
     counts: tuple[dict[str, int], dict[str, int]],
     entries_added: int,
     maxlen: int,
@@ -184,7 +222,7 @@ def _group_status(
         lost_to_trimming=counts[0].get(name, 0),
         dead_lettered=counts[1].get(name, 0),
     )
-    ledger = {_text(k): int(v) for k, v in db.hgetall(StreamKeys(handle.key).ledger(name)).items()}
+    ledger = {_text(k): int(v) for k, v in stored_ledger.items()}
     before_start = ledger.pop("entries_before_start", None)
     group.settled = {k.removeprefix(SETTLED): v for k, v in ledger.items() if k.startswith(SETTLED)}
     group.facts = {k: v for k, v in ledger.items() if not k.startswith(SETTLED)}

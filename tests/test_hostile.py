@@ -4,10 +4,12 @@ costs a bounded amount, or is refused before the work starts."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import redis
+import walrus
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -30,6 +33,7 @@ from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
+from ingest.status import StreamStatus, status_database, stream_status
 from telemetry.localserver import LocalMosquitto, free_port, port_open
 from telemetry.web.app import create_app
 from tests.conftest import child_env, make_settings
@@ -348,3 +352,41 @@ def test_fleet_questions_over_ties_read_only_what_can_win(
     monkeypatch.setattr(fleet, "FLEET_MAX_SUMMARIES", 999)
     with pytest.raises(QueryError, match="over the limit of 999 summaries"):
         fleet.fleet_top(store, "temp", "mean", 15 * 60_000, 10)
+
+
+def test_the_ledger_balances_in_every_poll_under_load(settings: Settings) -> None:
+    """Before, the dashboard turned red on a healthy system: the ledger and what it is checked
+    against were read in separate calls (7 false alarms in 80 polls)."""
+    aggregator = subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "aggregate", "--consumer", "c1"],
+        env=child_env(settings, TELEMETRY_LOG_LEVEL="WARNING"),
+    )
+    stop = threading.Event()
+
+    def produce() -> None:
+        writer = StreamWriter(connect(settings), settings.stream, settings.maxlen)
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            writer.write([{"sensor_id": f"s{i}", "temp": str(n)} for i in range(100)])
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    db = status_database(settings.redis_url)
+    try:
+        wait_until(lambda: any(g.settled for g in status(db, settings).groups))
+        unbalanced = [
+            g.unaccounted for _ in range(1000) for g in status(db, settings).groups if g.unaccounted
+        ]
+        assert unbalanced == []
+        assert status(db, settings).entries_added > 10_000
+    finally:
+        stop.set()
+        producer.join()
+        aggregator.terminate()
+        aggregator.wait(30)
+
+
+def status(db: walrus.Database, settings: Settings) -> StreamStatus:
+    return stream_status(db, settings.stream, settings.maxlen, settings.trim_warn_ratio)
