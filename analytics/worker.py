@@ -8,6 +8,7 @@ import socket
 import redis
 
 from analytics.aggregator import GROUP, Aggregator
+from analytics.limits import Limits, ReadingLimits
 from analytics.tiers import parse_tiers
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.replycolumns import decode_layouts
@@ -30,9 +31,12 @@ def aggregator_runner(
     """One consumer of the aggregates group (another group name keeps benchmark runs apart)."""
     keys, tiers = StreamKeys(settings.stream), parse_tiers(settings.tiers)
     handler = Aggregator(client, keys, tiers, group=group)
+    limits = Limits(settings.max_metrics_per_reading, settings.max_metric_names,
+                    settings.max_sensors)  # fmt: skip
     return GroupRunner(
         client, settings, group, consumer, handler, decode_columns,
         reads_per_batch=settings.reads_per_batch, decode_replies=decode_layouts,
+        admit=ReadingLimits(client, keys, limits),
     )  # fmt: skip
 
 

@@ -206,6 +206,18 @@ class Settings:
         "URLs (comma-separated) that receive every alert change as a JSON POST",
         "URLS",
     )
+    max_metrics_per_reading: int = _setting(
+        64, "TELEMETRY_MAX_METRICS_PER_READING", _positive_int,
+        "readings with more metrics are dead-lettered by the aggregates group", "N",
+    )  # fmt: skip
+    max_metric_names: int = _setting(
+        1000, "TELEMETRY_MAX_METRIC_NAMES", _positive_int,
+        "distinct metric names the aggregates keep; readings with more are dead-lettered", "N",
+    )  # fmt: skip
+    max_sensors: int = _setting(
+        100_000, "TELEMETRY_MAX_SENSORS", _positive_int,
+        "sensors the aggregates keep; readings of more are dead-lettered", "N",
+    )  # fmt: skip
     api_port: int = _setting(8000, "TELEMETRY_API_PORT", _port, "HTTP API port", "PORT")
     api_host: str = _setting(
         "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
@@ -272,6 +284,7 @@ MQTT = ("mqtt_url", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
 WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_deliveries",
           "trim_warn_ratio", "metrics_port")  # fmt: skip
 AGGREGATES = ("tiers",)
+AGGREGATE_LIMITS = ("max_metrics_per_reading", "max_metric_names", "max_sensors")
 ALERTS = ("alerts_stream", "alerts_maxlen")
 ALERT_WORKER = (*ALERTS, "rules", "webhooks")
 API = ("api_port", "api_host", "api_token", "api_origins", "api_max_body", "block_ms",

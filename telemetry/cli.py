@@ -13,6 +13,7 @@ from analytics.fleet import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import (
+    AGGREGATE_LIMITS,
     AGGREGATES,
     ALERT_WORKER,
     ALERTS,
@@ -150,7 +151,7 @@ def build_parser() -> OneLineArgumentParser:
         "aggregate",
         _aggregate,
         "run a worker of the aggregates group",
-        [*CONNECTION, *STREAM, *WORKER, *AGGREGATES],
+        [*CONNECTION, *STREAM, *WORKER, *AGGREGATES, *AGGREGATE_LIMITS],
     )
     aggregate.add_argument("--consumer", help="consumer name (default: host-pid)")
     aggregate.add_argument("--drain", action="store_true", help="exit when nothing is left")

@@ -3,6 +3,7 @@ costs a bounded amount, or is refused before the work starts."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -27,6 +28,7 @@ from analytics import fleet
 from analytics.errors import QueryError
 from analytics.query import Store
 from analytics.stored import StoredBuckets, read_buckets
+from analytics.worker import aggregator_runner
 from ingest.deadletter import KEPT_CHARS
 from ingest.errors import SettingsError
 from ingest.keys import StreamKeys
@@ -37,7 +39,7 @@ from ingest.status import StreamStatus, status_database, stream_status
 from telemetry.localserver import LocalMosquitto, free_port, port_open
 from telemetry.web.app import create_app
 from tests.conftest import child_env, make_settings
-from tests.helpers import drain_without_rollup, entries
+from tests.helpers import drain, drain_without_rollup, entries
 from tests.test_bridge import bridge_process, wait_subscribed
 
 MiB = 1 << 20
@@ -390,3 +392,29 @@ def test_the_ledger_balances_in_every_poll_under_load(settings: Settings) -> Non
 
 def status(db: walrus.Database, settings: Settings) -> StreamStatus:
     return stream_status(db, settings.stream, settings.maxlen, settings.trim_warn_ratio)
+
+
+def test_metric_names_and_sensors_are_capped_and_what_is_over_is_dead_lettered(
+    settings: Settings, client: redis.Redis
+) -> None:
+    """Before, one reading with 20,000 metric names made 150,277 keys, and new sensor ids grew
+    every fleet bucket without bound; the roll-up then timed out on every pass."""
+    keys = StreamKeys(settings.stream)
+    limited = settings.replace(max_metric_names=10, max_sensors=50)
+    client.xadd(settings.stream, {"sensor_id": "wide", **{f"m{i}": "1" for i in range(20_000)}})
+    writer = StreamWriter(client, settings.stream, settings.maxlen)
+    writer.write([{"sensor_id": "s0", f"name{i}": "1"} for i in range(30)])
+    writer.write([{"sensor_id": f"s{i}", "name0": "1"} for i in range(100)])
+    drain(aggregator_runner(client, limited, "c1"))
+    reasons = collections.Counter(
+        letter["reason"].split(", over")[1] for _, letter in entries(client, keys.dead)
+    )
+    assert reasons == {
+        " the limit of 64 per reading (TELEMETRY_MAX_METRICS_PER_READING)": 1,
+        " the limit of 10 (TELEMETRY_MAX_METRIC_NAMES)": 20,
+        " the limit of 50 (TELEMETRY_MAX_SENSORS)": 50,
+    }
+    assert client.scard(keys.metric_names) == 10 and client.hlen(keys.sensor_index) == 50
+    assert len(client.keys("*")) < 200
+    [group] = status(status_database(settings.redis_url), settings).groups
+    assert group.unaccounted == 0 and group.settled["aggregated"] == 60

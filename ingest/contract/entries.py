@@ -39,6 +39,19 @@ BatchDecoder = Callable[[Sequence[str], Sequence[FlatFields]], tuple[D, Refused]
 ReplyDecoder = Callable[[Sequence[EntryLayout]], D | None]
 
 
+class Inadmissible(NamedTuple):
+    """An entry a group's limits keep out: its place in the batch, why (naming the limit), and
+    its fields for the dead letter."""
+
+    position: int
+    reason: str
+    fields: Mapping[str, str]
+
+
+# A group's limits: the part of a decoded batch they let in, and the entries they keep out.
+Admission = Callable[[D], tuple[D, list[Inadmissible]]]
+
+
 def as_mapping(flat: FlatFields) -> dict[str, str]:
     """Flat fields as a dict; a name repeated in one entry keeps its last value."""
     return dict(zip(flat[0::2], flat[1::2], strict=True))

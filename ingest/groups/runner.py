@@ -48,7 +48,7 @@ from typing import Generic
 import redis
 
 from ingest.backoff import Backoff
-from ingest.contract.entries import BatchDecoder, D, ReplyDecoder, as_mapping
+from ingest.contract.entries import Admission, BatchDecoder, D, ReplyDecoder, as_mapping
 from ingest.contract.reading import entry_order
 from ingest.errors import RedisCommandFailed, RedisUnavailable
 from ingest.groups.batch import (
@@ -121,6 +121,7 @@ class GroupRunner(Generic[D]):
         start_id: str = "0",
         reads_per_batch: int = 1,
         decode_replies: ReplyDecoder[D] | None = None,
+        admit: Admission[D] | None = None,
     ) -> None:
         self.settings = settings
         self.keys = StreamKeys(stream or settings.stream)
@@ -131,6 +132,8 @@ class GroupRunner(Generic[D]):
         # Decodes new entries from the bytes of the reads' replies; `decode` takes what it
         # gives up on.
         self.decode_replies = decode_replies
+        # The group's limits on what it takes in; what they keep out is dead-lettered.
+        self.admit = admit
         self.redis = GroupConsumer(
             client, self.keys, group, consumer, start_id=start_id,
             read_batch=settings.read_batch, claim_idle_ms=settings.claim_idle_ms,
@@ -395,7 +398,7 @@ class GroupRunner(Generic[D]):
         if self.decode_replies is not None and len(layouts) == len(batch.reads):
             decoded = self.decode_replies(layouts)
             if decoded is not None:
-                (self._prepare if prepare else self._handle)(decoded, batch.handovers)
+                self._take(decoded, {}, batch.handovers, prepare=prepare)
                 return
         entries = [entry for read in batch.reads for entry in read.raw_entries()]
         deliveries = [1] * len(entries)
@@ -455,7 +458,32 @@ class GroupRunner(Generic[D]):
             self.redis.dead_letter(dead)
             self.observe.dead_lettered(dead)
         if len(valid):
-            (self._prepare if prepare else self._handle)(valid, handovers)
+            counts = dict(zip(ids, deliveries, strict=True))
+            self._take(valid, counts, handovers, prepare=prepare)
+
+    def _take(
+        self, entries: D, deliveries: dict[str, int], handovers: int | None, *, prepare: bool
+    ) -> None:
+        """Hand decoded entries to the handler (with `prepare`, prepare them), after
+        dead-lettering what the group's limits keep out. `deliveries` gives the delivery
+        counts of entries delivered more than once."""
+        if self.admit is not None:
+            ids = entries.ids
+            entries, kept_out = self.admit(entries)
+            if kept_out:
+                dead = [
+                    DeadEntry(
+                        ids[out.position],
+                        out.reason,
+                        deliveries.get(ids[out.position], 1),
+                        out.fields,
+                    )
+                    for out in kept_out
+                ]
+                self.redis.dead_letter(dead)
+                self.observe.dead_lettered(dead)
+        if len(entries):
+            (self._prepare if prepare else self._handle)(entries, handovers)
 
     def _retry_deferred(self, stop: threading.Event) -> None:
         waiting = self._deferred
