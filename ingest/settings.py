@@ -223,11 +223,20 @@ class Settings:
         "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
     )
     api_token: str | None = _setting(
-        None,
-        "API_TOKEN",
-        _token,
-        "token that writes (POST, replay) and websockets must present",
+        None, "API_TOKEN", _token,
+        "admin token of the API: everything, dead letters and replays included",
+    )  # fmt: skip
+    api_write_token: str | None = _setting(
+        None, "API_WRITE_TOKEN", _token, "API token that may read and POST readings"
     )
+    api_read_token: str | None = _setting(
+        None, "API_READ_TOKEN", _token, "API token that may only read"
+    )
+    api_hosts: str | None = _setting(
+        None, "TELEMETRY_API_HOSTS", str,
+        "host names (comma-separated) the API answers to; default: loopback names and the "
+        "listening address", "HOSTS",
+    )  # fmt: skip
     api_origins: str | None = _setting(
         None,
         "TELEMETRY_API_ORIGINS",
@@ -287,8 +296,8 @@ AGGREGATES = ("tiers",)
 AGGREGATE_LIMITS = ("max_metrics_per_reading", "max_metric_names", "max_sensors")
 ALERTS = ("alerts_stream", "alerts_maxlen")
 ALERT_WORKER = (*ALERTS, "rules", "webhooks")
-API = ("api_port", "api_host", "api_token", "api_origins", "api_max_body", "block_ms",
-       "trim_warn_ratio")  # fmt: skip
+API = ("api_port", "api_host", "api_token", "api_write_token", "api_read_token", "api_hosts",
+       "api_origins", "api_max_body", "block_ms", "trim_warn_ratio")  # fmt: skip
 
 
 def add_settings_arguments(

@@ -95,7 +95,7 @@ def _sensors(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
-    serve(settings)
+    serve(settings, insecure=args.insecure)
 
 
 def _bridge(settings: Settings, args: argparse.Namespace) -> None:
@@ -201,12 +201,16 @@ def build_parser() -> OneLineArgumentParser:
     listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
 
-    command(
+    api = command(
         "api",
         _api,
         "serve the HTTP API (OpenAPI docs at /docs)",
         [*CONNECTION, *STREAM, *WRITING, *AGGREGATES, *ALERTS, *API],
     )
+    api.add_argument(
+        "--insecure", action="store_true",
+        help="serve on a non-loopback address with no token (anyone who reaches it may write)",
+    )  # fmt: skip
 
     add_bridge_arguments(
         command(

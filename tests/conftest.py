@@ -77,8 +77,12 @@ def broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
 
 
 def make_settings(url: str, **changes: Any) -> Settings:
-    """Settings for tests: short timeouts so faults are noticed in seconds."""
-    base = Settings(redis_url=url, block_ms=200, claim_idle_ms=300, max_deliveries=3)
+    """Settings for tests: short timeouts so faults are noticed in seconds; the API answers to
+    the host name FastAPI's TestClient sends."""
+    base = Settings(
+        redis_url=url, block_ms=200, claim_idle_ms=300, max_deliveries=3,
+        api_hosts="testserver,localhost,127.0.0.1",
+    )  # fmt: skip
     return base.replace(**changes)
 
 

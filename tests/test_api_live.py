@@ -74,17 +74,42 @@ def test_an_oversized_body_is_refused_unread(settings: Settings, client: redis.R
     assert client.exists(settings.stream) == 0
 
 
-def test_writes_need_the_token_when_one_is_set(settings: Settings, client: redis.Redis) -> None:
-    api = TestClient(create_app(settings.replace(api_token="s3cret")))
+def test_each_token_grants_its_scope_and_nothing_more(
+    settings: Settings, client: redis.Redis
+) -> None:
+    api = TestClient(create_app(settings.replace(
+        api_token="adm1n", api_write_token="wr1te", api_read_token="re4d"
+    )))  # fmt: skip
     reading = {"sensor_id": "s1", "temp": 1.0}
+
+    def bearing(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    for public in ("/healthz", "/dashboard", "/docs", "/openapi.json", "/static/dashboard.js"):
+        assert api.get(public).status_code == 200, public
+    assert api.get("/sensors").status_code == 401
+    assert api.get("/sensors", headers=bearing("nope")).status_code == 401
     assert api.post("/readings", json=reading).status_code == 401
-    wrong = {"Authorization": "Bearer nope"}
-    assert api.post("/readings", json=reading, headers=wrong).status_code == 401
-    right = {"Authorization": "Bearer s3cret"}
-    assert api.post("/readings", json=reading, headers=right).status_code == 202
-    assert client.xlen(settings.stream) == 1
-    # Reading needs no token.
-    assert api.get("/sensors").status_code == 200
+    assert api.post("/readings", json=reading, headers=bearing("re4d")).status_code == 403
+    for token in ("re4d", "wr1te", "adm1n"):
+        assert api.get("/sensors", headers=bearing(token)).status_code == 200
+    for token in ("wr1te", "adm1n"):
+        assert api.post("/readings", json=reading, headers=bearing(token)).status_code == 202
+    assert api.get("/dead-letters", headers=bearing("wr1te")).status_code == 403
+    assert api.get("/dead-letters", headers=bearing("adm1n")).status_code == 200
+    assert client.xlen(settings.stream) == 2
+
+
+def test_writes_must_be_json_so_no_web_page_can_post_a_form(settings: Settings) -> None:
+    api = TestClient(create_app(settings))
+    body = json.dumps({"sensor_id": "s1", "temp": 1.0})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = api.post("/readings", content=body, headers={"Content-Type": kind})
+        assert response.status_code == 415, kind
+    answer = api.get("/sensors")
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert api.get("/sensors", headers={"Host": "rebound.example"}).status_code == 400
 
 
 def test_groups_and_metrics_report_the_stream(
@@ -120,9 +145,21 @@ def test_websockets_refuse_unknown_forbidden_unauthorised_and_foreign_clients(
         assert _close_code(api, "/stream/private:stream") == 4403
         assert _close_code(api, "/stream/app:event", origin="https://evil.example") == 4403
         assert _close_code(api, "/stream/app:event?last_id=1-99999999999999999999") == 4400
-    with TestClient(create_app(settings.replace(api_token="t0k"))) as guarded:
+    tokens = settings.replace(api_token="t0k", api_read_token="r3ad")
+    with TestClient(create_app(tokens)) as guarded:
         assert _close_code(guarded, "/stream/app:event") == 4401
-        assert _close_code(guarded, "/ws/alerts?token=wrong") == 4401
+        assert _close_code(guarded, "/ws/alerts?ticket=wrong") == 4401
+        assert _close_code(guarded, "/ws/alerts?token=t0k") == 4401
+        reader = {"Authorization": "Bearer r3ad", "Content-Type": "application/json"}
+        ticket = guarded.post("/ws-ticket", headers=reader).json()["ticket"]
+        assert _close_code(guarded, f"/stream/{settings.stream}:dead?ticket={ticket}") == 4403
+        ticket = guarded.post("/ws-ticket", headers=reader).json()["ticket"]
+        path = f"/stream/{settings.stream}?ticket={ticket}"
+        with guarded.websocket_connect(path) as ws:
+            add(client, settings.stream, {"sensor_id": "s1", "temp": "2"})
+            assert ws.receive_json()["fields"]["temp"] == "2"
+        # A ticket opens one websocket.
+        assert _close_code(guarded, path) == 4401
 
 
 def test_resuming_with_last_id_replays_then_tails_without_a_gap(
@@ -161,7 +198,8 @@ def test_dead_letters_are_listed_and_replayed_with_the_token(
         queue_dead_letter(pipe, keys, 1000, record)
     pipe.execute()
     with TestClient(create_app(settings.replace(api_token="t0k"))) as api:
-        listed = api.get("/dead-letters").json()
+        assert api.get("/dead-letters").status_code == 401
+        listed = api.get("/dead-letters", headers={"Authorization": "Bearer t0k"}).json()
         assert [d["fields"]["temp"] for d in listed] == ["oops", "20.5"]
         ids = [d["dead_id"] for d in listed]
         assert api.post("/dead-letters/replay", json={"ids": ids}).status_code == 401

@@ -52,7 +52,9 @@ def test_redis_keeps_writes_as_the_services_durability_says() -> None:
 
 
 def compose_value(value: str) -> str:
-    """A value as compose gives it when the variables it names are not set."""
+    """A value as compose gives it when the variables it names are not set, and a made-up one
+    for a variable compose requires."""
+    value = re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "required-value", value)
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 

@@ -19,6 +19,9 @@ from telemetry.localserver import free_port, port_open
 from tests.conftest import ROOT, child_env
 from tests.test_alerts import THRESHOLD_RULES
 
+# The API wants a token, as one others can reach must: the dashboard asks for it, sends it as
+# a header and opens its websockets with tickets.
+TOKEN = "dashboard-reader"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -32,7 +35,8 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[str]:
     rules = tmp_path / "alerts.toml"
     rules.write_text(THRESHOLD_RULES.replace('for = "30s"', ""))
     port = free_port()
-    env = child_env(settings, TELEMETRY_API_PORT=str(port), TELEMETRY_LOG_LEVEL="WARNING")
+    env = child_env(settings, TELEMETRY_API_PORT=str(port), TELEMETRY_LOG_LEVEL="WARNING",
+                    API_READ_TOKEN=TOKEN)  # fmt: skip
     commands = [
         ["api"],
         ["aggregate"],
@@ -73,6 +77,9 @@ def test_the_dashboard_shows_sensors_a_growing_live_chart_and_raised_alerts(
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(pipeline)
         expect(page).to_have_title("telemetry")
+        expect(page.locator("#token-form")).to_be_visible(timeout=10_000)
+        page.locator("#token-input").fill(TOKEN)
+        page.locator("#token-form button").click()
         expect(page.locator("#sensor-rows tr")).to_have_count(5, timeout=15_000)
         expect(page.locator("#detail-title")).to_have_text("dev-0", timeout=10_000)
         expect(page.locator("#live-count")).to_contain_text("live points", timeout=10_000)

@@ -154,7 +154,7 @@ def test_a_payload_over_the_limit_is_kept_as_a_prefix_its_length_and_hash(
     wait_until(lambda: client.xlen(keys.dead) == 1)
     assert int(client.memory_usage(keys.dead) or 0) < 64 * 1024
     api = TestClient(create_app(settings.replace(api_token="t0ken")))
-    listed = api.get("/dead-letters")
+    listed = api.get("/dead-letters", headers={"Authorization": "Bearer t0ken"})
     assert listed.status_code == 200 and len(listed.content) < 64 * 1024
     [letter] = listed.json()
     assert len(letter["fields"]["payload"]) == KEPT_CHARS
@@ -418,3 +418,20 @@ def test_metric_names_and_sensors_are_capped_and_what_is_over_is_dead_lettered(
     assert len(client.keys("*")) < 200
     [group] = status(status_database(settings.redis_url), settings).groups
     assert group.unaccounted == 0 and group.settled["aggregated"] == 60
+
+
+def test_an_api_others_can_reach_refuses_to_start_without_a_token(settings: Settings) -> None:
+    env = child_env(settings, TELEMETRY_API_HOST="0.0.0.0", TELEMETRY_API_PORT=str(free_port()))
+    refused = subprocess.run(
+        [sys.executable, "-m", "telemetry", "api"], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    [line] = refused.stderr.strip().splitlines()
+    assert "with no token: set API_TOKEN" in line and "--insecure" in line
+    started = subprocess.Popen([sys.executable, "-m", "telemetry", "api", "--insecure"], env=env)
+    try:
+        wait_until(lambda: port_open(int(env["TELEMETRY_API_PORT"])))
+    finally:
+        started.terminate()
+        assert started.wait(30) == 0

@@ -18,8 +18,10 @@ import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
     FileResponse,
+    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -28,6 +30,8 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from swagger_ui_bundle import swagger_ui_path
 
 from analytics import fleet, query
 from analytics.alerts.listing import AlertChange, list_alerts
@@ -40,11 +44,11 @@ from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
-from ingest.errors import RedisUnavailable
+from ingest.errors import RedisUnavailable, SettingsError
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
-from telemetry.web.auth import WriteGuard
+from telemetry.web.auth import Access, AccessGuard, bearer
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.live import live_router
@@ -89,6 +93,17 @@ class LatestValue(BaseModel):
     ts_ms: int
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The host names the API answers to: TELEMETRY_API_HOSTS, or the loopback names and the
+    address it listens on."""
+    if settings.api_hosts:
+        return [host.strip() for host in settings.api_hosts.split(",") if host.strip()]
+    return [*LOOPBACK, settings.api_host]
+
+
 def create_app(settings: Settings) -> FastAPI:
     clients = ApiClients.from_settings(settings)
     # Aggregates are packed binary; everything else is read as text.
@@ -100,8 +115,14 @@ def create_app(settings: Settings) -> FastAPI:
         description="Rolling aggregates per sensor and metric from the `aggregates` group, and "
         "alerts from the `alerts` group.",
         max_body_size=settings.api_max_body,
+        docs_url=None,
+        redoc_url=None,
     )
-    app.add_middleware(WriteGuard, settings=settings)
+    access = Access(settings)
+    app.add_middleware(AccessGuard, access=access)
+    # A name no one configured is refused: a page that rebinds its own DNS name to this
+    # address reaches the API under that name.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,9 +162,32 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="telemetry API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon-32x32.png",
+        )
+
+    @app.post("/ws-ticket", responses={401: {"description": "missing or wrong API token"}})
+    def ws_ticket(request: Request) -> dict[str, str]:
+        """A single-use ticket, valid 30 s, that opens one websocket with this token's scope
+        (`?ticket=`): a browser cannot send a token header on a websocket."""
+        grant = access.grant_of(bearer(request.headers.get("authorization")))
+        assert grant is not None  # AccessGuard let the request in
+        try:
+            return {"ticket": access.ticket(grant)}
+        except OverflowError as exc:
+            raise HTTPException(429, str(exc)) from None
+
     app.include_router(readings_router(settings, clients.text))
     app.include_router(dead_letters_router(settings, clients.text))
-    app.include_router(live_router(settings, clients.live))
+    app.include_router(live_router(settings, clients.live, access))
     registry = CollectorRegistry()
     system_status = SystemStatus(settings, clients.status)
     registry.register(SystemCollector(settings, text_client, system_status))
@@ -294,8 +338,14 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def serve(settings: Settings) -> None:
-    """Serve the API until SIGTERM or SIGINT, then exit 0."""
+def serve(settings: Settings, *, insecure: bool = False) -> None:
+    """Serve the API until SIGTERM or SIGINT, then exit 0. An API that others can reach (not
+    on loopback) and has no token is refused unless `insecure`."""
+    if Access(settings).open and settings.api_host not in LOOPBACK and not insecure:
+        raise SettingsError(
+            f"the API would listen on {settings.api_host} with no token: set API_TOKEN (and "
+            "API_READ_TOKEN, API_WRITE_TOKEN) or pass --insecure to serve it open"
+        )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api_host,

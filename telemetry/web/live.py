@@ -29,7 +29,7 @@ from ingest.backoff import Backoff
 from ingest.contract.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
-from telemetry.web.auth import token_accepted
+from telemetry.web.auth import Access, Grant
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,10 @@ class StreamHub:
 class Live:
     """The hubs of one API process and the rules for who may watch what."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis, access: Access) -> None:
         self.settings = settings
         self.client = client
+        self.access = access
         self.exposed = {
             settings.stream,
             settings.alerts_stream,
@@ -167,11 +168,14 @@ class Live:
             self.hubs[stream] = StreamHub(self.client, stream, self.settings.block_ms)
         return self.hubs[stream]
 
-    async def refusal(self, websocket: WebSocket, stream: str, token: str | None
+    async def refusal(self, websocket: WebSocket, stream: str, ticket: str | None
                       ) -> tuple[int, str] | None:  # fmt: skip
         """Why this client may not watch this stream (close code and reason), or None."""
-        if not token_accepted(self.settings, token):
-            return CLOSE_UNAUTHORISED, "a valid token query parameter is required"
+        grant = self.access.websocket_scope(websocket.headers, ticket)
+        if grant is None:
+            return CLOSE_UNAUTHORISED, "a ticket (POST /ws-ticket) or a token header is required"
+        if grant < (Grant.ADMIN if stream == self.access.dead_stream else Grant.READ):
+            return CLOSE_FORBIDDEN, "this token may not watch this stream"
         origin = websocket.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, websocket.headers):
             return CLOSE_FORBIDDEN, f"origin {origin} is not allowed"
@@ -185,14 +189,14 @@ class Live:
         return origin in self.origins or urlsplit(origin).netloc == headers.get("host")
 
 
-def live_router(settings: Settings, client: aioredis.Redis) -> APIRouter:
+def live_router(settings: Settings, client: aioredis.Redis, access: Access) -> APIRouter:
     router = APIRouter()
-    live = Live(settings, client)
+    live = Live(settings, client, access)
 
     async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
-                   last_id: str | None, token: str | None, sensor: str | None = None
+                   last_id: str | None, ticket: str | None, sensor: str | None = None
                    ) -> None:  # fmt: skip
-        refused = await live.refusal(websocket, stream, token)
+        refused = await live.refusal(websocket, stream, ticket)
         bad_resume = _resume_point(last_id)
         if refused is None and bad_resume is not None:
             refused = CLOSE_BAD_REQUEST, f"last_id: {bad_resume}"
@@ -223,21 +227,21 @@ def live_router(settings: Settings, client: aioredis.Redis) -> APIRouter:
         name: str,
         max_frequency: float | None = Query(None, gt=0, le=1000),
         last_id: str | None = None,
-        token: str | None = None,
+        ticket: str | None = None,
         sensor: str | None = Query(None, pattern=f"^{SENSOR_ID.pattern}$"),
     ) -> None:
         """Live tail of a stream (readings, alert changes, dead letters), optionally of one
         sensor's entries only; see module docs."""
-        await tail(websocket, name, max_frequency, last_id, token, sensor)
+        await tail(websocket, name, max_frequency, last_id, ticket, sensor)
 
     @router.websocket("/ws/alerts")
     async def alerts(
         websocket: WebSocket,
         last_id: str | None = None,
-        token: str | None = None,
+        ticket: str | None = None,
     ) -> None:
         """Alert changes as they happen."""
-        await tail(websocket, settings.alerts_stream, None, last_id, token)
+        await tail(websocket, settings.alerts_stream, None, last_id, ticket)
 
     return router
 

@@ -3,22 +3,44 @@
 
 const PAGE = 25;
 const CHART_SPAN_MS = 15 * 60 * 1000;
-const token = new URLSearchParams(location.search).get("token");
+// The API token, when the API wants one: typed into the page, kept for this tab only, sent as
+// a header (never in a URL); websockets get a single-use ticket for it.
+let token = sessionStorage.getItem("telemetry-token");
 const state = { offset: 0, total: 0, query: "", sensor: null, metric: null, openBySensor: {},
   bands: [], live: [], socket: null };
 const $ = (id) => document.getElementById(id);
 
+function authorised(headers = {}) {
+  return token ? { ...headers, Authorization: `Bearer ${token}` } : headers;
+}
+
+class TokenNeeded extends Error {}
+
 async function getJson(path) {
-  const response = await fetch(path);
+  const response = await fetch(path, { headers: authorised() });
+  if (response.status === 401 || response.status === 403) {
+    $("token-form").hidden = false;
+    throw new TokenNeeded(`${path}: ${response.status}`);
+  }
   if (!response.ok) throw new Error(`${path}: ${response.status}`);
   return [await response.json(), response];
 }
 
-function socketUrl(path) {
+// Runs a loader; one stopped by a missing token waits for the token form instead of failing.
+function whenAllowed(load) {
+  return () => load().catch((err) => { if (!(err instanceof TokenNeeded)) throw err; });
+}
+
+async function openSocket(path) {
   const url = new URL(path, location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (token) url.searchParams.set("token", token);
-  return url;
+  if (token) {
+    const response = await fetch("/ws-ticket", {
+      method: "POST", body: "{}", headers: authorised({ "Content-Type": "application/json" }),
+    });
+    if (response.ok) url.searchParams.set("ticket", (await response.json()).ticket);
+  }
+  return new WebSocket(url);
 }
 
 function ago(ms) {
@@ -114,9 +136,9 @@ async function loadBands() {
   drawChart();
 }
 
-function followSensor() {
+async function followSensor() {
   if (state.socket) state.socket.close();
-  const socket = new WebSocket(socketUrl(`/stream/app:event?sensor=${encodeURIComponent(state.sensor)}`));
+  const socket = await openSocket(`/stream/app:event?sensor=${encodeURIComponent(state.sensor)}`);
   state.socket = socket;
   socket.onmessage = (event) => {
     const { id, fields } = JSON.parse(event.data);
@@ -205,14 +227,14 @@ async function loadAlerts() {
   const feed = recent.map((a) => alertItem({ ...a, ts: a.ts_ms }));
   $("alert-feed").replaceChildren(...feed);
   await loadOpenAlerts();
-  const socket = new WebSocket(socketUrl("/ws/alerts"));
+  const socket = await openSocket("/ws/alerts");
   socket.onmessage = (event) => {
     const { fields } = JSON.parse(event.data);
     $("alert-feed").prepend(alertItem(fields));
     while ($("alert-feed").children.length > 200) $("alert-feed").lastChild.remove();
     loadOpenAlerts();
   };
-  socket.onclose = () => setTimeout(loadAlerts, 2000);
+  socket.onclose = () => setTimeout(whenAllowed(loadAlerts), 2000);
 }
 
 async function loadOpenAlerts() {
@@ -258,9 +280,18 @@ $("search").addEventListener("input", (event) => {
 });
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadSensors(); });
 $("next").addEventListener("click", () => { state.offset += PAGE; loadSensors(); });
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = $("token-input").value.trim() || null;
+  if (token) sessionStorage.setItem("telemetry-token", token);
+  $("token-form").hidden = true;
+  loadHealth();
+  start();
+});
 
+const start = whenAllowed(() => loadAlerts().then(loadSensors));
+start();
 loadHealth();
-loadAlerts().then(loadSensors);
 setInterval(loadHealth, 5000);
-setInterval(loadSensors, 10000);
-setInterval(loadBands, 10000);
+setInterval(whenAllowed(loadSensors), 10000);
+setInterval(whenAllowed(loadBands), 10000);
