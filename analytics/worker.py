@@ -41,7 +41,7 @@ def aggregator_runner(
 
 
 def run_aggregator(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     runner = aggregator_runner(connect(settings), settings, consumer or default_consumer_name())
     stats = runner.run(stop_on_signals(), drain=drain)
     if isinstance(runner.handler, Aggregator) and runner.handler.fatal is not None:

@@ -36,9 +36,9 @@ REDIS_OUTAGES = Counter(
 WRITTEN = Counter("telemetry_written_entries", "Entries written to a stream", ["stream"])
 
 
-def serve_metrics(port: int | None) -> None:
+def serve_metrics(port: int | None, host: str) -> None:
     """Serve /metrics on the port in a background thread; no-op when the port is None."""
     if port is None:
         return
-    start_http_server(port)
-    log.info("metrics served on :%d/metrics", port)
+    start_http_server(port, addr=host)
+    log.info("metrics served on %s:%d/metrics", host, port)

@@ -55,15 +55,26 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _has_password(urls: str) -> bool:
+    return any(urllib.parse.urlsplit(url.strip()).password for url in urls.split(","))
+
+
+def _scheme_of(url: str) -> str:
+    """What a URL starts with, for an error message: never the rest, which may hold a
+    password."""
+    scheme = url.partition(":")[0]
+    return f"{scheme[:20]!r}" if scheme != url else "no scheme"
+
+
 def _redis_url(text: str) -> str:
     if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {_scheme_of(text)}")
     return text
 
 
 def _mqtt_url(text: str) -> str:
     if not text.startswith(("mqtt://", "mqtts://")):
-        raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {text!r}")
+        raise ValueError(f"expected an mqtt:// or mqtts:// URL, got {_scheme_of(text)}")
     return text
 
 
@@ -82,7 +93,7 @@ def _stream_name(text: str) -> str:
 def _webhooks(text: str) -> str:
     for url in text.split(","):
         if urllib.parse.urlsplit(url.strip()).scheme not in ("http", "https"):
-            raise ValueError(f"expected http:// or https:// URLs, got {url.strip()!r}")
+            raise ValueError(f"expected http:// or https:// URLs, got {_scheme_of(url.strip())}")
     return text
 
 
@@ -99,18 +110,32 @@ def _log_level(text: str) -> str:
 
 
 def _setting(
-    default: Any, env: str, parse: Callable[[str], Any], help: str, metavar: str = ""
+    default: Any,
+    env: str,
+    parse: Callable[[str], Any],
+    help: str,
+    metavar: str = "",
+    *,
+    secret: str = "",
 ) -> Any:
+    """`secret`: "whole" for a setting taken from the environment only (a flag shows in every
+    local user's process list), "password" for a URL that may carry one: refused as a flag
+    when it does."""
     return field(
         default=default,
-        metadata={"env": env, "parse": parse, "help": help, "metavar": metavar},
+        metadata={"env": env, "parse": parse, "help": help, "metavar": metavar, "secret": secret},
     )
 
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = _setting(
-        "redis://localhost:6379/0", "REDIS_URL", _redis_url, "Redis to use", "URL"
+        "redis://localhost:6379/0",
+        "REDIS_URL",
+        _redis_url,
+        "Redis to use",
+        "URL",
+        secret="password",
     )
     mqtt_url: str | None = _setting(
         None,
@@ -118,6 +143,7 @@ class Settings:
         _mqtt_url,
         "MQTT broker for the bridge (mqtt://user:pass@host:1883)",
         "URL",
+        secret="password",
     )
     mqtt_ca_file: str | None = _setting(
         None,
@@ -205,6 +231,7 @@ class Settings:
         _webhooks,
         "URLs (comma-separated) that receive every alert change as a JSON POST",
         "URLS",
+        secret="password",
     )
     max_metrics_per_reading: int = _setting(
         64, "TELEMETRY_MAX_METRICS_PER_READING", _positive_int,
@@ -224,13 +251,17 @@ class Settings:
     )
     api_token: str | None = _setting(
         None, "API_TOKEN", _token,
-        "admin token of the API: everything, dead letters and replays included",
+        "admin token of the API: everything, dead letters and replays included", secret="whole",
     )  # fmt: skip
     api_write_token: str | None = _setting(
-        None, "API_WRITE_TOKEN", _token, "API token that may read and POST readings"
+        None,
+        "API_WRITE_TOKEN",
+        _token,
+        "API token that may read and POST readings",
+        secret="whole",
     )
     api_read_token: str | None = _setting(
-        None, "API_READ_TOKEN", _token, "API token that may only read"
+        None, "API_READ_TOKEN", _token, "API token that may only read", secret="whole"
     )
     api_hosts: str | None = _setting(
         None, "TELEMETRY_API_HOSTS", str,
@@ -249,6 +280,9 @@ class Settings:
     )
     metrics_port: int | None = _setting(
         None, "TELEMETRY_METRICS_PORT", _port, "serve Prometheus metrics on this port", "PORT"
+    )
+    metrics_host: str = _setting(
+        "127.0.0.1", "TELEMETRY_METRICS_HOST", str, "address the metrics port listens on", "HOST"
     )
     log_level: str = _setting("INFO", "TELEMETRY_LOG_LEVEL", _log_level, "log level", "LEVEL")
 
@@ -270,6 +304,11 @@ class Settings:
             flag_value = getattr(flags, spec.name, None) if flags is not None else None
             if flag_value is not None:
                 source, raw = "--" + spec.name.replace("_", "-"), str(flag_value)
+                if spec.metadata["secret"] and _has_password(raw):
+                    raise SettingsError(
+                        f"{source}: a password on the command line is visible to every local "
+                        f"user; set {spec.metadata['env']} in the environment instead"
+                    )
             elif spec.metadata["env"] in env:
                 source, raw = spec.metadata["env"], env[spec.metadata["env"]]
             else:
@@ -291,7 +330,7 @@ STREAM = ("stream", "maxlen", "dead_letter_maxlen")
 WRITING = ("write_batch", "durability")
 MQTT = ("mqtt_url", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
 WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_deliveries",
-          "trim_warn_ratio", "metrics_port")  # fmt: skip
+          "trim_warn_ratio", "metrics_port", "metrics_host")  # fmt: skip
 AGGREGATES = ("tiers",)
 AGGREGATE_LIMITS = ("max_metrics_per_reading", "max_metric_names", "max_sensors")
 ALERTS = ("alerts_stream", "alerts_maxlen")
@@ -308,7 +347,7 @@ def add_settings_arguments(
     group = parser.add_argument_group("settings (flags override environment variables)")
     wanted = set(names) if names is not None else None
     for spec in dataclasses.fields(Settings):
-        if wanted is not None and spec.name not in wanted:
+        if (wanted is not None and spec.name not in wanted) or spec.metadata["secret"] == "whole":
             continue
         group.add_argument(
             "--" + spec.name.replace("_", "-"),

@@ -54,5 +54,5 @@ def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOption
 
 def run_bridge(settings: Settings, args: argparse.Namespace) -> BridgeCounts:
     options = bridge_options(settings, args)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     return Bridge(settings, options).run(stop_on_signals())

@@ -21,7 +21,7 @@ from simulator.model import SensorBank
 from simulator.mqttsink import MqttSink
 
 # The settings a simulator uses, offered as its flags.
-SIMULATE_SETTINGS = (*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port")
+SIMULATE_SETTINGS = (*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port", "metrics_host")
 
 
 def _number(text: str, kind: Callable[[str], float]) -> float:
@@ -126,7 +126,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
     ids = sensor_ids(args)
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     bank = SensorBank(ids, args.rate, seed, fault_config(args))
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     stop = stop_on_signals()
     writer: ReadingSink
     if args.via_mqtt:

@@ -217,7 +217,7 @@ def build_parser() -> OneLineArgumentParser:
             "bridge",
             _bridge,
             "write MQTT devices' readings to the stream",
-            [*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port"],
+            [*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port", "metrics_host"],
         )
     )
 

@@ -213,7 +213,7 @@ def test_version() -> None:
     [
         (["query"], ["--redis-url", "--tiers"], ["--api-token", "--webhooks", "--mqtt-url"]),
         (["simulate"], ["--maxlen", "--mqtt-ca-file"], ["--tiers", "--api-port"]),
-        (["api"], ["--api-token", "--tiers"], ["--mqtt-url", "--webhooks"]),
+        (["api"], ["--api-hosts", "--tiers"], ["--api-token", "--mqtt-url", "--webhooks"]),
         (["alert-worker"], ["--rules", "--webhooks"], ["--api-token", "--tiers"]),
     ],
 )

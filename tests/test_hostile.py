@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from analytics import fleet
+from analytics.alerts.fanout import WebhookTarget
 from analytics.errors import QueryError
 from analytics.query import Store
 from analytics.stored import StoredBuckets, read_buckets
@@ -435,3 +436,46 @@ def test_an_api_others_can_reach_refuses_to_start_without_a_token(settings: Sett
     finally:
         started.terminate()
         assert started.wait(30) == 0
+
+
+def listening_address(port: int) -> str:
+    """The address a local TCP port listens on, from /proc/net/tcp (hex, little-endian)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if int(hex_port, 16) == port and state == "0A":
+            return socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_secrets_stay_out_of_flags_errors_metrics_and_other_hosts(settings: Settings) -> None:
+    """Before, a mistyped scheme echoed the password, tokens and passwords were taken as flags
+    (shown in ps), a webhook's URL (the secret, for Slack) was a metric label and logged, and
+    metrics listened on every address."""
+    env = child_env(settings)
+
+    def telemetry(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "telemetry", *args],
+            env={**env, **extra}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    flagged = telemetry("status", "--redis-url", "redis://:hunter2@127.0.0.1:1/0")
+    assert flagged.returncode != 0 and "set REDIS_URL in the environment" in flagged.stderr
+    mistyped = telemetry("status", REDIS_URL="redsi://:hunter2@127.0.0.1:1/0")
+    assert mistyped.returncode != 0 and "redis://" in mistyped.stderr
+    assert "hunter2" not in flagged.stderr + mistyped.stderr
+    assert "--api-token" not in telemetry("api", "--help").stdout
+    hook = WebhookTarget("https://hooks.example/services/T0/B0/s3cretpath", 1)
+    hook.close()
+    assert hook.name == "webhook 1 (hooks.example)"
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "telemetry", "aggregate", "--metrics-port", str(port)], env=env
+    )
+    try:
+        wait_until(lambda: port_open(port))
+        assert listening_address(port) == "127.0.0.1"
+    finally:
+        worker.terminate()
+        worker.wait(30)

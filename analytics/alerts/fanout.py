@@ -17,6 +17,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
@@ -74,15 +75,15 @@ class MqttTarget:
 class WebhookTarget:
     """POSTs each change as JSON from its own thread, retrying with backoff."""
 
-    def __init__(self, url: str) -> None:
-        self.name = url
+    def __init__(self, url: str, number: int) -> None:
+        # The URL is the secret of services such as Slack's: metrics and logs name the target
+        # by its place in TELEMETRY_ALERT_WEBHOOKS and its host only.
+        self.name = f"webhook {number} ({urlsplit(url).hostname})"
         self.url = url
         self._queue: deque[Mapping[str, str]] = deque()
         self._ready = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._send_forever, name=f"webhook {url}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._send_forever, name=self.name, daemon=True)
         self._thread.start()
 
     def offer(self, change: Mapping[str, str]) -> None:
@@ -130,7 +131,7 @@ class WebhookTarget:
             with self._ready:
                 if self._ready.wait_for(lambda: self._closed, backoff.next_delay()):
                     break
-        log.warning("webhook %s did not take change %s: %s", self.url, change.get("id"), error)
+        log.warning("%s did not take change %s: %s", self.name, change.get("id"), error)
         return False
 
 
@@ -154,4 +155,4 @@ class AlertFanout:
 
 def targets_from(broker: MqttBroker | None, webhook_urls: Sequence[str]) -> list[Target]:
     targets: list[Target] = [MqttTarget(broker)] if broker else []
-    return targets + [WebhookTarget(url) for url in webhook_urls]
+    return targets + [WebhookTarget(url, n) for n, url in enumerate(webhook_urls, 1)]

@@ -49,7 +49,7 @@ def alert_runner(
 def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
     rules = rules_from(settings)
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
     runner = alert_runner(connect(settings), settings, rules, consumer or default_consumer_name())
     keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
     stop = stop_on_signals()
