@@ -6,7 +6,9 @@ run owns its servers and can kill, pause and restart them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -141,6 +144,22 @@ class LocalServer:
             self.close()
 
 
+def private_file(path: Path, text: str) -> Path:
+    """`text` in a file only its owner may read."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+    return path
+
+
+def mosquitto_password_line(user: str, password: str) -> str:
+    """A line of a mosquitto password file (PBKDF2-SHA512, as mosquitto_passwd writes it),
+    made here so the password never appears on a command line."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return f"{user}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}\n"
+
+
 class LocalRedis(LocalServer):
     binary = "redis-server"
     install_hint = (
@@ -155,18 +174,28 @@ class LocalRedis(LocalServer):
         *,
         appendonly: bool = False,
         appendfsync: str = "everysec",
+        password: str | None = None,
     ) -> None:
+        """With `password`, clients must authenticate (it is kept in a config file only the
+        caller may read, not on the command line)."""
         super().__init__(port, workdir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.password = password
+
+    @property
+    def address(self) -> str:
+        """The URL without its password, to show."""
+        return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def wait_ready(self, deadline: float) -> None:
         # A restarted server with an append-only file answers LOADING until it has replayed it.
-        client = redis.Redis(port=self.port, socket_timeout=2)
+        client = redis.Redis(port=self.port, socket_timeout=2, password=self.password)
         while True:
             try:
                 client.ping()
@@ -179,9 +208,15 @@ class LocalRedis(LocalServer):
                 client.close()
 
     def command(self) -> list[str]:
+        config = []
+        if self.password:
+            config = [str(private_file(self.workdir / "redis.conf",
+                                       f"requirepass {self.password}\n"))]  # fmt: skip
         return [
+            *config,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
             "--dir", str(self.workdir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
@@ -203,22 +238,31 @@ class LocalMosquitto(LocalServer):
         workdir: Path | None = None,
         *,
         tls_folder: Path | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         """With `tls_folder` (holding ca.pem, server.pem and server.key) it listens for mqtts://
-        only."""
+        only; with `credentials` (user, password) only that user may connect."""
         super().__init__(port, workdir)
         self.tls_folder = tls_folder
+        self.credentials = credentials
+
+    @property
+    def address(self) -> str:
+        """The URL without credentials, to show."""
+        scheme = "mqtts" if self.tls_folder else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        scheme = "mqtts" if self.tls_folder else "mqtt"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        if self.credentials is None:
+            return self.address
+        user, password = (quote(part, safe="") for part in self.credentials)
+        return self.address.replace("://", f"://{user}:{password}@", 1)
 
     def command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
             "persistence true",
             f"persistence_location {self.workdir}/",
             # Mosquitto writes what it holds to disk only this often: a crash loses the
@@ -229,6 +273,12 @@ class LocalMosquitto(LocalServer):
             "max_inflight_messages 1000",
             "log_dest stderr",
         ]
+        if self.credentials is None:
+            lines.append("allow_anonymous true")
+        else:
+            passwords = private_file(self.workdir / "passwords",
+                                     mosquitto_password_line(*self.credentials))  # fmt: skip
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
         if os.geteuid() == 0:
             # Started by root, mosquitto would switch to its own user, which cannot write to a
             # folder of root's: it would run without ever saving. It stays the caller's.

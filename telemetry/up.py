@@ -10,6 +10,7 @@ then, and stops everything that runs in order on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
+import secrets
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import walrus
 
@@ -25,7 +27,13 @@ from ingest.errors import IngestError
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings, settings_env
 from ingest.status import status_database, stream_status
-from telemetry.localserver import LocalMosquitto, LocalRedis, LocalServer, LocalServerError
+from telemetry.localserver import (
+    LocalMosquitto,
+    LocalRedis,
+    LocalServer,
+    LocalServerError,
+    private_file,
+)
 
 log = logging.getLogger("telemetry.up")
 
@@ -143,32 +151,38 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
     stop = stop_on_signals()
     servers: list[PrivateServer] = []
     if "REDIS_URL" not in env:
-        redis_server = LocalRedis(appendonly=True, appendfsync=settings.durability)
+        # Private, but not open to every local user: a password of its own each time.
+        redis_server = LocalRedis(appendonly=True, appendfsync=settings.durability,
+                                  password=secrets.token_urlsafe(24))  # fmt: skip
         redis_server.start(SERVER_START_TIMEOUT_S)
         servers.append(PrivateServer(redis_server))
         settings = settings.replace(redis_url=redis_server.url)
         log.info(
             "started private redis-server at %s (pid %d, appendfsync %s; data in %s)",
-            redis_server.url,
+            redis_server.address,
             redis_server.process.pid if redis_server.process else -1,
             settings.durability,
             redis_server.workdir,
         )
     if settings.mqtt_url is None:
-        broker = LocalMosquitto()
+        broker = LocalMosquitto(credentials=("telemetry", secrets.token_urlsafe(24)))
         try:
             broker.start()
             servers.append(PrivateServer(broker))
             settings = settings.replace(mqtt_url=broker.url)
             log.info(
                 "started private mosquitto at %s (pid %d; data in %s)",
-                broker.url,
+                broker.address,
                 broker.process.pid if broker.process else -1,
                 broker.workdir,
             )
         except LocalServerError as exc:
             log.warning("no MQTT bridge: %s", exc)
     child_env = {**env, **settings_env(settings)}
+    if servers:
+        connection = _connection_file(servers[0].server.workdir, settings)
+        log.info("the private servers' URLs, with their passwords, are in %s (to use them from "
+                 "another shell: set -a; . %s; set +a)", connection, connection)  # fmt: skip
     rules = settings.rules or sample_rules()
     log.info("alert rules from %s", rules)
     running = services(fleet, rate, settings.mqtt_url is not None, rules)
@@ -182,6 +196,13 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
         for private in reversed(servers):
             private.stop()
     return 0
+
+
+def _connection_file(folder: Path, settings: Settings) -> Path:
+    lines = [f"REDIS_URL={settings.redis_url}"]
+    if settings.mqtt_url:
+        lines.append(f"MQTT_URL={settings.mqtt_url}")
+    return private_file(folder / "telemetry.env", "\n".join(lines) + "\n")
 
 
 def _start(service: Service, env: Mapping[str, str]) -> None:

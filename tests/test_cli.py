@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -149,6 +153,10 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     with urllib.request.urlopen(f"{api}/groups", timeout=5) as answer:
         groups = {g["name"] for g in json.load(answer)["groups"]}
     assert groups == {"aggregates", "alerts"}
+    started_at = re.search(r"private redis-server at redis://127.0.0.1:(\d+)/0", "".join(lines))
+    assert started_at is not None
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=int(started_at.group(1))).ping()
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
     reader.join(10)
@@ -158,6 +166,12 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     url = re.search(r"private redis-server at (redis://\S+)", log)
     assert url is not None
     assert not port_open(int(url.group(1).rsplit(":", 1)[1].split("/")[0]))
+    # Its servers took only the credentials `up` made; they are in the log only as a file.
+    connection = re.search(r"passwords, are in (\S+) ", log)
+    assert connection is not None and stat.S_IMODE(os.stat(connection.group(1)).st_mode) == 0o600
+    urls = dict(line.split("=", 1) for line in Path(connection.group(1)).read_text().splitlines())
+    for secret in (urlsplit(urls["REDIS_URL"]).password, urlsplit(urls["MQTT_URL"]).password):
+        assert secret and secret not in log
 
 
 # A service's main loop, reduced to what matters here: it spends nearly all its time inside

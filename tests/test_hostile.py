@@ -37,7 +37,7 @@ from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from ingest.status import StreamStatus, status_database, stream_status
-from telemetry.localserver import LocalMosquitto, free_port, port_open
+from telemetry.localserver import LocalMosquitto, LocalRedis, free_port, port_open
 from telemetry.web.app import create_app
 from tests.conftest import child_env, make_settings
 from tests.helpers import drain, drain_without_rollup, entries
@@ -479,3 +479,33 @@ def test_secrets_stay_out_of_flags_errors_metrics_and_other_hosts(settings: Sett
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_private_servers_take_only_their_own_credentials(tmp_path: Path) -> None:
+    """Before, `telemetry up` started Redis with no password and mosquitto open to anyone: any
+    local user could run CONFIG on Redis or publish readings."""
+    with LocalRedis(workdir=tmp_path / "redis", password="r3dis-pw") as server:
+        assert isinstance(server, LocalRedis)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).config_get("dir")
+        assert redis.Redis.from_url(server.url).ping()
+        assert "r3dis-pw" not in " ".join(server.command()[1:])
+    broker = LocalMosquitto(workdir=tmp_path / "mqtt", credentials=("telemetry", "mq-pw"))
+    with broker:
+        assert connect_answer(broker, None) == "Not authorized"
+        assert connect_answer(broker, ("telemetry", "wrong")) == "Not authorized"
+        assert connect_answer(broker, ("telemetry", "mq-pw")) == "Success"
+
+
+def connect_answer(broker: LocalMosquitto, credentials: tuple[str, str] | None) -> str:
+    device = mqtt.Client(CallbackAPIVersion.VERSION2)
+    if credentials:
+        device.username_pw_set(*credentials)
+    answers: list[str] = []
+    device.on_connect = lambda _c, _u, _f, reason, _p: answers.append(str(reason))
+    device.connect("127.0.0.1", broker.port)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        device.loop(0.1)
+    device.disconnect()
+    return answers[0] if answers else "no answer"

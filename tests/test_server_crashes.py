@@ -332,7 +332,9 @@ def test_up_restarts_its_private_redis_and_mosquitto(tmp_path: Path) -> None:
         broker_started = wait_for(r"private mosquitto at mqtt://127.0.0.1:(\d+) \(pid (\d+)")
         redis_port, redis_pid = int(redis_started.group(1)), int(redis_started.group(2))
         broker_pid = int(broker_started.group(2))
-        client = connect(make_settings(f"redis://127.0.0.1:{redis_port}/0"))
+        connection = Path(wait_for(r"passwords, are in (\S+) ").group(1))
+        urls = dict(line.split("=", 1) for line in connection.read_text().splitlines())
+        client = connect(make_settings(urls["REDIS_URL"]))
 
         def aggregated() -> int:
             try:
