@@ -39,6 +39,10 @@ IGNORED_COLUMN, SENSOR_COLUMN, TS_COLUMN, SEQ_COLUMN = -4, -3, -2, -1
 _codes: dict[str, int] = {"sensor_id": SENSOR_COLUMN, "ts": TS_COLUMN, "seq": SEQ_COLUMN}
 _metric_names: list[str] = []
 _CODES_LIMIT = 10_000
+# New names one batch may teach the table; a batch with more (one reading with thousands of
+# made-up names, say) is decoded entry by entry instead, so that it cannot fill the table and
+# push every later batch off the fast path.
+NEW_NAMES_PER_BATCH = 256
 _entry_by_entry = per_entry(Reading.decode)
 
 
@@ -159,6 +163,18 @@ def decode_columns(
     return ReadingColumns.of(kept.ids, kept.values), refused
 
 
+def columns_of(names: Sequence[str]) -> list[int] | None:
+    """The column of each name, in order (learning new ones as `column_of`); None when one is
+    not a name, or the names would teach more than NEW_NAMES_PER_BATCH new ones."""
+    found = list(map(_codes.get, names))
+    if None not in found:
+        return found  # type: ignore[return-value]
+    if len({n for n, c in zip(names, found, strict=True) if c is None}) > NEW_NAMES_PER_BATCH:
+        return None
+    learned = [column_of(n) if c is None else c for n, c in zip(names, found, strict=True)]
+    return None if None in learned else learned  # type: ignore[return-value]
+
+
 def column_of(name: str) -> int | None:
     """A field name's column, learning names not seen before; None for a name that is not
     valid (or one too many to remember)."""
@@ -190,14 +206,9 @@ def _decode_at_once(ids: Sequence[str], fields: Sequence[FlatFields]) -> Reading
         return None
     flat = list(chain.from_iterable(fields))
     names, texts = flat[0::2], flat[1::2]
-    codes_or_none = list(map(_codes.get, names))
-    if None in codes_or_none:
-        codes_or_none = [
-            column_of(name) if c is None else c
-            for name, c in zip(names, codes_or_none, strict=True)
-        ]
-        if None in codes_or_none:
-            return None
+    codes_or_none = columns_of(names)
+    if codes_or_none is None:
+        return None
     codes = np.array(codes_or_none, np.int64)
     row = np.repeat(np.arange(n), sizes // 2)
     if not fields_in_place(codes, row, n):

@@ -24,7 +24,7 @@ from ingest.contract.columns import (
     Ints,
     ReadingColumns,
     assembled,
-    column_of,
+    columns_of,
     fields_in_place,
 )
 from ingest.contract.reading import DECIMAL_CHARS, MAX_INT64, validate_sensor_id
@@ -108,11 +108,11 @@ def _columns(buffer: Bytes, starts: Ints, lengths: Ints) -> Ints | None:
     columns = np.zeros(len(names), np.int64)
     # Names new to `column_of` are numbered in the order they are met, as `decode_columns`
     # numbers them, so that an entry's columns keep ascending.
-    for index in np.argsort(first).tolist():
-        column = column_of(names[index].decode("utf-8", "surrogateescape"))
-        if column is None:
-            return None
-        columns[index] = column
+    met = np.argsort(first)
+    found = columns_of([names[i].decode("utf-8", "surrogateescape") for i in met.tolist()])
+    if found is None:
+        return None
+    columns[met] = found
     return columns[inverse]
 
 
