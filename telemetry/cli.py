@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 from analytics.alerts.worker import run_alert_worker
 from analytics.fleet import RANKINGS
@@ -32,6 +33,7 @@ from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
 from telemetry.querycmd import fleet_query, sensor_query, sensors_listing
+from telemetry.secrets import make_secrets
 from telemetry.up import run_up
 from telemetry.web.app import serve
 
@@ -96,6 +98,14 @@ def _sensors(settings: Settings, args: argparse.Namespace) -> None:
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
     serve(settings, insecure=args.insecure)
+
+
+def _secrets(settings: Settings, args: argparse.Namespace) -> None:
+    made = make_secrets(args.folder, hosts=args.host, devices=args.device,
+                        stream=settings.stream, alerts_stream=settings.alerts_stream)  # fmt: skip
+    for path in made:
+        print(f"made {path}")
+    print(f"{len(made)} new; everything else in {args.folder} was kept")
 
 
 def _bridge(settings: Settings, args: argparse.Namespace) -> None:
@@ -220,6 +230,22 @@ def build_parser() -> OneLineArgumentParser:
             [*CONNECTION, *STREAM, *WRITING, *MQTT, "metrics_port", "metrics_host"],
         )
     )
+
+    making = command(
+        "secrets",
+        _secrets,
+        "make a deployment's credentials: Redis users per role, broker users, TLS, API token",
+        ["stream", "alerts_stream"],
+    )
+    making.add_argument("folder", type=Path, help="where to keep them (compose: deploy/secrets)")
+    making.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or address devices reach the broker by (repeatable)",
+    )
+    making.add_argument("--device", action="append", default=[],
+                        help="make a TLS certificate for this sensor id (repeatable)")  # fmt: skip
 
     status = command(
         "status",

@@ -175,13 +175,16 @@ class LocalRedis(LocalServer):
         appendonly: bool = False,
         appendfsync: str = "everysec",
         password: str | None = None,
+        aclfile: Path | None = None,
     ) -> None:
         """With `password`, clients must authenticate (it is kept in a config file only the
-        caller may read, not on the command line)."""
+        caller may read, not on the command line); with `aclfile` (as `telemetry secrets` makes
+        it), its users are the server's."""
         super().__init__(port, workdir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.password = password
+        self.aclfile = aclfile
 
     @property
     def address(self) -> str:
@@ -195,7 +198,10 @@ class LocalRedis(LocalServer):
 
     def wait_ready(self, deadline: float) -> None:
         # A restarted server with an append-only file answers LOADING until it has replayed it.
-        client = redis.Redis(port=self.port, socket_timeout=2, password=self.password)
+        # With users from an ACL file, the health user (nopass: any password) checks it.
+        username, password = ("health", "-") if self.aclfile else (None, self.password)
+        client = redis.Redis(port=self.port, socket_timeout=2, username=username,
+                             password=password)  # fmt: skip
         while True:
             try:
                 client.ping()
@@ -217,6 +223,7 @@ class LocalRedis(LocalServer):
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
+            *(["--aclfile", str(self.aclfile)] if self.aclfile else []),
             "--dir", str(self.workdir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
