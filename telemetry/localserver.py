@@ -176,32 +176,37 @@ class LocalRedis(LocalServer):
         appendfsync: str = "everysec",
         password: str | None = None,
         aclfile: Path | None = None,
+        tls_folder: Path | None = None,
     ) -> None:
         """With `password`, clients must authenticate (it is kept in a config file only the
         caller may read, not on the command line); with `aclfile` (as `telemetry secrets` makes
-        it), its users are the server's."""
+        it), its users are the server's; with `tls_folder` (ca.pem, server.pem, server.key) it
+        speaks TLS only (rediss://)."""
         super().__init__(port, workdir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.password = password
         self.aclfile = aclfile
+        self.tls_folder = tls_folder
 
     @property
     def address(self) -> str:
         """The URL without its password, to show."""
+        if self.tls_folder:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_folder / 'ca.pem'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def url(self) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return self.address.replace("://", f"://{auth}", 1)
 
     def wait_ready(self, deadline: float) -> None:
         # A restarted server with an append-only file answers LOADING until it has replayed it.
         # With users from an ACL file, the health user (nopass: any password) checks it.
         username, password = ("health", "-") if self.aclfile else (None, self.password)
-        client = redis.Redis(port=self.port, socket_timeout=2, username=username,
-                             password=password)  # fmt: skip
+        client = redis.Redis.from_url(self.address, socket_timeout=2, username=username,
+                                      password=password)  # fmt: skip
         while True:
             try:
                 client.ping()
@@ -218,9 +223,15 @@ class LocalRedis(LocalServer):
         if self.password:
             config = [str(private_file(self.workdir / "redis.conf",
                                        f"requirepass {self.password}\n"))]  # fmt: skip
+        tls = self.tls_folder
+        listen = ["--port", str(self.port)] if tls is None else [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(tls / "server.pem"), "--tls-key-file", str(tls / "server.key"),
+            "--tls-ca-cert-file", str(tls / "ca.pem"), "--tls-auth-clients", "no",
+        ]  # fmt: skip
         return [
             *config,
-            "--port", str(self.port),
+            *listen,
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
             *(["--aclfile", str(self.aclfile)] if self.aclfile else []),

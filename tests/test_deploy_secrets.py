@@ -53,12 +53,14 @@ def test_secrets_are_made_once_private_and_added_to(folder: Path) -> None:
     assert not any(password in acl for password in before.values())
 
 
-@pytest.fixture
-def acl_redis(folder: Path, tmp_path: Path) -> Iterator[LocalRedis]:
-    # The shipped users, and one for this test alone that may read the ACL log.
+@pytest.fixture(params=["redis", "rediss"])
+def acl_redis(folder: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalRedis]:
+    """redis-server with the made users (and, for this test alone, one that may read the ACL
+    log), speaking plain Redis or TLS with the made CA's certificate."""
     users = tmp_path / "users.acl"
-    users.write_text((folder / "redis-users.acl").read_text() + "user auditor on nopass +@all\n")
-    server = LocalRedis(workdir=tmp_path / "redis", aclfile=users)
+    users.write_text((folder / "redis-users.acl").read_text() + "user auditor on nopass +@all ~*\n")
+    tls = folder / "tls" if request.param == "rediss" else None
+    server = LocalRedis(workdir=tmp_path / "redis", aclfile=users, tls_folder=tls)
     server.start()
     yield server
     server.close()
@@ -66,15 +68,15 @@ def acl_redis(folder: Path, tmp_path: Path) -> Iterator[LocalRedis]:
 
 def role_url(folder: Path, server: LocalRedis, role: str) -> str:
     password = variables(folder)[f"REDIS_{role.upper()}_PASSWORD"]
-    return f"redis://{role}:{password}@127.0.0.1:{server.port}/0"
+    return server.address.replace("://", f"://{role}:{password}@", 1)
 
 
 def test_each_redis_role_runs_its_components_and_nothing_more(
     folder: Path, acl_redis: LocalRedis
 ) -> None:
-    auditor = redis.Redis(port=acl_redis.port, username="auditor", password="-")
+    auditor = redis.Redis.from_url(acl_redis.address, username="auditor", password="-")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=acl_redis.port).ping()
+        redis.Redis.from_url(acl_redis.address).ping()
 
     def telemetry(role: str, *args: str) -> None:
         settings = make_settings(role_url(folder, acl_redis, role))
@@ -90,6 +92,10 @@ def test_each_redis_role_runs_its_components_and_nothing_more(
     telemetry("api", "status")
     api_settings = make_settings(role_url(folder, acl_redis, "api"))
     api = TestClient(create_app(api_settings))
+    with api, api.websocket_connect("/stream/app:event") as tail:
+        writer = redis.Redis.from_url(role_url(folder, acl_redis, "writer"))
+        writer.xadd("app:event", {"sensor_id": "dev-8", "temp": "3"})
+        assert tail.receive_json()["fields"] == {"sensor_id": "dev-8", "temp": "3"}
     assert len(api.get("/sensors").json()) == 5
     assert api.get("/sensors/dev-0/rolling?metric=temp&last=1h").json()["stats"]["count"] == 40
     assert api.post("/readings", json={"sensor_id": "dev-9", "temp": 1.0}).status_code == 202
@@ -100,6 +106,7 @@ def test_each_redis_role_runs_its_components_and_nothing_more(
     worker = redis.Redis.from_url(role_url(folder, acl_redis, "worker"))
     ledger = worker.hgetall(f"app:event:ledger:{ALERTS}")
     assert int(ledger[b"settled:evaluated"]) == 200
+    assert auditor.xlen("app:event") == 202
     # ... and what a role does not need is refused.
     refused = {
         "writer": [("HGETALL", "app:event:ledger:aggregates"), ("FLUSHALL",),
