@@ -82,8 +82,10 @@ def dead_letter_record(
     consumer: str,
     deliveries: int,
     reason: str,
-    fields: Mapping[str, str] | None,
+    fields: Mapping[str, str | bytes] | None,
 ) -> dict[str, str]:
+    """The dead letter's fields. A value given as bytes (a device's raw payload) is cut before
+    it is decoded, bytes that are not UTF-8 kept as surrogate escapes."""
     kept: dict[str, str] = {}
     cut: dict[str, dict[str, object]] = {}
     budget = KEPT_TOTAL_CHARS
@@ -92,10 +94,15 @@ def dead_letter_record(
             cut[LEFT_OUT] = {"fields": len(fields or {}) - len(kept)}
             break
         short = name[:KEPT_CHARS]
-        kept[short] = value[: min(KEPT_CHARS, budget)]
+        room = min(KEPT_CHARS, budget)
+        whole = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        kept[short] = (
+            value[:room].decode("utf-8", "surrogateescape")
+            if isinstance(value, bytes)
+            else value[:room]
+        )
         budget -= len(short) + len(kept[short])
-        if len(kept[short]) < len(value) or short != name:
-            whole = value.encode("utf-8", "surrogateescape")
+        if len(value) > room or short != name:
             cut[short] = {"length": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
     record = {
         "stream": stream,

@@ -179,7 +179,7 @@ class Bridge:
             parsed = Parsed.unreadable(f"the bridge could not parse it ({type(exc).__name__})")
         unit = received(
             self.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
-            lambda: {"topic": topic, "payload": payload.decode("utf-8", "surrogateescape")},
+            lambda: {"topic": topic, "payload": payload},
         )  # fmt: skip
         return _Message(message.mid, message.qos, unit)
 

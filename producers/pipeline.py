@@ -46,7 +46,7 @@ def received(
     source: str,
     producer: str,
     parsed: Parsed,
-    raw: Callable[[], Mapping[str, str]],
+    raw: Callable[[], Mapping[str, str | bytes]],
 ) -> Received:
     """What a parser made of one unit, as readings and a dead letter for what was refused: one
     per unit however many readings it refused, listing their reasons by index, naming the input
