@@ -32,7 +32,7 @@ from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulat
 from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
 from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
-from telemetry.querycmd import fleet_query, sensor_query, sensors_listing
+from telemetry.querycmd import fleet_query, forget_command, sensor_query, sensors_listing
 from telemetry.secrets import make_secrets
 from telemetry.up import run_up
 from telemetry.web.app import serve
@@ -94,6 +94,10 @@ def _query(settings: Settings, args: argparse.Namespace) -> None:
 
 def _sensors(settings: Settings, args: argparse.Namespace) -> None:
     print(sensors_listing(settings, args.format, args.tz))
+
+
+def _forget_sensors(settings: Settings, args: argparse.Namespace) -> None:
+    print(forget_command(settings, args.sensor_ids, args.idle_for))
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
@@ -210,6 +214,18 @@ def build_parser() -> OneLineArgumentParser:
     )
     listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
+    forgetting = listing_sensors.add_subparsers(
+        dest="sensors_command", metavar="ACTION"
+    ).add_parser(
+        "forget", help="remove sensors and everything kept about them (see README, Operations)"
+    )
+    add_settings_arguments(forgetting, [*CONNECTION, "stream", "alerts_stream", *AGGREGATES])
+    forgetting.set_defaults(action=_forget_sensors)
+    forgetting.add_argument("sensor_ids", nargs="*", metavar="SENSOR_ID")
+    forgetting.add_argument(
+        "--idle-for", metavar="DURATION",
+        help="also every sensor whose newest reading is older than this (90d, 12h)",
+    )  # fmt: skip
 
     api = command(
         "api",

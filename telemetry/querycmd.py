@@ -14,9 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from analytics import query
 from analytics.errors import QueryError
 from analytics.fleet import fleet_top
+from analytics.forget import forget_sensors, idle_sensors
 from analytics.query import Stats, Store
 from analytics.times import iso, parse_time_ms
 from ingest.durations import parse_duration_ms
+from ingest.keys import AlertKeys
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 
@@ -161,3 +163,20 @@ def sensors_listing(settings: Settings, output_format: str, tz_name: str | None)
         for i in infos
     ]
     return render(rows, output_format, [asdict(i) for i in infos])
+
+
+def forget_command(settings: Settings, sensor_ids: Sequence[str], idle_for: str | None) -> str:
+    """`telemetry sensors forget`: the sensors named and, with `idle_for`, the idle ones."""
+    if not sensor_ids and idle_for is None:
+        raise CommandLineError("name the sensors to forget, or give --idle-for")
+    store = Store.from_settings(settings)
+    chosen = list(sensor_ids)
+    if idle_for is not None:
+        try:
+            idle_ms = parse_duration_ms(idle_for)
+        except ValueError as exc:
+            raise CommandLineError(f"--idle-for: {exc}") from None
+        chosen += idle_sensors(store.client, store.keys, idle_ms, query.now_ms())
+    known = forget_sensors(store.client, store.keys, AlertKeys(settings.alerts_stream),
+                           store.tiers, list(dict.fromkeys(chosen)))  # fmt: skip
+    return f"forgot {known} sensors"

@@ -27,19 +27,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from analytics import fleet
 from analytics.alerts.fanout import WebhookTarget
 from analytics.errors import QueryError
-from analytics.query import Store
+from analytics.query import Store, rolling
 from analytics.stored import StoredBuckets, read_buckets
 from analytics.worker import aggregator_runner
 from ingest.contract.columns import NEW_NAMES_PER_BATCH, columns_of
 from ingest.deadletter import KEPT_CHARS
 from ingest.errors import SettingsError
-from ingest.keys import StreamKeys
+from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from ingest.status import StreamStatus, status_database, stream_status
 from telemetry.localserver import LocalMosquitto, LocalRedis, free_port, port_open
 from telemetry.web.app import create_app
+from tests.alerting import evaluate_all
 from tests.conftest import child_env, make_settings
 from tests.helpers import drain, drain_without_rollup, entries
 from tests.test_bridge import bridge_process, wait_subscribed
@@ -512,3 +513,53 @@ def connect_answer(broker: LocalMosquitto, credentials: tuple[str, str] | None) 
         device.loop(0.1)
     device.disconnect()
     return answers[0] if answers else "no answer"
+
+
+HOT_RULE = """
+[[rule]]
+name = "hot"
+type = "threshold"
+metric = "temp"
+above = 45.0
+"""
+
+
+def test_a_forgotten_sensor_leaves_nothing_behind(
+    settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Before, nothing kept about a sensor could be removed: made-up sensor ids stayed forever."""
+    alert_keys = AlertKeys(settings.alerts_stream)
+    writer = StreamWriter(client, settings.stream, settings.maxlen)
+    writer.write([{"sensor_id": f"s{i % 10}", "seq": str(i // 10), "temp": str(40 + i % 10)}
+                  for i in range(200)])  # fmt: skip
+    drain(aggregator_runner(client, settings, "c1"))
+    evaluate_all(client, settings, HOT_RULE)
+    assert client.hexists(alert_keys.open, "s8|hot")
+
+    def telemetry(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "telemetry", "sensors", *args],
+                              env=child_env(settings), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert telemetry("forget", "--idle-for", "1h") == "forgot 0 sensors\n"
+    assert telemetry("forget", "s8") == "forgot 1 sensors\n"
+    every_key = [k for k in client.scan_iter(count=1000)]
+    for key in every_key:
+        kind = client.type(key)
+        if kind == "hash":
+            fields = [str(f) for f in client.hkeys(key)]
+            assert not any(f.startswith("s8|") or f == "s8" for f in fields), key
+        elif kind == "zset":
+            assert client.zscore(key, "s8") is None, key
+        else:
+            assert "s8" not in key, key
+    store = Store.from_settings(settings)
+    top = fleet.fleet_top(store, "temp", "max", 3_600_000, 10)
+    assert [r.sensor_id for r in top][:1] == ["s9"] and len(top) == 9
+    assert "s8" not in telemetry("--format", "csv")
+    # It comes back as a new sensor.
+    writer.write([{"sensor_id": "s8", "temp": "1"}])
+    drain(aggregator_runner(client, settings, "c1"))
+    assert rolling(store, "s8", "temp", 3_600_000).stats.count == 1  # type: ignore[union-attr]
