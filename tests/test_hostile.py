@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -563,3 +564,20 @@ def test_a_forgotten_sensor_leaves_nothing_behind(
     writer.write([{"sensor_id": "s8", "temp": "1"}])
     drain(aggregator_runner(client, settings, "c1"))
     assert rolling(store, "s8", "temp", 3_600_000).stats.count == 1  # type: ignore[union-attr]
+
+
+def test_tokens_in_urls_stay_out_of_the_access_log(settings: Settings) -> None:
+    port = free_port()
+    env = child_env(settings, TELEMETRY_API_PORT=str(port), TELEMETRY_LOG_LEVEL="INFO")
+    api = subprocess.Popen([sys.executable, "-m", "telemetry", "api"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port))
+        for path in ("/sensors?token=l3aked-tok3n", "/healthz?x=1&ticket=l3aked-t1cket"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10):
+                pass
+    finally:
+        api.terminate()
+        log, _ = api.communicate(timeout=30)
+    assert "GET /sensors?token=[redacted]" in log and "ticket=[redacted]" in log
+    assert "l3aked" not in log

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
@@ -352,4 +353,19 @@ def serve(settings: Settings, *, insecure: bool = False) -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
     )
+    logging.getLogger("uvicorn.access").addFilter(_scrub_secret_parameters)
     _Server(config).run()
+
+
+SECRET_PARAMETER = re.compile(r"([?&](?:token|ticket)=)[^&\s]*")
+
+
+def _scrub_secret_parameters(record: logging.LogRecord) -> bool:
+    """Access log lines keep no token or ticket a client put in a URL (the API takes neither
+    token from a URL; an old client may still send one)."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            SECRET_PARAMETER.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+            for arg in record.args
+        )
+    return True
