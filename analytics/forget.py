@@ -11,12 +11,14 @@ sensor; forget a sensor once it has stopped sending.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import redis
 
 from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.keys import AlertKeys, StreamKeys
+from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
 
@@ -28,7 +30,7 @@ def idle_sensors(client: redis.Redis, keys: StreamKeys, idle_ms: int, now_ms: in
     """Sensors whose newest reading is older than `idle_ms`."""
     with redis_errors():
         found = client.zrangebyscore(keys.sensors, "-inf", f"({now_ms - idle_ms}")
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in found]
+    return [as_text(sensor) for sensor in cast(list[bytes | str], found)]
 
 
 def forget_sensors(
@@ -81,4 +83,4 @@ def forget_sensors(
 
 def _scan(client: redis.Redis, pattern: str) -> Iterator[str]:
     for key in client.scan_iter(match=pattern, count=1000):
-        yield key.decode() if isinstance(key, bytes) else str(key)
+        yield as_text(key)

@@ -21,6 +21,7 @@ import redis
 from ingest.contract.columns import ReadingColumns
 from ingest.contract.entries import Inadmissible
 from ingest.keys import StreamKeys
+from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
 
 
@@ -75,7 +76,7 @@ class ReadingLimits:
             return
         with redis_errors():
             stored = self.client.smembers(self.keys.metric_names)
-        self._names = {n.decode() if isinstance(n, bytes) else str(n) for n in stored}
+        self._names = {as_text(name) for name in stored}
         refused: set[int] = set()
         for code in used:
             name = names[code]

@@ -30,6 +30,7 @@ from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.errors import IngestError
 from ingest.keys import StreamKeys
+from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
 
@@ -49,10 +50,6 @@ GRACE_MS = 2_000
 EVERY_S = 1.0
 # Rest after each step, as a multiple of the step's time.
 REST_PER_STEP_TIME = 1.0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Rollup:
@@ -103,7 +100,7 @@ class Rollup:
         # Fewer sensors a step when it takes many buckets, so that a step stays short.
         sensors = max(1, min(self.sensors_per_step, 4 * self.sensors_per_step // buckets))
         with redis_errors():
-            metrics = sorted(map(_text, self.client.smembers(self.keys.metric_names)))
+            metrics = sorted(map(as_text, self.client.smembers(self.keys.metric_names)))
             keys, argv = self._arguments(mark, pass_end, sensors, metrics, until_ms)
             ROLLUP(self.client, keys, argv)
         return True

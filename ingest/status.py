@@ -16,6 +16,7 @@ import walrus
 from ingest.backlog import backlog_warning
 from ingest.contract.reading import entry_order
 from ingest.keys import SETTLED, StreamKeys
+from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
 
 PENDING_SCAN_LIMIT = 10_000
@@ -96,10 +97,6 @@ def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: 
     return warnings
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
 def status_database(url: str) -> walrus.Database:
     """The client status is gathered with; a service that reports often keeps one."""
     return walrus.Database.from_url(url, socket_timeout=10)
@@ -112,7 +109,7 @@ def stream_status(
     keys = StreamKeys(stream)
     db = status_database(source) if isinstance(source, str) else source
     with redis_errors():
-        names = [_text(g["name"]) for g in db.xinfo_groups(stream)] if db.exists(stream) else []
+        names = [as_text(g["name"]) for g in db.xinfo_groups(stream)] if db.exists(stream) else []
         # Everything a ledger is balanced against, read at one instant: read apart, a worker
         # settling a batch in between makes a healthy group look unbalanced.
         pipe = db.pipeline(transaction=True)
@@ -148,20 +145,20 @@ def stream_status(
             if isinstance(reply, Exception):
                 raise reply
         counts = (
-            {_text(k): int(v) for k, v in lost.items()},
-            {_text(k): int(v) for k, v in dead_counts.items()},
+            {as_text(k): int(v) for k, v in lost.items()},
+            {as_text(k): int(v) for k, v in dead_counts.items()},
         )
         by_name = dict(zip(names, ledgers, strict=True))
         handle = db.Stream(stream)
-        first_id = _text(info["first-entry"][0]) if info.get("first-entry") else None
-        last_id = _text(info["last-entry"][0]) if info.get("last-entry") else None
+        first_id = as_text(info["first-entry"][0]) if info.get("first-entry") else None
+        last_id = as_text(info["last-entry"][0]) if info.get("last-entry") else None
         added = int(info.get("entries-added", 0))
         groups = [
             _group_status(
                 db,
                 handle,
                 raw,
-                by_name.get(_text(raw["name"]), {}),
+                by_name.get(as_text(raw["name"]), {}),
                 counts,
                 added,
                 maxlen,
@@ -196,9 +193,9 @@ def _group_status(
     first_id: str | None,
     warn_ratio: float,
 ) -> GroupStatus:
-    name = _text(raw["name"])
+    name = as_text(raw["name"])
     consumers = [
-        ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]))
+        ConsumerStatus(as_text(c["name"]), int(c["pending"]), int(c["idle"]))
         for c in handle.consumers_info(name)
     ]
     pending_list = (
@@ -210,19 +207,19 @@ def _group_status(
         name=name,
         consumers=consumers,
         pending=int(raw["pending"]),
-        oldest_pending_id=_text(pending_list[0]["message_id"]) if pending_list else None,
+        oldest_pending_id=as_text(pending_list[0]["message_id"]) if pending_list else None,
         oldest_pending_idle_ms=max(
             (int(p["time_since_delivered"]) for p in pending_list), default=None
         ),
         max_delivery_count=max((int(p["times_delivered"]) for p in pending_list), default=None),
         pending_scanned=len(pending_list),
-        last_delivered_id=_text(raw["last-delivered-id"]),
+        last_delivered_id=as_text(raw["last-delivered-id"]),
         entries_read=None if entries_read is None else int(entries_read),
         lag=None if lag is None else int(lag),
         lost_to_trimming=counts[0].get(name, 0),
         dead_lettered=counts[1].get(name, 0),
     )
-    ledger = {_text(k): int(v) for k, v in stored_ledger.items()}
+    ledger = {as_text(k): int(v) for k, v in stored_ledger.items()}
     before_start = ledger.pop("entries_before_start", None)
     group.settled = {k.removeprefix(SETTLED): v for k, v in ledger.items() if k.startswith(SETTLED)}
     group.facts = {k: v for k, v in ledger.items() if not k.startswith(SETTLED)}

@@ -68,6 +68,11 @@ def read_range_newest_first(
     return cast(StreamEntries, client.xrevrange(stream, max=end, min=start, count=count))
 
 
+def as_text(value: bytes | str) -> str:
+    """A value from a client that answers in bytes or in text, as text."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def fields_arg(fields: Mapping[str, str]) -> dict[Any, Any]:
     """Fields for redis-py's xadd, as bytes: text read with surrogate escapes (bytes that were
     not UTF-8) goes back to Redis exactly as it came."""
