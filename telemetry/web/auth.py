@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.keys import StreamKeys
 from ingest.settings import Settings
 
 TICKET_TTL_S = 30.0
@@ -83,12 +84,16 @@ class Access:
             for grant, token in tokens.items()
             if token is not None
         }
-        self.dead_stream = f"{settings.stream}:dead"
+        self.dead_stream = StreamKeys(settings.stream).dead
         self._tickets: dict[str, tuple[Grant, float]] = {}
 
     @property
     def open(self) -> bool:
         return not self._tokens
+
+    def needed(self, method: str, path: str) -> Grant | None:
+        """The scope a request needs; None for the public ones."""
+        return needed(method, path, self.dead_stream)
 
     def grant_of(self, token: str | None) -> Grant | None:
         """What a presented token grants: everything when none is configured; compared in
@@ -143,7 +148,7 @@ class AccessGuard:
         method, path = scope["method"], scope["path"]
         headers = dict(scope["headers"])
         csp = DOCS_CSP if path == "/docs" else CSP
-        wanted = needed(method, path, self.access.dead_stream)
+        wanted = self.access.needed(method, path)
         if wanted is not None:
             authorization = headers.get(b"authorization")
             grant = self.access.grant_of(bearer(authorization.decode("latin-1") if authorization
@@ -155,6 +160,8 @@ class AccessGuard:
             if grant < wanted:
                 await _refuse(send, 403, f"this token does not grant {wanted.name.lower()}", csp)
                 return
+            # What the token grants, for a route that hands it on (POST /ws-ticket).
+            scope.setdefault("state", {})["grant"] = grant
         if method not in SAFE_METHODS:
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if kind != b"application/json":

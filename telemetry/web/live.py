@@ -29,7 +29,7 @@ from ingest.backoff import Backoff
 from ingest.contract.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
-from telemetry.web.auth import Access, Grant
+from telemetry.web.auth import Access
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ class Live:
         grant = self.access.websocket_scope(websocket.headers, ticket)
         if grant is None:
             return CLOSE_UNAUTHORISED, "a ticket (POST /ws-ticket) or a token header is required"
-        if grant < (Grant.ADMIN if stream == self.access.dead_stream else Grant.READ):
+        wanted = self.access.needed("GET", f"/stream/{stream}")
+        if wanted is not None and grant < wanted:
             return CLOSE_FORBIDDEN, "this token may not watch this stream"
         origin = websocket.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, websocket.headers):
