@@ -127,25 +127,27 @@ class Summary:
         each column of the result has the table's shape without its first and last axes."""
         out: dict[str, Floats] = {}
         for i, column in enumerate(self.columns):
+            if column.merge in (Merge.EARLIEST, Merge.LATEST):
+                continue  # merged with its group below
             values = np.where(present, table[..., i], column.empty)
             if column.merge is Merge.ADD:
                 out[column.name] = values.sum(axis=0)
             elif column.merge is Merge.MIN:
                 out[column.name] = values.min(axis=0)
-            elif column.merge is Merge.MAX:
+            else:
                 out[column.name] = values.max(axis=0)
+        anything = present.any(axis=0)
         for members in self.groups.values():
             earliest = self.columns[members[0]].merge is Merge.EARLIEST
+            worst = math.inf if earliest else -math.inf
             chosen = present.copy()
             for i in members:
-                worst = math.inf if earliest else -math.inf
                 values = np.where(chosen, table[..., i], worst)
                 best = values.min(axis=0) if earliest else values.max(axis=0)
                 chosen &= values == best
             first_chosen = chosen.argmax(axis=0)[None]
             for i in members:
                 taken = np.take_along_axis(table[..., i], first_chosen, axis=0)[0]
-                anything = present.any(axis=0)
                 out[self.names[i]] = np.where(anything, taken, self.columns[i].empty)
         return out
 
