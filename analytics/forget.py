@@ -10,13 +10,13 @@ sensor; forget a sensor once it has stopped sending.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import redis
 
 from analytics.summary import SUMMARY
-from analytics.tiers import Tier
+from analytics.tiers import MAX_FUTURE_MS, Tier
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
@@ -39,24 +39,22 @@ def forget_sensors(
     alert_keys: AlertKeys,
     tiers: Sequence[Tier],
     sensor_ids: Sequence[str],
+    now_ms: int,
 ) -> int:
     """Forget each sensor (see module docs); how many were known."""
-    by_name = {tier.name: tier for tier in tiers}
+    held = _HeldKeys(keys, tiers, now_ms)
     with redis_errors():
-        chunks = list(_scan(client, f"{keys.stream}:agg:*"))
-        fleets = list(_scan(client, f"{keys.stream}:fleet:*"))
-        heard = list(_scan(client, f"{alert_keys.stream}:heard:*"))
+        heard = [as_text(key) for key in client.scan_iter(match=alert_keys.heard("*"), count=1000)]
         known = 0
         for sensor_id in sensor_ids:
             number = client.hget(keys.sensor_index, sensor_id)
             known += number is not None or bool(client.zscore(keys.sensors, sensor_id))
+            metrics = sorted(map(as_text, client.smembers(keys.sensor_metrics(sensor_id))))
             pipe = client.pipeline(transaction=False)
-            for chunk in chunks:
-                tier_name, _metric, start = chunk.rsplit(":", 3)[-3:]
-                tier = by_name.get(tier_name)
-                if tier is not None:
-                    buckets = range(int(start), int(start) + tier.chunk_ms, tier.bucket_ms)
-                    pipe.hdel(chunk, *[f"{sensor_id}|{bucket}" for bucket in buckets])
+            for tier in tiers:
+                for metric in metrics:
+                    for chunk, buckets in held.chunks(tier, metric):
+                        pipe.hdel(chunk, *[f"{sensor_id}|{bucket}" for bucket in buckets])
             pipe.zrem(keys.sensors, sensor_id)
             pipe.delete(keys.sensor_metrics(sensor_id), keys.seq_window(sensor_id))
             pipe.hdel(keys.seq_high, sensor_id)
@@ -69,6 +67,8 @@ def forget_sensors(
             if open_fields:
                 client.hdel(alert_keys.open, *open_fields)
             if number is not None:
+                fleets = [key for tier in tiers for metric in metrics
+                          for key in held.fleet_buckets(tier, metric)]  # fmt: skip
                 offset = int(number) * SUMMARY.size
                 for first in range(0, len(fleets), KEYS_PER_CALL):
                     FORGET_SLOT(client, fleets[first : first + KEYS_PER_CALL],
@@ -81,6 +81,29 @@ def forget_sensors(
     return int(known)
 
 
-def _scan(client: redis.Redis, pattern: str) -> Iterator[str]:
-    for key in client.scan_iter(match=pattern, count=1000):
-        yield as_text(key)
+class _HeldKeys:
+    """The chunk and fleet bucket keys of a tier and metric that can still hold data at
+    `now_ms` (older ones have expired), named as the aggregates group names them."""
+
+    def __init__(self, keys: StreamKeys, tiers: Sequence[Tier], now_ms: int) -> None:
+        self.keys = keys
+        self.spans = {
+            tier.name: range(
+                tier.bucket_of(now_ms - tier.retention_ms - tier.bucket_ms),
+                now_ms + MAX_FUTURE_MS + tier.bucket_ms,
+                tier.bucket_ms,
+            )
+            for tier in tiers
+        }
+
+    def chunks(self, tier: Tier, metric: str) -> list[tuple[str, range]]:
+        """Each chunk key, with the bucket starts it holds."""
+        span = self.spans[tier.name]
+        return [
+            (self.keys.aggregate_chunk(tier.name, metric, chunk),
+             range(chunk, chunk + tier.chunk_ms, tier.bucket_ms))
+            for chunk in range(tier.chunk_of(span.start), span.stop, tier.chunk_ms)
+        ]  # fmt: skip
+
+    def fleet_buckets(self, tier: Tier, metric: str) -> list[str]:
+        return [self.keys.fleet_bucket(tier.name, metric, start) for start in self.spans[tier.name]]

@@ -178,5 +178,5 @@ def forget_command(settings: Settings, sensor_ids: Sequence[str], idle_for: str 
             raise CommandLineError(f"--idle-for: {exc}") from None
         chosen += idle_sensors(store.client, store.keys, idle_ms, query.now_ms())
     known = forget_sensors(store.client, store.keys, AlertKeys(settings.alerts_stream),
-                           store.tiers, list(dict.fromkeys(chosen)))  # fmt: skip
+                           store.tiers, list(dict.fromkeys(chosen)), query.now_ms())  # fmt: skip
     return f"forgot {known} sensors"
