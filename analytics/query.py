@@ -87,7 +87,7 @@ class Stats:
 
     @classmethod
     def of(cls, start_ms: int, end_ms: int, b: BucketStats) -> Stats:
-        reported: dict[str, Any] = {name: b.report(name) for name in REPORTS}
+        reported: dict[str, Any] = b.reports()
         reported.update(zip(PERCENTILE_FIELDS, b.percentiles(PERCENTILES), strict=True))
         return cls(start_ms=start_ms, end_ms=end_ms, **reported)
 

@@ -62,17 +62,25 @@ class BucketStats:
         """One of the summary's stored columns."""
         return self.values[SUMMARY.names.index(name)]
 
-    def report(self, name: str) -> float | int:
-        """One of `summary.REPORTS`."""
+    def reports(self) -> dict[str, float | int]:
+        """Every one of `summary.REPORTS`."""
         columns = {
             n: np.asarray(v, np.float64) for n, v in zip(SUMMARY.names, self.values, strict=True)
         }
-        value = float(REPORTS[name](columns))
-        return int(value) if name in WHOLE_REPORTS else value
+        found: dict[str, float | int] = {}
+        for name, report in REPORTS.items():
+            value = float(report(columns))
+            found[name] = int(value) if name in WHOLE_REPORTS else value
+        return found
+
+    def report(self, name: str) -> float | int:
+        """One of `summary.REPORTS`."""
+        return self.reports()[name]
 
     @property
     def count(self) -> int:
         return int(self.values[0])
 
     def percentiles(self, qs: Sequence[float]) -> list[float | None]:
-        return quantiles(self.bins, qs, float(self.report("min")), float(self.report("max")))
+        reported = self.reports()
+        return quantiles(self.bins, qs, float(reported["min"]), float(reported["max"]))
