@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import redis
 
+from analytics.compaction import Compactor
 from analytics.preaggregate import BatchOutcome, Flat, preaggregate
-from analytics.rollup import Rollup
+from analytics.rollup import Rollup, paced
 from analytics.stored import FormatMismatch, RecordFormat
 from analytics.summary import SUMMARY
 from analytics.tiers import MAX_FUTURE_MS, Tier
 from ingest.contract.columns import NO_SEQ, Ints, ReadingColumns
+from ingest.errors import IngestError
 from ingest.groups import Abort, Batch, PreparingHandler, UpkeepingHandler
 from ingest.groups.settlement import SETTLE_LIBRARY, Gate, SettlingArgs
 from ingest.keys import SETTLED, StreamKeys
@@ -38,6 +40,10 @@ APPLY_BATCH = LuaScript(
     "analytics", "apply_batch.lua", library="merge.lua",
     prelude=SETTLE_LIBRARY + SUMMARY.lua_source(),
 )  # fmt: skip
+# How often the roll-up and packing look for work, and how long packing goes on before the
+# roll-up looks again.
+UPKEEP_EVERY_S = 1.0
+PACKING_BUDGET_S = 0.5
 # Bound on the (sensor, metric) pairs one process remembers having put in the sensor index.
 KNOWN_PAIRS_LIMIT = 1_000_000
 
@@ -61,7 +67,7 @@ class _Args(SettlingArgs):
         super().__init__(
             keys, batch, Gate.OWNED,
             [keys.seq_high, keys.sensors, keys.sensor_index, keys.sensor_names,
-             keys.rollup_mark, keys.metric_names],
+             keys.rollup_mark, keys.metric_names, keys.packed_until, keys.loose_chunks],
         )  # fmt: skip
         self.new_pairs: set[tuple[str, str]] = set()
         # Rows of the readings that carry a seq, in the order the script numbers them.
@@ -70,6 +76,8 @@ class _Args(SettlingArgs):
         self.sensor_place: Ints = np.zeros(0, np.int64)
         # Key index -> when it expires (ms).
         self.expiring: dict[int, int] = {}
+        # Chunk key index -> its tier and its end (ms).
+        self.chunks: dict[int, tuple[str, int]] = {}
 
     def keys_by_time(
         self,
@@ -119,20 +127,31 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
         # Why this handler gave up, for the command to report.
         self.fatal: FormatMismatch | None = None
         self.rollup = Rollup(client, keys, tiers, record_format=self.record_format)
+        self.compactor = Compactor(client, keys, tiers)
         # (sensor, metric) pairs already in the sensor index: not sent again.
         self._known_pairs: set[tuple[str, str]] = set()
 
     def upkeep(self, stop: threading.Event) -> None:
-        self.rollup.run(stop, self.group)
+        """Roll up the fine buckets ready, then pack the closed chunks, every UPKEEP_EVERY_S
+        until `stop` is set. Packing takes turns with the roll-up, which readers wait on less
+        but which must not wait long."""
+        while not stop.wait(UPKEEP_EVERY_S):
+            try:
+                self.record_format.check(self.client, self.keys)
+                self.rollup.paced_catch_up(stop, self.rollup.ready_until_ms(self.group))
+                paced(stop, lambda: self.compactor.step(self.clock_ms()), PACKING_BUDGET_S)
+            except IngestError as exc:
+                log.warning("roll-up and packing paused: %s", exc)
 
     def drained(self) -> None:
         """Roll up through the newest fine bucket aggregated, so that every tier answers for
-        everything the drain processed."""
+        everything the drain processed, and pack the chunks closed by then."""
         with redis_errors():
             newest = self.client.zrevrange(self.keys.sensors, 0, 0, withscores=True)
         if newest:
             until = min(int(newest[0][1]), self.clock_ms() + MAX_FUTURE_MS)
             self.rollup.catch_up(self.tiers[0].bucket_of(until) + self.tiers[0].bucket_ms)
+            self.compactor.catch_up(self.clock_ms())
 
     def __call__(self, batch: Batch[ReadingColumns]) -> None:
         self.prepare(batch)()
@@ -273,6 +292,7 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
             records.append(deltas.records)
             offsets.append(deltas.offsets[1:] + bytes_so_far)
             bytes_so_far += len(deltas.records)
+        args.section([[index, *chunk] for index, chunk in args.chunks.items()])
         width = 4 + 2 * len(coarse)
         placement = np.concatenate(placements) if placements else np.zeros((0, width), np.int64)
         order = np.lexsort((placement[:, 2], placement[:, 1], placement[:, 0]))
@@ -296,10 +316,13 @@ class Aggregator(PreparingHandler[ReadingColumns], UpkeepingHandler):
         names = flat.metric_names
         chunk_name = functools.partial(self.keys.aggregate_chunk, tier.name)
         fleet_name = functools.partial(self.keys.fleet_bucket, tier.name)
+        chunk = tier.chunk_of(bucket)
+        chunk_key = args.keys_by_time(names, metric, chunk, chunk_name, tier.chunk_expires_at_ms)
+        indexes, first = np.unique(chunk_key, return_index=True)
+        for index, at in zip(indexes.tolist(), chunk[first].tolist(), strict=True):
+            args.chunks[index] = (tier.name, at + tier.chunk_ms)
         return [
-            args.keys_by_time(
-                names, metric, tier.chunk_of(bucket), chunk_name, tier.chunk_expires_at_ms
-            ),
+            chunk_key,
             args.keys_by_time(names, metric, bucket, fleet_name, tier.bucket_expires_at_ms),
         ]
 

@@ -22,11 +22,9 @@ from analytics.query import (
 )
 from analytics.stored import MARK_FIELDS, Mark, parse_mark, read_buckets, read_mark
 from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
-from analytics.tiers import Tier
+from analytics.tiers import FLEET_BUCKETS, Tier
 from ingest.redis.errors import redis_errors
 
-# A fleet question reads every sensor's buckets: fewer, coarser ones.
-FLEET_MAX_BUCKETS = 16
 # Sensors whose windows a fleet question ranked by a percentile reads at a time.
 FLEET_PERCENTILE_BATCH = 200
 # No fleet question reads more sensor summaries (72 bytes each) from the fleet buckets, nor more
@@ -61,7 +59,7 @@ def fleet_top(
         raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
     to_ms = now_ms() if at_ms is None else at_ms
     from_ms = to_ms - last_ms
-    tier = choose_tier(store.tiers, last_ms, FLEET_MAX_BUCKETS)
+    tier = choose_tier(store.tiers, last_ms, FLEET_BUCKETS)
     merged = _merge_fleet_buckets(store, tier, metric, from_ms, to_ms)
     if merged is None:
         return []
@@ -150,14 +148,22 @@ def _merge_fleet_buckets(
             f"over the limit of {FLEET_MAX_SUMMARIES} summaries: ask for a shorter window"
         )
     with redis_errors():
-        pipe = store.client.pipeline(transaction=bool(waiting))
+        pipe = store.client.pipeline(transaction=True)
         pipe.lrange(store.keys.sensor_names, 0, -1)
+        pipe.hget(store.keys.packed_until, tier.name)
         for start in starts:
             pipe.get(store.keys.fleet_bucket(tier.name, metric, start))
         for start in waiting:
             pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
         pipe.hmget(store.keys.rollup_mark, MARK_FIELDS)
-        sensors, *packed, mark_reply = pipe.execute()
+        sensors, packed_until, *packed, mark_reply = pipe.execute()
+    # The fleet buckets of packed chunks are gone: those buckets come from every sensor's
+    # packed chunks, which takes longer.
+    if packed_until is not None:
+        cold = [s for s in starts if tier.chunk_of(s) + tier.chunk_ms <= int(packed_until)]
+        summaries = _packed_summaries(store, tier, metric, sensors, cold)
+        for start, summary in zip(cold, summaries, strict=True):
+            packed[starts.index(start)] = summary
     # Of the fine buckets, only sensors' summaries the mark says are not rolled up yet count.
     mark = parse_mark(mark_reply) or Mark(end, 0, end)
     first_sensor = [0] * len(starts) + [
@@ -180,6 +186,26 @@ def _merge_fleet_buckets(
     merged = SUMMARY.fold(chosen, chosen[:, :, 0] > 0)
     columns = {name: REPORTS[name](merged) for name in RANKINGS if name in REPORTS}
     return [sensors[i].decode() for i in present.tolist()], columns
+
+
+def _packed_summaries(
+    store: Store, tier: Tier, metric: str, sensors: Sequence[bytes], starts: Sequence[int]
+) -> list[bytes]:
+    """For each of `starts`, every sensor's summary in that bucket as a fleet bucket holds
+    it, read from the sensors' packed chunks (and records written after)."""
+    table = np.zeros((len(starts), len(sensors), len(SUMMARY.names)))
+    if not starts:
+        return []
+    for first in range(0, len(sensors), FLEET_PERCENTILE_BATCH * 5):
+        names = [name.decode() for name in sensors[first : first + FLEET_PERCENTILE_BATCH * 5]]
+        found = read_buckets(
+            store.client, store.keys, tier, names, metric, starts[0],
+            starts[-1] + tier.bucket_ms, finest=store.tiers[0],
+        )  # fmt: skip
+        row = (found.start - starts[0]) // tier.bucket_ms
+        values = found.summary.view("<f8").reshape(len(found), len(SUMMARY.names))
+        table[row, first + found.sensor] = values
+    return [bucket.astype("<f8").tobytes() for bucket in table]
 
 
 def _nth_largest(values: npt.NDArray[np.float64], n: int) -> float:

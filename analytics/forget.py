@@ -55,6 +55,7 @@ def forget_sensors(
                 for metric in metrics:
                     for chunk, buckets in held.chunks(tier, metric):
                         pipe.hdel(chunk, *[f"{sensor_id}|{bucket}" for bucket in buckets])
+                        pipe.hdel(keys.packed_chunk(tier.name, metric, buckets.start), sensor_id)
             pipe.zrem(keys.sensors, sensor_id)
             pipe.delete(keys.sensor_metrics(sensor_id), keys.seq_window(sensor_id))
             pipe.hdel(keys.seq_high, sensor_id)

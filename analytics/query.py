@@ -202,10 +202,10 @@ def windows(
     stored = read_buckets(
         store.client, store.keys, tier, sensor_ids, metric, start, end, finest=store.tiers[0]
     )
-    for s, start, record in zip(
-        stored.sensor.tolist(), stored.start.tolist(), stored.records, strict=True
+    for s, start, stats in zip(
+        stored.sensor.tolist(), stored.start.tolist(), stored.stats(), strict=True
     ):
-        found[s].append((start, BucketStats.from_record(record)))
+        found[s].append((start, stats))
     return [
         _merge_window(sensor_id, metric, tier, from_ms, to_ms, buckets)
         for sensor_id, buckets in zip(sensor_ids, found, strict=True)

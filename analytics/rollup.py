@@ -19,16 +19,16 @@ roll-up.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
 from analytics.stored import Mark, RecordFormat, read_mark
 from analytics.summary import SUMMARY
 from analytics.tiers import Tier
-from ingest.errors import IngestError
 from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
@@ -47,7 +47,6 @@ BUCKETS_PER_PASS = 36
 # A fine bucket is rolled up this long after it ends: readings still on their way then are
 # merged into the coarse tiers by their own batch, which costs more.
 GRACE_MS = 2_000
-EVERY_S = 1.0
 # Rest after each step, as a multiple of the step's time.
 REST_PER_STEP_TIME = 1.0
 
@@ -145,15 +144,6 @@ class Rollup:
         ]  # fmt: skip
         return keys, argv
 
-    def run(self, stop: threading.Event, group: str) -> None:
-        """Roll up the fine buckets `ready_until_ms` gives, until `stop` is set."""
-        while not stop.wait(EVERY_S):
-            try:
-                self.record_format.check(self.client, self.keys)
-                self._paced_catch_up(stop, self.ready_until_ms(group))
-            except IngestError as exc:
-                log.warning("roll-up paused: %s", exc)
-
     def ready_until_ms(self, group: str) -> int:
         """Where the fine buckets ready to roll up end: GRACE_MS ago or, while `group` has
         entries unread, GRACE_MS before the newest reading aggregated.
@@ -174,11 +164,18 @@ class Rollup:
             now_ms = min(now_ms, int(newest[0][1]))
         return now_ms - GRACE_MS
 
-    def _paced_catch_up(self, stop: threading.Event, until_ms: int) -> None:
-        """catch_up, resting between steps: steps back to back would hold up the batches
-        waiting for Redis meanwhile."""
-        while not stop.is_set():
-            began = time.perf_counter()
-            if not self.step(until_ms):
-                return
-            stop.wait((time.perf_counter() - began) * REST_PER_STEP_TIME)
+    def paced_catch_up(self, stop: threading.Event, until_ms: int) -> None:
+        """catch_up, resting between steps (see `paced`)."""
+        paced(stop, lambda: self.step(until_ms))
+
+
+def paced(stop: threading.Event, step: Callable[[], bool], budget_s: float = math.inf) -> None:
+    """Take steps until one returns False, `stop` is set or `budget_s` has passed, resting
+    after each as long as it took: steps back to back would hold up the batches waiting for
+    Redis meanwhile."""
+    deadline = time.monotonic() + budget_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        began = time.perf_counter()
+        if not step():
+            return
+        stop.wait((time.perf_counter() - began) * REST_PER_STEP_TIME)

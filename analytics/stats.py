@@ -15,10 +15,11 @@ import numpy as np
 from analytics.sketch import quantiles
 from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
 
-# The layout of every aggregate record and fleet bucket. A store records the format it holds
-# (see `stored.RecordFormat`); change the layout or `SUMMARY`'s columns, and this number changes
-# with it (`tests/test_summary.py` holds the two together).
-RECORD_FORMAT = 1
+# The layout of every aggregate record, packed chunk (whose blobs carry a version of their own,
+# `packed.PACK_VERSION`) and fleet bucket, and of the chunks (`tiers.CHUNK_BUCKETS`). A store
+# records the format it holds (see `stored.RecordFormat`); change the layout or `SUMMARY`'s
+# columns, and this number changes with it (`tests/test_summary.py` holds the two together).
+RECORD_FORMAT = 2
 BIN = struct.Struct("<iI")
 BIN_DTYPE = np.dtype([("key", "<i4"), ("count", "<u4")])
 assert BIN_DTYPE.itemsize == BIN.size

@@ -1,58 +1,25 @@
-"""Stored buckets read many at a time: the records of some sensors' buckets in one tier, taken
-from their chunk hashes and unpacked with numpy into a table of summaries and one of histogram
-bins. A day of one-minute buckets is 1,440 records; unpacking them one by one would cost more
-than reading them."""
+"""Stored buckets read many at a time: some sensors' buckets of one tier, from the chunk hashes
+and the packed chunks, as a `Buckets` table. A day of one-minute buckets is 1,440 of them;
+unpacking them one by one would cost more than reading them."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
+from analytics.buckets import Buckets
 from analytics.errors import AnalyticsError
-from analytics.sketch import quantiles_of_many
-from analytics.stats import BIN_DTYPE, RECORD_FORMAT, BucketStats
-from analytics.summary import SUMMARY
+from analytics.packed import unpack_many
+from analytics.stats import RECORD_FORMAT
 from analytics.tiers import Tier
 from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
-
-SUMMARY_WORDS = SUMMARY.size // 8
-
-
-@dataclass(frozen=True)
-class StoredBuckets:
-    """The buckets found, each sensor's in time order: bucket i belongs to sensor `sensor[i]`
-    (its place in the sensor ids asked for), starts at `start[i]`, and is stored as
-    `records[i]`, its summary `summary[i]`; its histogram is the bins whose `bin_bucket` is
-    i (a bin may be listed more than once)."""
-
-    sensor: Ints
-    start: Ints
-    records: list[bytes]
-    summary: npt.NDArray[np.void]
-    bin_key: Ints
-    bin_count: Ints
-    bin_bucket: Ints
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def quantiles(self, owner: Ints, owners: int, qs: Sequence[float]) -> npt.NDArray[np.float64]:
-        """The qs-quantiles of the buckets merged by owner (bucket i belongs to `owner[i]`):
-        one row per owner, NaN where it has no bucket."""
-        lowest = np.full(owners, np.inf)
-        np.minimum.at(lowest, owner, self.summary["lo"])
-        highest = np.full(owners, -np.inf)
-        np.maximum.at(highest, owner, self.summary["hi"])
-        return quantiles_of_many(
-            self.bin_key, self.bin_count, owner[self.bin_bucket], owners, qs, lowest, highest
-        )
 
 
 class FormatMismatch(AnalyticsError):
@@ -101,10 +68,11 @@ def read_buckets(
     to_ms: int,
     *,
     finest: Tier,
-) -> StoredBuckets:
-    """Every bucket of the sensors that overlaps [from_ms, to_ms). A coarse tier's buckets
-    include the fine buckets not rolled up into them yet (see `rollup`), read in one
-    transaction with the mark that says which those are."""
+) -> Buckets:
+    """Every bucket of the sensors that overlaps [from_ms, to_ms), in order of start and then
+    sensor (`sensor` is a place in `sensor_ids`). A coarse tier's buckets include the fine
+    buckets not rolled up yet (see `rollup`), read in one transaction with the mark that says
+    which those are."""
     first = tier.bucket_of(from_ms)
     end = max(first, tier.bucket_of(to_ms - 1) + tier.bucket_ms)
     reads = [_Reads(keys, tier, metric, sensor_ids, first, end)]
@@ -112,7 +80,8 @@ def read_buckets(
     if guess is not None and guess.bucket < end:
         reads.append(_Reads(keys, finest, metric, sensor_ids, max(guess.bucket, first), end))
     with redis_errors():
-        pipe = client.pipeline(transaction=len(reads) > 1)
+        # One transaction: a chunk being packed meanwhile is read either before or after.
+        pipe = client.pipeline(transaction=True)
         for read in reads:
             read.queue(pipe)
         if len(reads) > 1:
@@ -121,20 +90,15 @@ def read_buckets(
         replies = pipe.execute()
     stored = reads[0].found(replies[: reads[0].commands])
     if len(reads) == 1:
-        return _unpacked(*stored)
-    fine_sensor, fine_start, fine_records = reads[1].found(replies[reads[0].commands : -2])
+        return stored.merged()
+    fine = reads[1].found(replies[reads[0].commands : -2])
     # Nothing waits when the mark is gone (the aggregates were deleted meanwhile).
     mark = parse_mark(replies[-2]) or Mark(end, 0, end)
     numbers = np.array([-1 if n is None else int(n) for n in replies[-1]], np.int64)
-    waiting = ~mark.rolled_up(fine_start, numbers[fine_sensor])
-    chosen = np.flatnonzero(waiting).tolist()
-    return _unpacked(
-        *_merged(
-            np.concatenate([stored[0], fine_sensor[waiting]]),
-            np.concatenate([stored[1], tier.bucket_of(fine_start[waiting])]),
-            stored[2] + [fine_records[i] for i in chosen],
-        )
-    )
+    waiting = np.flatnonzero(~mark.rolled_up(fine.start, numbers[fine.sensor]))
+    fine = fine.taken(waiting)
+    coarse_of_fine = replace(fine, start=tier.bucket_of(fine.start))
+    return Buckets.joined([stored, coarse_of_fine]).merged()
 
 
 @dataclass(frozen=True)
@@ -170,9 +134,8 @@ def parse_mark(reply: Sequence[bytes | str | None]) -> Mark | None:
 
 
 class _Reads:
-    """The HMGETs that fetch some sensors' buckets of one tier from `first` to `end` (ms): in
-    each chunk by start and then by sensor, so that each sensor's buckets stay in time
-    order."""
+    """What fetches some sensors' buckets of one tier from `first` to `end` (ms), chunk by
+    chunk: an HMGET of the records, and one of the packed blobs."""
 
     def __init__(
         self,
@@ -183,70 +146,48 @@ class _Reads:
         first: int,
         end: int,
     ) -> None:
-        self.fields = [
+        self.tier = tier
+        self.first, self.end = first, end
+        self.chunks = [
             (
+                chunk,
                 keys.aggregate_chunk(tier.name, metric, chunk),
+                keys.packed_chunk(tier.name, metric, chunk),
                 np.arange(max(first, chunk), min(end, chunk + tier.chunk_ms), tier.bucket_ms),
             )
             for chunk in range(tier.chunk_of(first), end, tier.chunk_ms)
         ]
         self.sensor_ids = sensor_ids
-        self.commands = len(self.fields)
+        self.commands = 2 * len(self.chunks)
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
-        for key, starts in self.fields:
-            names = [f"{s}|{start}" for start in starts.tolist() for s in self.sensor_ids]
-            pipe.hmget(key, names)
+        for _, loose, packed, starts in self.chunks:
+            fields = [f"{s}|{start}" for start in starts.tolist() for s in self.sensor_ids]
+            pipe.hmget(loose, fields)
+            pipe.hmget(packed, list(self.sensor_ids))
 
-    def found(self, replies: list[list[bytes | None]]) -> tuple[Ints, Ints, list[bytes]]:
-        """The sensor (place in sensor_ids), start and record of every bucket found."""
-        everything = list(itertools.chain.from_iterable(replies))
-        present = np.fromiter((r is not None for r in everything), bool, len(everything))
+    def found(self, replies: list[list[bytes | None]]) -> Buckets:
+        """Every bucket found, with its sensor as a place in sensor_ids."""
         sensors = len(self.sensor_ids)
-        starts = [starts for _, starts in self.fields] or [np.zeros(0, np.int64)]
+        records = list(itertools.chain.from_iterable(replies[0::2]))
+        present = np.fromiter((r is not None for r in records), bool, len(records))
+        starts = [starts for *_, starts in self.chunks] or [np.zeros(0, np.int64)]
         sensor = np.tile(np.arange(sensors), sum(map(len, starts)))
         start = np.repeat(np.concatenate(starts), sensors).astype(np.int64)
-        return sensor[present], start[present], [r for r in everything if r is not None]
-
-
-def _merged(sensor: Ints, start: Ints, records: list[bytes]) -> tuple[Ints, Ints, list[bytes]]:
-    """One record per (sensor, start), in order of start and then sensor: records that share
-    both are merged (summaries combined, histograms put end to end)."""
-    order = np.lexsort((sensor, start))
-    sensor, start = sensor[order], start[order]
-    ordered = [records[i] for i in order.tolist()]
-    new = np.r_[True, (sensor[1:] != sensor[:-1]) | (start[1:] != start[:-1])]
-    heads = np.flatnonzero(new)
-    tails = np.r_[heads[1:], len(ordered)]
-    out = [ordered[head] for head in heads.tolist()]
-    # Most buckets have one record; only the others are merged, one by one.
-    for place in np.flatnonzero(tails - heads > 1).tolist():
-        shared = ordered[int(heads[place]) : int(tails[place])]
-        merged = BucketStats.empty()
-        for record in shared:
-            merged.merge(BucketStats.unpack(record[: SUMMARY.size], None))
-        out[place] = merged.pack_summary() + b"".join(r[SUMMARY.size :] for r in shared)
-    return sensor[heads], start[heads], out
-
-
-def _unpacked(sensor: Ints, start: Ints, records: list[bytes]) -> StoredBuckets:
-    """Records (a summary of whole 8-byte words, then 8-byte bins) split into their parts as
-    words, without a Python step per record."""
-    words = np.frombuffer(b"".join(records), np.uint64)
-    lengths = np.fromiter(map(len, records), np.int64, len(records)) // 8
-    first_word = np.cumsum(lengths) - lengths
-    summary_words = words[(first_word[:, None] + np.arange(SUMMARY_WORDS)).reshape(-1)]
-    bins_per_record = lengths - SUMMARY_WORDS
-    first_bin = np.cumsum(bins_per_record) - bins_per_record
-    bin_bucket = np.repeat(np.arange(len(records)), bins_per_record)
-    bin_words = (first_word + SUMMARY_WORDS - first_bin)[bin_bucket] + np.arange(len(bin_bucket))
-    bins = words[bin_words].view(BIN_DTYPE)
-    return StoredBuckets(
-        sensor=sensor,
-        start=start,
-        records=records,
-        summary=summary_words.view(SUMMARY.dtype),
-        bin_key=bins["key"].astype(np.int64),
-        bin_count=bins["count"].astype(np.int64),
-        bin_bucket=bin_bucket,
-    )
+        loose = Buckets.from_records(
+            sensor[present], start[present], [r for r in records if r is not None]
+        )
+        blobs, owners, chunks = [], [], []
+        for (chunk, *_), reply in zip(self.chunks, replies[1::2], strict=True):
+            for place, blob in enumerate(reply):
+                if blob is not None:
+                    blobs.append(blob)
+                    owners.append(place)
+                    chunks.append(chunk)
+        if not blobs:
+            return loose
+        packed = unpack_many(blobs, np.array(chunks, np.int64), self.tier.bucket_ms)
+        within = np.flatnonzero((packed.start >= self.first) & (packed.start < self.end))
+        packed = packed.taken(within)
+        packed = replace(packed, sensor=np.array(owners, np.int64)[packed.sensor])
+        return Buckets.joined([loose, packed])

@@ -65,6 +65,8 @@ class Column:
     fold: Callable[[Runs], npt.ArrayLike]
     empty: float
     group: str = ""
+    # An event time (ms), which lies in its bucket: packed as the offset from the bucket's start.
+    time: bool = False
 
 
 class Summary:
@@ -221,10 +223,10 @@ SUMMARY = Summary(
         Column("lo", Merge.MIN, lambda r: np.minimum.reduceat(r.value, r.starts), math.inf),
         Column("hi", Merge.MAX, lambda r: np.maximum.reduceat(r.value, r.starts), -math.inf),
         # Runs are sorted by time and then value: the first row is the first reading.
-        Column("fts", Merge.EARLIEST, lambda r: r.ts[r.starts], math.inf, group="first"),
-        Column("fv", Merge.EARLIEST, lambda r: r.value[r.starts], math.inf, group="first"),
-        Column("lts", Merge.LATEST, lambda r: r.ts[r.ends], -math.inf, group="last"),
-        Column("lv", Merge.LATEST, lambda r: r.value[r.ends], -math.inf, group="last"),
+        Column("fts", Merge.EARLIEST, lambda r: r.ts[r.starts], math.inf, "first", time=True),
+        Column("fv", Merge.EARLIEST, lambda r: r.value[r.starts], math.inf, "first"),
+        Column("lts", Merge.LATEST, lambda r: r.ts[r.ends], -math.inf, "last", time=True),
+        Column("lv", Merge.LATEST, lambda r: r.value[r.ends], -math.inf, "last"),
     ]
 )
 

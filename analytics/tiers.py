@@ -13,8 +13,13 @@ from ingest.durations import format_duration, parse_tier_spec
 # Readings stamped further ahead of the aggregator's clock than this are counted as too new:
 # their buckets would outlive every retention.
 MAX_FUTURE_MS = 3_600_000
-# Buckets per storage chunk (one Redis hash per sensor, metric, tier and chunk).
-CHUNK_BUCKETS = 360
+# Buckets per storage chunk (one Redis hash per metric, tier and chunk; once closed, one packed
+# blob per sensor in it). Shorter chunks are packed sooner; longer ones pack a little tighter.
+CHUNK_BUCKETS = 60
+# Fleet questions read at most this many buckets of a tier (a coarser tier otherwise), and a
+# chunk is packed only when it ended this many buckets ago: the fleet buckets of a question
+# about the last few minutes or hours are all still there.
+FLEET_BUCKETS = 16
 # Times in ms: one, or an array of them (a batch's readings).
 Ms = TypeVar("Ms", int, npt.NDArray[np.int64])
 
@@ -34,6 +39,10 @@ class Tier:
 
     def chunk_of(self, bucket_ms: Ms) -> Ms:
         return bucket_ms - bucket_ms % self.chunk_ms
+
+    def chunk_packable_at_ms(self, chunk_ms: Ms) -> Ms:
+        """When a chunk may be packed: FLEET_BUCKETS buckets after it ends."""
+        return chunk_ms + self.chunk_ms + FLEET_BUCKETS * self.bucket_ms
 
     def chunk_expires_at_ms(self, chunk_ms: Ms) -> Ms:
         return chunk_ms + self.chunk_ms + self.retention_ms

@@ -1,4 +1,4 @@
-"""What it is like to use: freshness under load, query latency over HTTP, memory per tier.
+"""What it is like to use: freshness under load, query latency over HTTP.
 
     python -m bench.serving [--freshness-seconds S] [--freshness-rates 2500,5000,10000]
 
@@ -6,9 +6,12 @@
   metrics) while one aggregator keeps up; a probe sensor's reading is timed from its XADD until
   GET /sensors/probe over HTTP shows it, and the aggregator's backlog is read at the end. The
   reference is the same HTTP round trip for a reading already there.
-- Query latency: 24 h of 1-minute buckets (1,440 points) for one sensor and metric, and the
-  fleet's top 10 by mean over the last 15 minutes among 10,000 sensors, through the HTTP API.
-- Memory: MEMORY USAGE of each tier's keys after a day of 1 Hz readings, per sensor-metric-day.
+- Query latency: 24 h of 1-minute buckets (1,440 points) for one sensor and metric, all but the
+  newest hours packed; the fleet's top 10 by mean and by p99 over the last 15 minutes among
+  10,000 sensors (fleet buckets), and by mean over 15 minutes ending 3 hours ago (packed
+  chunks), through the HTTP API.
+
+What the buckets cost in memory is `bench.memory`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from ingest.redis.connection import connect
 from ingest.redis.writer import StreamWriter
 from ingest.settings import Settings
 from telemetry.localserver import free_port, port_open
+
+THREE_HOURS_MS = 3 * 3_600_000
 
 
 def now_ms() -> int:
@@ -87,34 +92,40 @@ def freshness(url: str, api: Api, readings_per_s: int, seconds: int) -> Freshnes
     client.flushall()
     fleet = start_telemetry(["simulate", "--fleet", str(readings_per_s), "--rate", "1"], url)
     worker = start_telemetry(["aggregate"], url)
-    delays: list[float] = []
-    reference: list[float] = []
     try:
         time.sleep(5)
-        deadline = time.monotonic() + seconds
-        seq = 0
-        while time.monotonic() < deadline:
-            ts = now_ms()
-            client.xadd("app:event", {"sensor_id": "probe", "ts": ts, "seq": seq, "v": 1.0})
-            sent = time.perf_counter()
-            while True:
-                seen = api.get("/sensors/probe") if seq or client.zscore(
-                    "app:event:sensors", "probe") else {}  # fmt: skip
-                if isinstance(seen, dict) and seen.get("last_seen_ms") == ts:
-                    break
-                time.sleep(0.001)
-            delays.append((time.perf_counter() - sent) * 1000)
-            reference += timed_ms(lambda: api.get("/sensors/probe"), 1)
-            seq += 1
-            time.sleep(0.05)
-        group = next(g for g in client.xinfo_groups("app:event") if g["name"] == "aggregates")
-        behind = int(group["lag"] + group["pending"])
+        return probe(client, api, seconds)
     finally:
         fleet.terminate()
         worker.terminate()
         fleet.wait()
         worker.wait()
-    return Freshness(delays, reference, behind)
+
+
+def probe(client: redis.Redis, api: Api, seconds: int) -> Freshness:
+    """For `seconds`: a probe reading is written, then fetched over HTTP until it shows, then
+    fetched once more as the reference; and how far the aggregates group is behind at the
+    end."""
+    delays: list[float] = []
+    reference: list[float] = []
+    deadline = time.monotonic() + seconds
+    seq = 0
+    while time.monotonic() < deadline:
+        ts = now_ms()
+        client.xadd("app:event", {"sensor_id": "probe", "ts": ts, "seq": seq, "v": 1.0})
+        sent = time.perf_counter()
+        while True:
+            seen = api.get("/sensors/probe") if seq or client.zscore(
+                "app:event:sensors", "probe") else {}  # fmt: skip
+            if isinstance(seen, dict) and seen.get("last_seen_ms") == ts:
+                break
+            time.sleep(0.001)
+        delays.append((time.perf_counter() - sent) * 1000)
+        reference += timed_ms(lambda: api.get("/sensors/probe"), 1)
+        seq += 1
+        time.sleep(0.05)
+    group = next(g for g in client.xinfo_groups("app:event") if g["name"] == "aggregates")
+    return Freshness(delays, reference, int(group["lag"] + group["pending"]))
 
 
 def freshness_rows(
@@ -155,9 +166,10 @@ def query_latency(url: str, api: Api) -> list[tuple[str, str, str, str]]:
         writer.add({"sensor_id": "day", "ts": str(now - i * 10_000), "temp": f"{20 + i % 7}"})
     rng = np.random.default_rng(1)
     for k in range(10_000):
-        for j in range(10):
-            writer.add({"sensor_id": f"dev-{k:05d}", "ts": str(now - j * 90_000),
-                        "temp": f"{rng.normal(20, 3):.2f}"})  # fmt: skip
+        for ago in (0, THREE_HOURS_MS):
+            for j in range(10):
+                writer.add({"sensor_id": f"dev-{k:05d}", "ts": str(now - ago - j * 90_000),
+                            "temp": f"{rng.normal(20, 3):.2f}"})  # fmt: skip
     writer.flush()
     aggregate_all(Settings(redis_url=url, read_batch=5000))
     day_path = "/sensors/day/aggregates?metric=temp&tier=1m&from=24h"
@@ -167,6 +179,7 @@ def query_latency(url: str, api: Api) -> list[tuple[str, str, str, str]]:
     points = len(day_answer) if isinstance(day_answer, list) else 0
     top = timed_ms(lambda: api.get("/fleet/top?metric=temp&by=mean&last=15m&n=10"), 100)
     top99 = timed_ms(lambda: api.get("/fleet/top?metric=temp&by=p99&last=15m&n=10"), 50)
+    old = timed_ms(lambda: api.get("/fleet/top?metric=temp&by=mean&last=15m&n=10&until=3h"), 20)
     return [
         (f"24 h of 1-minute buckets ({points} points), ms", f"{percentile(day, 50):.1f}",
          f"{percentile(day, 99):.1f}", "200 requests"),
@@ -176,38 +189,9 @@ def query_latency(url: str, api: Api) -> list[tuple[str, str, str, str]]:
          f"{percentile(top, 99):.0f}", "100 requests"),
         ("fleet top 10 by p99 of 10,000 sensors, last 15m, ms", f"{percentile(top99, 50):.0f}",
          f"{percentile(top99, 99):.0f}", "50 requests"),
+        ("fleet top 10 by mean, 15m ending 3 h ago (packed), ms", f"{percentile(old, 50):.0f}",
+         f"{percentile(old, 99):.0f}", "20 requests"),
     ]  # fmt: skip
-
-
-def memory(url: str) -> list[tuple[str, str, str, str]]:
-    client = redis.Redis.from_url(url, decode_responses=True)
-    client.flushall()
-    sensors, seconds = 4, 86_400
-    writer = StreamWriter(client, "app:event", 10**8, batch_size=5000)
-    now = now_ms()
-    rng = np.random.default_rng(2)
-    for s in range(seconds):
-        for k in range(sensors):
-            writer.add({"sensor_id": f"m-{k}", "ts": str(now - (seconds - s) * 1000),
-                        "temp": f"{rng.normal(20, 3):.2f}"})  # fmt: skip
-    writer.flush()
-    aggregate_all(Settings(redis_url=url, read_batch=5000, tiers="10s:1d,1m:7d,1h:90d"))
-    rows = []
-    for tier, kept in (("10s", "6h"), ("1m", "7d"), ("1h", "90d")):
-        # A fleet bucket's key costs the same for 4 sensors as for 10,000: count its bytes of
-        # statistics only.
-        fleet = sum(
-            int(client.strlen(key)) for key in client.scan_iter(f"app:event:fleet:{tier}:*")
-        )
-        used = fleet + sum(
-            int(client.memory_usage(key) or 0)
-            for key in client.scan_iter(f"app:event:agg:{tier}:*")
-        )
-        per_day = used / sensors / 1024
-        days_kept = {"6h": 0.25, "7d": 7, "90d": 90}[kept]
-        rows.append((tier, f"{per_day:,.1f} KiB", f"{fleet / used:.0%}",
-                     f"kept {kept}: {per_day * days_kept:,.0f} KiB"))  # fmt: skip
-    return rows
 
 
 def main() -> None:
@@ -231,14 +215,7 @@ def main() -> None:
         finally:
             api.terminate()
             api.wait()
-        used = memory(url)
     print_table(["measure", "p50", "p99", "runs"], fresh + latency)
-    print()
-    print_table(
-        ["tier", "bytes per sensor-metric-day", "of which fleet buckets",
-         "steady state per sensor-metric"],
-        used,
-    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -92,16 +92,31 @@ class StreamKeys:
     def fleet_bucket(self, tier: str, metric: str, bucket_ms: int) -> str:
         """String holding one bucket of one metric for the whole fleet: each sensor's packed
         statistics (as in `aggregate_chunk`, without the histogram) at its number times their
-        size; zeros where a
-        sensor has no readings. A fleet question reads a few of these instead of a field per
-        sensor and bucket."""
+        size; zeros where a sensor has no readings. A fleet question reads a few of these
+        instead of a field per sensor and bucket. Dropped once the bucket's chunk is packed."""
         return f"{self.stream}:fleet:{tier}:{metric}:{bucket_ms}"
 
     def aggregate_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
         """Hash of one tier's buckets of one metric over one chunk of time, for every sensor:
         field `{sensor_id}|{bucket_ms}` -> the bucket's packed statistics and histogram. One
-        hash per chunk lets a batch update thousands of buckets with a few commands."""
+        hash per chunk lets a batch update thousands of buckets with a few commands. Once the
+        chunk is packed, it holds only records written after (late readings)."""
         return f"{self.stream}:agg:{tier}:{metric}:{chunk_ms}"
+
+    def packed_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
+        """Hash sensor_id -> that sensor's buckets of a closed chunk (as in `aggregate_chunk`),
+        packed together (analytics/packed.py)."""
+        return f"{self.stream}:packed:{tier}:{metric}:{chunk_ms}"
+
+    @property
+    def packed_until(self) -> str:
+        """Hash tier -> ms: the chunks of that tier ending by then are packed, or being packed."""
+        return f"{self.stream}:packeduntil"
+
+    @property
+    def loose_chunks(self) -> str:
+        """Set of `aggregate_chunk` keys written after their chunk was packed, to pack again."""
+        return f"{self.stream}:loose"
 
 
 DEFAULT_ALERTS_STREAM = "app:alerts"

@@ -31,7 +31,12 @@ from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
-from telemetry.inspect import replay_dead_letters, show_dead_letters, show_status
+from telemetry.inspect import (
+    replay_dead_letters,
+    show_dead_letters,
+    show_status,
+    show_storage,
+)
 from telemetry.querycmd import fleet_query, forget_command, sensor_query, sensors_listing
 from telemetry.secrets import make_secrets
 from telemetry.up import run_up
@@ -59,6 +64,10 @@ def _status(settings: Settings, args: argparse.Namespace) -> None:
     print(show_status(settings, args.format))
 
 
+def _storage(settings: Settings, args: argparse.Namespace) -> None:
+    print(show_storage(settings, args.format))
+
+
 def _dead_letter_list(settings: Settings, args: argparse.Namespace) -> None:
     print(show_dead_letters(settings, args.count, args.format))
 
@@ -83,7 +92,7 @@ def _alerts(settings: Settings, args: argparse.Namespace) -> None:
 
 def _query(settings: Settings, args: argparse.Namespace) -> None:
     if args.fleet:
-        print(fleet_query(settings, args.metric, args.top, args.by, args.last or "15m",
+        print(fleet_query(settings, args.metric, args.top, args.by, args.last or "15m", args.until,
                           args.format, args.tz))  # fmt: skip
         return
     if args.sensor_id is None:
@@ -270,6 +279,14 @@ def build_parser() -> OneLineArgumentParser:
         [*CONNECTION, *STREAM, "trim_warn_ratio"],
     )
     status.add_argument("--format", choices=["table", "json"], default="table")
+
+    storage = command(
+        "storage",
+        _storage,
+        "what the aggregates cost per bucket and tier, and will cost at full retention",
+        [*CONNECTION, "stream", *AGGREGATES],
+    )
+    storage.add_argument("--format", choices=["table", "json"], default="table")
 
     dead = commands.add_parser("dead-letter", help="inspect and replay dead-lettered entries")
     dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")

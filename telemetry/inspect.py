@@ -1,4 +1,5 @@
-"""`telemetry status` and `telemetry dead-letter`: what operators look at, as text or JSON."""
+"""`telemetry status`, `telemetry storage` and `telemetry dead-letter`: what operators look at,
+as text or JSON."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from analytics.footprint import measure
+from analytics.tiers import parse_tiers
 from ingest.deadletter import DeadLetter, list_dead_letters, replay
 from ingest.keys import StreamKeys
-from ingest.redis.connection import connect
+from ingest.redis.connection import as_text, connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from ingest.status import format_status, stream_status
@@ -21,6 +24,51 @@ def show_status(settings: Settings, output_format: str) -> str:
     if output_format == "json":
         return json.dumps(status.as_dict(), indent=2)
     return format_status(status)
+
+
+def show_storage(settings: Settings, output_format: str) -> str:
+    """What each metric's aggregates cost per bucket in each tier, measured in Redis, and what
+    a sensor-metric and the whole fleet will cost once every tier holds its retention."""
+    client = connect(settings)
+    keys = StreamKeys(settings.stream)
+    tiers = parse_tiers(settings.tiers)
+    metrics = sorted(map(as_text, client.smembers(keys.metric_names)))
+    sensors = int(client.zcard(keys.sensors))
+    costs = [(metric, cost) for metric in metrics for cost in measure(client, keys, tiers, metric)]
+    kept = [cost.at_full_retention(cost.tier.retention_ms) for _, cost in costs]
+    projected = sensors * sum(kept)
+    if output_format == "json":
+        rows = [
+            {
+                "metric": metric,
+                "tier": cost.tier.name,
+                "packed_bytes_per_bucket": round(cost.bytes_per_packed_bucket, 1),
+                "packed_estimated": cost.packed_estimated,
+                "record_bytes_per_bucket": round(cost.bytes_per_record, 1),
+                "per_sensor_metric_at_retention_bytes": round(at_retention),
+            }
+            for (metric, cost), at_retention in zip(costs, kept, strict=True)
+        ]
+        return json.dumps(
+            {"sensors": sensors, "tiers": rows, "projected_bytes": round(projected)}, indent=2
+        )
+    if not costs:
+        return f"nothing aggregated in {settings.stream} yet"
+    lines = [
+        f"{'metric':<16} {'tier':<6} {'packed B/bucket':>16} {'record B/bucket':>16} "
+        f"{'per sensor, kept':>17}"
+    ]
+    for (metric, cost), at_retention in zip(costs, kept, strict=True):
+        packed = ("~" if cost.packed_estimated else "") + f"{cost.bytes_per_packed_bucket:.1f}"
+        lines.append(
+            f"{metric:<16} {cost.tier.name:<6} {packed:>16} {cost.bytes_per_record:>16.1f} "
+            f"{at_retention / 1024:>13,.0f} KiB"
+        )
+    lines.append(
+        f"{sensors} sensors: {projected / 2**30:,.2f} GiB of aggregates once every tier holds "
+        "its retention (~: estimated by packing a sample of records; fleet buckets included)"
+    )
+    return "\n".join(lines)
 
 
 def show_dead_letters(settings: Settings, count: int, output_format: str) -> str:

@@ -128,8 +128,8 @@ def _edges(window: query.Window) -> str:
 
 
 def fleet_query(
-    settings: Settings, metric: str | None, top: int, by: str, last: str, output_format: str,
-    tz_name: str | None,
+    settings: Settings, metric: str | None, top: int, by: str, last: str, until: str,
+    output_format: str, tz_name: str | None,
 ) -> str:  # fmt: skip
     if metric is None:
         raise CommandLineError("--fleet needs --metric")
@@ -137,8 +137,9 @@ def fleet_query(
     store = Store.from_settings(settings)
     now = query.now_ms()
     try:
+        span = _parse("duration", "--last", last, now)
         ranked = fleet_top(
-            store, metric, by, _parse("duration", "--last", last, now), top, at_ms=now
+            store, metric, by, span, top, at_ms=_parse("time", "--until", until, now)
         )
     except QueryError as exc:
         raise CommandLineError(str(exc)) from None

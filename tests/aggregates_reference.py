@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
-from analytics.sketch import RELATIVE_ERROR, quantiles_of_many
-from analytics.stats import BIN_DTYPE, BucketStats
+from analytics.buckets import Buckets
+from analytics.packed import unpack_many
+from analytics.sketch import RELATIVE_ERROR
+from analytics.stats import BucketStats
 from analytics.summary import SUMMARY
+from analytics.tiers import CHUNK_BUCKETS
+from ingest.durations import parse_duration_ms
 from ingest.keys import StreamKeys
 from simulator.dataset import METRICS, Made
 
@@ -48,28 +52,52 @@ def expected_buckets(made: Made, metric: str, bucket_ms: int) -> Expected:
     )  # fmt: skip
 
 
-def stored_records(
+def stored_table(
     url: str, tier: str, metric: str, stream: str = "app:event"
-) -> dict[tuple[str, int], bytes]:
-    """Every bucket record the aggregates group stored for a tier and metric, read straight
-    from Redis."""
+) -> tuple[list[tuple[str, int]], Buckets]:
+    """Every bucket the aggregates group stored for a tier and metric, read straight from
+    Redis (records and packed chunks, merged), and its (sensor_id, start)."""
     raw = redis.Redis.from_url(url)
-    prefix = StreamKeys(stream).aggregate_chunk(tier, metric, 0)[: -len("0")]
-    out = {}
+    keys = StreamKeys(stream)
+    names: list[str] = []
+    parts = []
+    prefix = keys.aggregate_chunk(tier, metric, 0)[: -len("0")]
     for key in raw.scan_iter(match=prefix + "*", count=1000):
         fields = cast(dict[bytes, bytes], raw.hgetall(key))
-        for field, record in fields.items():
+        owners = []
+        for field in fields:
             sensor_id, _, bucket = field.decode().partition("|")
-            out[(sensor_id, int(bucket))] = record
-    return out
+            owners.append((len(names), int(bucket)))
+            names.append(sensor_id)
+        sensor, start = np.array(owners, np.int64).reshape(-1, 2).T
+        parts.append(Buckets.from_records(sensor, start, list(fields.values())))
+    prefix = keys.packed_chunk(tier, metric, 0)[: -len("0")]
+    for key in raw.scan_iter(match=prefix + "*", count=1000):
+        chunk_ms = int(key[len(prefix) :])
+        blobs = cast(dict[bytes, bytes], raw.hgetall(key))
+        found = unpack_many(
+            list(blobs.values()), np.full(len(blobs), chunk_ms), parse_duration_ms(tier)
+        )
+        parts.append(replace(found, sensor=found.sensor + len(names)))
+        names += [sensor_id.decode() for sensor_id in blobs]
+    # One number per sensor id, so that merging finds a bucket stored both ways.
+    numbers = {name: i for i, name in enumerate(sorted(set(names)))}
+    renumber = np.array([numbers[name] for name in names], np.int64)
+    joined = Buckets.joined(parts)
+    merged = replace(joined, sensor=renumber[joined.sensor] if len(joined) else joined.sensor)
+    table = merged.merged()
+    ordered = sorted(numbers)
+    return [
+        (ordered[s], t) for s, t in zip(table.sensor.tolist(), table.start.tolist(), strict=True)
+    ], table
 
 
 def stored_buckets(
     url: str, tier: str, metric: str, stream: str = "app:event"
 ) -> dict[tuple[str, int], BucketStats]:
     """Every bucket the aggregates group stored for a tier and metric."""
-    records = stored_records(url, tier, metric, stream)
-    return {key: BucketStats.from_record(record) for key, record in records.items()}
+    names, table = stored_table(url, tier, metric, stream)
+    return dict(zip(names, table.stats(), strict=True))
 
 
 def stored_fleet_summaries(
@@ -96,27 +124,26 @@ def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int
     statistics; returns how many buckets were compared."""
     for metric in METRICS:
         want = expected_buckets(made, metric, bucket_ms)
-        records = stored_records(url, tier, metric)
-        assert records.keys() == set(want.keys), (metric, len(records), len(want.keys))
+        names, table = stored_table(url, tier, metric)
+        assert set(names) == set(want.keys), (metric, len(names), len(want.keys))
+        row_of = {key: row for row, key in enumerate(names)}
+        rows = np.array([row_of[key] for key in want.keys], np.int64)
+        summaries = table.summary[rows]
         fleet = stored_fleet_summaries(url, tier, metric)
-        assert fleet.keys() == records.keys()
-        in_order = [records[key] for key in want.keys]
-        summaries = np.frombuffer(
-            b"".join(record[: SUMMARY.size] for record in in_order), SUMMARY.dtype
+        # Packed chunks keep their fleet buckets only in the coarsest tier.
+        packed_until = redis.Redis.from_url(url).hget(StreamKeys("app:event").packed_until, tier)
+        chunk_ms = CHUNK_BUCKETS * bucket_ms
+        chunk_end = {key: key[1] - key[1] % chunk_ms + chunk_ms for key in names}
+        unpacked = {k for k in names if packed_until is None or chunk_end[k] > int(packed_until)}
+        assert unpacked <= fleet.keys() <= set(names)
+        in_fleet = [k for k in want.keys if k in fleet]
+        fleet_rows = np.array([row_of[k] for k in in_fleet], np.int64)
+        same = table.summary[fleet_rows] == np.frombuffer(
+            b"".join(fleet[k] for k in in_fleet), SUMMARY.dtype
         )
-        same = summaries == np.frombuffer(b"".join(fleet[k] for k in want.keys), SUMMARY.dtype)
-        assert same.all(), want.keys[int(np.argmin(same))]
-        histograms = [record[SUMMARY.size :] for record in in_order]
-        bins = np.frombuffer(b"".join(histograms), BIN_DTYPE)
-        estimates = quantiles_of_many(
-            bins["key"].astype(np.int64),
-            bins["count"].astype(np.int64),
-            np.repeat(np.arange(len(in_order)), [len(h) // BIN_DTYPE.itemsize for h in histograms]),
-            len(in_order),
-            QS,
-            summaries["lo"],
-            summaries["hi"],
-        )
+        assert same.all(), in_fleet[int(np.argmin(same))]
+        chosen = table.taken(rows)
+        estimates = chosen.quantiles(np.arange(len(rows)), len(rows), QS)
         total = summaries["s"]
         checks = {
             "count": summaries["c"] == want.count,

@@ -27,9 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from analytics import fleet
 from analytics.alerts.fanout import WebhookTarget
+from analytics.buckets import Buckets
 from analytics.errors import QueryError
 from analytics.query import Store, rolling
-from analytics.stored import StoredBuckets, read_buckets
+from analytics.stored import read_buckets
 from analytics.worker import aggregator_runner
 from ingest.contract.columns import NEW_NAMES_PER_BATCH, columns_of
 from ingest.deadletter import KEPT_CHARS
@@ -347,7 +348,7 @@ def test_fleet_questions_over_ties_read_only_what_can_win(
     store = Store.from_settings(settings)
     reads = []
 
-    def counted(*args: Any, **kwargs: Any) -> StoredBuckets:
+    def counted(*args: Any, **kwargs: Any) -> Buckets:
         reads.append(args[3])
         return read_buckets(*args, **kwargs)
 

@@ -18,6 +18,8 @@ from analytics.summary import REPORTS, SUMMARY, Column, Merge, Runs, Summary
 # RECORD_FORMAT is bumped (and the new format listed), so no store is misread.
 FORMATS = {
     1: "c:add s:add q:add lo:min hi:max fts:earliest fv:earliest lts:latest lv:latest",
+    # Chunks of 60 buckets, closed ones packed.
+    2: "c:add s:add q:add lo:min hi:max fts:earliest fv:earliest lts:latest lv:latest",
 }
 
 TOY = Summary(

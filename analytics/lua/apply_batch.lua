@@ -14,14 +14,18 @@
 -- tiers as well, here. Readings older than the fine tier's retention come as coarse deltas of
 -- their own. The first batch ever sets the mark at its oldest fine bucket.
 --
+-- A chunk already packed (analytics/compaction.py) gets a delta as a record beside the blobs,
+-- and its hash goes on the loose set to be packed again; its fleet buckets are gone.
+--
 -- KEYS: the settlement's (settle.lua), then 4 seq-high hash, 5 sensors zset, 6 sensor index
--- hash, 7 sensor names list, 8 roll-up mark hash, 9 metric names set, then keys referred to by
--- index from ARGV (seq windows, metric sets, aggregate chunks, fleet buckets).
+-- hash, 7 sensor names list, 8 roll-up mark hash, 9 metric names set, 10 packed-until hash,
+-- 11 loose chunks set, then keys referred to by index from ARGV (seq windows, metric sets,
+-- aggregate chunks, fleet buckets).
 -- ARGV: the settlement's, then
 --       n sensors with seqs, (window key index, sensor, how many seqs)..., the seqs as
 --       little-endian doubles, each sensor's ascending, in the order of the sensors,
 --       n sensors, (newest ts, sensor)..., n metric adds, (metric set key index, metric)...,
---       n deltas, n coarse tiers C, the fine tier's bucket ms, each coarse tier's bucket ms,
+--       n chunk keys, (key index, tier, chunk end ms)..., n deltas, n coarse tiers C, the fine tier's bucket ms, each coarse tier's bucket ms,
 --       then packed, sorted by chunk key, fleet bucket key and sensor: for each delta 4 + 2C
 --       int32: its chunk key index, fleet bucket key index, sensor (its place in the sensors
 --       section, from 0), its fine bucket in bucket numbers (ms / fine bucket ms; -1 for a
@@ -35,7 +39,7 @@ local SEQ_WINDOW = 4096
 local settlement = read_settlement()
 local ledger = settlement.ledger
 local seq_high, sensors, sensor_index, sensor_names = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local rollup, metric_names = KEYS[8], KEYS[9]
+local rollup, metric_names, packed_until, loose_chunks = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local pos = settlement.next_arg - 1
 
 local function take()
@@ -198,6 +202,17 @@ for _ = 1, tonumber(take()) do
 end
 
 -- 6. Merge the bucket deltas, and expire every chunk key with its tier.
+local packed_ends = {}
+local marks = redis.call('HGETALL', packed_until)
+for i = 1, #marks, 2 do
+  packed_ends[marks[i]] = tonumber(marks[i + 1])
+end
+-- Chunk key index -> true for the chunks already packed.
+local packed = {}
+for _ = 1, tonumber(take()) do
+  local index, tier, chunk_end = tonumber(take()), take(), tonumber(take())
+  packed[index] = packed_ends[tier] ~= nil and chunk_end <= packed_ends[tier]
+end
 local n_deltas, n_coarse, fine_ms = tonumber(take()), tonumber(take()), tonumber(take())
 local coarse_ms = {}
 for c = 1, n_coarse do
@@ -254,8 +269,7 @@ local function roll_on(j, bucket, number)
     end
     local items = late[key]
     items[#items + 1] = {sensor .. '|' .. string.format('%.0f', bucket - bucket % coarse_ms[c]),
-      records, offsets[j] + 1, offsets[j + 1],
-      KEYS[placement[base + 4 + 2 * c]], number}
+      records, offsets[j] + 1, offsets[j + 1], KEYS[placement[base + 4 + 2 * c]], number}
   end
 end
 
@@ -267,6 +281,9 @@ while first <= n_deltas do
     last = last + 1
   end
   local key, wanted = KEYS[index], {}
+  if packed[index] then
+    redis.call('SADD', loose_chunks, key)
+  end
   for j = first, last do
     wanted[#wanted + 1] = fields[j]
   end
@@ -276,7 +293,9 @@ while first <= n_deltas do
     local base = width * (j - 1)
     local record, summary = merged_record(old[j - first + 1], records, offsets[j] + 1, offsets[j + 1])
     local number = numbers[placement[base + 3] + 1]
-    fleet.add(KEYS[placement[base + 2]], number, summary)
+    if not packed[index] then
+      fleet.add(KEYS[placement[base + 2]], number, summary)
+    end
     values[#values + 1] = fields[j]
     values[#values + 1] = record
     local at = placement[base + 4]
@@ -292,7 +311,10 @@ while first <= n_deltas do
 end
 fleet.flush()
 for _, key in ipairs(late_keys) do
-  merge_items(KEYS[key], late[key], fleet)
+  if packed[key] then
+    redis.call('SADD', loose_chunks, KEYS[key])
+  end
+  merge_items(KEYS[key], late[key], fleet, false, packed[key])
 end
 fleet.flush()
 

@@ -130,8 +130,9 @@ end
 -- Merges records into the hash `key`: each item {field, packed, from, to, fleet key, sensor
 -- number} adds the record at bytes from..to of `packed` to `field`, in order (a field may come
 -- more than once), and the field's final summary goes to the sensor's place in the fleet
--- bucket. `compact` as for merged_record.
-local function merge_items(key, items, fleet, compact)
+-- bucket, unless `packed` (the hash's chunk is packed: its fleet buckets are gone, and its
+-- records lack the blobs' share). `compact` as for merged_record.
+local function merge_items(key, items, fleet, compact, packed)
   local fields, last = {}, {}
   for _, item in ipairs(items) do
     if not last[item[1]] then
@@ -152,7 +153,9 @@ local function merge_items(key, items, fleet, compact)
   for _, field in ipairs(fields) do
     values[#values + 1] = field
     values[#values + 1] = current[field]
-    fleet.add(last[field][5], last[field][6], summaries[field])
+    if not packed then
+      fleet.add(last[field][5], last[field][6], summaries[field])
+    end
   end
   call_in_slices('HSET', key, values, 7000)
 end

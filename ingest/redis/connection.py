@@ -33,6 +33,13 @@ def connect(
     )
 
 
+def binary_twin(client: redis.Redis) -> redis.Redis:
+    """A client to the same server with the same options whose replies stay bytes."""
+    kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
+    pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
 def connect_async(settings: Settings) -> aioredis.Redis:
     """An asyncio client configured as `connect` configures its clients."""
     check_client_library()

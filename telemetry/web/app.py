@@ -316,10 +316,13 @@ def create_app(settings: Settings) -> FastAPI:
         by: Annotated[str, Query(pattern="^(" + "|".join(RANKINGS) + ")$")] = "mean",
         last: str = "15m",
         n: Annotated[int, Query(ge=1, le=1000)] = 10,
+        until: Annotated[str, Query(description="ISO 8601, now, or a time ago")] = "now",
     ) -> list[Ranked]:
-        """The n sensors ranking highest by a statistic over the last window."""
+        """The n sensors ranking highest by a statistic over the window `last` before
+        `until`."""
         span = _parameter("last", lambda: parse_duration_ms(last))
-        return fleet.fleet_top(store, metric, by, span, n)
+        end = _parameter("until", lambda: parse_time_ms(until, query.now_ms()))
+        return fleet.fleet_top(store, metric, by, span, n, at_ms=end)
 
     return app
 
