@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,9 @@ from analytics.tiers import Tier
 from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
+from ingest.redis.scripts import LuaScript
+
+READ_CHUNKS = LuaScript("analytics", "read_chunks.lua")
 
 
 class FormatMismatch(AnalyticsError):
@@ -80,18 +84,15 @@ def read_buckets(
     if guess is not None and guess.bucket < end:
         reads.append(_Reads(keys, finest, metric, sensor_ids, max(guess.bucket, first), end))
     with redis_errors():
-        # One transaction: a chunk being packed meanwhile is read either before or after.
-        pipe = client.pipeline(transaction=True)
-        for read in reads:
-            read.queue(pipe)
-        if len(reads) > 1:
-            pipe.hmget(keys.rollup_mark, MARK_FIELDS)
-            pipe.hmget(keys.sensor_index, list(sensor_ids))
-        replies = pipe.execute()
-    stored = reads[0].found(replies[: reads[0].commands])
+        try:
+            replies = _read(client, keys, reads, sensor_ids)
+        except redis.exceptions.NoScriptError:
+            READ_CHUNKS.load(client)
+            replies = _read(client, keys, reads, sensor_ids)
+    stored = reads[0].found(replies[0])
     if len(reads) == 1:
         return stored.merged()
-    fine = reads[1].found(replies[reads[0].commands : -2])
+    fine = reads[1].found(replies[1])
     # Nothing waits when the mark is gone (the aggregates were deleted meanwhile).
     mark = parse_mark(replies[-2]) or Mark(end, 0, end)
     numbers = np.array([-1 if n is None else int(n) for n in replies[-1]], np.int64)
@@ -99,6 +100,20 @@ def read_buckets(
     fine = fine.taken(waiting)
     coarse_of_fine = replace(fine, start=tier.bucket_of(fine.start))
     return Buckets.joined([stored, coarse_of_fine]).merged()
+
+
+def _read(
+    client: redis.Redis, keys: StreamKeys, reads: list[_Reads], sensor_ids: Sequence[str]
+) -> list[Any]:
+    """The reads' replies, and with a read of the fine tier the roll-up mark and the sensors'
+    numbers, in one transaction."""
+    pipe = client.pipeline(transaction=len(reads) > 1)
+    for read in reads:
+        READ_CHUNKS.queue(pipe, *read.arguments())
+    if len(reads) > 1:
+        pipe.hmget(keys.rollup_mark, MARK_FIELDS)
+        pipe.hmget(keys.sensor_index, list(sensor_ids))
+    return pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -158,20 +173,26 @@ class _Reads:
             for chunk in range(tier.chunk_of(first), end, tier.chunk_ms)
         ]
         self.sensor_ids = sensor_ids
-        self.commands = 2 * len(self.chunks)
 
-    def queue(self, pipe: redis.client.Pipeline) -> None:
-        for _, loose, packed, starts in self.chunks:
-            fields = [f"{s}|{start}" for start in starts.tolist() for s in self.sensor_ids]
-            pipe.hmget(loose, fields)
-            pipe.hmget(packed, list(self.sensor_ids))
+    def arguments(self) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of read_chunks.lua."""
+        keys = [key for _, loose, packed, _ in self.chunks for key in (loose, packed)]
+        args: list[str | int] = [len(self.sensor_ids), *self.sensor_ids]
+        for _, _, _, starts in self.chunks:
+            args += [int(starts[0]) if len(starts) else 0, len(starts), self.tier.bucket_ms]
+        return keys, args
 
     def found(self, replies: list[list[bytes | None]]) -> Buckets:
-        """Every bucket found, with its sensor as a place in sensor_ids."""
+        """Every bucket found in read_chunks.lua's reply, with its sensor as a place in
+        sensor_ids."""
         sensors = len(self.sensor_ids)
+        wanted = [starts for *_, starts in self.chunks]
+        # A chunk without records answers with none at all.
+        with_records = [len(reply) > 0 for reply in replies[0::2]]
         records = list(itertools.chain.from_iterable(replies[0::2]))
         present = np.fromiter((r is not None for r in records), bool, len(records))
-        starts = [starts for *_, starts in self.chunks] or [np.zeros(0, np.int64)]
+        starts = [s for s, found in zip(wanted, with_records, strict=True) if found]
+        starts = starts or [np.zeros(0, np.int64)]
         sensor = np.tile(np.arange(sensors), sum(map(len, starts)))
         start = np.repeat(np.concatenate(starts), sensors).astype(np.int64)
         loose = Buckets.from_records(

@@ -2,13 +2,13 @@
 folds into it and how two buckets' values merge, and each reported statistic as a function of
 the columns.
 
-Everything else follows from `SUMMARY`: the packed layout of records and fleet buckets, the numpy
-reduction of a batch (`preaggregate`), the merge in Python (`stats.BucketStats`), the merge of
-many buckets at once (fleet questions, `fold`), the merge inside Redis (the Lua functions from
-`lua_source`, which the aggregate scripts load before their own code), and the answers' fields
-(`REPORTS`). To add a statistic, add a column (and a report if it is answered directly) and bump
-`stats.RECORD_FORMAT`; `tests/test_summary.py` adds a toy one and checks every derived form
-agrees, the Lua merge included.
+Everything else follows from `SUMMARY`: the layout of records, fleet buckets and packed chunks,
+the numpy reduction of a batch (`preaggregate`), the merge in Python (`stats.BucketStats`), the
+merge of many buckets at once (fleet questions, `fold`), the merge inside Redis (the Lua
+functions from `lua_source`, which the aggregate scripts load before their own code), and the
+answers' fields (`REPORTS`). To add a statistic, add a column (and a report if it is answered
+directly) and bump `stats.RECORD_FORMAT`; `tests/test_summary.py` adds a toy one and checks
+every derived form agrees, the Lua merge included.
 
 A merge never depends on the order: sums add, minima and maxima compare, and a group of columns
 marked EARLIEST (LATEST) takes the side whose values, compared in column order, are smaller

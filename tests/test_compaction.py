@@ -190,5 +190,5 @@ def test_storage_command_reports_each_tier_and_the_fleet(
         < rows["temp", "10s"]["record_bytes_per_bucket"]
     )
     per_sensor = sum(row["per_sensor_metric_at_retention_bytes"] for row in report["tiers"])
-    assert report["projected_bytes"] == pytest.approx(5 * per_sensor, abs=5)
+    assert report["projected_bytes"] == pytest.approx(5 * per_sensor, rel=1e-4)
     assert "GiB of aggregates" in telemetry(settings, "storage").stdout

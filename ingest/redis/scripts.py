@@ -41,5 +41,10 @@ class LuaScript:
         Redis answers NOSCRIPT."""
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    def queue(self, pipe: redis.client.Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        """EVALSHA added to a pipeline; the caller calls `load` and sends the pipeline again
+        when Redis answers NOSCRIPT."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
     def load(self, client: redis.Redis) -> None:
         client.script_load(self.source)
