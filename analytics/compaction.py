@@ -37,6 +37,8 @@ SENSORS_PER_SLICE = 64
 # A hash with at most this many records is read whole to find its sensors; a bigger one (a
 # chunk just closed) is taken in slices of the sensors' list.
 READ_WHOLE = 5_000
+# Chunks without data the mark may move over in one step (after a start, or an idle spell).
+EMPTY_CHUNKS_AT_ONCE = 200
 # Times a slice is tried again when records were written while it was packed.
 RETRIES = 5
 
@@ -103,48 +105,69 @@ class Compactor:
         return _Work(key, tier, metric, int(chunk), sensors)
 
     def _move_a_mark(self, now_ms: int) -> bool:
-        """Move the first tier's mark that can move over its next chunk; False if none can."""
+        """Move the first tier's mark that can move over its next chunk (or over the chunks
+        without data after it); False if none can."""
         rolled_up = read_mark(self.client, self.keys)
+        metrics = sorted(map(as_text, self.client.smembers(self.keys.metric_names)))
         for tier in self.tiers:
             found = self.client.hget(self.keys.packed_until, tier.name)
-            chunk = (
+            first = (
                 int(found)
                 if found is not None
                 else tier.chunk_of(now_ms - tier.retention_ms - tier.chunk_ms)
             )
-            ready = tier.chunk_packable_at_ms(chunk) <= now_ms
-            if len(self.tiers) > 1:
+            ready = []
+            for chunk in range(first, first + EMPTY_CHUNKS_AT_ONCE * tier.chunk_ms, tier.chunk_ms):
                 # Nothing is packed before the roll-up has read it, or written it.
-                end = chunk + tier.chunk_ms
-                ready = ready and rolled_up is not None and end <= rolled_up.bucket
-            if ready and self._move_mark(tier, chunk):
+                if tier.chunk_packable_at_ms(chunk) > now_ms or (
+                    len(self.tiers) > 1
+                    and (rolled_up is None or chunk + tier.chunk_ms > rolled_up.bucket)
+                ):
+                    break
+                ready.append(chunk)
+            if ready:
+                empty = self._empty_run(tier, ready, metrics)
+                self._move_mark(tier, first, max(1, empty), metrics if not empty else [])
                 return True
         return False
 
-    def _move_mark(self, tier: Tier, chunk: int) -> bool:
-        """The mark of `tier` moved from `chunk` over it, its hashes put on the loose set and
-        its fleet buckets dropped (by this worker or another)."""
-        metrics = sorted(map(as_text, self.client.smembers(self.keys.metric_names)))
+    def _empty_run(self, tier: Tier, chunks: list[int], metrics: list[str]) -> int:
+        """How many of `chunks`, from the first, hold no data."""
+        if not metrics:
+            return len(chunks)
+        pipe = self.client.pipeline(transaction=False)
+        for chunk in chunks:
+            pipe.exists(*[self.keys.aggregate_chunk(tier.name, m, chunk) for m in metrics])
+        return next((i for i, n in enumerate(pipe.execute()) if n), len(chunks))
+
+    def _move_mark(self, tier: Tier, chunk: int, chunks: int, metrics: list[str]) -> None:
+        """The mark of `tier` moved from `chunk` over `chunks` chunks, the hashes of `metrics`
+        in them put on the loose set and their fleet buckets dropped (unless another worker
+        moved it first). An empty chunk moved over that a batch wrote into meanwhile (a late
+        reading) keeps its records as they are, read like any others, until a batch writes
+        there again."""
+        end = chunk + chunks * tier.chunk_ms
         with self.client.pipeline(transaction=True) as pipe:
             try:
                 _watch(pipe, self.keys.packed_until)
                 found = pipe.hget(self.keys.packed_until, tier.name)
                 if found is not None and int(found) != chunk:
-                    return True
+                    return
                 pipe.multi()
-                pipe.hset(self.keys.packed_until, tier.name, chunk + tier.chunk_ms)
-                hashes = [self.keys.aggregate_chunk(tier.name, m, chunk) for m in metrics]
-                if hashes:
-                    pipe.sadd(self.keys.loose_chunks, *hashes)
+                pipe.hset(self.keys.packed_until, tier.name, end)
                 if metrics:
-                    starts = range(chunk, chunk + tier.chunk_ms, tier.bucket_ms)
+                    pipe.sadd(
+                        self.keys.loose_chunks,
+                        *[self.keys.aggregate_chunk(tier.name, m, c)
+                          for m in metrics for c in range(chunk, end, tier.chunk_ms)],
+                    )  # fmt: skip
                     pipe.delete(
-                        *[self.keys.fleet_bucket(tier.name, m, s) for m in metrics for s in starts]
-                    )
+                        *[self.keys.fleet_bucket(tier.name, m, s)
+                          for m in metrics for s in range(chunk, end, tier.bucket_ms)]
+                    )  # fmt: skip
                 pipe.execute()
             except redis.WatchError:
                 pass
-        return True
 
     def _pack_slice(self, work: _Work) -> bool:
         """Pack the next sensors of `work`; True when none is left."""
