@@ -24,6 +24,7 @@ import redis
 
 from analytics.buckets import Buckets
 from analytics.packed import pack, unpack_many
+from analytics.rollup import steps_until_done
 from analytics.stored import read_mark
 from analytics.tiers import Tier
 from ingest.keys import StreamKeys
@@ -67,10 +68,7 @@ class Compactor:
 
     def catch_up(self, now_ms: int) -> int:
         """Pack every chunk that is ready at `now_ms`; returns the steps taken."""
-        steps = 0
-        while self.step(now_ms):
-            steps += 1
-        return steps
+        return steps_until_done(lambda: self.step(now_ms))
 
     def step(self, now_ms: int) -> bool:
         """One slice of packing, or one chunk's mark moved; False when nothing is ready."""

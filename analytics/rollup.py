@@ -73,10 +73,7 @@ class Rollup:
 
     def catch_up(self, until_ms: int) -> int:
         """Roll up every fine bucket that ends by `until_ms`; returns the steps taken."""
-        steps = 0
-        while self.step(until_ms):
-            steps += 1
-        return steps
+        return steps_until_done(lambda: self.step(until_ms))
 
     def step(self, until_ms: int) -> bool:
         """One step of the roll-up: of the pass under way, or of a new one over the fine
@@ -167,6 +164,14 @@ class Rollup:
     def paced_catch_up(self, stop: threading.Event, until_ms: int) -> None:
         """catch_up, resting between steps (see `paced`)."""
         paced(stop, lambda: self.step(until_ms))
+
+
+def steps_until_done(step: Callable[[], bool]) -> int:
+    """Take steps until one returns False; how many did something."""
+    steps = 0
+    while step():
+        steps += 1
+    return steps
 
 
 def paced(stop: threading.Event, step: Callable[[], bool], budget_s: float = math.inf) -> None:

@@ -17,13 +17,16 @@ from analytics.buckets import Buckets
 from analytics.errors import AnalyticsError
 from analytics.packed import unpack_many
 from analytics.stats import RECORD_FORMAT
+from analytics.summary import SUMMARY
 from analytics.tiers import Tier
 from ingest.contract.columns import Ints
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
 
-READ_CHUNKS = LuaScript("analytics", "read_chunks.lua")
+READ_CHUNKS = LuaScript(
+    "analytics", "read_chunks.lua", library="merge.lua", prelude=SUMMARY.lua_source()
+)
 
 
 class FormatMismatch(AnalyticsError):

@@ -1,4 +1,5 @@
--- Some sensors' buckets of one tier over a run of chunks, as stored: each chunk's records
+-- Some sensors' buckets of one tier over a run of chunks, as stored (call_in_slices is
+-- merge.lua's): each chunk's records
 -- (those written since it was packed, or all of them while it is open) and its packed blobs.
 -- Read in one call so that a chunk being packed meanwhile is seen before or after, and so
 -- that the field names are built here rather than sent: a day of one-minute buckets is 1,440.
@@ -29,22 +30,12 @@ for c = 1, #KEYS / 2 do
         fields[#fields + 1] = sensors[i] .. suffix
       end
     end
-    for from = 1, #fields, 7000 do
-      local got = redis.call('HMGET', loose, unpack(fields, from, math.min(from + 6999, #fields)))
-      for _, record in ipairs(got) do
-        records[#records + 1] = record
-      end
-    end
+    records = call_in_slices('HMGET', loose, fields, 7000)
   end
   out[#out + 1] = records
   local blobs = {}
-  if n_sensors > 0 and redis.call('EXISTS', packed) == 1 then
-    for from = 1, n_sensors, 7000 do
-      local got = redis.call('HMGET', packed, unpack(sensors, from, math.min(from + 6999, n_sensors)))
-      for _, blob in ipairs(got) do
-        blobs[#blobs + 1] = blob
-      end
-    end
+  if redis.call('EXISTS', packed) == 1 then
+    blobs = call_in_slices('HMGET', packed, sensors, 7000)
   end
   out[#out + 1] = blobs
 end
