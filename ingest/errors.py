@@ -24,5 +24,10 @@ class RedisUnavailable(IngestError):
     """Redis could not be reached or did not answer in time."""
 
 
+class StreamFull(RedisUnavailable):
+    """A group's backlog has reached its share of MAXLEN: writes wait (as while Redis is away)
+    rather than have trimming drop entries the group has not read."""
+
+
 class RedisCommandFailed(IngestError):
     """Redis answered with an error."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.backlog import parse_backlog_policy
 from ingest.durability import parse_durability
 from ingest.durations import parse_tier_spec
 from ingest.errors import SettingsError
@@ -201,6 +202,15 @@ class Settings:
         "warn when a group's unread backlog exceeds this share of MAXLEN",
         "R",
     )
+    backlog_policy: str = _setting(
+        "backpressure",
+        "TELEMETRY_BACKLOG_POLICY",
+        parse_backlog_policy,
+        "when a group's backlog reaches TELEMETRY_TRIM_WARN_RATIO of MAXLEN: backpressure"
+        " (writers wait, the bridge holds messages unacknowledged, the API answers 429) or trim"
+        " (write on; trimming drops the oldest entries, read or not)",
+        "POLICY",
+    )
     durability: str = _setting(
         "everysec",
         "TELEMETRY_DURABILITY",
@@ -319,6 +329,14 @@ class Settings:
                 raise SettingsError(f"{source}: {exc}") from None
         return cls(**values)
 
+    @property
+    def backlog_limit(self) -> int | None:
+        """Entries a group may have unread or unacknowledged before writers wait; None under
+        the trim policy."""
+        if self.backlog_policy == "trim":
+            return None
+        return max(1, int(self.trim_warn_ratio * self.maxlen))
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -327,7 +345,7 @@ class Settings:
 # setting still comes from the environment, which child processes share).
 CONNECTION = ("redis_url", "log_level")
 STREAM = ("stream", "maxlen", "dead_letter_maxlen")
-WRITING = ("write_batch", "durability")
+WRITING = ("write_batch", "durability", "backlog_policy")
 MQTT = ("mqtt_url", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
 WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_deliveries",
           "trim_warn_ratio", "metrics_port", "metrics_host")  # fmt: skip

@@ -83,7 +83,8 @@ class StreamSink:
         self.keys = StreamKeys(settings.stream)
         self.dead_letter_maxlen = settings.dead_letter_maxlen
         self.writer = StreamWriter(client, settings.stream, settings.maxlen,
-                                   batch_size=batch_size, durability=durability)  # fmt: skip
+                                   batch_size=batch_size, durability=durability,
+                                   backlog_limit=settings.backlog_limit)  # fmt: skip
 
     def stage(self, units: Sequence[Received]) -> None:
         """Buffer the units' readings for the next `write`; a unit is staged once, however often

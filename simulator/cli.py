@@ -141,6 +141,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
             settings.maxlen,
             batch_size=settings.write_batch,
             durability=settings.durability,
+            backlog_limit=settings.backlog_limit,
         )
     runner = FleetRunner(bank, writer, count_per_sensor=args.count)
     return runner.run(stop)

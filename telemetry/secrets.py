@@ -30,9 +30,10 @@ CERT_DAYS = 825
 # (`{stream}` and `{alerts}` below); no role may run the dangerous or administrative commands
 # (FLUSHALL, CONFIG SET, KEYS, DEBUG, ...) beyond reading the durability settings.
 ROLES = {
-    # The simulator, the bridge and any producer: add readings, record MAXLEN, dead-letter.
+    # The simulator, the bridge and any producer: add readings, record MAXLEN, dead-letter,
+    # and see how far behind the groups are (backpressure).
     "writer": "~{stream} ~{stream}:dead ~{stream}:meta "
-    "+xadd +hset +hsetnx +hget +config|get +ping +hello",
+    "+xadd +xinfo|groups +hset +hsetnx +hget +config|get +ping +hello",
     # Aggregators and alert workers: everything under their streams, scripts included.
     "worker": "~{stream} ~{stream}:* ~{alerts} ~{alerts}:* "
     "+@all -@dangerous -@admin -script|flush -script|kill -function|flush -function|delete "

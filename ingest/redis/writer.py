@@ -8,22 +8,31 @@ Python; packing the batch as a single string is what makes this writer several t
 Delivery is at-least-once: when the connection fails mid-batch the writer cannot know which
 entries Redis stored, so the whole batch stays buffered and is sent again by the next flush.
 Readings that carry `seq` are counted once downstream whatever the writer re-sends.
+
+With a backlog limit the writer holds back: XINFO GROUPS travels with every batch, and while
+the group furthest behind has that many entries unread or unacknowledged, a batch is refused
+with StreamFull (a RedisUnavailable: callers keep the entries and try again later, as they do
+while Redis is away) instead of being written and trimming entries the group has not read.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import redis
 
 from ingest import metrics
+from ingest.backlog import Backlog, largest_backlog
 from ingest.durability import verify_durability
-from ingest.errors import RedisCommandFailed
+from ingest.errors import RedisCommandFailed, StreamFull
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 
 Fields = Mapping[str, str]
+# A backlog measured longer ago than this is measured again before a batch it would refuse.
+BACKLOG_FRESH_S = 0.1
 
 
 def _bulk(text: str) -> str:
@@ -77,8 +86,13 @@ class StreamWriter:
         *,
         batch_size: int = 1000,
         durability: str | None = None,
+        backlog_limit: int | None = None,
     ) -> None:
         self._client = client
+        # Entries a group may have unread or unacknowledged before writes wait (None: never).
+        self._backlog_limit = backlog_limit
+        self._backlog: Backlog | None = None
+        self._backlog_at = 0.0
         # Checked against Redis's persistence settings before the first write (None: not).
         self._durability = durability
         self._keys = StreamKeys(stream)
@@ -140,9 +154,12 @@ class StreamWriter:
         if self._durability is not None:
             verify_durability(self._client, self._durability)
             self._durability = None
+        self._check_backlog()
         payload = [self._packer.pack(batch)]
         if not self._meta_published:
             payload.insert(0, pack_command(["HSET", self._keys.meta, "maxlen", str(self._maxlen)]))
+        if self._backlog_limit is not None:
+            payload.append(pack_command(["XINFO", "GROUPS", self._keys.stream]))
         pool = self._client.connection_pool
         with redis_errors():
             conn = pool.get_connection()
@@ -151,6 +168,8 @@ class StreamWriter:
                 if not self._meta_published:
                     conn.read_response()
                 replies = [self._read_reply(conn) for _ in batch]
+                if self._backlog_limit is not None:
+                    self._measured(self._read_reply(conn))
             except BaseException:
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 raise
@@ -161,6 +180,27 @@ class StreamWriter:
         if errors:
             raise RedisCommandFailed(f"XADD to {self._keys.stream} failed: {errors[0]}")
         return [str(r) for r in replies]
+
+    def _check_backlog(self) -> None:
+        """Raise StreamFull while the backlog is at the limit, measured again when stale."""
+        limit = self._backlog_limit
+        if limit is None or self._backlog is None or self._backlog.entries < limit:
+            return
+        if time.monotonic() - self._backlog_at > BACKLOG_FRESH_S:
+            with redis_errors():
+                try:
+                    reply: object = self._client.xinfo_groups(self._keys.stream)
+                except redis.ResponseError:  # no stream
+                    reply = []
+            self._measured(reply)
+        if self._backlog is not None and self._backlog.entries >= limit:
+            raise StreamFull(self._backlog.explain(self._maxlen))
+
+    def _measured(self, reply: object) -> None:
+        """Keep the backlog from an XINFO GROUPS reply (an error: the stream is not there)."""
+        groups = reply if isinstance(reply, list) else []
+        self._backlog = largest_backlog(groups)
+        self._backlog_at = time.monotonic()
 
     @staticmethod
     def _read_reply(conn: redis.connection.AbstractConnection) -> object:

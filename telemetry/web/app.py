@@ -45,7 +45,7 @@ from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
-from ingest.errors import RedisUnavailable, SettingsError
+from ingest.errors import RedisUnavailable, SettingsError, StreamFull
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
@@ -58,6 +58,8 @@ from telemetry.web.readings import readings_router
 log = logging.getLogger(__name__)
 STATIC = pathlib.Path(__file__).parent / "static"
 LATEST_WITHIN_MS = 600_000
+# What a 429 asks a writer to wait while a group catches up.
+RETRY_AFTER_S = 1
 # query.Stats as msgspec encodes it fastest.
 StatsRecord = msgspec.defstruct("StatsRecord", query.STATS_FIELDS)
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
@@ -153,6 +155,13 @@ def create_app(settings: Settings) -> FastAPI:
         # Where Redis is stays in the log, not in answers to whoever asks.
         outage.down(exc)
         return JSONResponse({"detail": "redis unavailable"}, status_code=503)
+
+    @app.exception_handler(StreamFull)
+    async def stream_full(_request: Request, exc: StreamFull) -> JSONResponse:
+        # The client sends again later; meanwhile nothing it posted is written.
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
 
     @app.exception_handler(DurabilityError)
     async def not_durable(_request: Request, exc: DurabilityError) -> JSONResponse:

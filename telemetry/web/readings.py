@@ -54,6 +54,10 @@ def readings_router(settings: Settings, client: redis.Redis) -> APIRouter:
             401: {"description": "missing or wrong API token"},
             413: {"description": "body over the size limit"},
             422: {"description": "readings that break the stream contract, with reasons"},
+            429: {
+                "description": "a group is too far behind: nothing written, send again after "
+                "Retry-After seconds (TELEMETRY_BACKLOG_POLICY)"
+            },
         },
         openapi_extra={
             "requestBody": {
