@@ -17,6 +17,7 @@ while Redis is away) instead of being written and trimming entries the group has
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from ingest.durability import verify_durability
 from ingest.errors import RedisCommandFailed, StreamFull
 from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
+
+log = logging.getLogger(__name__)
 
 Fields = Mapping[str, str]
 # A backlog measured longer ago than this is measured again before a batch it would refuse.
@@ -197,7 +200,12 @@ class StreamWriter:
             raise StreamFull(self._backlog.explain(self._maxlen))
 
     def _measured(self, reply: object) -> None:
-        """Keep the backlog from an XINFO GROUPS reply (an error: the stream is not there)."""
+        """Keep the backlog from an XINFO GROUPS reply."""
+        refused = isinstance(reply, Exception) and "no such key" not in str(reply)
+        if refused and self._backlog_limit is not None:
+            # A Redis user without XINFO GROUPS: say so once, and write as under `trim`.
+            log.warning("cannot see how far the groups are behind (%s); writing on", reply)
+            self._backlog_limit = None
         groups = reply if isinstance(reply, list) else []
         self._backlog = largest_backlog(groups)
         self._backlog_at = time.monotonic()
