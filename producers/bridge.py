@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
-from ingest.backoff import Backoff
+from ingest.backoff import Backoff, retry_delay, why_writes_wait
 from ingest.durability import verify_durability
 from ingest.errors import RedisCommandFailed, RedisUnavailable
 from ingest.keys import StreamKeys
@@ -94,6 +94,8 @@ class Bridge:
         # tries again (with backoff), so the network thread never waits on a Redis that is down.
         self._write_lock = threading.Lock()
         self._redis_ok = True
+        # Why the last write failed, until one succeeds.
+        self._failure: Exception | None = None
         self._last_message_at = time.monotonic()
         self._connected = threading.Event()
         self._connections = 0
@@ -233,7 +235,7 @@ class Bridge:
                         backoff.reset()
                         self._ack_written()
                     else:
-                        stop.wait(backoff.next_delay())
+                        stop.wait(retry_delay(backoff, self._failure))
                     continue
                 silent = self._watch(silent)
                 stop.wait(GATHER_S if waiting else FLUSH_EVERY_S)
@@ -294,9 +296,16 @@ class Bridge:
         try:
             self.sink.write([m.unit for m in self._in_flight])
         except (RedisUnavailable, RedisCommandFailed) as exc:
-            log.warning("redis unavailable (%s); holding %d messages unacknowledged", exc,
-                        len(self._in_flight) + len(self._queue))  # fmt: skip
+            # Held back by a group, the bridge tries again every HELD_BACK_RETRY_S: one line
+            # when that starts, not one per try.
+            if type(exc) is not type(self._failure):
+                log.warning("%s; holding %d messages unacknowledged", why_writes_wait(exc),
+                            len(self._in_flight) + len(self._queue))  # fmt: skip
+            self._failure = exc
             return False
+        if self._failure is not None:
+            log.info("writing again")
+            self._failure = None
         batch, self._in_flight = self._in_flight, []
         self._acks_due.extend((m.mid, m.qos) for m in batch if m.qos > 0)
         entries = sum(len(m.unit.entries) for m in batch)

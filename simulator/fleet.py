@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ingest.backoff import Backoff
+from ingest.backoff import Backoff, retry_delay, why_writes_wait
 from ingest.errors import RedisCommandFailed, RedisUnavailable
 from simulator.model import SensorBank
 
@@ -159,16 +159,17 @@ class FleetRunner:
         except RedisCommandFailed:
             raise
         except RedisUnavailable as exc:
-            log.warning("redis unavailable (%s); %d readings buffered", exc, self.writer.buffered)
+            failure: RedisUnavailable = exc
+            log.warning("%s; %d readings buffered", why_writes_wait(exc), self.writer.buffered)
         while not stop.is_set():
-            stop.wait(backoff.next_delay())
+            stop.wait(retry_delay(backoff, failure))
             try:
                 self.writer.flush()
-                log.info("redis is back; buffered readings written")
+                log.info("buffered readings written")
                 backoff.reset()
                 return True
-            except RedisUnavailable:
-                continue
+            except RedisUnavailable as exc:
+                failure = exc
         return False
 
     def _flush_until_done(self, backoff: Backoff, attempts: int = 20) -> None:
