@@ -46,6 +46,18 @@ def wait_until_settled(
     raise AssertionError(f"not all {total} readings aggregated in {timeout_s}s")
 
 
+def wait_until_held(client: redis.Redis, settings: Settings) -> int:
+    """Wait for the writers to stop at the limit (80 % of a MAXLEN of 1,000); what was
+    written by then."""
+    deadline = time.monotonic() + 30
+    while entries_added(client, settings.stream) < 800 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    held_at = entries_added(client, settings.stream)
+    assert 800 <= held_at < 1000
+    return held_at
+
+
 def assert_nothing_trimmed_unread(client: redis.Redis, settings: Settings, total: int) -> None:
     keys = StreamKeys(settings.stream)
     assert client.hgetall(keys.lost) == {}
@@ -64,12 +76,7 @@ def test_a_fleet_waits_while_the_only_aggregator_is_stopped(
     )
     try:
         # The fleet writes up to the limit (80 % of MAXLEN), then holds its readings.
-        deadline = time.monotonic() + 30
-        while entries_added(client, small.stream) < 800 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
-        held_at = entries_added(client, small.stream)
-        assert 800 <= held_at < 1000
+        held_at = wait_until_held(client, small)
         time.sleep(1.0)
         assert entries_added(client, small.stream) == held_at
         assert fleet.poll() is None
@@ -141,12 +148,7 @@ def test_the_bridge_holds_messages_unacknowledged_while_a_group_is_behind(
     try:
         publishing = threading.Thread(target=devices.publish, args=(30, 100))
         publishing.start()
-        deadline = time.monotonic() + 30
-        while entries_added(client, small.stream) < 800 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
-        held_at = entries_added(client, small.stream)
-        assert 800 <= held_at < 1000
+        wait_until_held(client, small)
         aggregator = telemetry_process(small, "aggregate")
         publishing.join(60)
         wait_until_settled(client, small, 3000, 60)
