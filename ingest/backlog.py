@@ -62,5 +62,6 @@ def backlog_warning(lag: int, maxlen: int, ratio: float) -> str | None:
         return None
     return (
         f"{lag} unread entries are {lag / maxlen:.0%} of MAXLEN {maxlen}: "
-        "trimming will drop entries it has not read unless it catches up"
+        "unless it catches up, writers hold back (TELEMETRY_BACKLOG_POLICY=backpressure) or "
+        "trimming drops entries it has not read (trim)"
     )
