@@ -64,7 +64,6 @@ class Compactor:
         self.tiers = tuple(tiers)
         self._tier_by_name = {tier.name: tier for tier in tiers}
         self._work: _Work | None = None
-        self.packed_sensor_chunks = 0
 
     def catch_up(self, now_ms: int) -> int:
         """Pack every chunk that is ready at `now_ms`; returns the steps taken."""
@@ -87,20 +86,19 @@ class Compactor:
         if member is None:
             return None
         key = as_text(cast(bytes, member))
-        prefix = self.keys.aggregate_chunk("", "", 0)[: -len("::0")]
-        tier_name, _, rest = key[len(prefix) :].partition(":")
-        metric, _, chunk = rest.rpartition(":")
-        tier = self._tier_by_name.get(tier_name)
-        if tier is None or not chunk.isdigit():
+        parts = self.keys.aggregate_chunk_parts(key)
+        tier = self._tier_by_name.get(parts[0]) if parts else None
+        if parts is None or tier is None:
             # A tier no longer configured: its chunks expire on their own.
             self.client.srem(self.keys.loose_chunks, key)
             return None
+        _, metric, chunk = parts
         records = int(self.client.hlen(key))
         sensors = None
         if records <= READ_WHOLE:
             fields = self.client.hkeys(key)
             sensors = sorted({as_text(field).partition("|")[0] for field in fields})
-        return _Work(key, tier, metric, int(chunk), sensors)
+        return _Work(key, tier, metric, chunk, sensors)
 
     def _move_a_mark(self, now_ms: int) -> bool:
         """Move the first tier's mark that can move over its next chunk (or over the chunks
@@ -198,13 +196,12 @@ class Compactor:
                     found = [i for i, record in enumerate(records) if record is not None]
                     if not found:
                         return
-                    new_blobs = self._merged_blobs(work, sensors, starts, records, blobs)
+                    new_blobs = self._merged_blobs(work, sensors, starts, found, records, blobs)
                     pipe.multi()
                     pipe.hset(packed_key, items=[x for item in new_blobs.items() for x in item])
                     pipe.pexpireat(packed_key, tier.chunk_expires_at_ms(work.chunk_ms))
                     pipe.hdel(work.key, *[fields[i] for i in found])
                     pipe.execute()
-                    self.packed_sensor_chunks += len(new_blobs)
                     return
                 except redis.WatchError:
                     continue
@@ -215,16 +212,17 @@ class Compactor:
         work: _Work,
         sensors: list[str],
         starts: range,
+        found: list[int],
         records: list[bytes | None],
         blobs: list[bytes | None],
     ) -> dict[str, bytes]:
-        """Each sensor's records merged into its blob, packed again."""
-        present = [i for i, record in enumerate(records) if record is not None]
-        index = np.array(present, np.int64)
+        """Each sensor's records (`found` says which of `records` are there) merged into its
+        blob, packed again."""
+        index = np.array(found, np.int64)
         loose = Buckets.from_records(
             index // len(starts),
             work.chunk_ms + (index % len(starts)) * work.tier.bucket_ms,
-            [records[i] for i in present],  # type: ignore[misc]
+            [records[i] for i in found],  # type: ignore[misc]
         )
         with_records = set((index // len(starts)).tolist())
         owners = [i for i, blob in enumerate(blobs) if blob is not None and i in with_records]

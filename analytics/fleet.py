@@ -27,6 +27,8 @@ from ingest.redis.errors import redis_errors
 
 # Sensors whose windows a fleet question ranked by a percentile reads at a time.
 FLEET_PERCENTILE_BATCH = 200
+# Sensors whose packed chunks a fleet question about packed buckets reads at a time.
+FLEET_PACKED_BATCH = 1000
 # No fleet question reads more sensor summaries (72 bytes each) from the fleet buckets, nor more
 # sensor windows of histograms, than these: it is refused, or stops, before.
 FLEET_MAX_SUMMARIES = 1_000_000
@@ -156,14 +158,14 @@ def _merge_fleet_buckets(
         for start in waiting:
             pipe.get(store.keys.fleet_bucket(finest.name, metric, start))
         pipe.hmget(store.keys.rollup_mark, MARK_FIELDS)
-        sensors, packed_until, *packed, mark_reply = pipe.execute()
+        sensors, packed_until, *fleet_buckets, mark_reply = pipe.execute()
     # The fleet buckets of packed chunks are gone: those buckets come from every sensor's
     # packed chunks, which takes longer.
     if packed_until is not None:
         cold = [s for s in starts if tier.chunk_of(s) + tier.chunk_ms <= int(packed_until)]
         summaries = _packed_summaries(store, tier, metric, sensors, cold)
         for start, summary in zip(cold, summaries, strict=True):
-            packed[starts.index(start)] = summary
+            fleet_buckets[starts.index(start)] = summary
     # Of the fine buckets, only sensors' summaries the mark says are not rolled up yet count.
     mark = parse_mark(mark_reply) or Mark(end, 0, end)
     first_sensor = [0] * len(starts) + [
@@ -173,7 +175,9 @@ def _merge_fleet_buckets(
     # Bucket (those with data), sensor by number, summary column; a sensor numbered after a
     # bucket was last written has zeros there, as has one without readings in it.
     width = len(SUMMARY.names)
-    rows = [(value, first) for value, first in zip(packed, first_sensor, strict=True) if value]
+    rows = [
+        (value, first) for value, first in zip(fleet_buckets, first_sensor, strict=True) if value
+    ]
     table = np.zeros((len(rows), len(sensors), width))
     for row, (value, first) in zip(table, rows, strict=True):
         found = np.frombuffer(value, "<f8").reshape(-1, width)
@@ -196,8 +200,8 @@ def _packed_summaries(
     table = np.zeros((len(starts), len(sensors), len(SUMMARY.names)))
     if not starts:
         return []
-    for first in range(0, len(sensors), FLEET_PERCENTILE_BATCH * 5):
-        names = [name.decode() for name in sensors[first : first + FLEET_PERCENTILE_BATCH * 5]]
+    for first in range(0, len(sensors), FLEET_PACKED_BATCH):
+        names = [name.decode() for name in sensors[first : first + FLEET_PACKED_BATCH]]
         found = read_buckets(
             store.client, store.keys, tier, names, metric, starts[0],
             starts[-1] + tier.bucket_ms, finest=store.tiers[0],

@@ -82,7 +82,9 @@ def measure(
             record_buckets = sum(int(binary.hlen(key)) for key in records)
             estimated = not packed and bool(records)
             if estimated:
-                packed_bytes, packed_buckets = _packed_estimate(binary, records[0], tier)
+                parts = keys.aggregate_chunk_parts(records[0])
+                assert parts is not None  # found by the aggregate_chunk prefix
+                packed_bytes, packed_buckets = _packed_estimate(binary, records[0], parts[2], tier)
             found.append(
                 TierFootprint(
                     tier, packed_buckets, packed_bytes, estimated, record_buckets, record_bytes
@@ -102,12 +104,12 @@ def _memory(client: redis.Redis, key: str) -> int:
     return int(client.memory_usage(key, samples=0) or 0)
 
 
-def _packed_estimate(client: redis.Redis, key: str, tier: Tier) -> tuple[int, int]:
+def _packed_estimate(client: redis.Redis, key: str, chunk: int, tier: Tier) -> tuple[int, int]:
     """Bytes and buckets of a sample of one record chunk's sensors, packed."""
-    chunk = int(key.rpartition(":")[2])
     fields = [as_text(field) for field in client.hkeys(key)]
     sensors = sorted({field.partition("|")[0] for field in fields})[:SAMPLE_SENSORS]
-    chosen = [field for field in fields if field.partition("|")[0] in set(sensors)]
+    sampled = set(sensors)
+    chosen = [field for field in fields if field.partition("|")[0] in sampled]
     records = cast(list[bytes], client.hmget(key, chosen))
     place = {sensor: i for i, sensor in enumerate(sensors)}
     sensor = np.array([place[field.partition("|")[0]] for field in chosen], np.int64)

@@ -18,7 +18,6 @@ roll-up.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -33,8 +32,6 @@ from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
 from ingest.redis.scripts import LuaScript
-
-log = logging.getLogger(__name__)
 
 ROLLUP = LuaScript("analytics", "rollup.lua", library="merge.lua", prelude=SUMMARY.lua_source())
 # Sensors per script call: about 20 µs each with three metrics and two coarse tiers, so that a

@@ -37,19 +37,6 @@ class BucketStats:
         """The identity of `merge`."""
         return cls(SUMMARY.empty(), {})
 
-    @classmethod
-    def from_record(cls, record: bytes) -> BucketStats:
-        return cls.unpack(record[: SUMMARY.size], record[SUMMARY.size :])
-
-    @classmethod
-    def unpack(cls, summary: bytes, histogram: bytes | None) -> BucketStats:
-        """A stored bucket; a histogram may list a bin more than once."""
-        bins: dict[int, int] = {}
-        if histogram:
-            for key, count in BIN.iter_unpack(histogram):
-                bins[key] = bins.get(key, 0) + count
-        return cls(SUMMARY.struct.unpack(summary), bins)
-
     def merge(self, other: BucketStats) -> None:
         self.values = SUMMARY.merge(self.values, other.values)
         for key, count in other.bins.items():

@@ -152,8 +152,8 @@ def parse_mark(reply: Sequence[bytes | str | None]) -> Mark | None:
 
 
 class _Reads:
-    """What fetches some sensors' buckets of one tier from `first` to `end` (ms), chunk by
-    chunk: an HMGET of the records, and one of the packed blobs."""
+    """One read_chunks.lua call for some sensors' buckets of one tier from `first` to `end`
+    (ms): each chunk's records and packed blobs."""
 
     def __init__(
         self,

@@ -103,6 +103,15 @@ class StreamKeys:
         chunk is packed, it holds only records written after (late readings)."""
         return f"{self.stream}:agg:{tier}:{metric}:{chunk_ms}"
 
+    def aggregate_chunk_parts(self, key: str) -> tuple[str, str, int] | None:
+        """The tier, metric and chunk start of an `aggregate_chunk` key; None for another."""
+        prefix = f"{self.stream}:agg:"
+        tier, _, rest = key.removeprefix(prefix).partition(":")
+        metric, _, chunk = rest.rpartition(":")
+        if not key.startswith(prefix) or not metric or not chunk.isdigit():
+            return None
+        return tier, metric, int(chunk)
+
     def packed_chunk(self, tier: str, metric: str, chunk_ms: int) -> str:
         """Hash sensor_id -> that sensor's buckets of a closed chunk (as in `aggregate_chunk`),
         packed together (analytics/packed.py)."""

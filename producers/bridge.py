@@ -93,8 +93,7 @@ class Bridge:
         # Either thread may write; one at a time. After a failed write only the main thread
         # tries again (with backoff), so the network thread never waits on a Redis that is down.
         self._write_lock = threading.Lock()
-        self._redis_ok = True
-        # Why the last write failed, until one succeeds.
+        # Why the last write failed, until one succeeds (None: writes succeed).
         self._failure: Exception | None = None
         self._last_message_at = time.monotonic()
         self._connected = threading.Event()
@@ -151,7 +150,7 @@ class Bridge:
             self._queue.append(self._parse(message))
             # Writing here rather than in the main thread spares the two threads from taking
             # the interpreter from each other, which cost more than the writing itself.
-            if self._redis_ok and (
+            if self._failure is None and (
                 len(self._queue) >= WRITE_AT or time.monotonic() - self._first_queued_at >= GATHER_S
             ):
                 self._write_queued()
@@ -229,7 +228,8 @@ class Bridge:
                 # What the network thread will not write: a trickle it stopped adding to, or
                 # anything once a write failed.
                 if waiting and (
-                    not self._redis_ok or time.monotonic() - self._last_message_at >= GATHER_S
+                    self._failure is not None
+                    or time.monotonic() - self._last_message_at >= GATHER_S
                 ):
                     if self._write_queued():
                         backoff.reset()
@@ -281,9 +281,7 @@ class Bridge:
         with self._write_lock:
             while self._in_flight or self._queue:
                 if not self._write_batch():
-                    self._redis_ok = False
                     return False
-            self._redis_ok = True
             return True
 
     def _write_batch(self) -> bool:
