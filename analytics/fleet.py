@@ -15,6 +15,7 @@ from analytics.query import (
     PERCENTILE_FIELDS,
     PERCENTILES,
     Store,
+    Stores,
     Window,
     choose_tier,
     now_ms,
@@ -48,9 +49,28 @@ class Ranked:
 
 
 def fleet_top(
-    store: Store, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
+    stores: Stores | Store,
+    metric: str,
+    by: str,
+    last_ms: int,
+    n: int,
+    *,
+    at_ms: int | None = None,
 ) -> list[Ranked]:
-    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`.
+    """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`, of
+    one store or of every shard's (each shard's n best, merged)."""
+    to_ms = now_ms() if at_ms is None else at_ms
+    if isinstance(stores, Store):
+        return _shard_top(stores, metric, by, last_ms, n, to_ms)
+    found = [ranked for store in stores.every
+             for ranked in _shard_top(store, metric, by, last_ms, n, to_ms)]  # fmt: skip
+    return sorted(found, key=lambda r: (-r.value, r.sensor_id))[:n]
+
+
+def _shard_top(
+    store: Store, metric: str, by: str, last_ms: int, n: int, to_ms: int
+) -> list[Ranked]:
+    """The n sensors of one store with the highest `by` over the `last_ms` before `to_ms`.
 
     Every sensor's statistics come from the fleet buckets, merged with numpy; only the
     winners' windows are read in full. Percentiles need histograms, so for them sensors are
@@ -59,7 +79,6 @@ def fleet_top(
     """
     if by not in RANKINGS:
         raise QueryError(f"cannot rank by {by!r}; choose one of {', '.join(RANKINGS)}")
-    to_ms = now_ms() if at_ms is None else at_ms
     from_ms = to_ms - last_ms
     tier = choose_tier(store.tiers, last_ms, FLEET_BUCKETS)
     merged = _merge_fleet_buckets(store, tier, metric, from_ms, to_ms)

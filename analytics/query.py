@@ -27,6 +27,7 @@ from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
+from ingest.shards import shard_of, shards
 
 # Finest tier first, as long as the window needs no more buckets than this.
 MAX_BUCKETS = 1440
@@ -61,6 +62,21 @@ class Store:
                 return tier
         known = ", ".join(t.name for t in self.tiers)
         raise QueryError(f"unknown tier {name!r}; tiers are {known}")
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every shard's store (ingest/shards.py): a sensor's questions go to its shard's store,
+    the fleet's to each."""
+
+    every: tuple[Store, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Stores:
+        return cls(tuple(Store.from_settings(shard.settings) for shard in shards(settings)))
+
+    def of(self, sensor_id: str) -> Store:
+        return self.every[shard_of(sensor_id, len(self.every))]
 
 
 @dataclass(frozen=True)
@@ -237,31 +253,37 @@ def choose_tier(tiers: Sequence[Tier], span_ms: int, max_buckets: int = MAX_BUCK
     raise QueryError(f"no tier keeps a window of {span_ms} ms")
 
 
-def list_sensors(store: Store) -> list[SensorInfo]:
+def list_sensors(stores: Stores) -> list[SensorInfo]:
     """Every sensor seen, with its metrics and the event time of its newest reading."""
-    return sensor_page(store)[1]
+    return sensor_page(stores)[1]
 
 
 def sensor_page(
-    store: Store, contains: str = "", offset: int = 0, limit: int | None = None
+    stores: Stores, contains: str = "", offset: int = 0, limit: int | None = None
 ) -> tuple[int, list[SensorInfo]]:
     """Sensors whose id contains `contains`, sorted by id: how many match, and one page."""
-    with redis_errors():
-        seen = cast(
-            list[tuple[bytes, float]],
-            store.client.zrange(store.keys.sensors, 0, -1, withscores=True),
-        )
     needle = contains.encode()
-    matching = sorted((s, score) for s, score in seen if needle in s)
+    matching: list[tuple[bytes, float, int]] = []
+    for shard, store in enumerate(stores.every):
+        with redis_errors():
+            seen = cast(
+                list[tuple[bytes, float]],
+                store.client.zrange(store.keys.sensors, 0, -1, withscores=True),
+            )
+        matching += [(sensor, score, shard) for sensor, score in seen if needle in sensor]
+    matching.sort()
     page = matching[offset : None if limit is None else offset + limit]
-    with redis_errors():
-        pipe = store.client.pipeline(transaction=False)
-        for sensor, _ in page:
-            pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
-        metric_sets = pipe.execute()
+    metric_sets: dict[bytes, set[bytes]] = {}
+    for shard, store in enumerate(stores.every):
+        mine = [sensor for sensor, _, of in page if of == shard]
+        with redis_errors():
+            pipe = store.client.pipeline(transaction=False)
+            for sensor in mine:
+                pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
+            metric_sets.update(zip(mine, pipe.execute(), strict=True))
     infos = [
-        SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metrics))
-        for (sensor, score), metrics in zip(page, metric_sets, strict=True)
+        SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metric_sets[sensor]))
+        for sensor, score, _ in page
     ]
     return len(matching), infos
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
 import redis
 
@@ -13,11 +14,13 @@ from analytics.tiers import parse_tiers
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
+from ingest.groups.shardrun import run_each
 from ingest.keys import StreamKeys
 from ingest.metrics import serve_metrics
 from ingest.redis.connection import connect
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
+from ingest.shards import Shard, shards
 
 
 def default_consumer_name() -> str:
@@ -40,10 +43,16 @@ def aggregator_runner(
     )  # fmt: skip
 
 
-def run_aggregator(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
+def run_aggregator(
+    settings: Settings, consumer: str | None, *, drain: bool, serve: Sequence[Shard] | None = None
+) -> RunnerStats:
+    """Serve the shards in `serve` (default: every one) until stopped, or drained."""
     serve_metrics(settings.metrics_port, settings.metrics_host)
-    runner = aggregator_runner(connect(settings), settings, consumer or default_consumer_name())
-    stats = runner.run(stop_on_signals(), drain=drain)
-    if isinstance(runner.handler, Aggregator) and runner.handler.fatal is not None:
-        raise runner.handler.fatal
+    name = consumer or default_consumer_name()
+    runners = [aggregator_runner(connect(shard.settings), shard.settings, name)
+               for shard in (serve or shards(settings))]  # fmt: skip
+    stats = run_each(runners, stop_on_signals(), drain=drain)
+    for runner in runners:
+        if isinstance(runner.handler, Aggregator) and runner.handler.fatal is not None:
+            raise runner.handler.fatal
     return stats

@@ -85,6 +85,12 @@ def _readable_file(text: str) -> str:
     return text
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() not in {"yes", "no"}:
+        raise ValueError(f"expected yes or no, got {text!r}")
+    return text.lower() == "yes"
+
+
 def _stream_name(text: str) -> str:
     if not text or any(ch.isspace() for ch in text):
         raise ValueError(f"expected a stream name without spaces, got {text!r}")
@@ -138,6 +144,14 @@ class Settings:
         "URL",
         secret="password",
     )
+    redis_cluster: bool = _setting(
+        False,
+        "TELEMETRY_REDIS_CLUSTER",
+        _yes_no,
+        "yes: REDIS_URL names a node of a Redis Cluster; each shard's work goes to the node"
+        " serving its slot, found again after a failover",
+        "yes|no",
+    )
     mqtt_url: str | None = _setting(
         None,
         "MQTT_URL",
@@ -160,6 +174,14 @@ class Settings:
         None, "MQTT_KEY_FILE", _readable_file, "client key for mqtts://", "FILE"
     )
     stream: str = _setting(DEFAULT_STREAM, "TELEMETRY_STREAM", _stream_name, "readings stream")
+    shard_count: int = _setting(
+        1,
+        "TELEMETRY_SHARDS",
+        _positive_int,
+        "streams the readings are spread over by sensor id (app:event:{0}...); every process"
+        " of a deployment needs the same number",
+        "N",
+    )
     maxlen: int = _setting(
         1_000_000, "TELEMETRY_MAXLEN", _positive_int, "cap of the stream (XADD MAXLEN ~ N)", "N"
     )
@@ -343,8 +365,10 @@ class Settings:
 
 # The settings each kind of command uses, so that a command offers flags for those alone (every
 # setting still comes from the environment, which child processes share).
-CONNECTION = ("redis_url", "log_level")
-STREAM = ("stream", "maxlen", "dead_letter_maxlen")
+CONNECTION = ("redis_url", "redis_cluster", "log_level")
+# The names of the streams: what every command that reads them needs.
+STREAM_NAMING = ("stream", "shard_count")
+STREAM = (*STREAM_NAMING, "maxlen", "dead_letter_maxlen")
 WRITING = ("write_batch", "durability", "backlog_policy")
 MQTT = ("mqtt_url", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
 WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_deliveries",
@@ -372,7 +396,8 @@ def add_settings_arguments(
             dest=spec.name,
             default=None,
             metavar=spec.metadata["metavar"] or None,
-            help=f"{spec.metadata['help']} (env {spec.metadata['env']}, default {spec.default})",
+            help=f"{spec.metadata['help']} (env {spec.metadata['env']}, default "
+            f"{'no' if spec.default is False else spec.default})",
         )
 
 
@@ -381,6 +406,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for spec in dataclasses.fields(Settings):
         value = getattr(settings, spec.name)
-        if value is not None:
+        if isinstance(value, bool):
+            env[spec.metadata["env"]] = "yes" if value else "no"
+        elif value is not None:
             env[spec.metadata["env"]] = str(value)
     return env

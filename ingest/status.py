@@ -7,6 +7,7 @@ on its own.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +17,9 @@ import walrus
 from ingest.backlog import backlog_warning
 from ingest.contract.reading import entry_order
 from ingest.keys import SETTLED, StreamKeys
-from ingest.redis.connection import as_text
+from ingest.redis.connection import as_text, connect
 from ingest.redis.errors import redis_errors
+from ingest.settings import Settings
 
 PENDING_SCAN_LIMIT = 10_000
 # Aggregators roll the finest tier up within seconds of each bucket's end.
@@ -97,17 +99,19 @@ def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: 
     return warnings
 
 
-def status_database(url: str) -> walrus.Database:
-    """The client status is gathered with; a service that reports often keeps one."""
-    return walrus.Database.from_url(url, socket_timeout=10)
+def status_database(settings: Settings) -> walrus.Database:
+    """The client status is gathered with (on a cluster, from the node serving the stream); a
+    service that reports often keeps one."""
+    return walrus.Database(connection_pool=connect(settings, socket_timeout_s=10).connection_pool)
 
 
 def stream_status(
-    source: str | walrus.Database, stream: str, default_maxlen: int, warn_ratio: float
+    source: Settings | walrus.Database, stream: str, default_maxlen: int, warn_ratio: float
 ) -> StreamStatus:
-    """The stream's and its groups' status, from Redis at a URL or through a kept client."""
+    """The stream's and its groups' status, from the Redis settings name or through a kept
+    client."""
     keys = StreamKeys(stream)
-    db = status_database(source) if isinstance(source, str) else source
+    db = status_database(source) if isinstance(source, Settings) else source
     with redis_errors():
         names = [as_text(g["name"]) for g in db.xinfo_groups(stream)] if db.exists(stream) else []
         # Everything a ledger is balanced against, read at one instant: read apart, a worker
@@ -288,6 +292,64 @@ def format_status(status: StreamStatus) -> str:
                 f"    consumer {c.name}: pending {c.pending}, idle {c.idle_ms / 1000:.1f}s"
             )
         lines += [f"    WARNING: {w}" for w in g.warnings]
+    return "\n".join(lines)
+
+
+def shard_totals(statuses: Sequence[StreamStatus]) -> dict[str, Any]:
+    """What the shards hold together: entries, dead letters, and per group its lag, pending
+    entries, losses and ledger summed."""
+    groups: dict[str, dict[str, Any]] = {}
+    for status in statuses:
+        for g in status.groups:
+            total = groups.setdefault(g.name, {"lag": 0, "pending": 0, "lost_to_trimming": 0,
+                                               "dead_lettered": 0, "unaccounted": 0,
+                                               "settled": {}, "shards": 0})  # fmt: skip
+            total["shards"] += 1
+            for name in ("lag", "unaccounted"):
+                value = getattr(g, name)
+                total[name] = None if value is None or total[name] is None else total[name] + value
+            for name in ("pending", "lost_to_trimming", "dead_lettered"):
+                total[name] += getattr(g, name)
+            for outcome, count in g.settled.items():
+                total["settled"][outcome] = total["settled"].get(outcome, 0) + count
+    return {
+        "shards": len(statuses),
+        "length": sum(s.length for s in statuses),
+        "entries_added": sum(s.entries_added for s in statuses),
+        "dead_letters": sum(s.dead_letters for s in statuses),
+        "groups": groups,
+    }
+
+
+def status_report(statuses: Sequence[StreamStatus]) -> dict[str, Any]:
+    """The JSON of `telemetry status` and `/groups`: the stream's status, or each shard's and
+    their totals."""
+    if len(statuses) == 1:
+        return statuses[0].as_dict()
+    return {"shards": [status.as_dict() for status in statuses], "total": shard_totals(statuses)}
+
+
+def format_report(statuses: Sequence[StreamStatus]) -> str:
+    """The text of `telemetry status`: the stream's report, or each shard's and their totals."""
+    if len(statuses) == 1:
+        return format_status(statuses[0])
+    return "\n".join([*map(format_status, statuses), format_totals(statuses)])
+
+
+def format_totals(statuses: Sequence[StreamStatus]) -> str:
+    totals = shard_totals(statuses)
+    lines = [
+        f"all {totals['shards']} shards: {totals['length']} entries, ever added "
+        f"{totals['entries_added']}, dead letters {totals['dead_letters']}"
+    ]
+    for name, g in totals["groups"].items():
+        missing = totals["shards"] - g["shards"]
+        lines.append(
+            f"  group {name}: lag {_or_unknown(g['lag'])}, pending {g['pending']}, lost to "
+            f"trimming {g['lost_to_trimming']}, dead-lettered {g['dead_lettered']}, unaccounted "
+            f"{_or_unknown(g['unaccounted'])}"
+            + (f" (absent from {missing} shards)" if missing else "")
+        )
     return "\n".join(lines)
 
 

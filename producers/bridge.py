@@ -28,7 +28,6 @@ from prometheus_client import Counter, Gauge
 from ingest.backoff import Backoff, retry_delay, why_writes_wait
 from ingest.durability import verify_durability
 from ingest.errors import RedisCommandFailed, RedisUnavailable
-from ingest.keys import StreamKeys
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.settings import Settings
@@ -81,7 +80,6 @@ class Bridge:
     def __init__(self, settings: Settings, options: BridgeOptions) -> None:
         self.settings = settings
         self.options = options
-        self.keys = StreamKeys(settings.stream)
         self.client = connect(settings)
         # Writes when the bridge decides (a burst, a pause), never because a batch filled.
         self.sink = StreamSink(self.client, settings, batch_size=10**9)
@@ -179,7 +177,7 @@ class Bridge:
             log.exception("could not parse a message on %r; dead-lettered", topic[:200])
             parsed = Parsed.unreadable(f"the bridge could not parse it ({type(exc).__name__})")
         unit = received(
-            self.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
+            self.sink.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
             lambda: {"topic": topic, "payload": payload},
         )  # fmt: skip
         return _Message(message.mid, message.qos, unit)

@@ -18,9 +18,11 @@ import redis
 
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.keys import StreamKeys
+from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
-from ingest.redis.writer import StreamWriter
+from ingest.redis.shardedwriter import open_writer
 from ingest.settings import Settings
+from ingest.shards import is_sharded, shards
 from producers.payload import Parsed
 
 Fields = dict[str, str]
@@ -68,7 +70,8 @@ def received(
 
 
 class StreamSink:
-    """Writes what inputs received to the stream and the dead-letter stream."""
+    """Writes what inputs received to the stream (or each reading to its sensor's shard) and
+    the dead-letter stream (the first shard's: a refused unit may name no sensor, or many)."""
 
     def __init__(
         self,
@@ -78,13 +81,14 @@ class StreamSink:
         batch_size: int,
         durability: str | None = None,
     ) -> None:
-        """`durability`: checked against Redis before the first write (see StreamWriter)."""
-        self.client = client
-        self.keys = StreamKeys(settings.stream)
+        """`client` serves an unsharded stream; `durability`: checked against Redis before the
+        first write (see StreamWriter)."""
+        first = shards(settings)[0]
+        self.client = connect(first.settings) if is_sharded(settings) else client
+        self.keys = StreamKeys(first.stream)
         self.dead_letter_maxlen = settings.dead_letter_maxlen
-        self.writer = StreamWriter(client, settings.stream, settings.maxlen,
-                                   batch_size=batch_size, durability=durability,
-                                   backlog_limit=settings.backlog_limit)  # fmt: skip
+        self.writer = open_writer(settings, batch_size=batch_size, durability=durability,
+                                  client=client)  # fmt: skip
 
     def stage(self, units: Sequence[Received]) -> None:
         """Buffer the units' readings for the next `write`; a unit is staged once, however often

@@ -11,8 +11,7 @@ from ingest.contract.reading import validate_sensor_id
 from ingest.errors import InvalidEntry
 from ingest.metrics import serve_metrics
 from ingest.mqttclient import MqttBroker
-from ingest.redis.connection import connect
-from ingest.redis.writer import StreamWriter
+from ingest.redis.shardedwriter import open_writer
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import CONNECTION, MQTT, STREAM, WRITING, Settings
 from simulator.faults import FaultConfig
@@ -135,13 +134,6 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
             raise CommandLineError("--via-mqtt needs a broker: set MQTT_URL or --mqtt-url")
         writer = MqttSink(broker)
     else:
-        writer = StreamWriter(
-            connect(settings),
-            settings.stream,
-            settings.maxlen,
-            batch_size=settings.write_batch,
-            durability=settings.durability,
-            backlog_limit=settings.backlog_limit,
-        )
+        writer = open_writer(settings, durability=settings.durability)
     runner = FleetRunner(bank, writer, count_per_sensor=args.count)
     return runner.run(stop)

@@ -65,7 +65,11 @@ def write(
 ) -> None:
     """The readings as stream entries; `with_seq=False` leaves `seq` out, so that nothing
     but the group's own bookkeeping can tell a reading counted twice."""
-    writer = StreamWriter(client, stream, 10**8, batch_size=2000)
+    StreamWriter(client, stream, 10**8, batch_size=2000).write(entries_of(made, with_seq=with_seq))
+
+
+def entries_of(made: Made, *, with_seq: bool = True) -> list[dict[str, str]]:
+    """The readings as the stream entries `write` writes (for a writer of one's own)."""
     names = [made.sensor_id(k) for k in range(int(made.sensor.max(initial=-1)) + 1)]
     columns = zip(
         made.sensor.tolist(), made.ts.tolist(), made.seq.tolist(),
@@ -78,4 +82,4 @@ def write(
     if not with_seq:
         for entry in entries:
             del entry["seq"]
-    writer.write(entries)
+    return entries

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from analytics.alerts.listing import list_alerts
+from analytics.alerts.listing import alert_sources, list_alerts
 from analytics.query import now_ms
 from analytics.times import iso, parse_time_ms
-from ingest.keys import AlertKeys
-from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from telemetry.querycmd import render, zone
@@ -30,8 +28,7 @@ def alerts_listing(
         except ValueError as exc:
             raise CommandLineError(f"--since: {exc}") from None
     found = list_alerts(
-        connect(settings),
-        AlertKeys(settings.alerts_stream),
+        alert_sources(settings),
         open_only=open_only,
         sensor_glob=sensor_glob,
         since_ms=since_ms,

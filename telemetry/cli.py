@@ -22,11 +22,13 @@ from ingest.settings import (
     CONNECTION,
     MQTT,
     STREAM,
+    STREAM_NAMING,
     WORKER,
     WRITING,
     Settings,
     add_settings_arguments,
 )
+from ingest.shards import Shard, parse_shard_list, shard_for, shards
 from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import alerts_listing
@@ -41,6 +43,8 @@ from telemetry.querycmd import fleet_query, forget_command, sensor_query, sensor
 from telemetry.secrets import make_secrets
 from telemetry.up import run_up
 from telemetry.web.app import serve
+
+SERVE_HELP = "serve only these shards, such as 0,2 or 0-3 (default: all)"
 
 Action = Callable[[Settings, argparse.Namespace], int | None]
 
@@ -78,12 +82,29 @@ def _dead_letter_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if complete else 1
 
 
+def _served(settings: Settings, args: argparse.Namespace) -> list[Shard] | None:
+    """The shards `--shards` pins a worker to; None: every one."""
+    if args.serve is None:
+        return None
+    try:
+        chosen = parse_shard_list(args.serve, settings.shard_count)
+    except ValueError as exc:
+        raise CommandLineError(f"--shards: {exc}") from None
+    return [shards(settings)[i] for i in chosen]
+
+
 def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
-    run_aggregator(settings, args.consumer, drain=args.drain)
+    run_aggregator(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
 
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
-    run_alert_worker(settings, args.consumer, drain=args.drain)
+    run_alert_worker(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
+
+
+def _shard_of(settings: Settings, args: argparse.Namespace) -> None:
+    for sensor_id in args.sensor_ids:
+        shard = shard_for(settings, sensor_id)
+        print(f"{sensor_id}\t{shard.index}\t{shard.stream}")
 
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> None:
@@ -126,6 +147,8 @@ def _bridge(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        settings = settings.replace(shard_count=args.shards)
     return run_up(settings, os.environ, args.fleet, args.rate)
 
 
@@ -151,6 +174,7 @@ def build_parser() -> OneLineArgumentParser:
     up = command("up", _up, "run the whole pipeline here until Ctrl-C", None)
     up.add_argument("--fleet", type=int, default=200, help="simulated sensors (default 200)")
     up.add_argument("--rate", type=float, default=1.0, help="readings/s per sensor (default 1)")
+    up.add_argument("--shards", type=int, help="spread the readings over N streams (default 1)")
 
     add_simulate_arguments(
         command("simulate", _simulate, "append simulated sensor readings", SIMULATE_SETTINGS)
@@ -178,6 +202,7 @@ def build_parser() -> OneLineArgumentParser:
     )
     aggregate.add_argument("--consumer", help="consumer name (default: host-pid)")
     aggregate.add_argument("--drain", action="store_true", help="exit when nothing is left")
+    aggregate.add_argument("--shards", dest="serve", metavar="LIST", help=SERVE_HELP)
 
     alerting = command(
         "alert-worker",
@@ -187,9 +212,21 @@ def build_parser() -> OneLineArgumentParser:
     )
     alerting.add_argument("--consumer", help="consumer name (default: host-pid)")
     alerting.add_argument("--drain", action="store_true", help="exit when nothing is left")
+    alerting.add_argument("--shards", dest="serve", metavar="LIST", help=SERVE_HELP)
+
+    shard_of = command(
+        "shard-of",
+        _shard_of,
+        "the shard and stream each sensor's readings go to (for hand-written producers)",
+        [*STREAM_NAMING, "redis_cluster"],
+    )
+    shard_of.add_argument("sensor_ids", nargs="+", metavar="SENSOR")
 
     alert_list = command(
-        "alerts", _alerts, "list open alerts or recent alert changes", [*CONNECTION, *ALERTS]
+        "alerts",
+        _alerts,
+        "list open alerts or recent alert changes",
+        [*CONNECTION, *STREAM_NAMING, *ALERTS],
     )
     alert_list.add_argument("--open", action="store_true", help="only alerts open now")
     alert_list.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
@@ -201,7 +238,7 @@ def build_parser() -> OneLineArgumentParser:
         "query",
         _query,
         "aggregates of a sensor, or the fleet's top sensors",
-        [*CONNECTION, "stream", *AGGREGATES],
+        [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
     question.add_argument("sensor_id", metavar="SENSOR", nargs="?")
     question.add_argument("--metric", help="one metric (default: all of the sensor's)")
@@ -219,7 +256,7 @@ def build_parser() -> OneLineArgumentParser:
         "sensors",
         _sensors,
         "every known sensor, its metrics, last seen",
-        [*CONNECTION, "stream", *AGGREGATES],
+        [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
     listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
@@ -228,7 +265,7 @@ def build_parser() -> OneLineArgumentParser:
     ).add_parser(
         "forget", help="remove sensors and everything kept about them (see README, Operations)"
     )
-    add_settings_arguments(forgetting, [*CONNECTION, "stream", "alerts_stream", *AGGREGATES])
+    add_settings_arguments(forgetting, [*CONNECTION, *STREAM_NAMING, "alerts_stream", *AGGREGATES])
     forgetting.set_defaults(action=_forget_sensors)
     forgetting.add_argument("sensor_ids", nargs="*", metavar="SENSOR_ID")
     forgetting.add_argument(
@@ -284,7 +321,7 @@ def build_parser() -> OneLineArgumentParser:
         "storage",
         _storage,
         "what the aggregates cost per bucket and tier, and will cost at full retention",
-        [*CONNECTION, "stream", *AGGREGATES],
+        [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
     storage.add_argument("--format", choices=["table", "json"], default="table")
 

@@ -14,16 +14,19 @@ from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text, connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
-from ingest.status import format_status, stream_status
+from ingest.shards import shards
+from ingest.status import format_report, status_report, stream_status
 
 
 def show_status(settings: Settings, output_format: str) -> str:
-    status = stream_status(
-        settings.redis_url, settings.stream, settings.maxlen, settings.trim_warn_ratio
-    )
+    """The stream's status, or each shard's and their totals."""
+    statuses = [
+        stream_status(shard.settings, shard.stream, settings.maxlen, settings.trim_warn_ratio)
+        for shard in shards(settings)
+    ]
     if output_format == "json":
-        return json.dumps(status.as_dict(), indent=2)
-    return format_status(status)
+        return json.dumps(status_report(statuses), indent=2)
+    return format_report(statuses)
 
 
 def show_storage(settings: Settings, output_format: str) -> str:

@@ -34,6 +34,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and not port_open(port + 10000):
+            return port
+
+
 def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -45,6 +53,12 @@ def port_open(port: int) -> bool:
 # write, so Redis's defaults (twice, 64 MiB) fork for a rewrite every few seconds at fleet rates.
 AOF_REWRITE_SETTINGS = ("--auto-aof-rewrite-percentage", "300",
                         "--auto-aof-rewrite-min-size", "256mb")  # fmt: skip
+
+
+# A cluster node keeps its view of the cluster in its folder, and a replica takes over a master
+# that has not answered for a second (Redis's default waits 15 s).
+CLUSTER_NODE_SETTINGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-node-timeout", "1000")  # fmt: skip
 
 
 # How often a private mosquitto saves its sessions and queued messages.
@@ -177,17 +191,20 @@ class LocalRedis(LocalServer):
         password: str | None = None,
         aclfile: Path | None = None,
         tls_folder: Path | None = None,
+        cluster: bool = False,
     ) -> None:
         """With `password`, clients must authenticate (it is kept in a config file only the
         caller may read, not on the command line); with `aclfile` (as `telemetry secrets` makes
         it), its users are the server's; with `tls_folder` (ca.pem, server.pem, server.key) it
-        speaks TLS only (rediss://)."""
+        speaks TLS only (rediss://); with `cluster`, it is a Redis Cluster node (its bus on the
+        port + 10000; telemetry/localcluster.py joins nodes into a cluster)."""
         super().__init__(port, workdir)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.password = password
         self.aclfile = aclfile
         self.tls_folder = tls_folder
+        self.cluster = cluster
 
     @property
     def address(self) -> str:
@@ -240,6 +257,7 @@ class LocalRedis(LocalServer):
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             *AOF_REWRITE_SETTINGS,
+            *(CLUSTER_NODE_SETTINGS if self.cluster else ()),
         ]  # fmt: skip
 
 

@@ -15,12 +15,13 @@ from analytics import query
 from analytics.errors import QueryError
 from analytics.fleet import fleet_top
 from analytics.forget import forget_sensors, idle_sensors
-from analytics.query import Stats, Store
+from analytics.query import Stats, Store, Stores
 from analytics.times import iso, parse_time_ms
 from ingest.durations import parse_duration_ms
 from ingest.keys import AlertKeys
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
+from ingest.shards import shard_for, shard_of, shards
 
 STAT_COLUMNS = ["count", "mean", "min", "max", "std", "p50", "p90", "p95", "p99", "first", "last"]
 
@@ -81,7 +82,7 @@ def sensor_query(
     output_format: str,
     tz_name: str | None,
 ) -> str:
-    store = Store.from_settings(settings)
+    store = Store.from_settings(shard_for(settings, sensor_id).settings)
     tz = zone(tz_name)
     info = query.sensor_info(store, sensor_id)
     if info is None:
@@ -134,12 +135,12 @@ def fleet_query(
     if metric is None:
         raise CommandLineError("--fleet needs --metric")
     tz = zone(tz_name)
-    store = Store.from_settings(settings)
+    stores = Stores.from_settings(settings)
     now = query.now_ms()
     try:
         span = _parse("duration", "--last", last, now)
         ranked = fleet_top(
-            store, metric, by, span, top, at_ms=_parse("time", "--until", until, now)
+            stores, metric, by, span, top, at_ms=_parse("time", "--until", until, now)
         )
     except QueryError as exc:
         raise CommandLineError(str(exc)) from None
@@ -154,7 +155,7 @@ def fleet_query(
 
 def sensors_listing(settings: Settings, output_format: str, tz_name: str | None) -> str:
     tz = zone(tz_name)
-    infos = query.list_sensors(Store.from_settings(settings))
+    infos = query.list_sensors(Stores.from_settings(settings))
     rows = [
         {
             "sensor": i.sensor_id,
@@ -170,14 +171,20 @@ def forget_command(settings: Settings, sensor_ids: Sequence[str], idle_for: str 
     """`telemetry sensors forget`: the sensors named and, with `idle_for`, the idle ones."""
     if not sensor_ids and idle_for is None:
         raise CommandLineError("name the sensors to forget, or give --idle-for")
-    store = Store.from_settings(settings)
-    chosen = list(sensor_ids)
+    idle_ms = None
     if idle_for is not None:
         try:
             idle_ms = parse_duration_ms(idle_for)
         except ValueError as exc:
             raise CommandLineError(f"--idle-for: {exc}") from None
-        chosen += idle_sensors(store.client, store.keys, idle_ms, query.now_ms())
-    known = forget_sensors(store.client, store.keys, AlertKeys(settings.alerts_stream),
-                           store.tiers, list(dict.fromkeys(chosen)), query.now_ms())  # fmt: skip
+    known = 0
+    every = shards(settings)
+    for shard in every:
+        store = Store.from_settings(shard.settings)
+        chosen = [s for s in sensor_ids if shard_of(s, len(every)) == shard.index]
+        if idle_ms is not None:
+            chosen += idle_sensors(store.client, store.keys, idle_ms, query.now_ms())
+        alert_keys = AlertKeys(shard.settings.alerts_stream)
+        known += forget_sensors(store.client, store.keys, alert_keys, store.tiers,
+                                list(dict.fromkeys(chosen)), query.now_ms())  # fmt: skip
     return f"forgot {known} sensors"

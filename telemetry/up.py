@@ -26,6 +26,7 @@ from ingest.backoff import Backoff
 from ingest.errors import IngestError
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings, settings_env
+from ingest.shards import shards
 from ingest.status import status_database, stream_status
 from telemetry.localserver import (
     LocalMosquitto,
@@ -228,7 +229,7 @@ def _supervise(
     stop: threading.Event,
 ) -> None:
     next_status = time.monotonic() + STATUS_EVERY_S
-    status_db = status_database(settings.redis_url)
+    status_dbs = [(shard, status_database(shard.settings)) for shard in shards(settings)]
     while not stop.wait(0.5):
         now = time.monotonic()
         for private in servers:
@@ -249,7 +250,8 @@ def _supervise(
         if now >= next_status:
             if servers:
                 log.info("private servers: %s", "; ".join(p.summary() for p in servers))
-            _log_status(settings, status_db)
+            for shard, db in status_dbs:
+                _log_status(shard.settings, db)
             next_status = now + STATUS_EVERY_S
 
 

@@ -52,12 +52,17 @@ def expected_buckets(made: Made, metric: str, bucket_ms: int) -> Expected:
     )  # fmt: skip
 
 
+def raw_client(source: str | redis.Redis) -> redis.Redis:
+    """A client answering in bytes: to the URL, or `source` itself (to one shard's node)."""
+    return redis.Redis.from_url(source) if isinstance(source, str) else source
+
+
 def stored_table(
-    url: str, tier: str, metric: str, stream: str = "app:event"
+    source: str | redis.Redis, tier: str, metric: str, stream: str = "app:event"
 ) -> tuple[list[tuple[str, int]], Buckets]:
     """Every bucket the aggregates group stored for a tier and metric, read straight from
     Redis (records and packed chunks, merged), and its (sensor_id, start)."""
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(source)
     keys = StreamKeys(stream)
     names: list[str] = []
     parts = []
@@ -93,18 +98,18 @@ def stored_table(
 
 
 def stored_buckets(
-    url: str, tier: str, metric: str, stream: str = "app:event"
+    source: str | redis.Redis, tier: str, metric: str, stream: str = "app:event"
 ) -> dict[tuple[str, int], BucketStats]:
     """Every bucket the aggregates group stored for a tier and metric."""
-    names, table = stored_table(url, tier, metric, stream)
+    names, table = stored_table(source, tier, metric, stream)
     return dict(zip(names, table.stats(), strict=True))
 
 
 def stored_fleet_summaries(
-    url: str, tier: str, metric: str, stream: str = "app:event"
+    source: str | redis.Redis, tier: str, metric: str, stream: str = "app:event"
 ) -> dict[tuple[str, int], bytes]:
     """Every sensor's bucket summaries as the fleet buckets of a tier and metric hold them."""
-    raw = redis.Redis.from_url(url)
+    raw = raw_client(source)
     keys = StreamKeys(stream)
     names = [name.decode() for name in cast(list[bytes], raw.lrange(keys.sensor_names, 0, -1))]
     prefix = keys.fleet_bucket(tier, metric, 0)[: -len("0")]
@@ -119,19 +124,21 @@ def stored_fleet_summaries(
     return out
 
 
-def assert_buckets_match(url: str, made: Made, tier: str, bucket_ms: int) -> int:
+def assert_buckets_match(
+    source: str | redis.Redis, made: Made, tier: str, bucket_ms: int, stream: str = "app:event"
+) -> int:
     """Every stored bucket equals numpy's answer, and the fleet buckets hold the same
     statistics; returns how many buckets were compared."""
     for metric in METRICS:
         want = expected_buckets(made, metric, bucket_ms)
-        names, table = stored_table(url, tier, metric)
+        names, table = stored_table(source, tier, metric, stream)
         assert set(names) == set(want.keys), (metric, len(names), len(want.keys))
         row_of = {key: row for row, key in enumerate(names)}
         rows = np.array([row_of[key] for key in want.keys], np.int64)
         summaries = table.summary[rows]
-        fleet = stored_fleet_summaries(url, tier, metric)
+        fleet = stored_fleet_summaries(source, tier, metric, stream)
         # Packed chunks keep their fleet buckets only in the coarsest tier.
-        packed_until = redis.Redis.from_url(url).hget(StreamKeys("app:event").packed_until, tier)
+        packed_until = raw_client(source).hget(StreamKeys(stream).packed_until, tier)
         chunk_ms = CHUNK_BUCKETS * bucket_ms
         chunk_end = {key: key[1] - key[1] % chunk_ms + chunk_ms for key in names}
         unpacked = {k for k in names if packed_until is None or chunk_end[k] > int(packed_until)}

@@ -258,7 +258,7 @@ def test_late_out_of_order_duplicate_and_expired_readings_land_where_the_contrac
     assert counts["settled:duplicate"] == 2
     assert counts["settled:too_old"] == 1 and counts["settled:too_new"] == 1
     assert counts["outside_retention:10s"] == 2 and counts["outside_retention:1h"] == 1
-    status = stream_status(settings.redis_url, stream, settings.maxlen, settings.trim_warn_ratio)
+    status = stream_status(settings, stream, settings.maxlen, settings.trim_warn_ratio)
     [group] = status.groups
     assert group.settled == {"aggregated": 14, "duplicate": 2, "too_old": 1, "too_new": 1}
     assert group.unaccounted == 0
@@ -324,7 +324,7 @@ def test_coarse_tiers_rolled_up_around_late_readings_count_each_reading_once(
 
     aggregate(made.take(made.seq % 2 == 0))
     assert rollup.catch_up(finest.bucket_of(int(made.ts.max())) + finest.bucket_ms) > 0
-    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    status = stream_status(settings, settings.stream, settings.maxlen, 0.8)
     assert status.rolled_up_to_ms == finest.bucket_of(int(made.ts.max())) + finest.bucket_ms
     assert "coarse tiers rolled up to" in format_status(status)
     assert_ledger(client, len(made.ts))
@@ -375,7 +375,7 @@ def test_with_one_tier_nothing_is_rolled_up(settings: Settings) -> None:
     client = connect(one_tier)
     add(client, one_tier.stream, {"sensor_id": "s1", "temp": "1"})
     drain(aggregator_runner(client, one_tier, "c1"))
-    status = stream_status(one_tier.redis_url, one_tier.stream, one_tier.maxlen, 0.8)
+    status = stream_status(one_tier, one_tier.stream, one_tier.maxlen, 0.8)
     assert status.rolled_up_to_ms is None
     assert "rolled up" not in format_status(status)
 

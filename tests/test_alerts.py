@@ -67,7 +67,7 @@ def test_threshold_waits_for_its_duration_and_clears_past_the_clear_level(
     assert raised["severity"] == "critical" and raised["kind"] == "threshold"
     assert resolved["raised_ts"] == str(T0 + 56_000) and resolved["limit"] == "38.0"
     assert client.hlen(AlertKeys(settings.alerts_stream).open) == 0
-    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    status = stream_status(settings, settings.stream, settings.maxlen, 0.8)
     [group] = [g for g in status.groups if g.name == GROUP]
     assert group.settled == {"evaluated": len(temps)} and group.unaccounted == 0
 

@@ -380,7 +380,7 @@ def test_the_ledger_balances_in_every_poll_under_load(settings: Settings) -> Non
 
     producer = threading.Thread(target=produce)
     producer.start()
-    db = status_database(settings.redis_url)
+    db = status_database(settings)
     try:
         wait_until(lambda: any(g.settled for g in status(db, settings).groups))
         unbalanced = [
@@ -423,7 +423,7 @@ def test_metric_names_and_sensors_are_capped_and_what_is_over_is_dead_lettered(
     # The made-up names did not fill the decoder's table of names: new ones still decode fast.
     assert len(columns_of([f"fresh{i}" for i in range(NEW_NAMES_PER_BATCH)]) or []) == 256
     assert len(client.keys("*")) < 200
-    [group] = status(status_database(settings.redis_url), settings).groups
+    [group] = status(status_database(settings), settings).groups
     assert group.unaccounted == 0 and group.settled["aggregated"] == 60
 
 

@@ -208,7 +208,7 @@ def test_the_command_line_answers_as_the_python_functions_do(
 
 def test_queries_on_an_empty_store_say_so(own_redis: RedisProcess) -> None:
     store = Store.from_settings(make_settings(own_redis.url))
-    assert query.list_sensors(store) == []
+    assert query.list_sensors(query.Stores((store,))) == []
     assert query.rolling(store, "s1", "temp", 60_000).stats is None
     assert fleet_top(store, "temp", "mean", 60_000, 5) == []
 

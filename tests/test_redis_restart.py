@@ -46,7 +46,7 @@ def group_info(client: redis.Redis) -> dict[str, Any]:
 
 
 def aggregates_status(settings: Settings) -> GroupStatus:
-    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    status = stream_status(settings, settings.stream, settings.maxlen, 0.8)
     return next(g for g in status.groups if g.name == GROUP)
 
 

@@ -190,7 +190,7 @@ class Pipeline:
 
 
 def group(settings: Settings, name: str) -> GroupStatus:
-    status = stream_status(settings.redis_url, settings.stream, settings.maxlen, 0.8)
+    status = stream_status(settings, settings.stream, settings.maxlen, 0.8)
     return next(g for g in status.groups if g.name == name)
 
 

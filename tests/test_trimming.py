@@ -32,7 +32,7 @@ def test_a_stopped_group_is_warned_about_then_its_loss_is_counted_exactly(
 ) -> None:
     reading_runner(client, settings, Recorder()).ensure_group()
     write(client, 900)
-    before = stream_status(settings.redis_url, settings.stream, 10**6, settings.trim_warn_ratio)
+    before = stream_status(settings, settings.stream, 10**6, settings.trim_warn_ratio)
     [group] = before.groups
     assert before.maxlen == MAXLEN
     assert group.lag == 900 and group.lost_to_trimming == 0
@@ -53,7 +53,7 @@ def test_a_stopped_group_is_warned_about_then_its_loss_is_counted_exactly(
     assert int(client.hget(StreamKeys(settings.stream).lost, "aggregates") or 0) == (
         runner.stats.trimmed
     )
-    after = stream_status(settings.redis_url, settings.stream, 10**6, settings.trim_warn_ratio)
+    after = stream_status(settings, settings.stream, 10**6, settings.trim_warn_ratio)
     assert after.groups[0].lost_to_trimming == runner.stats.trimmed
     assert after.groups[0].lag == 0
     assert any("were trimmed before" in w for w in after.groups[0].warnings)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
+from ingest.contract.reading import entry_order
 from ingest.keys import AlertKeys
-from ingest.redis.connection import read_range_newest_first
+from ingest.redis.connection import connect, read_range_newest_first
 from ingest.redis.errors import redis_errors
+from ingest.settings import Settings
+from ingest.shards import shards
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,39 @@ class AlertChange:
         )
 
 
+def alert_sources(settings: Settings) -> list[tuple[redis.Redis, AlertKeys]]:
+    """A client and the alerts keys of each shard."""
+    return [(connect(shard.settings), AlertKeys(shard.settings.alerts_stream))
+            for shard in shards(settings)]  # fmt: skip
+
+
 def list_alerts(
-    client: redis.Redis,
-    keys: AlertKeys,
+    sources: Sequence[tuple[redis.Redis, AlertKeys]],
     *,
     open_only: bool = False,
     sensor_glob: str = "*",
     since_ms: int | None = None,
     limit: int = 1000,
 ) -> list[AlertChange]:
-    """Open alerts (newest first), or the changes recorded since `since_ms` (newest first)."""
+    """Open alerts (newest first), or the changes recorded since `since_ms` (newest first),
+    of every shard's alerts (a client and the keys of the shard's alerts stream each)."""
+    found = [change for client, keys in sources for change in
+             _shard_alerts(client, keys, open_only, sensor_glob, since_ms, limit)]  # fmt: skip
+    if open_only:
+        found.sort(key=lambda c: (-c.ts_ms, c.sensor_id, c.rule))
+    elif len(sources) > 1:
+        found.sort(key=lambda c: entry_order(c.id or "0-0"), reverse=True)
+    return found[:limit]
+
+
+def _shard_alerts(
+    client: redis.Redis,
+    keys: AlertKeys,
+    open_only: bool,
+    sensor_glob: str,
+    since_ms: int | None,
+    limit: int,
+) -> list[AlertChange]:
     found: list[AlertChange] = []
     if open_only:
         with redis_errors():

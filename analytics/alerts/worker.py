@@ -19,12 +19,14 @@ from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.entries import per_entry
 from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
+from ingest.groups.shardrun import run_each
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.metrics import serve_metrics
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
+from ingest.shards import Shard, shards
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +48,40 @@ def alert_runner(
     )  # fmt: skip
 
 
-def run_alert_worker(settings: Settings, consumer: str | None, *, drain: bool) -> RunnerStats:
+def run_alert_worker(
+    settings: Settings, consumer: str | None, *, drain: bool, serve: Sequence[Shard] | None = None
+) -> RunnerStats:
+    """Serve the shards in `serve` (default: every one), each with its silence sweep and
+    fan-out, until stopped, or drained."""
     rules = rules_from(settings)
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
     serve_metrics(settings.metrics_port, settings.metrics_host)
-    runner = alert_runner(connect(settings), settings, rules, consumer or default_consumer_name())
-    keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
+    name = consumer or default_consumer_name()
     stop = stop_on_signals()
-    sweeper = SilenceSweeper(connect(settings), keys, alert_keys, rules, settings.alerts_maxlen)
-    background = [threading.Thread(target=sweeper.run, args=(stop,), name="silence", daemon=True)]
     fanout = AlertFanout(targets_from(MqttBroker.from_settings(settings), settings.webhook_urls))
     if fanout.targets:
         log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
-        fanout_runner = GroupRunner(
-            connect(settings), settings, FANOUT_GROUP, runner.consumer, fanout,
-            per_entry(decode_change), stream=settings.alerts_stream, start_id="$",
-        )  # fmt: skip
-        background.append(
-            threading.Thread(target=fanout_runner.run, args=(stop,), name="fanout", daemon=True)
-        )
+    runners, background = [], []
+    for shard in serve or shards(settings):
+        each = shard.settings
+        runners.append(alert_runner(connect(each), each, rules, name))
+        keys, alert_keys = StreamKeys(each.stream), AlertKeys(each.alerts_stream)
+        sweeper = SilenceSweeper(connect(each), keys, alert_keys, rules, each.alerts_maxlen)
+        sweeping = threading.Thread(target=sweeper.run, args=(stop,),
+                                    name=f"silence-{shard.index}", daemon=True)  # fmt: skip
+        background.append(sweeping)
+        if fanout.targets:
+            fanout_runner = GroupRunner(
+                connect(each), each, FANOUT_GROUP, name, fanout,
+                per_entry(decode_change), stream=each.alerts_stream, start_id="$",
+            )  # fmt: skip
+            fanning = threading.Thread(target=fanout_runner.run, args=(stop,),
+                                       name=f"fanout-{shard.index}", daemon=True)  # fmt: skip
+            background.append(fanning)
     for thread in background:
         thread.start()
     try:
-        return runner.run(stop, drain=drain)
+        return run_each(runners, stop, drain=drain)
     finally:
         stop.set()
         for thread in background:

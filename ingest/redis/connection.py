@@ -11,6 +11,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ingest.redis.cluster import slot_pool
 from ingest.redis.internals import check_client_library
 from ingest.settings import Settings
 
@@ -18,7 +19,8 @@ from ingest.settings import Settings
 def connect(
     settings: Settings, *, socket_timeout_s: float | None = None, decode: bool = True
 ) -> redis.Redis:
-    """A client that decodes replies to str and never re-sends a command on its own.
+    """A client that decodes replies to str and never re-sends a command on its own; on a
+    Redis Cluster, one that talks to the master serving `settings.stream`'s slot.
 
     redis-py's default Retry re-sends a command after a timeout, which can apply a write twice;
     callers here retry deliberately instead, where a retry is safe. Bytes that are not UTF-8
@@ -26,11 +28,12 @@ def connect(
     With `decode=False` replies stay bytes, for packed binary values.
     """
     check_client_library()
-    return redis.Redis.from_url(
-        settings.redis_url,
-        retry=Retry(NoBackoff(), 0),
-        **_options(settings, socket_timeout_s, decode),
-    )
+    options = _options(settings, socket_timeout_s, decode)
+    if settings.redis_cluster:
+        pool = slot_pool(settings.redis_url, settings.stream, retry=Retry(NoBackoff(), 0),
+                         **options)  # fmt: skip
+        return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **options)
 
 
 def binary_twin(client: redis.Redis) -> redis.Redis:

@@ -29,7 +29,7 @@ from ingest.backlog import Backlog, largest_backlog
 from ingest.durability import verify_durability
 from ingest.errors import RedisCommandFailed, StreamFull
 from ingest.keys import StreamKeys
-from ingest.redis.errors import redis_errors
+from ingest.redis.errors import not_clustered, redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ class StreamWriter:
                 pool.release(conn)
         self._meta_published = True
         errors = [r for r in replies if isinstance(r, Exception)]
+        if errors and isinstance(errors[0], redis.exceptions.AskError):
+            raise not_clustered(errors[0])
         if errors:
             raise RedisCommandFailed(f"XADD to {self._keys.stream} failed: {errors[0]}")
         return [str(r) for r in replies]

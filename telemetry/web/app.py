@@ -39,7 +39,7 @@ from analytics.alerts.listing import AlertChange, list_alerts
 from analytics.errors import QueryError
 from analytics.fleet import RANKINGS, Ranked
 from analytics.health import SystemCollector, SystemStatus
-from analytics.query import SensorInfo, Stats, Store, Window
+from analytics.query import SensorInfo, Stats, Store, Stores, Window
 from analytics.tiers import parse_tiers
 from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
@@ -49,6 +49,8 @@ from ingest.errors import RedisUnavailable, SettingsError, StreamFull
 from ingest.keys import AlertKeys, StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
+from ingest.shards import shards
+from ingest.status import status_report
 from telemetry.web.auth import Access, AccessGuard, Grant
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
@@ -108,11 +110,15 @@ def allowed_hosts(settings: Settings) -> list[str]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    clients = ApiClients.from_settings(settings)
+    every = shards(settings)
+    shard_clients = [ApiClients.from_settings(shard.settings) for shard in every]
+    clients = shard_clients[0]
+    tiers = parse_tiers(settings.tiers)
     # Aggregates are packed binary; everything else is read as text.
-    store = Store(clients.binary, StreamKeys(settings.stream), parse_tiers(settings.tiers))
-    text_client = clients.text
-    alert_keys = AlertKeys(settings.alerts_stream)
+    stores = Stores(tuple(Store(c.binary, StreamKeys(shard.stream), tiers)
+                          for c, shard in zip(shard_clients, every, strict=True)))  # fmt: skip
+    alert_sources = [(c.text, AlertKeys(shard.settings.alerts_stream))
+                     for c, shard in zip(shard_clients, every, strict=True)]  # fmt: skip
     app = FastAPI(
         title="telemetry",
         description="Rolling aggregates per sensor and metric from the `aggregates` group, and "
@@ -137,7 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": problems}, status_code=422)
 
     def known_sensor(sensor_id: str) -> SensorInfo:
-        info = query.sensor_info(store, sensor_id)
+        info = query.sensor_info(stores.of(sensor_id), sensor_id)
         if info is None:
             raise HTTPException(404, f"unknown sensor {sensor_id!r}")
         return info
@@ -199,14 +205,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dead_letters_router(settings, clients.text))
     app.include_router(live_router(settings, clients.live, access))
     registry = CollectorRegistry()
-    system_status = SystemStatus(settings, clients.status)
-    registry.register(SystemCollector(settings, text_client, system_status))
+    system_status = SystemStatus(settings, [c.status for c in shard_clients])
+    registry.register(SystemCollector(settings, [c.text for c in shard_clients], system_status))
 
     @app.get("/groups")
     def groups() -> dict[str, Any]:
         """The stream, its consumer groups, their lag, pending entries and ledgers: what
         `telemetry status` shows."""
-        return system_status().as_dict()
+        return status_report(system_status())
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
@@ -217,7 +223,8 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         """200 while the API reaches Redis, 503 while it does not."""
         with redis_errors():
-            store.client.ping()
+            for store in stores.every:
+                store.client.ping()
         outage.up()
         return {"status": "ok"}
 
@@ -230,7 +237,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> list[SensorInfo]:
         """Sensors seen (all, or one page), sorted by id, with their metrics and the time of
         their newest reading; the X-Total-Count header says how many match."""
-        total, page = query.sensor_page(store, q, offset, limit)
+        total, page = query.sensor_page(stores, q, offset, limit)
         response.headers["X-Total-Count"] = str(total)
         return page
 
@@ -242,6 +249,7 @@ def create_app(settings: Settings) -> FastAPI:
         200 sensors at a time)."""
         answer: dict[str, dict[str, LatestValue]] = {}
         for sensor_id in dict.fromkeys(sensor):
+            store = stores.of(sensor_id)
             info = query.sensor_info(store, sensor_id)
             if info is None:
                 continue
@@ -285,7 +293,7 @@ def create_app(settings: Settings) -> FastAPI:
         end = _parameter("to", lambda: parse_time_ms(to, now))
         if start >= end:
             raise HTTPException(422, "from must be before to")
-        columns = query.bucket_columns(store, sensor_id, metric, tier, start, end)
+        columns = query.bucket_columns(stores.of(sensor_id), sensor_id, metric, tier, start, end)
         # Up to thousands of plain records: serialised directly rather than validated one by
         # one against the response model, which would take most of the request's time.
         records = list(map(StatsRecord, *columns))
@@ -301,7 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The last N minutes merged; the answer says which span its buckets cover."""
         known_sensor(sensor_id)
         span = _parameter("last", lambda: parse_duration_ms(last))
-        return query.rolling(store, sensor_id, metric, span, tier_name=tier)
+        return query.rolling(stores.of(sensor_id), sensor_id, metric, span, tier_name=tier)
 
     @app.get("/alerts")
     def alerts(
@@ -316,7 +324,7 @@ def create_app(settings: Settings) -> FastAPI:
             if since is None
             else _parameter("since", lambda: parse_time_ms(since, query.now_ms()))
         )
-        return list_alerts(text_client, alert_keys, open_only=open, sensor_glob=sensor,
+        return list_alerts(alert_sources, open_only=open, sensor_glob=sensor,
                            since_ms=since_ms, limit=limit)  # fmt: skip
 
     @app.get("/fleet/top")
@@ -331,7 +339,7 @@ def create_app(settings: Settings) -> FastAPI:
         `until`."""
         span = _parameter("last", lambda: parse_duration_ms(last))
         end = _parameter("until", lambda: parse_time_ms(until, query.now_ms()))
-        return fleet.fleet_top(store, metric, by, span, n, at_ms=end)
+        return fleet.fleet_top(stores, metric, by, span, n, at_ms=end)
 
     return app
 

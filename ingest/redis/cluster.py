@@ -1,0 +1,144 @@
+"""Clients pinned to the Redis Cluster node that serves one hash slot.
+
+Everything a shard does touches keys of one slot (ingest/shards.py), so a shard's work needs a
+connection to one node, not a client that routes each command: its scripts, transactions and
+the fast paths' raw connections work exactly as on a single Redis. A connection looks up the
+slot's master each time it connects; a node that fails or answers MOVED (a failover, a
+resharding) makes the map stale, the connection drops as if the server went away, and the
+callers' usual retry reconnects to whichever node serves the slot now.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.connection import Connection, parse_url
+from redis.crc import key_slot
+
+from ingest.errors import SettingsError
+
+# A stale map is read again from the cluster at most this often: a failover takes a second or
+# more, and a burst of reconnecting workers should not ask the cluster once each.
+REFRESH_INTERVAL_S = 0.25
+# Replies that mean the slot is served elsewhere now, or about to be.
+MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                redis.exceptions.ClusterDownError, redis.ReadOnlyError)  # fmt: skip
+
+
+class SlotMap:
+    """Which master serves each slot, as the cluster's nodes said when last asked."""
+
+    def __init__(self, seed: tuple[str, int], auth: dict[str, Any]) -> None:
+        self._nodes: list[tuple[str, int]] = [seed]
+        self._auth = auth
+        self._starts: list[int] = []
+        self._owners: list[tuple[int, tuple[str, int]]] = []
+        self._stale = True
+        self._read_at = -REFRESH_INTERVAL_S
+        self._lock = threading.Lock()
+
+    def owner(self, slot: int) -> tuple[str, int]:
+        with self._lock:
+            if self._stale and time.monotonic() - self._read_at >= REFRESH_INTERVAL_S:
+                self._read()
+            at = bisect.bisect_right(self._starts, slot) - 1
+            if at < 0 or self._owners[at][0] < slot:
+                raise redis.ConnectionError(f"no node of the cluster serves slot {slot} now")
+            return self._owners[at][1]
+
+    def forget(self) -> None:
+        """Ask the cluster again before the next connection."""
+        self._stale = True
+
+    def _read(self) -> None:
+        self._read_at = time.monotonic()
+        failures = []
+        for host, port in list(self._nodes):
+            client = redis.Redis(host=host, port=port, socket_timeout=2.0,
+                                 socket_connect_timeout=1.0, **self._auth)  # fmt: skip
+            try:
+                reply = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except redis.ResponseError as exc:
+                raise SettingsError(
+                    f"{host}:{port} is not a Redis Cluster node ({exc}); set "
+                    "TELEMETRY_REDIS_CLUSTER=no for a single Redis"
+                ) from None
+            except redis.RedisError as exc:
+                failures.append(f"{host}:{port}: {exc}")
+                continue
+            finally:
+                client.close()
+            self._learn(host, reply)
+            return
+        raise redis.ConnectionError("no node of the cluster answers: " + "; ".join(failures))
+
+    def _learn(self, asked: str, reply: list[Any]) -> None:
+        ranges = []
+        for start, end, master, *replicas in reply:
+            ranges.append((int(start), int(end), _address(master, asked)))
+            for node in (master, *replicas):
+                if _address(node, asked) not in self._nodes:
+                    self._nodes.append(_address(node, asked))
+        ranges.sort()
+        self._starts = [start for start, _, _ in ranges]
+        self._owners = [(end, owner) for _, end, owner in ranges]
+        self._stale = False
+
+
+def _address(node: list[Any], asked: str) -> tuple[str, int]:
+    host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+    # A node that does not know its own address announces an empty one.
+    return (host or asked, int(node[1]))
+
+
+class SlotConnection(Connection):
+    """A connection to whichever master serves `slot` when it connects."""
+
+    def __init__(self, *, slot_map: SlotMap, slot: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self._slot_map, self._slot = slot_map, slot
+
+    def connect(self) -> None:
+        if self._sock is None:
+            self.host, self.port = self._slot_map.owner(self._slot)
+        try:
+            super().connect()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._slot_map.forget()
+            raise
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except MOVED_ERRORS as exc:
+            self._slot_map.forget()
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError(f"slot {self._slot} is moving: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._slot_map.forget()
+            raise
+
+
+_maps: dict[str, SlotMap] = {}
+_maps_lock = threading.Lock()
+
+
+def slot_pool(url: str, key: str, **options: Any) -> redis.ConnectionPool:
+    """A pool of connections to the master serving `key`'s slot, on the cluster `url` names."""
+    parsed = parse_url(url)  # type: ignore[no-untyped-call]
+    if parsed.get("connection_class") not in (None, Connection):
+        raise SettingsError("a Redis Cluster is reached with redis:// URLs here, not rediss://")
+    auth = {k: parsed[k] for k in ("username", "password") if parsed.get(k) is not None}
+    with _maps_lock:
+        slot_map = _maps.get(url)
+        if slot_map is None:
+            seed = (str(parsed.get("host", "localhost")), int(parsed.get("port", 6379)))
+            slot_map = _maps[url] = SlotMap(seed, auth)
+    return redis.ConnectionPool(
+        connection_class=SlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
+        **auth, **options,
+    )  # fmt: skip

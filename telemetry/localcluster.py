@@ -1,0 +1,120 @@
+"""A private Redis Cluster: redis-server nodes on free ports joined by `redis-cli --cluster
+create`, for `telemetry` tests and benchmarks that need several masters (and replicas to fail
+over to)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from telemetry.localserver import LocalRedis, LocalServerError, free_cluster_port
+
+SLOTS = 16384
+
+
+class LocalCluster:
+    """`masters` masters, each with `replicas` replicas; node i serves slot range i of
+    `masters` equal ranges until `assign` moves a slot."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0, workdir: Path | None = None) -> None:
+        self._owned_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="redis-cluster-"))
+        self.nodes = [
+            LocalRedis(free_cluster_port(), self.workdir / f"node{i}", cluster=True)
+            for i in range(masters * (1 + replicas))
+        ]
+        self.masters, self.replicas = masters, replicas
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node: the client learns the others from it."""
+        return self.nodes[0].url
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise LocalServerError("redis-cli not found on PATH: install redis-tools")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=timeout_s,
+        )  # fmt: skip
+        self.wait_ok(timeout_s)
+        self._wait_replicas_synced(timeout_s)
+
+    def _wait_replicas_synced(self, timeout_s: float) -> None:
+        """A replica that never synced with its master would not take over from it."""
+        deadline = time.monotonic() + timeout_s
+        for i in range(len(self.nodes)):
+            while True:
+                replication = self.client(i).info("replication")
+                if replication["role"] == "master" or replication["master_link_status"] == "up":
+                    break
+                if time.monotonic() > deadline:
+                    raise LocalServerError("the cluster's replicas did not sync in time")
+                time.sleep(0.05)
+
+    def client(self, node: int) -> redis.Redis:
+        return redis.Redis(port=self.nodes[node].port, socket_timeout=2, decode_responses=True)
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Return once every live node sees every slot served and the same masters."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = []
+            for i, node in enumerate(self.nodes):
+                if node.process is None:
+                    continue
+                with contextlib.suppress(redis.RedisError):
+                    info = self.client(i).cluster("info")
+                    views.append(info.get("cluster_state") == "ok" and self._slots_of(i))
+            if views and all(views) and all(v == views[0] for v in views):
+                return
+            if time.monotonic() > deadline:
+                raise LocalServerError("the Redis Cluster did not become ready in time")
+            time.sleep(0.1)
+
+    def _slots_of(self, node: int) -> list[tuple[int, int, int]]:
+        reply = self.client(node).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in reply)
+
+    def master_of(self, slot: int) -> int:
+        """The node number that serves a slot now."""
+        for start, end, port in self._slots_of(self._live_node()):
+            if start <= slot <= end:
+                return next(i for i, n in enumerate(self.nodes) if n.port == port)
+        raise LocalServerError(f"no node serves slot {slot}")
+
+    def assign(self, slot: int, node: int) -> None:
+        """Move an empty slot to a master, as `redis-cli --cluster reshard` would."""
+        node_id = self.client(node).cluster("myid")
+        for i, server in enumerate(self.nodes):
+            if server.process is not None:
+                self.client(i).cluster("setslot", slot, "node", node_id)
+        self.wait_ok()
+
+    def _live_node(self) -> int:
+        return next(i for i, n in enumerate(self.nodes) if n.process is not None)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        if self._owned_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
