@@ -16,17 +16,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
 from redis.client import Pipeline
 
-from ingest.contract.reading import Reading, entry_time_ms
+from ingest.contract.reading import Reading, entry_order, entry_time_ms
 from ingest.errors import InvalidEntry
 from ingest.keys import StreamKeys
-from ingest.redis.connection import fields_arg, read_range
+from ingest.redis.connection import connect, fields_arg, read_range
 from ingest.redis.errors import redis_errors
+from ingest.settings import Settings
+from ingest.shards import shard_of, shards
 
 KEPT_CHARS = 4096
 KEPT_TOTAL_CHARS = 16_384
@@ -151,6 +153,10 @@ def repaired_fields(
     return fields
 
 
+# Where a replayed reading goes: the client and stream of its sensor's shard.
+Route = Callable[[Mapping[str, str]], tuple[redis.Redis, str]]
+
+
 def replay(
     client: redis.Redis,
     keys: StreamKeys,
@@ -158,12 +164,16 @@ def replay(
     letters: Sequence[DeadLetter],
     set_fields: Mapping[str, str] | None = None,
     unset_fields: Sequence[str] = (),
+    route: Route | None = None,
 ) -> list[ReplayResult]:
-    """Put dead letters back on their stream and remove them from the dead-letter stream.
+    """Put dead letters back on their stream (or, with `route`, on their sensor's shard) and
+    remove them from the dead-letter stream.
 
     Each replayed entry must pass the stream contract first; one that still does not stays in
     the dead-letter stream and its result says why. Adding the entry and removing the dead letter
-    happen in one transaction, so a replay is never lost nor doubled.
+    happen in one transaction, so a replay is never lost nor doubled; onto another shard, the
+    entry is added first, so a failure in between leaves the letter to replay again (a reading
+    with `seq` is still counted once).
     """
     results = []
     for letter in {letter.dead_id: letter for letter in letters}.values():
@@ -178,10 +188,71 @@ def replay(
         except InvalidEntry as exc:
             results.append(ReplayResult(letter.dead_id, None, exc.reason))
             continue
+        target, stream = (client, keys.stream) if route is None else route(fields)
         with redis_errors():
-            pipe = client.pipeline(transaction=True)
-            pipe.xadd(keys.stream, fields_arg(fields), maxlen=maxlen, approximate=True)
-            pipe.xdel(keys.dead, letter.dead_id)
-            new_id, _ = pipe.execute()
+            if stream == keys.stream:
+                pipe = client.pipeline(transaction=True)
+                pipe.xadd(stream, fields_arg(fields), maxlen=maxlen, approximate=True)
+                pipe.xdel(keys.dead, letter.dead_id)
+                new_id, _ = pipe.execute()
+            else:
+                new_id = target.xadd(stream, fields_arg(fields), maxlen=maxlen, approximate=True)
+                client.xdel(keys.dead, letter.dead_id)
         results.append(ReplayResult(letter.dead_id, str(new_id), None))
     return results
+
+
+class ShardedDeadLetters:
+    """The dead-letter streams of every shard, as one: listed together, oldest first, and
+    each letter replayed onto its sensor's shard."""
+
+    def __init__(self, settings: Settings) -> None:
+        every = shards(settings)
+        self._shards = [(connect(shard.settings), StreamKeys(shard.stream)) for shard in every]
+        self._maxlen = settings.maxlen
+
+    def listed(self, count: int, start: str = "-") -> list[DeadLetter]:
+        found = [letter for client, keys in self._shards
+                 for letter in list_dead_letters(client, keys, count, start)]  # fmt: skip
+        return sorted(found, key=lambda letter: entry_order(letter.dead_id))[:count]
+
+    def chosen(self, dead_ids: Sequence[str] | None) -> tuple[list[list[DeadLetter]], list[str]]:
+        """The letters with these IDs (None: every one), shard by shard, and the IDs found in
+        no shard."""
+        per_shard = [self._chosen(client, keys, dead_ids) for client, keys in self._shards]
+        found = {letter.dead_id for letters in per_shard for letter in letters}
+        return per_shard, [dead_id for dead_id in dead_ids or () if dead_id not in found]
+
+    def replay(
+        self,
+        per_shard: Sequence[Sequence[DeadLetter]],
+        set_fields: Mapping[str, str] | None = None,
+        unset_fields: Sequence[str] = (),
+    ) -> list[ReplayResult]:
+        """Replay letters `chosen` found, each onto its sensor's shard."""
+        results: list[ReplayResult] = []
+        for (client, keys), letters in zip(self._shards, per_shard, strict=True):
+            results += replay(client, keys, self._maxlen, letters, set_fields, unset_fields,
+                              route=self._route)  # fmt: skip
+        return results
+
+    def _route(self, fields: Mapping[str, str]) -> tuple[redis.Redis, str]:
+        client, keys = self._shards[shard_of(fields.get("sensor_id", ""), len(self._shards))]
+        return client, keys.stream
+
+    @staticmethod
+    def _chosen(
+        client: redis.Redis, keys: StreamKeys, dead_ids: Sequence[str] | None
+    ) -> list[DeadLetter]:
+        if dead_ids is None:
+            letters, cursor = [], "-"
+            while batch := list_dead_letters(client, keys, 1000, cursor):
+                letters += batch
+                cursor = "(" + batch[-1].dead_id
+            return letters
+        chosen = []
+        for dead_id in dict.fromkeys(dead_ids):
+            letter = list_dead_letters(client, keys, 1, dead_id)
+            if letter and letter[0].dead_id == dead_id:
+                chosen.append(letter[0])
+        return chosen

@@ -148,8 +148,8 @@ class Settings:
         False,
         "TELEMETRY_REDIS_CLUSTER",
         _yes_no,
-        "yes: REDIS_URL names a node of a Redis Cluster; each shard's work goes to the node"
-        " serving its slot, found again after a failover",
+        "yes: REDIS_URL names a node of a Redis Cluster (or several, comma-separated); each"
+        " shard's work goes to the node serving its slot, found again after a failover",
         "yes|no",
     )
     mqtt_url: str | None = _setting(

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from analytics.footprint import measure
 from analytics.tiers import parse_tiers
-from ingest.deadletter import DeadLetter, list_dead_letters, replay
+from ingest.deadletter import ShardedDeadLetters
 from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text, connect
 from ingest.runtime import CommandLineError
@@ -75,11 +75,13 @@ def show_storage(settings: Settings, output_format: str) -> str:
 
 
 def show_dead_letters(settings: Settings, count: int, output_format: str) -> str:
-    letters = list_dead_letters(connect(settings), StreamKeys(settings.stream), count)
+    letters = ShardedDeadLetters(settings).listed(count)
     if output_format == "json":
         return json.dumps([asdict(letter) for letter in letters], indent=2)
     if not letters:
-        return f"no dead letters in {StreamKeys(settings.stream).dead}"
+        return "no dead letters in " + ", ".join(
+            StreamKeys(s.stream).dead for s in shards(settings)
+        )
     lines = []
     for letter in letters:
         lines.append(
@@ -110,22 +112,12 @@ def replay_dead_letters(
     """Replay and report; the flag says whether every chosen dead letter went back."""
     if bool(ids) == replay_all:
         raise CommandLineError("give --id ID (repeatable) or --all")
-    client = connect(settings)
-    keys = StreamKeys(settings.stream)
     fixes = parse_assignments(set_pairs)
-    letters: list[DeadLetter] = []
-    if replay_all:
-        cursor = "-"
-        while batch := list_dead_letters(client, keys, 1000, cursor):
-            letters.extend(batch)
-            cursor = "(" + batch[-1].dead_id
-    else:
-        for dead_id in ids:
-            found = list_dead_letters(client, keys, 1, dead_id)
-            if not found or found[0].dead_id != dead_id:
-                raise CommandLineError(f"no dead letter with ID {dead_id} in {keys.dead}")
-            letters.append(found[0])
-    results = replay(client, keys, settings.maxlen, letters, fixes, unset)
+    letters = ShardedDeadLetters(settings)
+    chosen, missing = letters.chosen(None if replay_all else ids)
+    if missing:
+        raise CommandLineError(f"no dead letter with ID {missing[0]}")
+    results = letters.replay(chosen, fixes, unset)
     lines = []
     for result in results:
         if result.error is None:
@@ -133,5 +125,5 @@ def replay_dead_letters(
         else:
             lines.append(f"{result.dead_id} kept: still invalid: {result.error}")
     replayed = sum(r.error is None for r in results)
-    lines.append(f"{replayed} of {len(results)} dead letters replayed onto {keys.stream}")
+    lines.append(f"{replayed} of {len(results)} dead letters replayed onto {settings.stream}")
     return "\n".join(lines), replayed == len(results)

@@ -33,8 +33,9 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """A URL naming one node: the client learns the others from it."""
-        return self.nodes[0].url
+        """Every node's URL, comma-separated, as TELEMETRY_REDIS_CLUSTER takes them: a client
+        starting while one is down finds the cluster through another."""
+        return ",".join(node.url for node in self.nodes)
 
     def start(self, timeout_s: float = 30.0) -> None:
         for node in self.nodes:
@@ -97,10 +98,17 @@ class LocalCluster:
     def assign(self, slot: int, node: int) -> None:
         """Move an empty slot to a master, as `redis-cli --cluster reshard` would."""
         node_id = self.client(node).cluster("myid")
-        for i, server in enumerate(self.nodes):
-            if server.process is not None:
-                self.client(i).cluster("setslot", slot, "node", node_id)
+        for i in self.master_nodes():
+            self.client(i).cluster("setslot", slot, "node", node_id)
         self.wait_ok()
+
+    def master_nodes(self) -> list[int]:
+        """The numbers of the live nodes that are masters now."""
+        return [
+            i
+            for i, server in enumerate(self.nodes)
+            if server.process is not None and self.client(i).info("replication")["role"] == "master"
+        ]
 
     def _live_node(self) -> int:
         return next(i for i, n in enumerate(self.nodes) if n.process is not None)

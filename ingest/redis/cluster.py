@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 import redis
+from redis.asyncio.connection import Connection as AsyncConnection
+from redis.asyncio.connection import ConnectionPool as AsyncConnectionPool
 from redis.connection import Connection, parse_url
 from redis.crc import key_slot
 
@@ -32,8 +34,9 @@ MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError,
 class SlotMap:
     """Which master serves each slot, as the cluster's nodes said when last asked."""
 
-    def __init__(self, seed: tuple[str, int], auth: dict[str, Any]) -> None:
-        self._nodes: list[tuple[str, int]] = [seed]
+    def __init__(self, seeds: list[tuple[str, int]], auth: dict[str, Any]) -> None:
+        # Every node known: the seeds, then each node the cluster named.
+        self._nodes = list(seeds)
         self._auth = auth
         self._starts: list[int] = []
         self._owners: list[tuple[int, tuple[str, int]]] = []
@@ -61,7 +64,7 @@ class SlotMap:
             client = redis.Redis(host=host, port=port, socket_timeout=2.0,
                                  socket_connect_timeout=1.0, **self._auth)  # fmt: skip
             try:
-                reply = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                reply = client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
             except redis.ResponseError as exc:
                 raise SettingsError(
                     f"{host}:{port} is not a Redis Cluster node ({exc}); set "
@@ -72,27 +75,29 @@ class SlotMap:
                 continue
             finally:
                 client.close()
-            self._learn(host, reply)
+            self._learn(host, reply.decode() if isinstance(reply, bytes) else str(reply))
             return
         raise redis.ConnectionError("no node of the cluster answers: " + "; ".join(failures))
 
-    def _learn(self, asked: str, reply: list[Any]) -> None:
+    def _learn(self, asked: str, nodes: str) -> None:
+        """Take the masters' slots and every node's address from a CLUSTER NODES reply."""
         ranges = []
-        for start, end, master, *replicas in reply:
-            ranges.append((int(start), int(end), _address(master, asked)))
-            for node in (master, *replicas):
-                if _address(node, asked) not in self._nodes:
-                    self._nodes.append(_address(node, asked))
+        for line in nodes.splitlines():
+            _, address, flags, _, _, _, _, _, *slots = line.split()
+            host, _, port = address.partition("@")[0].rpartition(":")
+            node = (host or asked, int(port))
+            if node not in self._nodes:
+                self._nodes.append(node)
+            if "master" not in flags.split(",") or "fail" in flags.split(","):
+                continue
+            for spec in slots:
+                if not spec.startswith("["):  # a slot being migrated: its owner still serves it
+                    first, _, last = spec.partition("-")
+                    ranges.append((int(first), int(last or first), node))
         ranges.sort()
         self._starts = [start for start, _, _ in ranges]
         self._owners = [(end, owner) for _, end, owner in ranges]
         self._stale = False
-
-
-def _address(node: list[Any], asked: str) -> tuple[str, int]:
-    host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
-    # A node that does not know its own address announces an empty one.
-    return (host or asked, int(node[1]))
 
 
 class SlotConnection(Connection):
@@ -123,22 +128,69 @@ class SlotConnection(Connection):
             raise
 
 
+class AsyncSlotConnection(AsyncConnection):
+    """`SlotConnection` for asyncio clients (the API's live tails)."""
+
+    def __init__(self, *, slot_map: SlotMap, slot: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._slot_map, self._slot = slot_map, slot
+
+    async def connect(self) -> None:
+        if not self.is_connected:
+            # Asks the cluster at most every REFRESH_INTERVAL_S, and only after a failure.
+            self.host, self.port = self._slot_map.owner(self._slot)
+        try:
+            await super().connect()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._slot_map.forget()
+            raise
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except MOVED_ERRORS as exc:
+            self._slot_map.forget()
+            await self.disconnect()
+            raise redis.ConnectionError(f"slot {self._slot} is moving: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._slot_map.forget()
+            raise
+
+
 _maps: dict[str, SlotMap] = {}
 _maps_lock = threading.Lock()
 
 
-def slot_pool(url: str, key: str, **options: Any) -> redis.ConnectionPool:
-    """A pool of connections to the master serving `key`'s slot, on the cluster `url` names."""
-    parsed = parse_url(url)  # type: ignore[no-untyped-call]
-    if parsed.get("connection_class") not in (None, Connection):
-        raise SettingsError("a Redis Cluster is reached with redis:// URLs here, not rediss://")
-    auth = {k: parsed[k] for k in ("username", "password") if parsed.get(k) is not None}
-    with _maps_lock:
-        slot_map = _maps.get(url)
-        if slot_map is None:
-            seed = (str(parsed.get("host", "localhost")), int(parsed.get("port", 6379)))
-            slot_map = _maps[url] = SlotMap(seed, auth)
+def slot_pool(urls: str, key: str, **options: Any) -> redis.ConnectionPool:
+    """A pool of connections to the master serving `key`'s slot, on the cluster whose nodes
+    `urls` names (one URL, or several separated by commas: any that answers will do)."""
+    slot_map, auth = _slot_map(urls)
     return redis.ConnectionPool(
         connection_class=SlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
         **auth, **options,
     )  # fmt: skip
+
+
+def async_slot_pool(urls: str, key: str, **options: Any) -> AsyncConnectionPool:
+    """`slot_pool` for asyncio clients."""
+    slot_map, auth = _slot_map(urls)
+    return AsyncConnectionPool(
+        connection_class=AsyncSlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
+        **auth, **options,
+    )  # fmt: skip
+
+
+def _slot_map(urls: str) -> tuple[SlotMap, dict[str, Any]]:
+    """The map of the cluster `urls` names (one per process), and the credentials to use."""
+    seeds, auth = [], {}
+    for url in urls.split(","):
+        parsed = parse_url(url.strip())  # type: ignore[no-untyped-call]
+        if parsed.get("connection_class") not in (None, Connection):
+            raise SettingsError("a Redis Cluster is reached with redis:// URLs here, not rediss://")
+        seeds.append((str(parsed.get("host", "localhost")), int(parsed.get("port", 6379))))
+        auth = {k: parsed[k] for k in ("username", "password") if parsed.get(k) is not None}
+    with _maps_lock:
+        slot_map = _maps.get(urls)
+        if slot_map is None:
+            slot_map = _maps[urls] = SlotMap(seeds, auth)
+    return slot_map, auth

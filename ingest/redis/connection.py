@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ingest.redis.cluster import slot_pool
+from ingest.redis.cluster import async_slot_pool, slot_pool
 from ingest.redis.internals import check_client_library
 from ingest.settings import Settings
 
@@ -46,9 +46,12 @@ def binary_twin(client: redis.Redis) -> redis.Redis:
 def connect_async(settings: Settings) -> aioredis.Redis:
     """An asyncio client configured as `connect` configures its clients."""
     check_client_library()
-    return aioredis.Redis.from_url(
-        settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **_options(settings, None, True)
-    )
+    options = _options(settings, None, True)
+    if settings.redis_cluster:
+        retry = AsyncRetry(NoBackoff(), 0)
+        pool = async_slot_pool(settings.redis_url, settings.stream, retry=retry, **options)
+        return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_url(settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **options)
 
 
 def _options(settings: Settings, socket_timeout_s: float | None, decode: bool) -> dict[str, Any]:

@@ -202,8 +202,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(429, str(exc)) from None
 
     app.include_router(readings_router(settings, clients.text))
-    app.include_router(dead_letters_router(settings, clients.text))
-    app.include_router(live_router(settings, clients.live, access))
+    app.include_router(dead_letters_router(settings))
+    app.include_router(live_router(settings, [c.live for c in shard_clients], access))
     registry = CollectorRegistry()
     system_status = SystemStatus(settings, [c.status for c in shard_clients])
     registry.register(SystemCollector(settings, [c.text for c in shard_clients], system_status))

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AfterValidator, BaseModel, Field
 
 from ingest.contract.reading import parse_entry_id
-from ingest.deadletter import DeadLetter, ReplayResult, list_dead_letters, replay
-from ingest.keys import StreamKeys
+from ingest.deadletter import DeadLetter, ReplayResult, ShardedDeadLetters
 from ingest.settings import Settings
 
 
@@ -31,9 +29,9 @@ class ReplayRequest(BaseModel):
     ids: list[EntryId] = Field(min_length=1, max_length=1000)
 
 
-def dead_letters_router(settings: Settings, client: redis.Redis) -> APIRouter:
+def dead_letters_router(settings: Settings) -> APIRouter:
     router = APIRouter()
-    keys = StreamKeys(settings.stream)
+    every_shard = ShardedDeadLetters(settings)
 
     @router.get("/dead-letters")
     def dead_letters(
@@ -41,7 +39,7 @@ def dead_letters_router(settings: Settings, client: redis.Redis) -> APIRouter:
         after: Annotated[EntryId | None, Query(description="list after this ID")] = None,
     ) -> list[DeadLetter]:
         """Dead letters oldest first, with the group, original entry, fields and reason."""
-        return list_dead_letters(client, keys, limit, "-" if after is None else f"({after}")
+        return every_shard.listed(limit, "-" if after is None else f"({after}")
 
     @router.post(
         "/dead-letters/replay",
@@ -52,12 +50,9 @@ def dead_letters_router(settings: Settings, client: redis.Redis) -> APIRouter:
         """Put dead letters back on the stream as they are; each result gives the new entry ID,
         or why the entry still breaks the contract (it then stays a dead letter). An ID listed
         more than once is replayed once."""
-        letters = []
-        for dead_id in dict.fromkeys(request.ids):
-            found = list_dead_letters(client, keys, 1, dead_id)
-            if not found or found[0].dead_id != dead_id:
-                raise HTTPException(404, f"no dead letter with ID {dead_id}")
-            letters.append(found[0])
-        return replay(client, keys, settings.maxlen, letters)
+        chosen, missing = every_shard.chosen(request.ids)
+        if missing:
+            raise HTTPException(404, f"no dead letter with ID {missing[0]}")
+        return every_shard.replay(chosen)
 
     return router

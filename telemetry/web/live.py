@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ from ingest.backoff import Backoff
 from ingest.contract.reading import SENSOR_ID, entry_order, parse_entry_id
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
+from ingest.shards import shard_of, shards
 from telemetry.web.auth import Access
 
 log = logging.getLogger(__name__)
@@ -151,21 +152,28 @@ class StreamHub:
 class Live:
     """The hubs of one API process and the rules for who may watch what."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, access: Access) -> None:
+    def __init__(
+        self, settings: Settings, clients: Sequence[aioredis.Redis], access: Access
+    ) -> None:
+        """`clients`: one per shard, in order."""
         self.settings = settings
-        self.client = client
+        self.shards = shards(settings)
         self.access = access
+        # Each exposed stream, and the client of the shard it belongs to.
         self.exposed = {
-            settings.stream,
-            settings.alerts_stream,
-            StreamKeys(settings.stream).dead,
-        }
+            stream: client
+            for shard, client in zip(self.shards, clients, strict=True)
+            for stream in (shard.stream, shard.settings.alerts_stream,
+                           StreamKeys(shard.stream).dead)
+        }  # fmt: skip
+        self.client = clients[0]
         self.origins = {o.strip() for o in (settings.api_origins or "").split(",") if o.strip()}
         self.hubs: dict[str, StreamHub] = {}
 
     def hub(self, stream: str) -> StreamHub:
         if stream not in self.hubs:
-            self.hubs[stream] = StreamHub(self.client, stream, self.settings.block_ms)
+            client = self.exposed[stream]
+            self.hubs[stream] = StreamHub(client, stream, self.settings.block_ms)
         return self.hubs[stream]
 
     async def refusal(self, websocket: WebSocket, stream: str, ticket: str | None
@@ -190,14 +198,16 @@ class Live:
         return origin in self.origins or urlsplit(origin).netloc == headers.get("host")
 
 
-def live_router(settings: Settings, client: aioredis.Redis, access: Access) -> APIRouter:
+def live_router(settings: Settings, clients: Sequence[aioredis.Redis], access: Access) -> APIRouter:
+    """`clients`: an asyncio client per shard, in order."""
     router = APIRouter()
-    live = Live(settings, client, access)
+    live = Live(settings, clients, access)
 
-    async def tail(websocket: WebSocket, stream: str, max_frequency: float | None,
+    async def tail(websocket: WebSocket, streams: Sequence[str], max_frequency: float | None,
                    last_id: str | None, ticket: str | None, sensor: str | None = None
                    ) -> None:  # fmt: skip
-        refused = await live.refusal(websocket, stream, ticket)
+        """Send the entries of `streams` (one, or every shard's) as they arrive."""
+        refused = await live.refusal(websocket, streams[0], ticket)
         bad_resume = _resume_point(last_id)
         if refused is None and bad_resume is not None:
             refused = CLOSE_BAD_REQUEST, f"last_id: {bad_resume}"
@@ -207,20 +217,23 @@ def live_router(settings: Settings, client: aioredis.Redis, access: Access) -> A
             await websocket.close(code=refused[0], reason=refused[1])
             return
         subscriber = Subscriber(limited=max_frequency is not None, sensor=sensor)
-        hub = live.hub(stream)
+        hubs = [live.hub(stream) for stream in streams]
         # Joined before the connection is accepted: every entry added once the client is
         # connected reaches it.
-        await hub.join(subscriber)
+        for hub in hubs:
+            await hub.join(subscriber)
         sender = _Sender(websocket, subscriber, max_frequency)
         try:
             await websocket.accept()
             if last_id is not None:
-                await sender.replay(live.client, stream, last_id)
+                for stream in streams:
+                    await sender.replay(live.exposed[stream], stream, last_id)
             await sender.run()
         except WebSocketDisconnect:
             pass
         finally:
-            hub.leave(subscriber)
+            for hub in hubs:
+                hub.leave(subscriber)
 
     @router.websocket("/stream/{name}")
     async def stream(
@@ -233,7 +246,19 @@ def live_router(settings: Settings, client: aioredis.Redis, access: Access) -> A
     ) -> None:
         """Live tail of a stream (readings, alert changes, dead letters), optionally of one
         sensor's entries only; see module docs."""
-        await tail(websocket, name, max_frequency, last_id, ticket, sensor)
+        await tail(websocket, [name], max_frequency, last_id, ticket, sensor)
+
+    @router.websocket("/ws/readings")
+    async def readings(
+        websocket: WebSocket,
+        sensor: str = Query(pattern=f"^{SENSOR_ID.pattern}$"),
+        max_frequency: float | None = Query(None, gt=0, le=1000),
+        last_id: str | None = None,
+        ticket: str | None = None,
+    ) -> None:
+        """One sensor's readings as they arrive, from whichever shard holds them."""
+        stream = live.shards[shard_of(sensor, len(live.shards))].stream
+        await tail(websocket, [stream], max_frequency, last_id, ticket, sensor)
 
     @router.websocket("/ws/alerts")
     async def alerts(
@@ -241,8 +266,9 @@ def live_router(settings: Settings, client: aioredis.Redis, access: Access) -> A
         last_id: str | None = None,
         ticket: str | None = None,
     ) -> None:
-        """Alert changes as they happen."""
-        await tail(websocket, settings.alerts_stream, None, last_id, ticket)
+        """Alert changes as they happen, of every shard."""
+        streams = [shard.settings.alerts_stream for shard in live.shards]
+        await tail(websocket, streams, None, last_id, ticket)
 
     return router
 

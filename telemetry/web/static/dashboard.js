@@ -138,7 +138,7 @@ async function loadBands() {
 
 async function followSensor() {
   if (state.socket) state.socket.close();
-  const socket = await openSocket(`/stream/app:event?sensor=${encodeURIComponent(state.sensor)}`);
+  const socket = await openSocket(`/ws/readings?sensor=${encodeURIComponent(state.sensor)}`);
   state.socket = socket;
   socket.onmessage = (event) => {
     const { id, fields } = JSON.parse(event.data);
@@ -257,13 +257,17 @@ function chip(label, value, bad = false) {
 
 async function loadHealth() {
   try {
-    const [status] = await getJson("/groups");
-    const chips = [
-      chip(status.stream, `${status.length.toLocaleString()} / ${status.maxlen.toLocaleString()}`),
-      chip("dead letters", status.dead_letters, status.dead_letters > 0),
-    ];
-    for (const g of status.groups) {
-      chips.push(chip(g.name, `lag ${g.lag ?? "?"} · pending ${g.pending}`, g.warnings.length > 0));
+    const [report] = await getJson("/groups");
+    // One stream, or each shard's (the report then has `shards` and their `total`).
+    const chips = [];
+    for (const status of report.shards ?? [report]) {
+      chips.push(
+        chip(status.stream, `${status.length.toLocaleString()} / ${status.maxlen.toLocaleString()}`),
+        chip("dead letters", status.dead_letters, status.dead_letters > 0),
+      );
+      for (const g of status.groups) {
+        chips.push(chip(g.name, `lag ${g.lag ?? "?"} · pending ${g.pending}`, g.warnings.length > 0));
+      }
     }
     $("health").replaceChildren(...chips);
   } catch (err) {
