@@ -30,16 +30,20 @@ def show_status(settings: Settings, output_format: str) -> str:
 
 
 def show_storage(settings: Settings, output_format: str) -> str:
-    """What each metric's aggregates cost per bucket in each tier, measured in Redis, and what
-    a sensor-metric and the whole fleet will cost once every tier holds its retention."""
-    client = connect(settings)
-    keys = StreamKeys(settings.stream)
+    """What each metric's aggregates cost per bucket in each tier, measured in Redis (in the
+    shard with the most sensors), and what a sensor-metric and the whole fleet will cost once
+    every tier holds its retention."""
     tiers = parse_tiers(settings.tiers)
-    metrics = sorted(map(as_text, client.smembers(keys.metric_names)))
-    sensors = int(client.zcard(keys.sensors))
-    costs = [(metric, cost) for metric in metrics for cost in measure(client, keys, tiers, metric)]
-    kept = [cost.at_full_retention(cost.tier.retention_ms) for _, cost in costs]
-    projected = sensors * sum(kept)
+    measured = []
+    for shard in shards(settings):
+        client, keys = connect(shard.settings), StreamKeys(shard.stream)
+        metrics = sorted(map(as_text, client.smembers(keys.metric_names)))
+        costs = [(m, cost) for m in metrics for cost in measure(client, keys, tiers, m)]
+        kept = [cost.at_full_retention(cost.tier.retention_ms) for _, cost in costs]
+        measured.append((int(client.zcard(keys.sensors)), costs, kept))
+    sensors = sum(count for count, _, _ in measured)
+    projected = sum(count * sum(kept) for count, _, kept in measured)
+    _, costs, kept = max(measured, key=lambda found: found[0])
     if output_format == "json":
         rows = [
             {

@@ -27,21 +27,23 @@ from telemetry.localserver import mosquitto_password_line, private_file
 
 CERT_DAYS = 825
 # Redis users: what each role's processes run. Keys are the stream's and the alerts stream's
-# (`{stream}` and `{alerts}` below); no role may run the dangerous or administrative commands
-# (FLUSHALL, CONFIG SET, KEYS, DEBUG, ...) beyond reading the durability settings.
+# (`{stream}` and `{alerts}` below), or their shards' (`app:event:{0}`...); no role may run the
+# dangerous or administrative commands (FLUSHALL, CONFIG SET, KEYS, DEBUG, ...) beyond reading
+# the durability settings and, on a Redis Cluster, which node serves which slot.
 ROLES = {
-    # The simulator, the bridge and any producer: add readings, record MAXLEN, dead-letter,
-    # and see how far behind the groups are (backpressure).
+    # The simulator, the bridge and any producer: add readings, record MAXLEN and the shard
+    # count, dead-letter, and see how far behind the groups are (backpressure).
     "writer": "~{stream} ~{stream}:dead ~{stream}:meta "
-    "+xadd +xinfo|groups +hset +hsetnx +hget +config|get +ping +hello",
+    "~{stream}:{{*}} ~{stream}:{{*}}:dead ~{stream}:{{*}}:meta "
+    "+xadd +xinfo|groups +hset +hsetnx +hget +config|get +cluster|nodes +ping +hello",
     # Aggregators and alert workers: everything under their streams, scripts included.
     "worker": "~{stream} ~{stream}:* ~{alerts} ~{alerts}:* "
     "+@all -@dangerous -@admin -script|flush -script|kill -function|flush -function|delete "
-    "+config|get +info",
+    "+config|get +info +cluster|nodes",
     # The API: reads everything, adds readings, replays dead letters.
     "api": "~{stream} ~{stream}:* ~{alerts} ~{alerts}:* "
     "+@read +@connection +@transaction +xadd +xdel +hset +hsetnx +config|get +info "
-    "+evalsha +eval +script|load",
+    "+evalsha +eval +script|load +cluster|nodes",
 }
 BROKER_USERS = ("telemetry-bridge", "telemetry-alerts")
 

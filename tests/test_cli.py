@@ -119,13 +119,14 @@ def test_dead_letters_are_listed_fixed_and_replayed(
 
 def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: Settings) -> None:
     """The README's main-job command: within 15 s the dashboard is served and data flows, from
-    simulated sensors writing to the stream and from simulated devices publishing over MQTT."""
+    simulated sensors writing to the stream and from simulated devices publishing over MQTT (here
+    over two shards: `up` without `--shards` runs in tests/test_server_crashes.py)."""
     api_port = free_port()
     env = child_env(settings, TELEMETRY_API_PORT=str(api_port))
     env.pop("REDIS_URL")
     started = time.monotonic()
     up = subprocess.Popen(
-        [sys.executable, "-m", "telemetry", "up", "--fleet", "50", "--rate", "5"],
+        [sys.executable, "-m", "telemetry", "up", "--fleet", "50", "--rate", "5", "--shards", "2"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -151,8 +152,9 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     with urllib.request.urlopen(f"{api}/dashboard", timeout=5) as page:
         assert "<title>telemetry</title>" in page.read().decode()
     with urllib.request.urlopen(f"{api}/groups", timeout=5) as answer:
-        groups = {g["name"] for g in json.load(answer)["groups"]}
-    assert groups == {"aggregates", "alerts"}
+        report = json.load(answer)
+    assert [s["stream"] for s in report["shards"]] == ["app:event:{0}", "app:event:{1}"]
+    assert set(report["total"]["groups"]) == {"aggregates", "alerts"}
     started_at = re.search(r"private redis-server at redis://127.0.0.1:(\d+)/0", "".join(lines))
     assert started_at is not None
     with pytest.raises(redis.AuthenticationError):

@@ -101,6 +101,11 @@ def test_each_redis_role_runs_its_components_and_nothing_more(
     assert api.post("/readings", json={"sensor_id": "dev-9", "temp": 1.0}).status_code == 202
     assert api.get("/groups").status_code == 200 and api.get("/metrics").status_code == 200
     assert api.get("/alerts").status_code == 200
+    # The same roles serve a sharded stream.
+    telemetry("writer", "simulate", "--fleet", "6", "--count", "5", "--rate", "200",
+              "--shard-count", "3")  # fmt: skip
+    telemetry("worker", "aggregate", "--drain", "--shard-count", "3")
+    assert sum(auditor.xlen(f"app:event:{{{i}}}") for i in range(3)) == 30
     # Every command the components sent was allowed...
     assert auditor.acl_log() == []
     worker = redis.Redis.from_url(role_url(folder, acl_redis, "worker"))

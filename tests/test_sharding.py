@@ -25,7 +25,7 @@ from analytics.alerts.evaluator import GROUP as ALERTS_GROUP
 from analytics.query import Stores
 from analytics.worker import run_aggregator
 from ingest.deadletter import dead_letter_record
-from ingest.errors import RedisUnavailable
+from ingest.errors import RedisUnavailable, SettingsError
 from ingest.keys import SETTLED, StreamKeys
 from ingest.redis.connection import connect, fields_arg, read_range
 from ingest.redis.shardedwriter import open_writer
@@ -158,6 +158,11 @@ def test_three_shards_on_one_redis_aggregate_each_reading_once(settings: Setting
     assert [s["stream"] for s in status["shards"]] == [s.stream for s in shards(sharded)]
     sensors = telemetry(sharded, "sensors", "--format", "csv").stdout.splitlines()
     assert len(sensors) == 1 + 30
+    storage = json.loads(telemetry(sharded, "storage", "--format", "json").stdout)
+    assert storage["sensors"] == 30 and storage["projected_bytes"] > 0
+    # A writer set up for another number of shards would split sensors between layouts.
+    with pytest.raises(SettingsError, match="TELEMETRY_SHARDS=3"):
+        open_writer(settings.replace(shard_count=4)).write(entries_of(made)[:10])
 
 
 def workers(settings: Settings, command: str, count: int) -> list[subprocess.Popen[bytes]]:

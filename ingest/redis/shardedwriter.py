@@ -47,6 +47,7 @@ class ShardedWriter:
         self.add_many((fields,))
 
     def add_many(self, entries: Sequence[Fields]) -> None:
+        self._verify()
         by_shard = self._split(entries)
         with self._lock:
             self._order.extend(self._shard(fields) for fields in entries)
@@ -54,6 +55,7 @@ class ShardedWriter:
                 self._writers[index].add_many(part)
 
     def flush(self) -> list[str]:
+        self._verify()
         with self._lock:
             written: dict[int, Iterator[str]] = {}
             try:
@@ -67,12 +69,18 @@ class ShardedWriter:
             return [next(written[index]) for index in order if index in written]
 
     def write(self, entries: Sequence[Fields]) -> list[str]:
+        self._verify()
         written = {index: iter(self._writers[index].write(part))
                    for index, part in self._split(entries).items()}  # fmt: skip
         return [next(written[self._shard(fields)]) for fields in entries]
 
     def close(self) -> None:
         self.flush()
+
+    def _verify(self) -> None:
+        """Every shard checked before any is written to."""
+        for writer in self._writers:
+            writer.verify_shard_count()
 
     def _split(self, entries: Sequence[Fields]) -> dict[int, list[Fields]]:
         by_shard: dict[int, list[Fields]] = {}
@@ -99,6 +107,7 @@ def open_writer(
             batch_size=batch_size or settings.write_batch,
             durability=durability,
             backlog_limit=settings.backlog_limit,
+            shard_count=len(every) if len(every) > 1 else None,
         )
         for shard in every
     ]

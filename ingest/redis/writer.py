@@ -27,7 +27,7 @@ import redis
 from ingest import metrics
 from ingest.backlog import Backlog, largest_backlog
 from ingest.durability import verify_durability
-from ingest.errors import RedisCommandFailed, StreamFull
+from ingest.errors import RedisCommandFailed, SettingsError, StreamFull
 from ingest.keys import StreamKeys
 from ingest.redis.errors import not_clustered, redis_errors
 
@@ -90,8 +90,12 @@ class StreamWriter:
         batch_size: int = 1000,
         durability: str | None = None,
         backlog_limit: int | None = None,
+        shard_count: int | None = None,
     ) -> None:
+        """`shard_count`: of a sharded deployment, checked against what the stream's first
+        writer recorded before the first write."""
         self._client = client
+        self._shard_count = shard_count
         # Entries a group may have unread or unacknowledged before writes wait (None: never).
         self._backlog_limit = backlog_limit
         self._backlog: Backlog | None = None
@@ -157,6 +161,7 @@ class StreamWriter:
         if self._durability is not None:
             verify_durability(self._client, self._durability)
             self._durability = None
+        self.verify_shard_count()
         self._check_backlog()
         payload = [self._packer.pack(batch)]
         if not self._meta_published:
@@ -185,6 +190,24 @@ class StreamWriter:
         if errors:
             raise RedisCommandFailed(f"XADD to {self._keys.stream} failed: {errors[0]}")
         return [str(r) for r in replies]
+
+    def verify_shard_count(self) -> None:
+        """Refuse to write when the stream was written with another number of shards: its
+        sensors would be split between two layouts. Checked once."""
+        count = self._shard_count
+        if count is None:
+            return
+        with redis_errors():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hsetnx(self._keys.meta, "shards", count)
+            pipe.hget(self._keys.meta, "shards")
+            _, recorded = pipe.execute()
+        if recorded is not None and int(recorded) != count:
+            raise SettingsError(
+                f"{self._keys.stream} was written with {int(recorded)} shards; set "
+                f"TELEMETRY_SHARDS={int(recorded)} (changing it moves sensors between shards)"
+            )
+        self._shard_count = None
 
     def _check_backlog(self) -> None:
         """Raise StreamFull while the backlog is at the limit, measured again when stale."""
