@@ -71,6 +71,7 @@ def shard_for(settings: Settings, sensor_id: str) -> Shard:
 
 def parse_shard_list(text: str, shard_count: int) -> list[int]:
     """`0,2` or `0-3` (or both, `0-1,5`): the shards a worker serves."""
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
     chosen: set[int] = set()
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
@@ -78,8 +79,8 @@ def parse_shard_list(text: str, shard_count: int) -> list[int]:
             low = int(first)
             high = int(last) if dash else low
         except ValueError:
-            raise ValueError(f"expected shard numbers such as 0,2 or 0-3, got {text!r}") from None
+            raise ValueError(f"expected shard numbers such as 0,2 or 0-3, got {shown}") from None
         if not 0 <= low <= high < shard_count:
-            raise ValueError(f"shards are numbered 0 to {shard_count - 1}, got {text!r}")
+            raise ValueError(f"shards are numbered 0 to {shard_count - 1}, got {shown}")
         chosen.update(range(low, high + 1))
     return sorted(chosen)

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
-from analytics import fleet
+from analytics import fleet, query
 from analytics.aggregator import GROUP
 from analytics.alerts.evaluator import GROUP as ALERTS_GROUP
 from analytics.query import Stores
@@ -33,10 +33,12 @@ from ingest.settings import Settings
 from ingest.shards import Shard, shard_of, shards
 from simulator.dataset import Made, entries_of, make_readings
 from telemetry.localcluster import LocalCluster
+from telemetry.localserver import LocalMosquitto
 from telemetry.web.app import create_app
 from tests.aggregates_reference import assert_buckets_match
 from tests.alerting import evaluate_all, timeline
 from tests.conftest import child_env, make_settings
+from tests.test_bridge import Devices, bridge_process, wait_subscribed
 from tests.test_cli import telemetry
 
 SHARDS = 3
@@ -341,3 +343,51 @@ def test_the_api_serves_a_sharded_cluster_as_one_store(cluster: LocalCluster) ->
             'telemetry_group_lag{group="aggregates",stream="app:event:{2}"} 0.0'
             in api.get("/metrics").text
         )
+
+
+def test_bad_shard_settings_stop_with_one_line(settings: Settings) -> None:
+    huge = ",".join(["0-2"] * 20_000) + ",99999999999999999999"
+    three = {"TELEMETRY_SHARDS": "3"}
+    numbered = "--shards: shards are numbered 0 to 2"
+    for flags, env, says in (
+        (["aggregate", "--shards", "5"], three, numbered),
+        (["aggregate", "--shards", huge], three, numbered),
+        (["alert-worker", "--shards", "1-x", "--rules", "r"], three, "expected shard numbers"),
+        (["status"], {"TELEMETRY_SHARDS": "0"}, "TELEMETRY_SHARDS: expected a positive integer"),
+        (["status"], {"TELEMETRY_REDIS_CLUSTER": "maybe"}, "expected yes or no"),
+    ):
+        refused = telemetry(settings, *flags, **env)
+        assert refused.returncode != 0 and refused.stdout == ""
+        [line] = refused.stderr.splitlines()
+        assert says in line and len(line) < 200
+
+
+def test_a_fleet_and_the_bridge_write_to_the_cluster(
+    cluster: LocalCluster, broker: LocalMosquitto
+) -> None:
+    on_cluster = make_settings(cluster.url, redis_cluster=True, shard_count=SHARDS)
+    flush(cluster)
+    place_shards(cluster, on_cluster)
+    bridge = bridge_process(on_cluster, broker)
+    wait_subscribed(bridge)
+    aggregator = workers(on_cluster, "aggregate", 1)[0]
+    devices = Devices(broker)
+    try:
+        fleet = telemetry(on_cluster, "simulate", "--fleet", "30", "--count", "20", "--rate",
+                          "100", "--prefix", "fleet-")  # fmt: skip
+        assert fleet.returncode == 0, fleet.stderr
+        published = devices.publish(devices=12, per_device=25)
+        wait_for(lambda: settled(on_cluster, GROUP) >= 600 + published, 60, "aggregation")
+    finally:
+        devices.close()
+        for process in (bridge, aggregator):
+            process.terminate()
+            process.wait(10)
+    # Every reading of every sensor, in its shard, counted once.
+    stores = Stores.from_settings(on_cluster)
+    counts = {}
+    for sensor in [f"fleet-{i:02d}" for i in range(30)] + [f"dev-{d:03d}" for d in range(12)]:
+        window = query.rolling(stores.of(sensor), sensor, "temp", 3_600_000)
+        counts[sensor] = window.stats.count if window.stats else 0
+    assert set(counts.values()) == {20, 25}
+    assert sum(counts.values()) == settled(on_cluster, GROUP) == 600 + published

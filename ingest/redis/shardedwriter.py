@@ -56,6 +56,9 @@ class ShardedWriter:
 
     def flush(self) -> list[str]:
         self._verify()
+        for writer in self._writers:
+            if writer.buffered:
+                writer.check_backlog()
         with self._lock:
             written: dict[int, Iterator[str]] = {}
             try:
@@ -70,8 +73,12 @@ class ShardedWriter:
 
     def write(self, entries: Sequence[Fields]) -> list[str]:
         self._verify()
-        written = {index: iter(self._writers[index].write(part))
-                   for index, part in self._split(entries).items()}  # fmt: skip
+        parts = self._split(entries)
+        # A shard that is full refuses the whole write before any shard takes its part, so a
+        # caller told to send again later does not send the others' readings twice.
+        for index in parts:
+            self._writers[index].check_backlog()
+        written = {index: iter(self._writers[index].write(part)) for index, part in parts.items()}
         return [next(written[self._shard(fields)]) for fields in entries]
 
     def close(self) -> None:

@@ -162,7 +162,7 @@ class StreamWriter:
             verify_durability(self._client, self._durability)
             self._durability = None
         self.verify_shard_count()
-        self._check_backlog()
+        self.check_backlog()
         payload = [self._packer.pack(batch)]
         if not self._meta_published:
             payload.insert(0, pack_command(["HSET", self._keys.meta, "maxlen", str(self._maxlen)]))
@@ -209,7 +209,7 @@ class StreamWriter:
             )
         self._shard_count = None
 
-    def _check_backlog(self) -> None:
+    def check_backlog(self) -> None:
         """Raise StreamFull while the backlog is at the limit, measured again when stale."""
         limit = self._backlog_limit
         if limit is None or self._backlog is None or self._backlog.entries < limit:
