@@ -50,6 +50,8 @@ class SlotMap:
                 self._read()
             at = bisect.bisect_right(self._starts, slot) - 1
             if at < 0 or self._owners[at][0] < slot:
+                # Between a master's failure and its replica's promotion: ask again later.
+                self._stale = True
                 raise redis.ConnectionError(f"no node of the cluster serves slot {slot} now")
             return self._owners[at][1]
 
@@ -85,6 +87,8 @@ class SlotMap:
         for line in nodes.splitlines():
             _, address, flags, _, _, _, _, _, *slots = line.split()
             host, _, port = address.partition("@")[0].rpartition(":")
+            if not port or int(port) == 0:  # a node still joining: no address yet
+                continue
             node = (host or asked, int(port))
             if node not in self._nodes:
                 self._nodes.append(node)
