@@ -332,7 +332,9 @@ def test_kill_9_of_a_worker_loses_and_repeats_no_alert_change(
     expected = reference_changes(client, settings, readings)
     rules = tmp_path / "alerts.toml"
     rules.write_text(FLEET_RULES)
-    run = on_stream(settings.replace(read_batch=200), "killed")
+    # Each kill may hand a batch to the next victim: the kills alone must never take an entry
+    # past the delivery limit, where it would be dead-lettered instead of evaluated.
+    run = on_stream(settings.replace(read_batch=200, max_deliveries=10), "killed")
     write(client, run.stream, readings, first_ms=1)
     rng = random.Random(5)
     steady = [alert_worker(run, rules, f"steady-{i}") for i in range(2)]
@@ -344,6 +346,7 @@ def test_kill_9_of_a_worker_loses_and_repeats_no_alert_change(
         victim = alert_worker(run, rules, f"victim-{round_}")
     for proc in [*steady, victim]:
         assert proc.wait(timeout=180) == 0
+    assert client.xlen(StreamKeys(run.stream).dead) == 0
     assert comparable(changes(client, run.alerts_stream)) == expected
     assert client.xpending(run.stream, GROUP)["pending"] == 0
 
