@@ -28,6 +28,7 @@ from ingest.settings import Settings
 from ingest.shards import shard_of, shards
 from telemetry.localcluster import LocalCluster
 from telemetry.localserver import LocalRedis
+from telemetry.shardscmd import show_shards
 
 SHARDS = 3
 
@@ -68,11 +69,12 @@ def on_one_redis(entries: list[dict[str, str]], read_batch: int) -> list[float]:
 
 
 def on_a_cluster(entries: list[dict[str, str]], read_batch: int) -> list[float]:
+    """Each shard's master's CPU, in shard order."""
     with LocalCluster(SHARDS) as cluster:
         settings = Settings(redis_url=cluster.url, redis_cluster=True, shard_count=SHARDS)
-        for shard in shards(settings):
-            cluster.assign(key_slot(shard.stream.encode()), shard.index)
-        return run(settings, entries, [node.port for node in cluster.nodes], read_batch)
+        show_shards(settings, place=True)
+        homes = [cluster.master_of(key_slot(s.stream.encode())) for s in shards(settings)]
+        return run(settings, entries, [cluster.nodes[node].port for node in homes], read_batch)
 
 
 def main() -> None:

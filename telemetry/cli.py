@@ -41,6 +41,7 @@ from telemetry.inspect import (
 )
 from telemetry.querycmd import fleet_query, forget_command, sensor_query, sensors_listing
 from telemetry.secrets import make_secrets
+from telemetry.shardscmd import show_shards
 from telemetry.up import run_up
 from telemetry.web.app import serve
 
@@ -99,6 +100,10 @@ def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
     run_alert_worker(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
+
+
+def _shards(settings: Settings, args: argparse.Namespace) -> None:
+    print(show_shards(settings, args.place))
 
 
 def _shard_of(settings: Settings, args: argparse.Namespace) -> None:
@@ -221,6 +226,17 @@ def build_parser() -> OneLineArgumentParser:
         [*STREAM_NAMING, "redis_cluster"],
     )
     shard_of.add_argument("sensor_ids", nargs="+", metavar="SENSOR")
+
+    placing = command(
+        "shards",
+        _shards,
+        "each shard's stream, slot and master; --place spreads them over a cluster's masters",
+        [*CONNECTION, *STREAM_NAMING],
+    )
+    placing.add_argument(
+        "--place", action="store_true",
+        help="move each empty shard's slot so shard i is on master i mod the masters",
+    )  # fmt: skip
 
     alert_list = command(
         "alerts",

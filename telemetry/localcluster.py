@@ -19,8 +19,8 @@ SLOTS = 16384
 
 
 class LocalCluster:
-    """`masters` masters, each with `replicas` replicas; node i serves slot range i of
-    `masters` equal ranges until `assign` moves a slot."""
+    """`masters` masters, each with `replicas` replicas, as `redis-cli --cluster create`
+    makes them (equal slot ranges)."""
 
     def __init__(self, masters: int = 3, replicas: int = 0, workdir: Path | None = None) -> None:
         self._owned_dir = workdir is None
@@ -94,13 +94,6 @@ class LocalCluster:
             if start <= slot <= end:
                 return next(i for i, n in enumerate(self.nodes) if n.port == port)
         raise LocalServerError(f"no node serves slot {slot}")
-
-    def assign(self, slot: int, node: int) -> None:
-        """Move an empty slot to a master, as `redis-cli --cluster reshard` would."""
-        node_id = self.client(node).cluster("myid")
-        for i in self.master_nodes():
-            self.client(i).cluster("setslot", slot, "node", node_id)
-        self.wait_ok()
 
     def master_nodes(self) -> list[int]:
         """The numbers of the live nodes that are masters now."""

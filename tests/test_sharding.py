@@ -34,6 +34,7 @@ from ingest.shards import Shard, shard_of, shards
 from simulator.dataset import Made, entries_of, make_readings
 from telemetry.localcluster import LocalCluster
 from telemetry.localserver import LocalMosquitto
+from telemetry.shardscmd import show_shards
 from telemetry.web.app import create_app
 from tests.aggregates_reference import assert_buckets_match
 from tests.alerting import evaluate_all, timeline
@@ -55,14 +56,9 @@ for = "2s"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """Three masters; shard i's slot on master i, as an operator would place them."""
+    """Three masters; the tests place shard i on master i (`telemetry shards --place`)."""
     with LocalCluster(3, workdir=tmp_path_factory.mktemp("cluster")) as local:
         yield local
-
-
-def place_shards(cluster: LocalCluster, settings: Settings) -> None:
-    for shard in shards(settings):
-        cluster.assign(key_slot(shard.stream.encode()), shard.index % cluster.masters)
 
 
 def flush(cluster: LocalCluster) -> None:
@@ -196,7 +192,7 @@ def test_a_cluster_keeps_every_guarantee_through_killed_workers(
     on_cluster = make_settings(cluster.url, redis_cluster=True, shard_count=SHARDS,
                                rules=str(rules))  # fmt: skip
     flush(cluster)
-    place_shards(cluster, on_cluster)
+    show_shards(on_cluster, place=True)
     made = make_readings(sensors=45, per_sensor=240, burst=40, seed=7)
     entries = entries_of(made)
 
@@ -226,10 +222,12 @@ def test_a_cluster_keeps_every_guarantee_through_killed_workers(
     evaluate_all(client, settings, RULES)
     single = timeline(dict(fields) for _, fields in read_range(client, settings.alerts_stream))
     assert single and timeline(alert_changes(on_cluster)) == single
-    # Each shard's keys, alerts included, live on the master serving its slot.
+    # Each shard on its own master, its keys, alerts included, beside its stream.
+    homes = {cluster.master_of(key_slot(shard.stream.encode())) for shard in shards(on_cluster)}
+    assert len(homes) == SHARDS
     for shard in shards(on_cluster):
         node = cluster.master_of(key_slot(shard.stream.encode()))
-        assert node == shard.index and cluster.client(node).exists(shard.settings.alerts_stream)
+        assert cluster.client(node).exists(shard.settings.alerts_stream)
     status = telemetry(on_cluster, "status")
     assert status.returncode == 0 and f"all {SHARDS} shards" in status.stdout
 
@@ -255,9 +253,11 @@ def rows_present(settings: Settings, made: Made) -> npt.NDArray[np.bool_]:
 def test_a_master_killed_fails_over_and_the_pipeline_carries_on(tmp_path: Path) -> None:
     with LocalCluster(3, replicas=1, workdir=tmp_path / "cluster") as cluster:
         on_cluster = make_settings(cluster.url, redis_cluster=True, shard_count=SHARDS)
-        masters = cluster.master_nodes()
-        for shard in shards(on_cluster):
-            cluster.assign(key_slot(shard.stream.encode()), masters[shard.index])
+        # A fresh cluster puts shards 1 and 2 on one master; the operator spreads them.
+        placed = telemetry(on_cluster, "shards", "--place")
+        assert placed.returncode == 0 and "moved to" in placed.stdout, placed.stderr
+        listed = telemetry(on_cluster, "shards").stdout.splitlines()
+        assert len({line.split("\t")[3] for line in listed}) == SHARDS
         made = make_readings(sensors=30, per_sensor=400, burst=20, seed=5)
         entries = entries_of(made)
         aggregators = workers(on_cluster, "aggregate", 2)
@@ -301,7 +301,7 @@ def test_a_master_killed_fails_over_and_the_pipeline_carries_on(tmp_path: Path) 
 def test_the_api_serves_a_sharded_cluster_as_one_store(cluster: LocalCluster) -> None:
     on_cluster = make_settings(cluster.url, redis_cluster=True, shard_count=SHARDS)
     flush(cluster)
-    place_shards(cluster, on_cluster)
+    show_shards(on_cluster, place=True)
     sensors = [f"sensor{i}" for i in range(1, 7)]
     now = int(time.time() * 1000)
     with TestClient(create_app(on_cluster)) as api:
@@ -367,7 +367,7 @@ def test_a_fleet_and_the_bridge_write_to_the_cluster(
 ) -> None:
     on_cluster = make_settings(cluster.url, redis_cluster=True, shard_count=SHARDS)
     flush(cluster)
-    place_shards(cluster, on_cluster)
+    show_shards(on_cluster, place=True)
     bridge = bridge_process(on_cluster, broker)
     wait_subscribed(bridge)
     aggregator = workers(on_cluster, "aggregate", 1)[0]

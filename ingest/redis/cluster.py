@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -29,6 +30,35 @@ REFRESH_INTERVAL_S = 0.25
 # Replies that mean the slot is served elsewhere now, or about to be.
 MOVED_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError,
                 redis.exceptions.ClusterDownError, redis.ReadOnlyError)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    node_id: str
+    address: tuple[str, int]
+    # A master not marked failed: it serves `slots`, ranges of first and last slot.
+    serving: bool
+    slots: tuple[tuple[int, int], ...]
+
+
+def parse_cluster_nodes(text: str, asked: str) -> list[ClusterNode]:
+    """The nodes a CLUSTER NODES reply from `asked` names; nodes still joining (no address yet)
+    are left out, and slots being migrated stay with the node serving them."""
+    nodes = []
+    for line in text.splitlines():
+        node_id, address, flags, _, _, _, _, _, *specs = line.split()
+        host, _, port = address.partition("@")[0].rpartition(":")
+        if not port or int(port) == 0:
+            continue
+        marks = flags.split(",")
+        serving = "master" in marks and "fail" not in marks
+        slots = []
+        for spec in specs if serving else ():
+            if not spec.startswith("["):
+                first, _, last = spec.partition("-")
+                slots.append((int(first), int(last or first)))
+        nodes.append(ClusterNode(node_id, (host or asked, int(port)), serving, tuple(slots)))
+    return nodes
 
 
 class SlotMap:
@@ -59,12 +89,23 @@ class SlotMap:
         """Ask the cluster again before the next connection."""
         self._stale = True
 
-    def _read(self) -> None:
+    def client(self, address: tuple[str, int]) -> redis.Redis:
+        """A client of one node, with the cluster's credentials, answering in text."""
+        host, port = address
+        return redis.Redis(host=host, port=port, socket_timeout=2.0, socket_connect_timeout=1.0,
+                           decode_responses=True, **self._auth)  # fmt: skip
+
+    def nodes(self) -> list[ClusterNode]:
+        """The cluster's nodes, asked now."""
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> list[ClusterNode]:
         self._read_at = time.monotonic()
         failures = []
-        for host, port in list(self._nodes):
-            client = redis.Redis(host=host, port=port, socket_timeout=2.0,
-                                 socket_connect_timeout=1.0, **self._auth)  # fmt: skip
+        for address in list(self._nodes):
+            host, port = address
+            client = self.client(address)
             try:
                 reply = client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
             except redis.ResponseError as exc:
@@ -77,28 +118,15 @@ class SlotMap:
                 continue
             finally:
                 client.close()
-            self._learn(host, reply.decode() if isinstance(reply, bytes) else str(reply))
-            return
+            nodes = parse_cluster_nodes(str(reply), host)
+            self._learn(nodes)
+            return nodes
         raise redis.ConnectionError("no node of the cluster answers: " + "; ".join(failures))
 
-    def _learn(self, asked: str, nodes: str) -> None:
-        """Take the masters' slots and every node's address from a CLUSTER NODES reply."""
-        ranges = []
-        for line in nodes.splitlines():
-            _, address, flags, _, _, _, _, _, *slots = line.split()
-            host, _, port = address.partition("@")[0].rpartition(":")
-            if not port or int(port) == 0:  # a node still joining: no address yet
-                continue
-            node = (host or asked, int(port))
-            if node not in self._nodes:
-                self._nodes.append(node)
-            if "master" not in flags.split(",") or "fail" in flags.split(","):
-                continue
-            for spec in slots:
-                if not spec.startswith("["):  # a slot being migrated: its owner still serves it
-                    first, _, last = spec.partition("-")
-                    ranges.append((int(first), int(last or first), node))
-        ranges.sort()
+    def _learn(self, nodes: list[ClusterNode]) -> None:
+        """Take the masters' slots and every node's address."""
+        self._nodes += [n.address for n in nodes if n.address not in self._nodes]
+        ranges = sorted((first, last, n.address) for n in nodes for first, last in n.slots)
         self._starts = [start for start, _, _ in ranges]
         self._owners = [(end, owner) for _, end, owner in ranges]
         self._stale = False
@@ -182,6 +210,11 @@ def async_slot_pool(urls: str, key: str, **options: Any) -> AsyncConnectionPool:
         connection_class=AsyncSlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
         **auth, **options,
     )  # fmt: skip
+
+
+def cluster_map(urls: str) -> SlotMap:
+    """The slot map of the cluster `urls` names, shared by every client of this process."""
+    return _slot_map(urls)[0]
 
 
 def _slot_map(urls: str) -> tuple[SlotMap, dict[str, Any]]:
