@@ -49,19 +49,11 @@ class Ranked:
 
 
 def fleet_top(
-    stores: Stores | Store,
-    metric: str,
-    by: str,
-    last_ms: int,
-    n: int,
-    *,
-    at_ms: int | None = None,
+    stores: Stores, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
 ) -> list[Ranked]:
     """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`, of
-    one store or of every shard's (each shard's n best, merged)."""
+    every shard (each shard's n best, merged)."""
     to_ms = now_ms() if at_ms is None else at_ms
-    if isinstance(stores, Store):
-        return _shard_top(stores, metric, by, last_ms, n, to_ms)
     found = [ranked for store in stores.every
              for ranked in _shard_top(store, metric, by, last_ms, n, to_ms)]  # fmt: skip
     return sorted(found, key=lambda r: (-r.value, r.sensor_id))[:n]

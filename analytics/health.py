@@ -11,12 +11,11 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 
-import redis
 import walrus
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ingest.keys import AlertKeys
+from analytics.alerts.listing import AlertSources
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
@@ -37,14 +36,8 @@ class SystemStatus:
 
 
 class SystemCollector(Collector):
-    def __init__(
-        self, settings: Settings, clients: Sequence[redis.Redis], status: SystemStatus
-    ) -> None:
-        every = shards(settings)
-        self.alert_sources = [
-            (client, AlertKeys(shard.settings.alerts_stream))
-            for client, shard in zip(clients, every, strict=True)
-        ]
+    def __init__(self, alert_sources: AlertSources, status: SystemStatus) -> None:
+        self.alert_sources = alert_sources
         self.status = status
 
     def collect(self) -> Iterator[Metric]:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import redis
 
+from ingest.redis.cluster import parse_cluster_nodes
 from telemetry.localserver import LocalRedis, LocalServerError, free_cluster_port
-
-SLOTS = 16384
 
 
 class LocalCluster:
@@ -29,7 +28,7 @@ class LocalCluster:
             LocalRedis(free_cluster_port(), self.workdir / f"node{i}", cluster=True)
             for i in range(masters * (1 + replicas))
         ]
-        self.masters, self.replicas = masters, replicas
+        self.replicas = replicas
 
     @property
     def url(self) -> str:
@@ -77,20 +76,22 @@ class LocalCluster:
                     continue
                 with contextlib.suppress(redis.RedisError):
                     info = self.client(i).cluster("info")
-                    views.append(info.get("cluster_state") == "ok" and self._slots_of(i))
+                    views.append(info.get("cluster_state") == "ok" and self._served(i))
             if views and all(views) and all(v == views[0] for v in views):
                 return
             if time.monotonic() > deadline:
                 raise LocalServerError("the Redis Cluster did not become ready in time")
             time.sleep(0.1)
 
-    def _slots_of(self, node: int) -> list[tuple[int, int, int]]:
-        reply = self.client(node).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-        return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in reply)
+    def _served(self, node: int) -> list[tuple[int, int, int]]:
+        """The slot ranges node `node` sees served, with the port of the master serving each."""
+        reply = self.client(node).execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+        nodes = parse_cluster_nodes(str(reply), "127.0.0.1")
+        return sorted((first, last, n.address[1]) for n in nodes for first, last in n.slots)
 
     def master_of(self, slot: int) -> int:
         """The node number that serves a slot now."""
-        for start, end, port in self._slots_of(self._live_node()):
+        for start, end, port in self._served(self._live_node()):
             if start <= slot <= end:
                 return next(i for i, n in enumerate(self.nodes) if n.port == port)
         raise LocalServerError(f"no node serves slot {slot}")

@@ -17,7 +17,7 @@ from analytics.buckets import Buckets
 from analytics.compaction import Compactor
 from analytics.fleet import fleet_top
 from analytics.footprint import measure
-from analytics.query import Store
+from analytics.query import Stores
 from analytics.stats import BIN, BucketStats
 from analytics.tiers import parse_tiers
 from analytics.worker import aggregator_runner
@@ -73,7 +73,7 @@ def test_closed_chunks_are_packed_and_late_readings_into_them_counted_once(
 
     # A fleet question about a packed stretch reads the packed chunks.
     at = int(made.ts.min()) + 20 * 60_000
-    top = fleet_top(Store.from_settings(settings), "temp", "max", 120_000, 5, at_ms=at)
+    top = fleet_top(Stores.from_settings(settings), "temp", "max", 120_000, 5, at_ms=at)
     start = ten_s.bucket_of(at - 120_000)
     within = (both.ts >= start) & (both.ts < ten_s.bucket_of(at - 1) + ten_s.bucket_ms)
     highest: dict[int, float] = {}

@@ -29,7 +29,7 @@ from analytics import fleet
 from analytics.alerts.fanout import WebhookTarget
 from analytics.buckets import Buckets
 from analytics.errors import QueryError
-from analytics.query import Store, rolling
+from analytics.query import Store, Stores, rolling
 from analytics.stored import read_buckets
 from analytics.worker import aggregator_runner
 from ingest.contract.columns import NEW_NAMES_PER_BATCH, columns_of
@@ -353,12 +353,12 @@ def test_fleet_questions_over_ties_read_only_what_can_win(
         return read_buckets(*args, **kwargs)
 
     monkeypatch.setattr(fleet, "read_buckets", counted)
-    top = fleet.fleet_top(store, "temp", "p99", 15 * 60_000, 10)
+    top = fleet.fleet_top(Stores((store,)), "temp", "p99", 15 * 60_000, 10)
     assert [r.sensor_id for r in top] == [f"s{i:04d}" for i in range(10)]
     assert len(reads) == 1
     monkeypatch.setattr(fleet, "FLEET_MAX_SUMMARIES", 999)
     with pytest.raises(QueryError, match="over the limit of 999 summaries"):
-        fleet.fleet_top(store, "temp", "mean", 15 * 60_000, 10)
+        fleet.fleet_top(Stores((store,)), "temp", "mean", 15 * 60_000, 10)
 
 
 def test_the_ledger_balances_in_every_poll_under_load(settings: Settings) -> None:
@@ -558,7 +558,7 @@ def test_a_forgotten_sensor_leaves_nothing_behind(
         else:
             assert "s8" not in key, key
     store = Store.from_settings(settings)
-    top = fleet.fleet_top(store, "temp", "max", 3_600_000, 10)
+    top = fleet.fleet_top(Stores((store,)), "temp", "max", 3_600_000, 10)
     assert [r.sensor_id for r in top][:1] == ["s9"] and len(top) == 9
     assert "s8" not in telemetry("--format", "csv")
     # It comes back as a new sensor.

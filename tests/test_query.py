@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from analytics import fleet, query
 from analytics.fleet import fleet_top
-from analytics.query import Store
+from analytics.query import Store, Stores
 from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
@@ -208,9 +208,9 @@ def test_the_command_line_answers_as_the_python_functions_do(
 
 def test_queries_on_an_empty_store_say_so(own_redis: RedisProcess) -> None:
     store = Store.from_settings(make_settings(own_redis.url))
-    assert query.list_sensors(query.Stores((store,))) == []
+    assert query.list_sensors(Stores((store,))) == []
     assert query.rolling(store, "s1", "temp", 60_000).stats is None
-    assert fleet_top(store, "temp", "mean", 60_000, 5) == []
+    assert fleet_top(Stores((store,)), "temp", "mean", 60_000, 5) == []
 
 
 @pytest.mark.parametrize("by", ["last", "count", "min", "mean"])
@@ -219,7 +219,7 @@ def test_fleet_rankings_from_merged_summaries_equal_numpy(
 ) -> None:
     settings_, made = loaded
     at = int(made.ts.max()) + 1
-    ranked = fleet_top(Store.from_settings(settings_), "temp", by, 3_600_000, 5, at_ms=at)
+    ranked = fleet_top(Stores.from_settings(settings_), "temp", by, 3_600_000, 5, at_ms=at)
     expected = {}
     for k in range(5):
         mine = made.sensor == k
@@ -274,7 +274,7 @@ def test_fleet_rankings_equal_ranking_every_sensors_own_window(
     drain(aggregator_runner(client, settings_, "c1"))
     store = Store.from_settings(settings_)
     at = int(made.ts.max()) + 1
-    ranked = fleet_top(store, "humidity", by, 600_000, 10, at_ms=at)
+    ranked = fleet_top(Stores((store,)), "humidity", by, 600_000, 10, at_ms=at)
     tier = ranked[0].window.tier
     every = query.windows(
         store, [made.sensor_id(k) for k in range(700)], "humidity", at - 600_000, at, tier

@@ -54,14 +54,20 @@ class AlertChange:
         )
 
 
-def alert_sources(settings: Settings) -> list[tuple[redis.Redis, AlertKeys]]:
-    """A client and the alerts keys of each shard."""
-    return [(connect(shard.settings), AlertKeys(shard.settings.alerts_stream))
-            for shard in shards(settings)]  # fmt: skip
+AlertSources = list[tuple[redis.Redis, AlertKeys]]
+
+
+def alert_sources(settings: Settings, clients: Sequence[redis.Redis] = ()) -> AlertSources:
+    """A client and the alerts keys of each shard: the clients given, one per shard in order,
+    or new ones."""
+    every = shards(settings)
+    chosen = clients or [connect(shard.settings) for shard in every]
+    return [(client, AlertKeys(shard.settings.alerts_stream))
+            for client, shard in zip(chosen, every, strict=True)]  # fmt: skip
 
 
 def list_alerts(
-    sources: Sequence[tuple[redis.Redis, AlertKeys]],
+    sources: AlertSources,
     *,
     open_only: bool = False,
     sensor_glob: str = "*",

@@ -67,7 +67,8 @@ class SlotMap:
     def __init__(self, seeds: list[tuple[str, int]], auth: dict[str, Any]) -> None:
         # Every node known: the seeds, then each node the cluster named.
         self._nodes = list(seeds)
-        self._auth = auth
+        # The credentials every connection to the cluster's nodes uses.
+        self.auth = auth
         self._starts: list[int] = []
         self._owners: list[tuple[int, tuple[str, int]]] = []
         self._stale = True
@@ -93,7 +94,7 @@ class SlotMap:
         """A client of one node, with the cluster's credentials, answering in text."""
         host, port = address
         return redis.Redis(host=host, port=port, socket_timeout=2.0, socket_connect_timeout=1.0,
-                           decode_responses=True, **self._auth)  # fmt: skip
+                           decode_responses=True, **self.auth)  # fmt: skip
 
     def nodes(self) -> list[ClusterNode]:
         """The cluster's nodes, asked now."""
@@ -196,29 +197,32 @@ _maps_lock = threading.Lock()
 def slot_pool(urls: str, key: str, **options: Any) -> redis.ConnectionPool:
     """A pool of connections to the master serving `key`'s slot, on the cluster whose nodes
     `urls` names (one URL, or several separated by commas: any that answers will do)."""
-    slot_map, auth = _slot_map(urls)
+    slot_map = cluster_map(urls)
     return redis.ConnectionPool(
         connection_class=SlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
-        **auth, **options,
+        **slot_map.auth, **options,
     )  # fmt: skip
 
 
 def async_slot_pool(urls: str, key: str, **options: Any) -> AsyncConnectionPool:
     """`slot_pool` for asyncio clients."""
-    slot_map, auth = _slot_map(urls)
+    slot_map = cluster_map(urls)
     return AsyncConnectionPool(
         connection_class=AsyncSlotConnection, slot_map=slot_map, slot=key_slot(key.encode()),
-        **auth, **options,
+        **slot_map.auth, **options,
     )  # fmt: skip
 
 
 def cluster_map(urls: str) -> SlotMap:
-    """The slot map of the cluster `urls` names, shared by every client of this process."""
-    return _slot_map(urls)[0]
+    """The slot map of the cluster `urls` names, one per process, shared by all its clients."""
+    with _maps_lock:
+        slot_map = _maps.get(urls)
+        if slot_map is None:
+            slot_map = _maps[urls] = _new_map(urls)
+        return slot_map
 
 
-def _slot_map(urls: str) -> tuple[SlotMap, dict[str, Any]]:
-    """The map of the cluster `urls` names (one per process), and the credentials to use."""
+def _new_map(urls: str) -> SlotMap:
     seeds, auth = [], {}
     for url in urls.split(","):
         parsed = parse_url(url.strip())  # type: ignore[no-untyped-call]
@@ -226,8 +230,4 @@ def _slot_map(urls: str) -> tuple[SlotMap, dict[str, Any]]:
             raise SettingsError("a Redis Cluster is reached with redis:// URLs here, not rediss://")
         seeds.append((str(parsed.get("host", "localhost")), int(parsed.get("port", 6379))))
         auth = {k: parsed[k] for k in ("username", "password") if parsed.get(k) is not None}
-    with _maps_lock:
-        slot_map = _maps.get(urls)
-        if slot_map is None:
-            slot_map = _maps[urls] = SlotMap(seeds, auth)
-    return slot_map, auth
+    return SlotMap(seeds, auth)

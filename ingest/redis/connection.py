@@ -28,12 +28,11 @@ def connect(
     With `decode=False` replies stay bytes, for packed binary values.
     """
     check_client_library()
-    options = _options(settings, socket_timeout_s, decode)
+    options = {**_options(settings, socket_timeout_s, decode), "retry": Retry(NoBackoff(), 0)}
     if settings.redis_cluster:
-        pool = slot_pool(settings.redis_url, settings.stream, retry=Retry(NoBackoff(), 0),
-                         **options)  # fmt: skip
+        pool = slot_pool(settings.redis_url, settings.stream, **options)
         return redis.Redis(connection_pool=pool)
-    return redis.Redis.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **options)
+    return redis.Redis.from_url(settings.redis_url, **options)
 
 
 def binary_twin(client: redis.Redis) -> redis.Redis:
@@ -46,12 +45,11 @@ def binary_twin(client: redis.Redis) -> redis.Redis:
 def connect_async(settings: Settings) -> aioredis.Redis:
     """An asyncio client configured as `connect` configures its clients."""
     check_client_library()
-    options = _options(settings, None, True)
+    options = {**_options(settings, None, True), "retry": AsyncRetry(NoBackoff(), 0)}
     if settings.redis_cluster:
-        retry = AsyncRetry(NoBackoff(), 0)
-        pool = async_slot_pool(settings.redis_url, settings.stream, retry=retry, **options)
+        pool = async_slot_pool(settings.redis_url, settings.stream, **options)
         return aioredis.Redis(connection_pool=pool)
-    return aioredis.Redis.from_url(settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **options)
+    return aioredis.Redis.from_url(settings.redis_url, **options)
 
 
 def _options(settings: Settings, socket_timeout_s: float | None, decode: bool) -> dict[str, Any]:

@@ -36,9 +36,6 @@ class ShardedWriter:
         self._order: list[int] = []
         self._lock = threading.Lock()
 
-    def _shard(self, fields: Fields) -> int:
-        return shard_of(fields.get("sensor_id", ""), len(self._writers))
-
     @property
     def buffered(self) -> int:
         return sum(writer.buffered for writer in self._writers)
@@ -48,9 +45,9 @@ class ShardedWriter:
 
     def add_many(self, entries: Sequence[Fields]) -> None:
         self._verify()
-        by_shard = self._split(entries)
+        order, by_shard = self._split(entries)
         with self._lock:
-            self._order.extend(self._shard(fields) for fields in entries)
+            self._order.extend(order)
             for index, part in by_shard.items():
                 self._writers[index].add_many(part)
 
@@ -73,13 +70,13 @@ class ShardedWriter:
 
     def write(self, entries: Sequence[Fields]) -> list[str]:
         self._verify()
-        parts = self._split(entries)
+        order, parts = self._split(entries)
         # A shard that is full refuses the whole write before any shard takes its part, so a
         # caller told to send again later does not send the others' readings twice.
         for index in parts:
             self._writers[index].check_backlog()
         written = {index: iter(self._writers[index].write(part)) for index, part in parts.items()}
-        return [next(written[self._shard(fields)]) for fields in entries]
+        return [next(written[index]) for index in order]
 
     def close(self) -> None:
         self.flush()
@@ -89,11 +86,13 @@ class ShardedWriter:
         for writer in self._writers:
             writer.verify_shard_count()
 
-    def _split(self, entries: Sequence[Fields]) -> dict[int, list[Fields]]:
+    def _split(self, entries: Sequence[Fields]) -> tuple[list[int], dict[int, list[Fields]]]:
+        """Each entry's shard, in order, and the entries of each shard."""
+        order = [shard_of(fields.get("sensor_id", ""), len(self._writers)) for fields in entries]
         by_shard: dict[int, list[Fields]] = {}
-        for fields in entries:
-            by_shard.setdefault(self._shard(fields), []).append(fields)
-        return by_shard
+        for index, fields in zip(order, entries, strict=True):
+            by_shard.setdefault(index, []).append(fields)
+        return order, by_shard
 
 
 def open_writer(

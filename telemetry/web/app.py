@@ -35,7 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from swagger_ui_bundle import swagger_ui_path
 
 from analytics import fleet, query
-from analytics.alerts.listing import AlertChange, list_alerts
+from analytics.alerts.listing import AlertChange, alert_sources, list_alerts
 from analytics.errors import QueryError
 from analytics.fleet import RANKINGS, Ranked
 from analytics.health import SystemCollector, SystemStatus
@@ -46,7 +46,7 @@ from ingest.contract.reading import METRIC_NAME, SENSOR_ID
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable, SettingsError, StreamFull
-from ingest.keys import AlertKeys, StreamKeys
+from ingest.keys import StreamKeys
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
@@ -117,8 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Aggregates are packed binary; everything else is read as text.
     stores = Stores(tuple(Store(c.binary, StreamKeys(shard.stream), tiers)
                           for c, shard in zip(shard_clients, every, strict=True)))  # fmt: skip
-    alert_sources = [(c.text, AlertKeys(shard.settings.alerts_stream))
-                     for c, shard in zip(shard_clients, every, strict=True)]  # fmt: skip
+    shard_alerts = alert_sources(settings, [c.text for c in shard_clients])
     app = FastAPI(
         title="telemetry",
         description="Rolling aggregates per sensor and metric from the `aggregates` group, and "
@@ -206,7 +205,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(live_router(settings, [c.live for c in shard_clients], access))
     registry = CollectorRegistry()
     system_status = SystemStatus(settings, [c.status for c in shard_clients])
-    registry.register(SystemCollector(settings, [c.text for c in shard_clients], system_status))
+    registry.register(SystemCollector(shard_alerts, system_status))
 
     @app.get("/groups")
     def groups() -> dict[str, Any]:
@@ -324,7 +323,7 @@ def create_app(settings: Settings) -> FastAPI:
             if since is None
             else _parameter("since", lambda: parse_time_ms(since, query.now_ms()))
         )
-        return list_alerts(alert_sources, open_only=open, sensor_glob=sensor,
+        return list_alerts(shard_alerts, open_only=open, sensor_glob=sensor,
                            since_ms=since_ms, limit=limit)  # fmt: skip
 
     @app.get("/fleet/top")
