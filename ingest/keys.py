@@ -59,6 +59,12 @@ class StreamKeys:
         return f"{self.stream}:metrics:{sensor_id}"
 
     @property
+    def devices(self) -> str:
+        """Hash sensor_id -> JSON of what the inputs and people said about the device: labels,
+        units, online, fields dropped (see `ingest.devices`)."""
+        return f"{self.stream}:devices"
+
+    @property
     def seq_high(self) -> str:
         """Hash sensor_id -> highest `seq` seen."""
         return f"{self.stream}:seqhigh"

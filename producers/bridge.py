@@ -31,14 +31,19 @@ from ingest.errors import RedisCommandFailed, RedisUnavailable
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.settings import Settings
-from producers.payload import Parsed, TopicTemplate, parse_message, subscriptions
+from producers.payload import Parsed
 from producers.pipeline import Received, StreamSink, received
+from producers.routes import Route, Router
 
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("telemetry_bridge_messages", "MQTT messages by outcome", ["outcome"])
 RECONNECTS = Counter("telemetry_bridge_reconnects", "Connections to the broker after the first")
 SILENT = Gauge("telemetry_bridge_silent", "1 while connected but no message has arrived lately")
+DROPPED_FIELDS = Counter("telemetry_bridge_dropped_fields",
+                         "Fields left out of readings that were written")  # fmt: skip
+REBIRTHS = Counter("telemetry_bridge_sparkplug_rebirths",
+                   "Rebirths asked of Sparkplug B edge nodes")  # fmt: skip
 BATCH_MAX = 1000
 FLUSH_EVERY_S = 0.01
 # paho's network thread writes what it has gathered once this many messages wait, or once the
@@ -46,12 +51,14 @@ FLUSH_EVERY_S = 0.01
 WRITE_AT = 500
 GATHER_S = 0.002
 SESSION_EXPIRY_S = 7 * 86_400
+# At most one dead letter per this long shows the fields a bridge dropped from readings.
+DROPPED_SAMPLE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
 class BridgeOptions:
     broker: MqttBroker
-    templates: Sequence[TopicTemplate]
+    routes: Sequence[Route]
     client_id: str
     qos: int = 1
     protocol: int = 5
@@ -67,6 +74,7 @@ class BridgeCounts:
     dead_lettered: int = 0
     retained: int = 0
     reconnects: int = 0
+    dropped_fields: int = 0
 
 
 @dataclass
@@ -84,6 +92,8 @@ class Bridge:
         # Writes when the bridge decides (a burst, a pause), never because a batch filled.
         self.sink = StreamSink(self.client, settings, batch_size=10**9)
         self.counts = BridgeCounts()
+        self.router = Router(options.routes, options.max_payload_bytes)
+        self._dropped_sampled_at = -DROPPED_SAMPLE_EVERY_S
         self._queue: deque[_Message] = deque()
         self._first_queued_at = 0.0
         # (mid, qos) of messages written and not yet acknowledged; see `_ack_written`.
@@ -129,7 +139,7 @@ class Bridge:
             self.counts.reconnects += 1
             RECONNECTS.inc()
         prefix = f"$share/{self.options.share}/" if self.options.share else ""
-        topics = [(prefix + f, self.options.qos) for f in subscriptions(self.options.templates)]
+        topics = [(prefix + f, self.options.qos) for f in self.router.subscriptions()]
         client.subscribe(topics)
         self._connected.set()
         self._last_message_at = time.monotonic()
@@ -169,16 +179,26 @@ class Bridge:
             return _Message(message.mid, message.qos, Received())
         topic, payload = message.topic, bytes(message.payload)
         try:
-            parsed = parse_message(topic, payload, self.options.templates,
-                                   self.options.max_payload_bytes)  # fmt: skip
+            parsed = self.router.parse(topic, payload)
         except Exception as exc:
             # Whatever went wrong with this one message, it must not come back after every
             # restart and stop all MQTT ingestion: it is dead-lettered and acknowledged.
             log.exception("could not parse a message on %r; dead-lettered", topic[:200])
             parsed = Parsed.unreadable(f"the bridge could not parse it ({type(exc).__name__})")
+        for reply_topic, reply in parsed.replies:
+            log.info("asking for a rebirth on %s", reply_topic)
+            REBIRTHS.inc()
+            self.mqtt.publish(reply_topic, reply, qos=0)
+        sample = False
+        if parsed.dropped:
+            self.counts.dropped_fields += len(parsed.dropped)
+            DROPPED_FIELDS.inc(len(parsed.dropped))
+            now = time.monotonic()
+            if now - self._dropped_sampled_at >= DROPPED_SAMPLE_EVERY_S:
+                self._dropped_sampled_at, sample = now, True
         unit = received(
             self.sink.keys.stream, "mqtt-bridge", self.options.client_id, parsed,
-            lambda: {"topic": topic, "payload": payload},
+            lambda: {"topic": topic, "payload": payload}, sample_dropped=sample,
         )  # fmt: skip
         return _Message(message.mid, message.qos, unit)
 
@@ -245,9 +265,10 @@ class Bridge:
             self.mqtt.disconnect()
             self.mqtt.loop_stop()
         log.info(
-            "bridge stopping: received=%d written=%d dead_lettered=%d retained=%d reconnects=%d",
-            self.counts.received, self.counts.written, self.counts.dead_lettered,
-            self.counts.retained, self.counts.reconnects,
+            "bridge stopping: received=%d written=%d dead_lettered=%d retained=%d reconnects=%d "
+            "dropped_fields=%d", self.counts.received, self.counts.written,
+            self.counts.dead_lettered, self.counts.retained, self.counts.reconnects,
+            self.counts.dropped_fields,
         )  # fmt: skip
         return self.counts
 

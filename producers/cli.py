@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import socket
 
+from ingest.errors import SettingsError
 from ingest.metrics import serve_metrics
 from ingest.mqttclient import MqttBroker
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 from producers.bridge import Bridge, BridgeCounts, BridgeOptions
-from producers.payload import DEFAULT_TOPICS, TopicTemplate
+from producers.payload import DECODINGS, DEFAULT_TOPICS, LENIENT
+from producers.routes import default_routes, load_routes
 
 
 def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +20,17 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
         "--topic", action="append", metavar="TEMPLATE",
         help="topic template with {sensor_id} and optionally {metric}; repeatable "
         f"(default: {' and '.join(DEFAULT_TOPICS)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--routes", metavar="FILE",
+        help="routes file (TOML): device profiles (json, zigbee2mqtt, tasmota, shelly-gen2, "
+        "sparkplug) per topic pattern, labels, renames, units; replaces --topic",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decoding", choices=DECODINGS, default=LENIENT,
+        help="lenient: booleans, numeric strings, nested objects, labels and odd fields dropped "
+        "one by one; strict: a reading with any field outside the stream contract is refused "
+        "(default: lenient; a routes file may say otherwise)",
     )  # fmt: skip
     parser.add_argument(
         "--client-id", help="fixed MQTT client id, which keeps the session (default: host name)"
@@ -36,13 +49,18 @@ def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOption
         raise CommandLineError("no broker: set MQTT_URL or --mqtt-url")
     if args.share and args.mqtt_version != 5:
         raise CommandLineError("--share needs --mqtt-version 5")
+    if args.routes and args.topic:
+        raise CommandLineError("give --routes or --topic, not both: routes list their topics")
     try:
-        templates = [TopicTemplate(t) for t in (args.topic or DEFAULT_TOPICS)]
-    except ValueError as exc:
+        if args.routes:
+            routes = load_routes(args.routes, args.decoding)
+        else:
+            routes = default_routes(args.topic, args.decoding)
+    except (ValueError, SettingsError) as exc:
         raise CommandLineError(str(exc)) from None
     return BridgeOptions(
         broker=broker,
-        templates=templates,
+        routes=routes,
         client_id=args.client_id or f"telemetry-bridge-{socket.gethostname()}",
         qos=args.qos,
         protocol=args.mqtt_version,

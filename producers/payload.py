@@ -1,14 +1,16 @@
 """What a device may publish, turned into stream entries (pure: no I/O).
 
-Topics are templates with `{sensor_id}` and optionally `{metric}`:
+Topics are templates with `{sensor_id}`, optionally `{metric}`, and any other `{name}` levels,
+whose values become labels of the sensor (`sensors/{site}/{sensor_id}/telemetry`):
 
 - `sensors/{sensor_id}/telemetry`: a JSON object `{"temp": 21.5, "humidity": 0.41}` with
-  optional `ts` (milliseconds since the epoch, or ISO 8601) and `seq`, or a JSON array of such
-  objects (a device flushing its buffer);
+  optional `ts` and `seq`, or a JSON array of such objects (a device flushing its buffer);
 - `sensors/{sensor_id}/{metric}`: a bare number.
 
-Every entry produced passes the stream contract. What cannot be turned into one raises
-InvalidEntry with the reason.
+Decoding is lenient by default (`producers.lenient`: booleans, numeric strings, nested objects,
+string labels, timestamps in any unit, one odd field dropped rather than the reading) or strict:
+every field keeps the stream contract as it is, or the reading is refused. Every entry produced
+passes the stream contract; what cannot be turned into one is refused with the reason.
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ from ingest.contract.reading import (
     validate_metric_name,
     validate_sensor_id,
 )
+from ingest.devices import DeviceNote
 from ingest.errors import InvalidEntry
+from ingest.labels import label_problem
+from producers.lenient import LenientReading, lenient_reading
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 # Readings one message or body may hold; more are refused whole before any is looked at.
 MAX_READINGS = 10_000
+LENIENT = "lenient"
+STRICT = "strict"
+DECODINGS = (LENIENT, STRICT)
+_TOPIC_FIELDS = ("sensor_id", "metric")
 
 
 @dataclass(frozen=True)
@@ -51,9 +60,15 @@ class TopicTemplate:
                 f"topic template {self.template!r} needs one {{sensor_id}} level and at most "
                 "one {metric} level"
             )
-        if any(p in ("+", "#") or ("{" in p and p not in ("{sensor_id}", "{metric}"))
-               for p in parts):  # fmt: skip
-            raise ValueError(f"topic template {self.template!r} has a wildcard or unknown field")
+        names = [p[1:-1] for p in parts if p.startswith("{") and p.endswith("}")]
+        if any(p in ("+", "#") or ("{" in p and not (p.startswith("{") and p.endswith("}")))
+               for p in parts) or any(label_problem(n, "x") for n in names):  # fmt: skip
+            raise ValueError(
+                f"topic template {self.template!r} has a wildcard or a level that is not a "
+                "{name} of letters, digits and _"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"topic template {self.template!r} names a level twice")
         captured = tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{"))
         fixed = tuple((i, p) for i, p in enumerate(parts) if not p.startswith("{"))
         object.__setattr__(self, "_depth", len(parts))
@@ -63,6 +78,11 @@ class TopicTemplate:
     @property
     def subscription(self) -> str:
         return self.template.replace("{sensor_id}", "+").replace("{metric}", "+")
+
+    @property
+    def label_levels(self) -> tuple[str, ...]:
+        """The names of the levels that give labels."""
+        return tuple(name for _, name in self._captured if name not in _TOPIC_FIELDS)
 
     def match(self, topic: str) -> dict[str, str] | None:
         parts = topic.split("/")
@@ -94,15 +114,46 @@ class Refusal(NamedTuple):
     reason: str
 
 
+class Dropped(NamedTuple):
+    """A field left out of a reading that was written."""
+
+    sensor_id: str
+    name: str
+    reason: str
+
+
 @dataclass
 class Parsed:
-    """What one message or body holds: the stream entries of its valid readings, and a refusal
-    for each reading that is not valid."""
+    """What one message or body holds: the stream entries of its valid readings, a refusal for
+    each reading that is not valid, the fields dropped from readings kept, what it says about
+    its devices, and the messages to publish in answer (a Sparkplug B rebirth request)."""
 
     readings: list[dict[str, str]] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     # Refused whole for holding more readings than allowed.
     too_many: bool = False
+    dropped: list[Dropped] = field(default_factory=list)
+    notes: dict[str, DeviceNote] = field(default_factory=dict)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def note(self, sensor_id: str) -> DeviceNote:
+        """The note about a sensor, made empty the first time."""
+        found = self.notes.get(sensor_id)
+        if found is None:
+            found = self.notes[sensor_id] = DeviceNote()
+        return found
+
+    def add(self, reading: LenientReading) -> None:
+        self.readings.append(reading.fields)
+        sensor_id = reading.fields["sensor_id"]
+        if reading.labels:
+            self.note(sensor_id).labels.update(reading.labels)
+        if reading.dropped:
+            note = self.note(sensor_id)
+            note.dropped += len(reading.dropped)
+            name, reason = reading.dropped[-1]
+            note.dropped_reason = f"{name}: {reason}"
+            self.dropped.extend(Dropped(sensor_id, n, r) for n, r in reading.dropped)
 
     @classmethod
     def unreadable(cls, reason: str, *, too_many: bool = False) -> Parsed:
@@ -119,6 +170,7 @@ def parse_message(
     templates: Sequence[TopicTemplate],
     max_bytes: int,
     max_readings: int = MAX_READINGS,
+    decoding: str = LENIENT,
 ) -> Parsed:
     """The readings of one MQTT message. A message that cannot be read at all is one refusal."""
     if len(payload) > max_bytes:
@@ -129,28 +181,57 @@ def parse_message(
             break
     else:
         return Parsed.unreadable(f"topic {topic[:200]!r} matches no configured topic")
+    return parse_matched(template, found, payload, max_readings, decoding)
+
+
+def parse_matched(
+    template: TopicTemplate,
+    found: dict[str, str],
+    payload: bytes,
+    max_readings: int = MAX_READINGS,
+    decoding: str = LENIENT,
+) -> Parsed:
+    """`parse_message` once the topic matched `template`, giving `found`."""
     try:
-        sensor_id = found["sensor_id"]
+        sensor_id = validate_sensor_id(found["sensor_id"])
         if "metric" in found:
-            return Parsed(readings=[_bare_number(sensor_id, found["metric"], payload)])
+            parsed = Parsed(readings=[_bare_number(sensor_id, found["metric"], payload)])
+        else:
+            parsed = _document_readings(payload, sensor_id, max_readings, decoding)
     except InvalidEntry as exc:
         return Parsed.unreadable(exc.reason)
-    return _document_readings(payload, sensor_id, max_readings)
+    for name in template.label_levels:
+        value = found[name]
+        if label_problem(name, value) is None and parsed.readings:
+            parsed.note(sensor_id).labels[name] = value
+    return parsed
 
 
-def parse_posted(body: bytes, max_readings: int = MAX_READINGS) -> Parsed:
+def parse_posted(body: bytes, max_readings: int = MAX_READINGS, decoding: str = LENIENT) -> Parsed:
     """Readings posted over HTTP: a JSON object or an array of them, each naming its own
     `sensor_id`. A body that cannot be read at all is one refusal."""
-    return _document_readings(body, None, max_readings)
+    return _document_readings(body, None, max_readings, decoding)
 
 
-def _document_readings(payload: bytes, sensor_id: str | None, max_readings: int) -> Parsed:
+def _document_readings(
+    payload: bytes, sensor_id: str | None, max_readings: int, decoding: str = LENIENT
+) -> Parsed:
     """The readings of a JSON object or array; `sensor_id` is the topic's, or with None each
     reading's own."""
     try:
-        document = _json(payload)
+        document = json_document(payload)
     except InvalidEntry as exc:
         return Parsed.unreadable(exc.reason)
+    return document_readings(document, sensor_id, max_readings, decoding)
+
+
+def document_readings(
+    document: dict[str, Any] | list[Any],
+    sensor_id: str | None,
+    max_readings: int = MAX_READINGS,
+    decoding: str = LENIENT,
+) -> Parsed:
+    """The readings of a JSON object or array already parsed."""
     items = document if isinstance(document, list) else [document]
     if not items:
         return Parsed.unreadable("empty JSON array")
@@ -159,9 +240,17 @@ def _document_readings(payload: bytes, sensor_id: str | None, max_readings: int)
             f"{len(items)} readings, over the {max_readings} limit", too_many=True
         )
     parsed = Parsed()
+    strict = decoding == STRICT
     for index, item in enumerate(items):
         try:
-            parsed.readings.append(_reading(sensor_id, item))
+            if strict:
+                parsed.readings.append(_reading(sensor_id, item))
+                continue
+            usual = _usual_reading(sensor_id, item)
+            if usual is not None:
+                parsed.readings.append(usual)
+            else:
+                parsed.add(lenient_reading(sensor_id, item))
         except InvalidEntry as exc:
             parsed.refused.append(Refusal(index, exc.reason))
     return parsed
@@ -170,7 +259,7 @@ def _document_readings(payload: bytes, sensor_id: str | None, max_readings: int)
 _fast_decoder = msgspec.json.Decoder()
 
 
-def _json(payload: bytes) -> Any:
+def json_document(payload: bytes) -> Any:
     """The JSON document in a payload, exactly as `json.loads` reads it.
 
     msgspec parses a thousand readings in a third of the time, and gives the same values

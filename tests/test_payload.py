@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from ingest.errors import InvalidEntry
 from producers.payload import (
     DEFAULT_TOPICS,
+    LENIENT,
+    STRICT,
     Parsed,
     TopicTemplate,
     _checked_reading,
-    _json,
     _reading,
+    json_document,
     parse_message,
     subscriptions,
 )
@@ -31,9 +33,9 @@ def parse(topic: str, payload: bytes | str) -> list[dict[str, str]]:
     return parsed.readings
 
 
-def read(topic: str, payload: bytes | str) -> Parsed:
+def read(topic: str, payload: bytes | str, decoding: str = LENIENT) -> Parsed:
     raw = payload.encode() if isinstance(payload, str) else payload
-    return parse_message(topic, raw, TEMPLATES, 1024)
+    return parse_message(topic, raw, TEMPLATES, 1024, decoding=decoding)
 
 
 def test_an_object_an_array_and_a_bare_number() -> None:
@@ -79,7 +81,7 @@ def test_an_object_an_array_and_a_bare_number() -> None:
     ],
 )
 def test_everything_else_has_a_reason(topic: str, payload: str | bytes, reason: str) -> None:
-    parsed = read(topic, payload)
+    parsed = read(topic, payload, STRICT)
     assert parsed.readings == []
     [refusal] = parsed.refused
     assert refusal.at == 0 and reason in refusal.reason
@@ -122,7 +124,7 @@ def _standard(payload: bytes) -> object:
 
 def _fast(payload: bytes) -> object:
     try:
-        return _json(payload)
+        return json_document(payload)
     except InvalidEntry:
         return "refused"
 
