@@ -77,7 +77,8 @@ class TopicTemplate:
 
     @property
     def subscription(self) -> str:
-        return self.template.replace("{sensor_id}", "+").replace("{metric}", "+")
+        levels = self.template.split("/")
+        return "/".join("+" if level.startswith("{") else level for level in levels)
 
     @property
     def label_levels(self) -> tuple[str, ...]:

@@ -20,6 +20,18 @@ def sensor_id_of(name: str) -> str:
     return _NOT_SENSOR_ID_CHARS.sub("_", name)[:128]
 
 
+def numbers_only(component: Mapping[str, Any], leave_out: frozenset[str] = frozenset()
+                 ) -> dict[str, Any]:  # fmt: skip
+    """A device's sub-object without its status strings, lists and the fields named: firmware
+    nests readings beside text that describes the device, not the sensor's surroundings."""
+    kept: dict[str, Any] = {}
+    for name, value in component.items():
+        if name in leave_out or isinstance(value, str | list):
+            continue
+        kept[name] = numbers_only(value, leave_out) if isinstance(value, dict) else value
+    return kept
+
+
 class JsonProfile:
     """The generic profile: the payload is one reading object or an array of them."""
 

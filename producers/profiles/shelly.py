@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from producers.profiles.base import JsonProfile, sensor_id_of
+from producers.profiles.base import JsonProfile, numbers_only, sensor_id_of
 
 _READINGS_METHODS = frozenset({"NotifyStatus", "NotifyFullStatus"})
 # Fields of a component that are not readings.
@@ -42,7 +42,7 @@ class ShellyGen2(JsonProfile):
             if key == "ts":
                 reading["ts"] = value
             elif isinstance(value, dict):
-                reading[key] = _numbers(value)
+                reading[key] = numbers_only(value, _NOT_READINGS)
         return sensor_id_of(sensor_id), reading
 
     def units_of(self, fields: Mapping[str, str], document: Any) -> dict[str, str]:
@@ -50,19 +50,9 @@ class ShellyGen2(JsonProfile):
         for name in fields:
             parts = name.split("_")
             # temperature_0_tC -> tC; em1_0_aenergy_total -> aenergy_total.
-            for start in range(2, len(parts)):
+            for start in range(1, len(parts)):
                 unit = _FIELD_UNITS.get("_".join(parts[start:]))
                 if unit:
                     units[name] = unit
                     break
         return units
-
-
-def _numbers(component: Mapping[str, Any]) -> dict[str, Any]:
-    """A component without its status strings and bookkeeping fields."""
-    kept: dict[str, Any] = {}
-    for name, value in component.items():
-        if name in _NOT_READINGS or isinstance(value, str | list):
-            continue
-        kept[name] = _numbers(value) if isinstance(value, dict) else value
-    return kept

@@ -2,17 +2,18 @@
 "TempUnit": "C"}`, one object per attached sensor, `ENERGY` for power monitoring
 (https://tasmota.github.io/docs/MQTT/). Metrics are named `<Sensor>_<Quantity>`
 (`AM2301_Temperature`, `ENERGY_Power`). `Time` is the device's local time without a zone, so the
-reading takes its arrival time."""
+reading takes its arrival time; strings inside a sensor's object (`TotalStartTime`) are left
+out."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from producers.profiles.base import JsonProfile, sensor_id_of
+from producers.profiles.base import JsonProfile, numbers_only, sensor_id_of
 
 _UNIT_FIELDS = {"TempUnit": "Temperature", "PressureUnit": "Pressure", "SpeedUnit": "Speed"}
-_NOT_READINGS = frozenset({"Time", "TotalStartTime", *_UNIT_FIELDS})
+_NOT_READINGS = frozenset({"Time", *_UNIT_FIELDS})
 _QUANTITY_UNITS = {
     "Humidity": "%", "DewPoint": "", "Illuminance": "lx", "CarbonDioxide": "ppm",
     "Power": "W", "ApparentPower": "VA", "ReactivePower": "var", "Voltage": "V", "Current": "A",
@@ -28,7 +29,11 @@ class Tasmota(JsonProfile):
     def reshape(self, sensor_id: str, document: Any) -> tuple[str, Any] | None:
         if not isinstance(document, dict):
             return sensor_id_of(sensor_id), document
-        reading = {k: v for k, v in document.items() if k not in _NOT_READINGS}
+        reading = {
+            k: numbers_only(v) if isinstance(v, dict) else v
+            for k, v in document.items()
+            if k not in _NOT_READINGS
+        }
         return sensor_id_of(sensor_id), reading
 
     def units_of(self, fields: Mapping[str, str], document: Any) -> dict[str, str]:

@@ -50,6 +50,8 @@ class EdgeNode:
     born: bool = True
     # Device ("" for the node itself) -> alias -> metric name.
     aliases: dict[str, dict[int, str]] = field(default_factory=dict)
+    # Device -> metric name -> datatype, as its birth gave them.
+    datatypes: dict[str, dict[str, int]] = field(default_factory=dict)
     rebirth_asked_at: float = -REBIRTH_EVERY_S
 
 
@@ -89,7 +91,7 @@ class SparkplugHost:
             self.counts.births += 1
             node = self.nodes[key] = EdgeNode(_bd_seq(message.metrics), 0)
             self._seq(node, message.seq, key, parsed)
-            node.aliases[""] = _aliases(message.metrics)
+            self._born(node, "", message.metrics)
             self._readings(parsed, group, node_id, "", message.metrics, message.timestamp,
                            decoding, online=True)  # fmt: skip
         elif kind == "NDEATH":
@@ -113,19 +115,28 @@ class SparkplugHost:
         else:
             self._seq(node, message.seq, key, parsed)
             if kind == "DBIRTH":
-                node.aliases[device] = _aliases(message.metrics)
+                self._born(node, device, message.metrics)
                 self._readings(parsed, group, node_id, device, message.metrics,
                                message.timestamp, decoding, online=True)  # fmt: skip
             elif kind == "DDEATH":
                 self.counts.deaths += 1
                 self._offline(parsed, group, node_id, device, decoding)
                 node.aliases.pop(device, None)
+                node.datatypes.pop(device, None)
             elif kind in ("NDATA", "DDATA"):
                 named = self._named(parsed, key, node, device if kind == "DDATA" else "",
                                     message.metrics)  # fmt: skip
                 self._readings(parsed, group, node_id, device, named, message.timestamp,
                                decoding, online=None)  # fmt: skip
         return parsed
+
+    @staticmethod
+    def _born(node: EdgeNode, device: str, metrics: Iterable[Metric]) -> None:
+        node.aliases[device] = {m.alias: m.name for m in metrics
+                                if m.alias is not None and m.name is not None}  # fmt: skip
+        node.datatypes[device] = {m.name: m.datatype for m in metrics if m.name is not None}
+        for metric in metrics:
+            metric.resolve(0)
 
     def _seq(self, node: EdgeNode, seq: int | None, key: tuple[str, str], parsed: Parsed) -> None:
         if seq is None:
@@ -138,6 +149,7 @@ class SparkplugHost:
     def _named(self, parsed: Parsed, key: tuple[str, str], node: EdgeNode, device: str,
                metrics: Iterable[Metric]) -> list[Metric]:  # fmt: skip
         known = node.aliases.get(device)
+        datatypes = node.datatypes.get(device, {})
         named = []
         for metric in metrics:
             if metric.name is None and metric.alias is not None:
@@ -148,6 +160,8 @@ class SparkplugHost:
                     parsed.refused.append(_refusal(f"{reason}; rebirth requested"))
                     continue
                 metric.name = name
+            if metric.name is not None:
+                metric.resolve(datatypes.get(metric.name, 0))
             named.append(metric)
         return named
 
@@ -216,14 +230,13 @@ def _labels(group: str, node_id: str, device: str) -> dict[str, str]:
     return labels
 
 
-def _aliases(metrics: Iterable[Metric]) -> dict[int, str]:
-    return {m.alias: m.name for m in metrics if m.alias is not None and m.name is not None}
-
-
 def _bd_seq(metrics: Iterable[Metric]) -> int | None:
     for metric in metrics:
-        if metric.name == _BD_SEQ and isinstance(metric.value, float):
-            return int(metric.value)
+        if metric.name == _BD_SEQ:
+            if metric.integer is not None:
+                return metric.integer
+            if isinstance(metric.value, float):
+                return int(metric.value)
     return None
 
 

@@ -36,6 +36,23 @@ class Metric:
     datatype: int = 0
     is_null: bool = False
     value: float | bool | str | None = None
+    # An integer value as sent: signed types arrive as two's complement, so what it means
+    # depends on the datatype, which data messages may leave to the birth (see `number`).
+    integer: int | None = None
+
+    def resolve(self, datatype: int) -> None:
+        """Set `value` from `integer` for the datatype given (the metric's own, else the
+        birth's); a DateTime is not a reading."""
+        self.datatype = self.datatype or datatype
+        if self.integer is None or self.datatype == DATETIME:
+            return
+        integer = self.integer
+        bits = _SIGNED_BITS.get(self.datatype)
+        if bits is not None:
+            integer &= (1 << bits) - 1
+            if integer >= 1 << (bits - 1):
+                integer -= 1 << bits
+        self.value = float(integer)
 
 
 @dataclass
@@ -61,7 +78,6 @@ def decode_payload(data: bytes) -> Payload:
 
 def _metric(data: bytes) -> Metric:
     metric = Metric()
-    integer: int | None = None
     for number, value in _fields(data):
         if number == _NAME and isinstance(value, bytes):
             metric.name = _text(value)
@@ -74,20 +90,13 @@ def _metric(data: bytes) -> Metric:
         elif number == _IS_NULL and isinstance(value, int):
             metric.is_null = bool(value)
         elif number in (_INT, _LONG) and isinstance(value, int):
-            integer = value
+            metric.integer = value
         elif number in (_FLOAT, _DOUBLE) and isinstance(value, float):
             metric.value = value
         elif number == _BOOLEAN and isinstance(value, int):
             metric.value = bool(value)
         elif number == _STRING and isinstance(value, bytes):
             metric.value = _text(value)
-    if integer is not None and metric.datatype != DATETIME:
-        bits = _SIGNED_BITS.get(metric.datatype)
-        if bits is not None:
-            integer &= (1 << bits) - 1
-            if integer >= 1 << (bits - 1):
-                integer -= 1 << bits
-        metric.value = float(integer)
     return metric
 
 
