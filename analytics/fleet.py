@@ -4,7 +4,7 @@ winners' windows are read in full."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,19 +49,27 @@ class Ranked:
 
 
 def fleet_top(
-    stores: Stores, metric: str, by: str, last_ms: int, n: int, *, at_ms: int | None = None
+    stores: Stores,
+    metric: str,
+    by: str,
+    last_ms: int,
+    n: int,
+    *,
+    at_ms: int | None = None,
+    among: Collection[str] | None = None,
 ) -> list[Ranked]:
     """The n sensors with the highest `by` (mean, max, p99, ...) over the last `last_ms`, of
-    every shard (each shard's n best, merged)."""
+    every shard (each shard's n best, merged); only those `among` when given."""
     to_ms = now_ms() if at_ms is None else at_ms
     found = [ranked for store in stores.every
-             for ranked in _shard_top(store, metric, by, last_ms, n, to_ms)]  # fmt: skip
+             for ranked in _shard_top(store, metric, by, last_ms, n, to_ms, among)]  # fmt: skip
     return sorted(found, key=lambda r: (-r.value, r.sensor_id))[:n]
 
 
 def _shard_top(
-    store: Store, metric: str, by: str, last_ms: int, n: int, to_ms: int
-) -> list[Ranked]:
+    store: Store, metric: str, by: str, last_ms: int, n: int, to_ms: int,
+    among: Collection[str] | None,
+) -> list[Ranked]:  # fmt: skip
     """The n sensors of one store with the highest `by` over the `last_ms` before `to_ms`.
 
     Every sensor's statistics come from the fleet buckets, merged with numpy; only the
@@ -77,6 +85,13 @@ def _shard_top(
     if merged is None:
         return []
     names, columns = merged
+    if among is not None:
+        chosen = set(among)
+        keep = np.array([name in chosen for name in names], dtype=bool)
+        names = [name for name, kept in zip(names, keep.tolist(), strict=True) if kept]
+        columns = {name: column[keep] for name, column in columns.items()}
+        if not names:
+            return []
     if by in columns:
         value = columns[by]
     else:

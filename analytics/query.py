@@ -11,7 +11,7 @@ buckets actually cover and whether the first or last one reaches outside the win
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ from analytics.stats import BucketStats
 from analytics.stored import RecordFormat, read_buckets
 from analytics.summary import REPORTS, SUMMARY, WHOLE_REPORTS
 from analytics.tiers import Tier, parse_tiers
+from ingest.devices import Device
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
@@ -129,6 +130,9 @@ class SensorInfo:
     sensor_id: str
     last_seen_ms: int
     metrics: list[str]
+    # From the device registry (ingest.devices): labels, and units by metric.
+    labels: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
 
 
 def now_ms() -> int:
@@ -259,10 +263,16 @@ def list_sensors(stores: Stores) -> list[SensorInfo]:
 
 
 def sensor_page(
-    stores: Stores, contains: str = "", offset: int = 0, limit: int | None = None
+    stores: Stores,
+    contains: str = "",
+    offset: int = 0,
+    limit: int | None = None,
+    among: Collection[str] | None = None,
 ) -> tuple[int, list[SensorInfo]]:
-    """Sensors whose id contains `contains`, sorted by id: how many match, and one page."""
+    """Sensors whose id contains `contains` (and that are `among` those given), sorted by id:
+    how many match, and one page."""
     needle = contains.encode()
+    chosen = None if among is None else {sensor.encode() for sensor in among}
     matching: list[tuple[bytes, float, int]] = []
     for shard, store in enumerate(stores.every):
         with redis_errors():
@@ -270,22 +280,38 @@ def sensor_page(
                 list[tuple[bytes, float]],
                 store.client.zrange(store.keys.sensors, 0, -1, withscores=True),
             )
-        matching += [(sensor, score, shard) for sensor, score in seen if needle in sensor]
+        matching += [(sensor, score, shard) for sensor, score in seen
+                     if needle in sensor and (chosen is None or sensor in chosen)]  # fmt: skip
     matching.sort()
     page = matching[offset : None if limit is None else offset + limit]
     metric_sets: dict[bytes, set[bytes]] = {}
+    devices: dict[bytes, Device] = {}
     for shard, store in enumerate(stores.every):
         mine = [sensor for sensor, _, of in page if of == shard]
+        if not mine:
+            continue
         with redis_errors():
             pipe = store.client.pipeline(transaction=False)
             for sensor in mine:
                 pipe.smembers(store.keys.sensor_metrics(sensor.decode()))
-            metric_sets.update(zip(mine, pipe.execute(), strict=True))
+            pipe.hmget(store.keys.devices, mine)
+            *sets, documents = pipe.execute()
+        metric_sets.update(zip(mine, sets, strict=True))
+        devices.update((sensor, Device.from_json(sensor.decode(), document.decode()))
+                       for sensor, document in zip(mine, documents, strict=True)
+                       if document is not None)  # fmt: skip
     infos = [
-        SensorInfo(sensor.decode(), int(score), sorted(m.decode() for m in metric_sets[sensor]))
+        _info(sensor.decode(), score, metric_sets[sensor], devices.get(sensor))
         for sensor, score, _ in page
     ]
     return len(matching), infos
+
+
+def _info(sensor_id: str, score: float, metrics: set[bytes], device: Device | None) -> SensorInfo:
+    names = sorted(m.decode() for m in metrics)
+    if device is None:
+        return SensorInfo(sensor_id, int(score), names)
+    return SensorInfo(sensor_id, int(score), names, device.labels, device.units)
 
 
 def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
@@ -293,10 +319,12 @@ def sensor_info(store: Store, sensor_id: str) -> SensorInfo | None:
         pipe = store.client.pipeline(transaction=False)
         pipe.zscore(store.keys.sensors, sensor_id)
         pipe.smembers(store.keys.sensor_metrics(sensor_id))
-        score, metrics = pipe.execute()
+        pipe.hget(store.keys.devices, sensor_id)
+        score, metrics, document = pipe.execute()
     if score is None:
         return None
-    return SensorInfo(sensor_id, int(score), sorted(m.decode() for m in metrics))
+    device = None if document is None else Device.from_json(sensor_id, document.decode())
+    return _info(sensor_id, score, metrics, device)
 
 
 def _merge_window(

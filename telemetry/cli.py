@@ -33,13 +33,20 @@ from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import alerts_listing
 from telemetry.consume import run_consume
+from telemetry.devicescmd import devices_forget, devices_listing, label_command
 from telemetry.inspect import (
     replay_dead_letters,
     show_dead_letters,
     show_status,
     show_storage,
 )
-from telemetry.querycmd import fleet_query, forget_command, sensor_query, sensors_listing
+from telemetry.querycmd import (
+    fleet_query,
+    forget_command,
+    group_query,
+    sensor_query,
+    sensors_listing,
+)
 from telemetry.secrets import make_secrets
 from telemetry.shardscmd import show_shards
 from telemetry.up import run_up
@@ -102,6 +109,19 @@ def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
     run_alert_worker(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
 
 
+def _devices_list(settings: Settings, args: argparse.Namespace) -> None:
+    print(devices_listing(settings, args.where, args.format, args.tz))
+
+
+def _devices_label(settings: Settings, args: argparse.Namespace) -> None:
+    sensors = [item for item in args.items if "=" not in item]
+    print(label_command(settings, sensors, [item for item in args.items if "=" in item]))
+
+
+def _devices_forget(settings: Settings, args: argparse.Namespace) -> None:
+    print(devices_forget(settings, args.sensor_ids))
+
+
 def _shards(settings: Settings, args: argparse.Namespace) -> None:
     print(show_shards(settings, args.place))
 
@@ -117,9 +137,13 @@ def _alerts(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _query(settings: Settings, args: argparse.Namespace) -> None:
+    if args.group_by:
+        print(group_query(settings, args.metric, args.group_by, args.last or "15m", args.until,
+                          args.format, args.where))  # fmt: skip
+        return
     if args.fleet:
         print(fleet_query(settings, args.metric, args.top, args.by, args.last or "15m", args.until,
-                          args.format, args.tz))  # fmt: skip
+                          args.format, args.tz, args.where))  # fmt: skip
         return
     if args.sensor_id is None:
         raise CommandLineError("give a SENSOR or --fleet")
@@ -265,6 +289,15 @@ def build_parser() -> OneLineArgumentParser:
     question.add_argument("--fleet", action="store_true", help="rank sensors instead")
     question.add_argument("--top", type=int, default=10, help="with --fleet: how many")
     question.add_argument("--by", choices=RANKINGS, default="mean", help="with --fleet: rank by")
+    question.add_argument(
+        "--group-by", metavar="LABEL",
+        help="with --fleet: count, mean, min, max and percentiles per value of a label "
+        "(percentiles merged from the histograms)",
+    )  # fmt: skip
+    question.add_argument(
+        "--where", metavar="SELECTOR",
+        help="with --fleet: only sensors whose labels match, such as site=gh-*,kind!=test",
+    )  # fmt: skip
     question.add_argument("--format", choices=["table", "json", "csv"], default="table")
     question.add_argument("--tz", help="show times in this zone, such as Europe/Paris (UTC)")
 
@@ -340,6 +373,33 @@ def build_parser() -> OneLineArgumentParser:
         [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
     storage.add_argument("--format", choices=["table", "json"], default="table")
+
+    devices = commands.add_parser(
+        "devices", help="the device registry: labels, units, online state, dropped fields"
+    )
+    device_commands = devices.add_subparsers(dest="devices_command", required=True,
+                                             metavar="ACTION")  # fmt: skip
+    registry_settings = [*CONNECTION, *STREAM_NAMING, "max_sensors"]
+    device_list = device_commands.add_parser("list", help="every device, or those --where picks")
+    add_settings_arguments(device_list, registry_settings)
+    device_list.set_defaults(action=_devices_list)
+    device_list.add_argument("--where", metavar="SELECTOR", help="such as site=gh-*,kind!=test")
+    device_list.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    device_list.add_argument("--tz", help="show times in this zone (default UTC)")
+    labelling = device_commands.add_parser("label", help="set or remove labels of sensors")
+    add_settings_arguments(labelling, registry_settings)
+    labelling.set_defaults(action=_devices_label)
+    labelling.add_argument(
+        "items", nargs="+", metavar="SENSOR_ID|NAME=VALUE",
+        help="sensors, then labels to set (site=gh-3) or remove (site=)",
+    )  # fmt: skip
+    device_forget = device_commands.add_parser(
+        "forget",
+        help="remove sensors from the registry (their aggregates stay; see sensors forget)",
+    )
+    add_settings_arguments(device_forget, registry_settings)
+    device_forget.set_defaults(action=_devices_forget)
+    device_forget.add_argument("sensor_ids", nargs="+", metavar="SENSOR_ID")
 
     dead = commands.add_parser("dead-letter", help="inspect and replay dead-lettered entries")
     dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")

@@ -15,10 +15,13 @@ from analytics import query
 from analytics.errors import QueryError
 from analytics.fleet import fleet_top
 from analytics.forget import forget_sensors, idle_sensors
+from analytics.groupby import group_by, selected_sensors
 from analytics.query import Stats, Store, Stores
 from analytics.times import iso, parse_time_ms
+from ingest.devices import DeviceRegistry
 from ingest.durations import parse_duration_ms
 from ingest.keys import AlertKeys
+from ingest.labels import Selector, parse_selector
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from ingest.shards import shard_for, shard_of, shards
@@ -128,20 +131,34 @@ def _edges(window: query.Window) -> str:
     return "; ".join(parts) or "exact"
 
 
+def selector_of(text: str | None) -> Selector | None:
+    if text is None:
+        return None
+    try:
+        return parse_selector(text)
+    except ValueError as exc:
+        raise CommandLineError(f"--where: {exc}") from None
+
+
 def fleet_query(
     settings: Settings, metric: str | None, top: int, by: str, last: str, until: str,
-    output_format: str, tz_name: str | None,
+    output_format: str, tz_name: str | None, where: str | None = None,
 ) -> str:  # fmt: skip
     if metric is None:
         raise CommandLineError("--fleet needs --metric")
     tz = zone(tz_name)
     stores = Stores.from_settings(settings)
+    selector = selector_of(where)
+    among = None
+    if selector is not None:
+        among = set(selected_sensors(stores, DeviceRegistry(settings), selector))
     now = query.now_ms()
     try:
         span = _parse("duration", "--last", last, now)
         ranked = fleet_top(
-            stores, metric, by, span, top, at_ms=_parse("time", "--until", until, now)
-        )
+            stores, metric, by, span, top, at_ms=_parse("time", "--until", until, now),
+            among=among,
+        )  # fmt: skip
     except QueryError as exc:
         raise CommandLineError(str(exc)) from None
     rows = []
@@ -151,6 +168,34 @@ def fleet_query(
         row.update(_stats_row(r.window.stats, tz))
         rows.append(row)
     return render(rows, output_format, [asdict(r) for r in ranked])
+
+
+def group_query(
+    settings: Settings, metric: str | None, label: str, last: str, until: str,
+    output_format: str, where: str | None,
+) -> str:  # fmt: skip
+    """`telemetry query --fleet --group-by LABEL`: one row per value of the label."""
+    if metric is None:
+        raise CommandLineError("--group-by needs --metric")
+    now = query.now_ms()
+    try:
+        groups = group_by(
+            Stores.from_settings(settings), DeviceRegistry(settings), metric, label,
+            _parse("duration", "--last", last, now), selector=selector_of(where),
+            at_ms=_parse("time", "--until", until, now),
+        )  # fmt: skip
+    except QueryError as exc:
+        raise CommandLineError(str(exc)) from None
+    rows = []
+    for group in groups:
+        if group.stats is None:
+            continue
+        row = {label: "(none)" if group.value is None else group.value,
+               "sensors": str(group.sensors), "tier": group.tier}  # fmt: skip
+        row.update({c: str(group.stats.count) if c == "count" else _number(getattr(group.stats, c))
+                    for c in STAT_COLUMNS if c not in ("first", "last")})  # fmt: skip
+        rows.append(row)
+    return render(rows, output_format, [asdict(g) for g in groups])
 
 
 def sensors_listing(settings: Settings, output_format: str, tz_name: str | None) -> str:
@@ -185,6 +230,8 @@ def forget_command(settings: Settings, sensor_ids: Sequence[str], idle_for: str 
         if idle_ms is not None:
             chosen += idle_sensors(store.client, store.keys, idle_ms, query.now_ms())
         alert_keys = AlertKeys(shard.settings.alerts_stream)
-        known += forget_sensors(store.client, store.keys, alert_keys, store.tiers,
-                                list(dict.fromkeys(chosen)), query.now_ms())  # fmt: skip
+        chosen = list(dict.fromkeys(chosen))
+        known += forget_sensors(store.client, store.keys, alert_keys, store.tiers, chosen,
+                                query.now_ms())  # fmt: skip
+        DeviceRegistry(settings).forget(chosen)
     return f"forgot {known} sensors"

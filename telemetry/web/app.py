@@ -43,6 +43,7 @@ from analytics.query import SensorInfo, Stats, Store, Stores, Window
 from analytics.tiers import parse_tiers
 from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME, SENSOR_ID
+from ingest.devices import DeviceRegistry
 from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable, SettingsError, StreamFull
@@ -54,6 +55,7 @@ from ingest.status import status_report
 from telemetry.web.auth import Access, AccessGuard, Grant
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
+from telemetry.web.devices import Where, among, devices_router
 from telemetry.web.live import live_router
 from telemetry.web.readings import readings_router
 
@@ -202,10 +204,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(readings_router(settings, clients.text))
     app.include_router(dead_letters_router(settings))
+    registry = DeviceRegistry(settings)
+    app.include_router(devices_router(settings, stores, registry))
     app.include_router(live_router(settings, [c.live for c in shard_clients], access))
-    registry = CollectorRegistry()
+    collectors = CollectorRegistry()
     system_status = SystemStatus(settings, [c.status for c in shard_clients])
-    registry.register(SystemCollector(shard_alerts, system_status))
+    collectors.register(SystemCollector(shard_alerts, system_status))
 
     @app.get("/groups")
     def groups() -> dict[str, Any]:
@@ -216,7 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus text format."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(collectors), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", responses={503: {"description": "Redis is unavailable"}})
     def healthz() -> dict[str, str]:
@@ -233,10 +237,12 @@ def create_app(settings: Settings) -> FastAPI:
         q: Annotated[str, Query(description="only ids containing this", max_length=128)] = "",
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+        where: Where = None,
     ) -> list[SensorInfo]:
-        """Sensors seen (all, or one page), sorted by id, with their metrics and the time of
-        their newest reading; the X-Total-Count header says how many match."""
-        total, page = query.sensor_page(stores, q, offset, limit)
+        """Sensors seen (all, or one page, or those whose labels match `where`), sorted by id,
+        with their metrics, the time of their newest reading, labels and units; the
+        X-Total-Count header says how many match."""
+        total, page = query.sensor_page(stores, q, offset, limit, among(stores, registry, where))
         response.headers["X-Total-Count"] = str(total)
         return page
 
@@ -333,12 +339,14 @@ def create_app(settings: Settings) -> FastAPI:
         last: str = "15m",
         n: Annotated[int, Query(ge=1, le=1000)] = 10,
         until: Annotated[str, Query(description="ISO 8601, now, or a time ago")] = "now",
+        where: Where = None,
     ) -> list[Ranked]:
         """The n sensors ranking highest by a statistic over the window `last` before
-        `until`."""
+        `until`, among those whose labels match `where` when given."""
         span = _parameter("last", lambda: parse_duration_ms(last))
         end = _parameter("until", lambda: parse_time_ms(until, query.now_ms()))
-        return fleet.fleet_top(stores, metric, by, span, n, at_ms=end)
+        return fleet.fleet_top(stores, metric, by, span, n, at_ms=end,
+                               among=among(stores, registry, where))  # fmt: skip
 
     return app
 
