@@ -18,13 +18,16 @@ from hypothesis import strategies as st
 
 from analytics import fleet, query
 from analytics.fleet import fleet_top
+from analytics.groupby import group_by
 from analytics.query import Store, Stores
 from analytics.rollup import Rollup
 from analytics.sketch import RELATIVE_ERROR
 from analytics.tiers import parse_tiers
 from analytics.times import iso
 from analytics.worker import aggregator_runner
+from ingest.devices import DeviceRegistry
 from ingest.keys import StreamKeys
+from ingest.labels import parse_selector
 from ingest.redis.connection import connect
 from ingest.settings import Settings
 from simulator.dataset import Made, make_readings, write
@@ -284,3 +287,56 @@ def test_fleet_rankings_equal_ranking_every_sensors_own_window(
         key=lambda found: (-found[0], found[1]),
     )[:10]
     assert [(r.value, r.sensor_id, r.window) for r in ranked] == best
+
+
+def test_groups_by_label_equal_numpy_over_their_sensors(loaded: tuple[Settings, Made]) -> None:
+    """Counts, sums, extremes exact; percentiles merged from the histograms of the group's
+    sensors, within the sketch's error: from Python, the command line and HTTP alike."""
+    settings_, made = loaded
+    registry = DeviceRegistry(settings_)
+    members: dict[str | None, list[int]] = {"a": [0, 1, 3], "b": [2], None: [4]}
+    for site, sensors in members.items():
+        if site is not None:
+            registry.label([made.sensor_id(k) for k in sensors], {"site": site}, [])
+    registry.label([made.sensor_id(2)], {"kind": "test"}, [])
+    to = (int(made.ts.max()) // 60_000 + 1) * 60_000
+    start = to - 30 * 60_000
+
+    def values(sensors: list[int]) -> npt.NDArray[np.float64]:
+        mask = np.isin(made.sensor, sensors) & (made.ts >= start) & (made.ts < to)
+        return np.sort(made.values["temp"][mask])
+
+    try:
+        stores = Stores.from_settings(settings_)
+        groups = group_by(stores, registry, "temp", "site", to - start, at_ms=to)
+        assert [(g.value, g.sensors) for g in groups] == [("a", 3), ("b", 1), (None, 1)]
+        for group in groups:
+            assert group.stats is not None
+            assert_matches(group.stats, values(members[group.value]))
+        picked = parse_selector("site=*,kind!=test")
+        [together] = group_by(stores, registry, "temp", None, to - start, at_ms=to,
+                              selector=picked)  # fmt: skip
+        assert together.stats is not None and together.sensors == 3
+        assert_matches(together.stats, values([0, 1, 3]))
+
+        done = telemetry(settings_, "query", "--fleet", "--metric", "temp", "--group-by", "site",
+                         "--last", "30m", "--until", iso(to), "--format", "json")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == json.loads(json.dumps([asdict(g) for g in groups]))
+        api = TestClient(create_app(settings_))
+        # The API's window ends now and reaches back past the oldest reading: every one counts.
+        assert made.ts.min() > query.now_ms() - 7_000_000
+        asked = {"metric": "temp", "group_by": "site", "last": "2h", "where": "site=a"}
+        answer = api.get("/fleet/groups", params=asked).json()
+        assert [(g["value"], g["sensors"], g["stats"]["count"]) for g in answer] == [
+            ("a", 3, int(np.isin(made.sensor, [0, 1, 3]).sum()))
+        ]
+        listed = api.get("/sensors", params={"where": "site=a,kind!=test"}).json()
+        assert [s["sensor_id"] for s in listed] == [made.sensor_id(k) for k in (0, 1, 3)]
+        assert listed[0]["labels"] == {"site": "a"}
+        top = api.get("/fleet/top", params={"metric": "temp", "where": "site=b", "last": "2h"})
+        assert [r["sensor_id"] for r in top.json()] == [made.sensor_id(2)]
+        assert api.get("/fleet/groups", params={"metric": "temp", "where": "site"}).status_code \
+            == 422  # fmt: skip
+    finally:
+        registry.forget([made.sensor_id(k) for k in range(5)])
