@@ -137,7 +137,7 @@ class CommitArgs(SettlingArgs):
         rows = list(heard)
         self.argv.append(len(rows))
         for key, rule, sensors in rows:
-            self.argv += [self.key(key), rule.name]
+            self.argv += [self.key(key), rule.name, rule.after_ms]
             self._fields(silence_template(rule) | {"message": "heard from again"})
             self.argv += [sensors.size, sensors.sensors, sensors.heard_ms, sensors.ts,
                           sensors.entry_ids]  # fmt: skip

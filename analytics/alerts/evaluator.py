@@ -33,6 +33,7 @@ from analytics.alerts.commit import (
 )
 from analytics.alerts.kernels import Decisions, is_fresh, keeps_state, quiet_on_fresh, step
 from analytics.alerts.kinds.base import Ints
+from analytics.alerts.labelview import LabelView
 from analytics.alerts.rules import Rule
 from analytics.alerts.tables import NO_CLOCK, SLOT_LIMIT, Tables
 from ingest.contract.columns import NO_SEQ, ReadingColumns
@@ -82,6 +83,11 @@ class _Columns(NamedTuple):
     values: dict[str, npt.NDArray[np.float64]]
 
 
+# A metric devices report as 1 when they come online and 0 when they go (Sparkplug B births and
+# deaths): 0 makes a silence rule's sensor silent at once.
+ONLINE = "online"
+
+
 class AlertEvaluator:
     acknowledges = True
 
@@ -93,9 +99,13 @@ class AlertEvaluator:
         self.rules = list(rules)
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
-        self.tables = Tables(self.rules)
-        self._metrics = sorted({r.metric for r in self.rules if r.metric})
+        selects_by_label = any(rule.labels.terms for rule in self.rules)
+        self.labels = LabelView(client, keys) if selects_by_label else None
+        self.tables = self._fresh_tables()
         self._silence = [(i, r) for i, r in enumerate(self.rules) if not keeps_state(r)]
+        # Silence rules hear a reading with online = 0 as the sensor going quiet.
+        watched = {r.metric for r in self.rules if r.metric}
+        self._metrics = sorted(watched | {ONLINE} if self._silence else watched)
 
     @classmethod
     def configured(
@@ -105,9 +115,18 @@ class AlertEvaluator:
         keys, alert_keys = StreamKeys(settings.stream), AlertKeys(settings.alerts_stream)
         return cls(client, keys, alert_keys, rules, settings.alerts_maxlen)
 
+    def _fresh_tables(self) -> Tables:
+        if self.labels is None:
+            return Tables(self.rules)
+        self.labels.refresh_if_due()
+        return Tables(self.rules, self.labels.of)
+
     def __call__(self, batch: Batch[ReadingColumns]) -> None:
-        if len(self.tables.names) > SLOT_LIMIT:
-            self.tables = Tables(self.rules)
+        # Which rules select a sensor is worked out once per sensor; when labels change, again
+        # for every sensor (the state itself is read back from Redis).
+        relabelled = self.labels is not None and self.labels.refresh_if_due()
+        if relabelled or len(self.tables.names) > SLOT_LIMIT:
+            self.tables = self._fresh_tables()
         columns = self._columns(batch)
         while True:
             # What this worker holds may already be all the batch needs; the commit script
@@ -313,10 +332,14 @@ class AlertEvaluator:
     def _heard_from(self, batch: Batch[ReadingColumns], columns: _Columns, rows: Ints) -> Heard:
         all_ids, names = batch.ids, self.tables.names
         ids = [all_ids[row] for row in rows.tolist()]
+        offline = (columns.values[ONLINE][rows] == 0).tolist()
+        # `=ms`: the sensor went offline at that time (see commit.lua).
+        heard_ms = [f"={entry_time_ms(entry_id)}" if gone else str(entry_time_ms(entry_id))
+                    for entry_id, gone in zip(ids, offline, strict=True)]  # fmt: skip
         return Heard(
             len(ids),
             ",".join([names[slot] for slot in columns.slots[rows].tolist()]),
-            ",".join([str(entry_time_ms(entry_id)) for entry_id in ids]),
+            ",".join(heard_ms),
             ",".join(map(str, columns.ts[rows].tolist())),
             ",".join(ids),
         )

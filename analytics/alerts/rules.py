@@ -5,6 +5,7 @@
 name = "too-hot"          # unique; alerts are kept per (sensor, rule)
 type = "threshold"        # threshold | rate | anomaly | silence
 sensors = "greenhouse-*"  # glob on sensor_id (default "*")
+labels = "site=gh-*"      # and a label selector (device registry; default: any labels)
 metric = "temp"           # silence: optional, any reading counts when absent
 severity = "critical"     # info | warning | critical (default warning)
 above = 40.0              # or below = ...
@@ -15,7 +16,9 @@ cooldown = "5m"           # no new alert this soon after the last one resolved
 Rate: `faster_than` (units per second, compared with the change over `window`), optional
 `direction` (rising | falling | either) and `clear`. Anomaly: `z` (fire when |z| exceeds it,
 against the sensor's own time-weighted mean and deviation, where a reading after a gap of
-`window` weighs a half), optional `clear`, `min_samples`. Silence: `after` (a duration).
+`window` weighs a half), optional `clear`, `min_samples`. Silence: `after` (a duration); a
+reading with `online` = 0 (a Sparkplug B death, see producers/profiles/sparkplug) makes the
+sensor silent at once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +36,11 @@ from analytics.alerts.kinds import KINDS
 from ingest.contract.reading import METRIC_NAME, RESERVED
 from ingest.durations import parse_duration_ms
 from ingest.errors import SettingsError
+from ingest.labels import Selector, parse_selector
 
 SEVERITIES = ("info", "warning", "critical")
 RULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_COMMON = frozenset({"name", "type", "sensors", "metric", "severity", "cooldown"})
+_COMMON = frozenset({"name", "type", "sensors", "labels", "metric", "severity", "cooldown"})
 
 
 class RulesError(SettingsError):
@@ -62,9 +66,11 @@ class Rule:
     min_samples: int = 0
     # silence
     after_ms: int = 0
+    # Label selector (`site=gh-*`) the sensor's labels in the device registry must match.
+    labels: Selector = field(default_factory=Selector)
 
-    def selects(self, sensor_id: str) -> bool:
-        return fnmatch.fnmatchcase(sensor_id, self.sensors)
+    def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool:
+        return fnmatch.fnmatchcase(sensor_id, self.sensors) and self.labels.matches(labels)
 
     @property
     def limit_text(self) -> str:
@@ -199,10 +205,15 @@ def _rule(raw: Mapping[str, Any], locate: _Locator) -> Rule:
     severity = table.text("severity", "warning")
     if severity not in SEVERITIES:
         raise table.fail("severity", f"severity must be one of {', '.join(SEVERITIES)}")
+    try:
+        labels = parse_selector(table.text("labels", ""))
+    except ValueError as exc:
+        raise table.fail("labels", str(exc)) from None
     return Rule(
         name=name,
         kind=kind.name,
         sensors=table.text("sensors", "*"),
+        labels=labels,
         metric=metric,
         severity=severity,
         cooldown_ms=table.duration("cooldown", "0s"),

@@ -12,7 +12,7 @@ fingerprint differs was written under other rules (the file changed): the sensor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +38,11 @@ class Layout:
 
 
 class Tables:
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule],
+                 labels_of: Callable[[str], Mapping[str, str]] = lambda _: {}) -> None:  # fmt: skip
+        """`labels_of`: a sensor's labels, for rules that select by label."""
         self.rules = list(rules)
+        self.labels_of = labels_of
         self.version: int | None = None
         self.slot_of: dict[str, int] = {}
         self.names: list[str] = []
@@ -68,8 +71,9 @@ class Tables:
         self.slot_of[sensor_id] = slot
         self.names.append(sensor_id)
         chosen = []
+        labels = self.labels_of(sensor_id)
         for i, rule in enumerate(self.rules):
-            self.selects[i][slot] = selected = rule.selects(sensor_id)
+            self.selects[i][slot] = selected = rule.selects(sensor_id, labels)
             if selected and keeps_state(rule):
                 chosen.append(i)
         self.layout[slot] = self._layout_id(tuple(chosen))

@@ -19,9 +19,11 @@
 --       n clocks, sensors, `ts:seq`s,
 --       n groups of sensors' state values, (value size, n, sensors, values)...,
 --       n changes, (open field, state, raise record JSON, n fields, (field, value)...)...,
---       n silence rules, (heard key index, rule, n fields, (field, value)..., n, sensors,
---         heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert of theirs
---         is resolved with the rule's fields and theirs.
+--       n silence rules, (heard key index, rule, after ms, n fields, (field, value)..., n,
+--         sensors, heard ms, event ts, entry ids)...: the sensors spoke; an open silence alert
+--         of theirs is resolved with the rule's fields and theirs. A heard ms written `=ms`
+--         says the sensor went offline then (a reading with online = 0): it is made silent for
+--         the rule's `after` already, so the next sweep raises its alert.
 
 local settlement = read_settlement()
 local alerts, open, clock, version, state = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -126,15 +128,20 @@ for _ = 1, tonumber(take()) do
   end
 end
 for _ = 1, tonumber(take()) do
-  local heard, rule = KEYS[tonumber(take())], take()
+  local heard, rule, after_ms = KEYS[tonumber(take())], take(), tonumber(take())
   local template = take_fields()
   local n = tonumber(take())
   local names, heard_ms = take_list(n, ','), take_list(n, ',')
   local ts, entry_ids = take_list(n, ','), take_list(n, ',')
-  local scored = {}
+  local scored, offline = {}, {}
   for i = 1, n do
-    scored[#scored + 1] = heard_ms[i]
-    scored[#scored + 1] = names[i]
+    local went = string.match(heard_ms[i], '^=(%d+)$')
+    if went then
+      offline[i] = tonumber(went) - after_ms - 1
+    else
+      scored[#scored + 1] = heard_ms[i]
+      scored[#scored + 1] = names[i]
+    end
   end
   -- A sensor still in the heard set has no silence alert open: raising one takes it out. Only
   -- the others (silenced, or heard for the first time) are looked up.
@@ -148,7 +155,12 @@ for _ = 1, tonumber(take()) do
   for i = 1, n do
     local field = absent[i] and names[i] .. '|' .. rule
     local raised = field and redis.call('HGET', open, field)
-    if raised then
+    if offline[i] then
+      -- Silent for `after` already, unless its silence alert is open.
+      if not raised then
+        redis.call('ZADD', heard, offline[i], names[i])
+      end
+    elseif raised then
       local fields = {}
       for j = 1, #template do
         fields[j] = template[j]
