@@ -52,6 +52,12 @@ _MILLISECONDS_BELOW = 10**14
 _MICROSECONDS_BELOW = 10**17
 
 
+# Field paths (nested ones joined with _) already seen to make a metric, and the metric's name:
+# most readings are made only of these, and `usual_reading` decodes them with a lookup each.
+_known_paths: dict[str, str] = {}
+_KNOWN_PATHS_LIMIT = 10_000
+
+
 @dataclass
 class LenientReading:
     """One reading decoded leniently: its stream fields, the labels its strings gave, and each
@@ -124,6 +130,60 @@ def number_text(value: Any) -> str | None:
     return None
 
 
+def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
+    """The fields of a reading made only of known paths with numbers or booleans, an integer
+    `ts` in milliseconds or seconds, and `seq`; None for anything else, which
+    `lenient_reading` judges (tests check both agree)."""
+    if type(item) is not dict:
+        return None
+    if sensor_id is None:
+        sensor_id = item.get("sensor_id")
+        if type(sensor_id) is not str:
+            return None
+    fields = {"sensor_id": sensor_id}
+    for name, value in item.items():
+        if name == "ts":
+            if type(value) is not int or not 0 <= value < _MILLISECONDS_BELOW:
+                return None
+            fields["ts"] = str(value if value >= _SECONDS_BELOW else value * 1000)
+        elif name == "seq":
+            if type(value) is not int or not 0 <= value <= MAX_INT64:
+                return None
+            fields["seq"] = str(value)
+        elif name == "sensor_id":
+            if value != sensor_id:
+                return None
+        elif not _usual_field(fields, name, value, 1):
+            return None
+    if len(fields) == 1 + ("ts" in fields) + ("seq" in fields):
+        return None
+    validate_sensor_id(sensor_id)
+    return fields
+
+
+def _usual_field(fields: dict[str, str], path: str, value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        return all(_usual_field(fields, f"{path}_{key}", inner, depth + 1)
+                   for key, inner in value.items())  # fmt: skip
+    name = _known_paths.get(path)
+    if name is None or name in fields:
+        return False
+    if kind is float:
+        if not isfinite(value):
+            return False
+        fields[name] = repr(value)
+    elif kind is bool:
+        fields[name] = "1.0" if value else "0.0"
+    elif kind is int and -MAX_INT64 <= value <= MAX_INT64:
+        fields[name] = repr(float(value))
+    else:
+        return False
+    return True
+
+
 def lenient_reading(sensor_id: str | None, item: Any) -> LenientReading:
     """A reading object decoded by the rules above; InvalidEntry when nothing of it can be a
     reading (not an object, no usable sensor id, or no metric left)."""
@@ -189,6 +249,8 @@ def _put(reading: LenientReading, path: str, value: Any, depth: int, budget: lis
     text = number_text(value)
     if text is not None:
         reading.fields[name] = text
+        if type(value) is not str and name[0] != "_" and len(_known_paths) < _KNOWN_PATHS_LIMIT:
+            _known_paths[path] = name
     elif type(value) is str and DECIMAL.fullmatch(value.strip()):
         reading.dropped.append((shown, "number out of range"))
     elif type(value) is str:

@@ -34,7 +34,7 @@ from ingest.contract.reading import (
 from ingest.devices import DeviceNote
 from ingest.errors import InvalidEntry
 from ingest.labels import label_problem
-from producers.lenient import LenientReading, lenient_reading
+from producers.lenient import LenientReading, lenient_reading, usual_reading
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 # Readings one message or body may hold; more are refused whole before any is looked at.
@@ -247,7 +247,7 @@ def document_readings(
             if strict:
                 parsed.readings.append(_reading(sensor_id, item))
                 continue
-            usual = _usual_reading(sensor_id, item)
+            usual = usual_reading(sensor_id, item)
             if usual is not None:
                 parsed.readings.append(usual)
             else:

@@ -114,7 +114,7 @@ class Router:
                 if route.takes_sparkplug(levels):
                     parsed = self.sparkplug.parse(topic, payload, route.decoding)
                     if not route.mapping.is_empty:
-                        route.mapping.apply(parsed, PROFILE, lambda _fields: {})
+                        route.mapping.apply(parsed, PROFILE, lambda _names: {})
                     return parsed
                 continue
             found = route.template.match(topic)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from ingest.devices import DeviceNote, DeviceRegistry
 from ingest.settings import Settings
 from telemetry.localserver import free_port, port_open
 from tests.conftest import ROOT, child_env
@@ -67,9 +68,13 @@ def live_points(page: Page) -> int:
 
 
 def test_the_dashboard_shows_sensors_a_growing_live_chart_and_raised_alerts(
-    pipeline: str,
+    pipeline: str, settings: Settings
 ) -> None:
     assert CHROMIUM is not None
+    # What a routes file and a person would have said about the fleet: units and labels.
+    registry = DeviceRegistry(settings)
+    registry.note({f"dev-{i}": DeviceNote(labels={"site": "north" if i < 3 else "south"},
+                                          units={"temp": "°C"}) for i in range(5)})  # fmt: skip
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -92,6 +97,12 @@ def test_the_dashboard_shows_sensors_a_growing_live_chart_and_raised_alerts(
         assert live_points(page) > before
         expect(page.locator("#alert-feed li", has_text="hot").first).to_be_visible(timeout=30_000)
         expect(page.locator("#health")).to_contain_text("aggregates")
+        # The fleet's own metrics, with units, and the fleet by label.
+        expect(page.locator("#sensor-head")).to_contain_text("temp (°C)")
+        page.locator("#group-label").select_option("site")
+        page.locator("#group-metric").select_option("temp")
+        expect(page.locator("#group-rows tr")).to_have_count(2, timeout=10_000)
+        expect(page.locator("#group-rows tr").first).to_contain_text("north")
         page.locator("#search").fill("dev-3")
         expect(page.locator("#sensor-rows tr")).to_have_count(1, timeout=5_000)
         ARTIFACTS.mkdir(exist_ok=True)

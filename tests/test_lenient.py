@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from ingest.contract.reading import Reading
 from ingest.errors import InvalidEntry
-from producers.lenient import MAX_DEPTH, MAX_FIELDS, lenient_reading, timestamp_ms
+from producers.lenient import (
+    MAX_DEPTH,
+    MAX_FIELDS,
+    LenientReading,
+    lenient_reading,
+    timestamp_ms,
+    usual_reading,
+)
 from producers.payload import (
     LENIENT,
     STRICT,
@@ -150,3 +157,22 @@ def test_lenient_readings_always_keep_the_stream_contract(item: dict[str, Any]) 
     for fields in parsed.readings:
         Reading.decode("1-0", fields)
     assert len(parsed.readings) + len(parsed.refused) == 1
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    item=st.dictionaries(names, documents, max_size=6), topic_sensor=st.sampled_from([None, "s1"])
+)
+def test_the_quick_path_agrees_with_the_full_lenient_rules(
+    item: dict[str, Any], topic_sensor: str | None
+) -> None:
+    full: LenientReading | None
+    try:
+        full = lenient_reading(topic_sensor, item)
+    except InvalidEntry:
+        full = None
+    # Asked second, once the full rules have taught it the paths.
+    quick = usual_reading(topic_sensor, item)
+    if quick is not None:
+        assert full is not None and not full.labels and not full.dropped
+        assert quick == full.fields

@@ -4,7 +4,7 @@ the readings leniently or strictly, and apply the route's field mapping."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from ingest.errors import InvalidEntry
@@ -45,9 +45,14 @@ class JsonProfile:
         for a message that carries no readings and is to be acknowledged and left."""
         return sensor_id, document
 
-    def units_of(self, fields: Mapping[str, str], document: Any) -> dict[str, str]:
-        """Units of a reading's metrics; `document` is the payload as the device sent it."""
-        return {name: unit for name in fields if (unit := self.units.get(name))}
+    def units_context(self, document: Any) -> Hashable:
+        """What, besides the field names, the units depend on in a document as the device sent
+        it (Tasmota names its temperature unit)."""
+        return ()
+
+    def units_of(self, names: Sequence[str], context: Any) -> dict[str, str]:
+        """Units of the metrics named, given what `units_context` found."""
+        return {name: unit for name in names if (unit := self.units.get(name))}
 
     def parse(self, sensor_id: str, payload: bytes, decoding: str, mapping: FieldMapping,
               max_readings: int = MAX_READINGS) -> Parsed:  # fmt: skip
@@ -64,5 +69,6 @@ class JsonProfile:
             return Parsed.unreadable(f"the {self.name} profile found no readings object")
         parsed = document_readings(readings, sensor_id, max_readings, decoding)
         if not mapping.is_empty or type(self) is not JsonProfile:
-            mapping.apply(parsed, self.name, lambda fields: self.units_of(fields, document))
+            context = self.units_context(document)
+            mapping.apply(parsed, self.name, lambda names: self.units_of(names, context), context)
         return parsed

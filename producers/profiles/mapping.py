@@ -3,7 +3,7 @@ field path, scaling, units, fixed labels and fields to leave out (pure)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
 
@@ -22,6 +22,9 @@ class FieldMapping:
     labels: Mapping[str, str] = field(default_factory=dict)
     # Flattened field names left out without counting them as dropped.
     ignore: frozenset[str] = frozenset()
+    _plans: dict[tuple[tuple[str, ...], Hashable], _Plan] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, rename: Mapping[str, str] | None = None, scale: Mapping[str, float] | None = None,
@@ -40,32 +43,72 @@ class FieldMapping:
     def is_empty(self) -> bool:
         return not (self.rename or self.scale or self.units or self.labels or self.ignore)
 
-    def apply(self, parsed: Parsed, profile: str,
-              units_of: Callable[[Mapping[str, str]], Mapping[str, str]]) -> None:  # fmt: skip
+    def apply(
+        self,
+        parsed: Parsed,
+        profile: str,
+        units_of: Callable[[Sequence[str]], Mapping[str, str]],
+        context: Hashable = (),
+    ) -> None:
         """Rename, scale and leave out fields of the parsed readings; note for each sensor the
         profile, the route's labels, and the units of its metrics (the route's, else those
-        `units_of` gives for the fields as the profile named them)."""
+        `units_of` gives for the field names as the profile made them, which may depend on
+        `context` only)."""
         kept = []
         for fields in parsed.readings:
-            profile_units = units_of(fields)
+            key = (tuple(fields), context)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(key[0], units_of(key[0]))
+                if len(self._plans) >= PLANS_KEPT:
+                    self._plans.clear()
+                self._plans[key] = plan
             note = parsed.note(fields["sensor_id"])
             note.profile = profile
-            note.labels.update(self.labels)
-            out: dict[str, str] = {}
-            for name, text in fields.items():
-                if name in self.ignore:
-                    continue
-                new = self.rename.get(name, name)
-                factor = self.scale.get(new)
-                if factor is None:
-                    out[new] = text
-                else:
-                    scaled = float(text) * factor
-                    if not isfinite(scaled):
-                        continue
-                    out[new] = repr(scaled)
-                unit = self.units.get(new) or profile_units.get(name)
-                if unit:
-                    note.units[new] = unit
-            kept.append(out)
+            if self.labels:
+                note.labels.update(self.labels)
+            if plan.units:
+                note.units.update(plan.units)
+            kept.append(fields if plan.identity else plan.applied(fields))
         parsed.readings = kept
+
+    def _plan(self, names: Sequence[str], profile_units: Mapping[str, str]) -> _Plan:
+        renamed: list[str | None] = []
+        factors: list[float | None] = []
+        units = {}
+        for name in names:
+            new = None if name in self.ignore else self.rename.get(name, name)
+            renamed.append(new)
+            factors.append(None if new is None else self.scale.get(new))
+            unit = None if new is None else self.units.get(new) or profile_units.get(name)
+            if new is not None and unit:
+                units[new] = unit
+        identity = renamed == list(names) and not any(f is not None for f in factors)
+        return _Plan(tuple(renamed), tuple(factors), units, identity)
+
+
+# Plans kept per mapping: one per shape of reading (its field names) a route meets.
+PLANS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a mapping does to readings with one list of field names."""
+
+    renamed: tuple[str | None, ...]
+    factors: tuple[float | None, ...]
+    units: dict[str, str]
+    identity: bool
+
+    def applied(self, fields: Mapping[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for text, new, factor in zip(fields.values(), self.renamed, self.factors, strict=True):
+            if new is None:
+                continue
+            if factor is None:
+                out[new] = text
+                continue
+            scaled = float(text) * factor
+            if isfinite(scaled):
+                out[new] = repr(scaled)
+        return out

@@ -7,7 +7,7 @@ readings and are acknowledged and left; status strings (IP address, SSID) are no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from producers.profiles.base import JsonProfile, numbers_only, sensor_id_of
@@ -45,9 +45,9 @@ class ShellyGen2(JsonProfile):
                 reading[key] = numbers_only(value, _NOT_READINGS)
         return sensor_id_of(sensor_id), reading
 
-    def units_of(self, fields: Mapping[str, str], document: Any) -> dict[str, str]:
+    def units_of(self, names: Sequence[str], context: Any) -> dict[str, str]:
         units = {}
-        for name in fields:
+        for name in names:
             parts = name.split("_")
             # temperature_0_tC -> tC; em1_0_aenergy_total -> aenergy_total.
             for start in range(1, len(parts)):

@@ -7,7 +7,7 @@ out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from producers.profiles.base import JsonProfile, numbers_only, sensor_id_of
@@ -36,14 +36,18 @@ class Tasmota(JsonProfile):
         }
         return sensor_id_of(sensor_id), reading
 
-    def units_of(self, fields: Mapping[str, str], document: Any) -> dict[str, str]:
-        declared = {}
+    def units_context(self, document: Any) -> Hashable:
+        declared = []
         for field, quantity in _UNIT_FIELDS.items():
             unit = document.get(field) if isinstance(document, dict) else None
             if isinstance(unit, str):
-                declared[quantity] = _TEMPERATURE_UNITS.get(unit, unit)[:16]
+                declared.append((quantity, _TEMPERATURE_UNITS.get(unit, unit)[:16]))
+        return tuple(declared)
+
+    def units_of(self, names: Sequence[str], context: Any) -> dict[str, str]:
+        declared = dict(context)
         units = {}
-        for name in fields:
+        for name in names:
             quantity = name.rpartition("_")[2]
             unit = declared.get(quantity) or _QUANTITY_UNITS.get(quantity)
             if unit:

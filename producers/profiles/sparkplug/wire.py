@@ -113,9 +113,17 @@ def _fields(data: bytes) -> list[tuple[int, int | float | bytes]]:
     found: list[tuple[int, int | float | bytes]] = []
     pos, end = 0, len(data)
     while pos < end:
-        key, pos = _varint(data, pos)
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
+            if pos < end and data[pos] < 0x80:
+                found.append((number, data[pos]))
+                pos += 1
+                continue
             value, pos = _varint(data, pos)
             found.append((number, value))
         elif wire == 1:

@@ -2,12 +2,14 @@
 "use strict";
 
 const PAGE = 25;
+// Metric columns of the sensor table: the metrics most sensors of the page report.
+const METRIC_COLUMNS = 3;
 const CHART_SPAN_MS = 15 * 60 * 1000;
 // The API token, when the API wants one: typed into the page, kept for this tab only, sent as
 // a header (never in a URL); websockets get a single-use ticket for it.
 let token = sessionStorage.getItem("telemetry-token");
 const state = { offset: 0, total: 0, query: "", sensor: null, metric: null, openBySensor: {},
-  bands: [], live: [], socket: null };
+  bands: [], live: [], socket: null, units: {}, labels: [], metrics: [] };
 const $ = (id) => document.getElementById(id);
 
 function authorised(headers = {}) {
@@ -57,7 +59,35 @@ function cell(text) {
 }
 
 function fmt(value, digits = 2) {
-  return value === undefined ? "–" : Number(value).toFixed(digits);
+  return value === undefined || value === null ? "–"
+    : String(Number(Number(value).toPrecision(digits + 2)));
+}
+
+function withUnit(metric) {
+  const unit = state.units[metric];
+  return unit ? `${metric} (${unit})` : metric;
+}
+
+function header(names) {
+  return names.map((name) => {
+    const th = document.createElement("th");
+    th.textContent = name;
+    return th;
+  });
+}
+
+// The metrics and label names the fleet actually has, most common first, and their units.
+function learn(sensors) {
+  const metricCounts = {};
+  const labelNames = new Set(state.labels);
+  for (const s of sensors) {
+    for (const m of s.metrics) metricCounts[m] = (metricCounts[m] || 0) + 1;
+    for (const [m, unit] of Object.entries(s.units || {})) state.units[m] = unit;
+    for (const name of Object.keys(s.labels || {})) labelNames.add(name);
+  }
+  const metrics = Object.keys(metricCounts).sort((a, b) => metricCounts[b] - metricCounts[a] || a.localeCompare(b));
+  state.labels = [...labelNames].sort();
+  return metrics;
 }
 
 // -- fleet ------------------------------------------------------------------------------
@@ -72,6 +102,11 @@ async function loadSensors() {
     : "no sensors yet";
   $("prev").disabled = state.offset === 0;
   $("next").disabled = state.offset + PAGE >= state.total;
+  const metrics = learn(sensors);
+  const columns = metrics.slice(0, METRIC_COLUMNS);
+  $("sensor-head").replaceChildren(...header(["sensor", "last seen", ...columns.map(withUnit), "alerts"]));
+  if (metrics.length) state.metrics = [...new Set([...state.metrics, ...metrics])];
+  fillGroupChoices();
   let latest = {};
   if (sensors.length) {
     const ids = sensors.map((s) => `sensor=${encodeURIComponent(s.sensor_id)}`).join("&");
@@ -83,8 +118,7 @@ async function loadSensors() {
     if (s.sensor_id === state.sensor) tr.classList.add("selected");
     const values = latest[s.sensor_id] || {};
     tr.append(cell(s.sensor_id), cell(ago(s.last_seen_ms)),
-      cell(fmt(values.temp?.value)), cell(fmt(values.humidity?.value, 3)),
-      cell(fmt(values.battery_v?.value, 3)));
+      ...columns.map((m) => cell(fmt(values[m]?.value, 3))));
     const open = state.openBySensor[s.sensor_id] || 0;
     const td = document.createElement("td");
     if (open) {
@@ -101,6 +135,46 @@ async function loadSensors() {
   if (!state.sensor && sensors.length) selectSensor(sensors[0].sensor_id, sensors[0].metrics);
 }
 
+// -- the fleet by label -----------------------------------------------------------------------
+
+function options(select, names, empty) {
+  const chosen = select.value;
+  const items = names.length ? names : [empty];
+  select.replaceChildren(...items.map((name) => {
+    const option = document.createElement("option");
+    option.value = names.length ? name : "";
+    option.textContent = name;
+    return option;
+  }));
+  if (names.includes(chosen)) select.value = chosen;
+}
+
+function fillGroupChoices() {
+  const before = `${$("group-label").value}|${$("group-metric").value}`;
+  options($("group-label"), state.labels, "no labels yet");
+  options($("group-metric"), state.metrics, "no metrics yet");
+  if (`${$("group-label").value}|${$("group-metric").value}` !== before) loadGroups();
+}
+
+async function loadGroups() {
+  const label = $("group-label").value;
+  const metric = $("group-metric").value;
+  $("group-head").textContent = label || "value";
+  if (!label || !metric) {
+    $("group-rows").replaceChildren();
+    return;
+  }
+  const [groups] = await getJson(`/fleet/groups?metric=${encodeURIComponent(metric)}` +
+    `&group_by=${encodeURIComponent(label)}&last=1h`);
+  const rows = groups.filter((g) => g.stats).map((g) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(g.value ?? "(none)"), cell(String(g.sensors)), cell(String(g.stats.count)),
+      ...["mean", "min", "max", "p95"].map((k) => cell(fmt(g.stats[k], 3))));
+    return tr;
+  });
+  $("group-rows").replaceChildren(...rows);
+}
+
 // -- one sensor ---------------------------------------------------------------------------
 
 function selectSensor(sensorId, metrics) {
@@ -113,7 +187,7 @@ function selectSensor(sensorId, metrics) {
   const tabs = metrics.map((m) => {
     const b = document.createElement("button");
     b.type = "button";
-    b.textContent = m;
+    b.textContent = withUnit(m);
     b.classList.toggle("active", m === state.metric);
     b.addEventListener("click", () => { state.metric = m; selectSensor(sensorId, metrics); });
     return b;
@@ -282,6 +356,8 @@ $("search").addEventListener("input", (event) => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(() => { state.query = event.target.value.trim(); state.offset = 0; loadSensors(); }, 200);
 });
+$("group-label").addEventListener("change", whenAllowed(loadGroups));
+$("group-metric").addEventListener("change", whenAllowed(loadGroups));
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadSensors(); });
 $("next").addEventListener("click", () => { state.offset += PAGE; loadSensors(); });
 $("token-form").addEventListener("submit", (event) => {
@@ -299,3 +375,4 @@ loadHealth();
 setInterval(loadHealth, 5000);
 setInterval(whenAllowed(loadSensors), 10000);
 setInterval(whenAllowed(loadBands), 10000);
+setInterval(whenAllowed(loadGroups), 15000);
