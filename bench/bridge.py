@@ -18,6 +18,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -37,10 +38,13 @@ class Setup:
 
     version: int
     share: str | None = None
+    # What the consumers subscribe to, and the bridge's routes file (None: its default topics).
+    topic_filter: str = "sensors/+/+"
+    routes: str | None = None
 
     @property
     def topic(self) -> str:
-        return f"$share/{self.share}/sensors/+/+" if self.share else "sensors/+/+"
+        return f"$share/{self.share}/{self.topic_filter}" if self.share else self.topic_filter
 
     def client(self, client_id: str) -> mqtt.Client:
         if self.version == 5:
@@ -62,11 +66,23 @@ class Setup:
 
     def bridge_args(self) -> list[str]:
         share = ["--share", self.share] if self.share else []
-        return ["--mqtt-version", str(self.version), *share]
+        routes = ["--routes", self.routes] if self.routes else []
+        return ["--mqtt-version", str(self.version), *share, *routes]
+
+
+def json_reading(i: int) -> tuple[str, bytes]:
+    """Message i of a backlog: a JSON reading with seq from one of 100 devices."""
+    return f"sensors/dev-{i % 100:03d}/telemetry", json.dumps(
+        {"temp": 21.5, "seq": i // 100}
+    ).encode()
 
 
 def queue_backlog(
-    broker: LocalMosquitto, setup: Setup, client_ids: list[str], messages: int
+    broker: LocalMosquitto,
+    setup: Setup,
+    client_ids: list[str],
+    messages: int,
+    message: Callable[[int], tuple[str, bytes]] = json_reading,
 ) -> None:
     """Register the consumers' sessions, then publish the backlog they will find."""
     for client_id in client_ids:
@@ -85,11 +101,7 @@ def queue_backlog(
     # Message ids are 16 bits: wait for each chunk before a new one could reuse them.
     for chunk in range(0, messages, 20_000):
         infos = [
-            publisher.publish(
-                f"sensors/dev-{i % 100:03d}/telemetry",
-                json.dumps({"temp": 21.5, "seq": i // 100}),
-                qos=1,
-            )
+            publisher.publish(*message(i), qos=1)
             for i in range(chunk, min(chunk + 20_000, messages))
         ]
         for info in infos:

@@ -16,17 +16,13 @@ import json
 import statistics
 import struct
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-import redis
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-from bench.common import print_table, redis_for_bench, start_telemetry
+from bench.bridge import Setup, bare_subscriber, bridges, json_reading, queue_backlog
+from bench.common import print_table, redis_for_bench
+from producers.profiles.sparkplug.wire import encode_varint
 from telemetry.localserver import LocalMosquitto
 
 DEVICES = 100
@@ -39,8 +35,6 @@ class Profile:
     subscription: str
     # Message i of the backlog: topic and payload.
     message: Callable[[int], tuple[str, bytes]]
-    # Stream entries the backlog makes (the Sparkplug birth makes one more).
-    extra_entries: int = 0
 
 
 def _json(document: object) -> bytes:
@@ -75,37 +69,26 @@ def _mapped(i: int) -> tuple[str, bytes]:
     )
 
 
-def _plain(i: int) -> tuple[str, bytes]:
-    return f"sensors/dev-{i % DEVICES:03d}/telemetry", _json({"temp": 21.5, "seq": i // DEVICES})
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _metric(name: str | None, alias: int, value: float) -> bytes:
-    body = b"" if name is None else b"\x0a" + _varint(len(name)) + name.encode()
-    body += b"\x10" + _varint(alias) + b"\x20" + _varint(10) + b"\x69" + struct.pack("<d", value)
-    return b"\x12" + _varint(len(body)) + body
+    """A Double metric, by alias (and name, for a birth)."""
+    body = b"" if name is None else b"\x0a" + encode_varint(len(name)) + name.encode()
+    body += b"\x10" + encode_varint(alias) + b"\x20" + encode_varint(10)
+    body += b"\x69" + struct.pack("<d", value)
+    return b"\x12" + encode_varint(len(body)) + body
 
 
 def _sparkplug(i: int) -> tuple[str, bytes]:
+    """An NBIRTH first, then NDATA by alias, `seq` counting from the birth's 0."""
+    header = b"\x08" + encode_varint(1_700_000_000_000 + i) + b"\x18" + encode_varint(i % 256)
     if i == 0:
         metrics = _metric("Inputs/Temperature", 1, 20.0) + _metric("Inputs/Pressure", 2, 1.0)
-        return "spBv1.0/plant/NBIRTH/edge-1", b"\x08" + _varint(1_700_000_000_000) + \
-            b"\x18" + _varint(0) + metrics  # fmt: skip
+        return "spBv1.0/plant/NBIRTH/edge-1", header + metrics
     metrics = _metric(None, 1, 20.0 + i % 7) + _metric(None, 2, 1.0)
-    return "spBv1.0/plant/NDATA/edge-1", b"\x08" + _varint(1_700_000_000_000 + i) + b"\x18" + \
-        _varint(i % 256) + metrics  # fmt: skip
+    return "spBv1.0/plant/NDATA/edge-1", header + metrics
 
 
 PROFILES = [
-    Profile("json", "[[route]]\n", "sensors/+/telemetry", _plain),
+    Profile("json", "[[route]]\n", "sensors/+/telemetry", json_reading),
     Profile(
         "json, label level + rename + scale + units",
         "[[route]]\ntopic = 'site/{site}/sensors/{sensor_id}'\nrename = { 'env.t' = 'temp' }\n"
@@ -117,80 +100,6 @@ PROFILES = [
     Profile("shelly-gen2", "[[route]]\nprofile = 'shelly-gen2'\n", "+/events/rpc", _shelly),
     Profile("sparkplug", "[[route]]\nprofile = 'sparkplug'\n", "spBv1.0/#", _sparkplug),
 ]  # fmt: skip
-
-
-def _client(client_id: str) -> mqtt.Client:
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                       protocol=MQTTProtocolVersion.MQTTv311)  # fmt: skip
-
-
-def queue_backlog(broker: LocalMosquitto, profile: Profile, client_id: str, n: int) -> None:
-    """Register the consumer's session, then publish the backlog it will find."""
-    client = _client(client_id)
-    client.connect("127.0.0.1", broker.port)
-    client.subscribe(profile.subscription, qos=1)
-    client.loop(1)
-    client.disconnect()
-    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    publisher.max_inflight_messages_set(1000)
-    publisher.max_queued_messages_set(0)
-    publisher.connect("127.0.0.1", broker.port)
-    publisher.loop_start()
-    while not publisher.is_connected():
-        time.sleep(0.01)
-    # Message ids are 16 bits: wait for each chunk before a new one could reuse them.
-    for chunk in range(0, n, 20_000):
-        infos = [publisher.publish(*profile.message(i), qos=1)
-                 for i in range(chunk, min(chunk + 20_000, n))]  # fmt: skip
-        for info in infos:
-            info.wait_for_publish(60)
-    publisher.loop_stop()
-    publisher.disconnect()
-
-
-def bare_subscriber(broker: LocalMosquitto, client_id: str, n: int) -> float:
-    """paho receiving the session's backlog and acknowledging (automatically), nothing else."""
-    done = threading.Event()
-    received = 0
-    first = 0.0
-
-    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
-        nonlocal received, first
-        if not received:
-            first = time.perf_counter()
-        received += 1
-        if received == n:
-            done.set()
-
-    client = _client(client_id)
-    client.on_message = on_message
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    done.wait(300)
-    elapsed = time.perf_counter() - first
-    client.loop_stop()
-    client.disconnect()
-    return n / elapsed
-
-
-def bridge(broker: LocalMosquitto, url: str, routes: Path, client_id: str, entries: int,
-           messages: int) -> float:  # fmt: skip
-    """The bridge draining its session's backlog: messages/s from the first entry to the last."""
-    client = redis.Redis.from_url(url)
-    client.flushall()
-    process = start_telemetry(
-        ["bridge", "--client-id", client_id, "--mqtt-version", "3", "--routes", str(routes)],
-        url, MQTT_URL=broker.url,
-    )  # fmt: skip
-    while client.xlen("app:event") == 0:
-        time.sleep(0.001)
-    start = time.perf_counter()
-    while client.xlen("app:event") < entries:
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - start
-    process.terminate()
-    process.wait()
-    return messages / elapsed
 
 
 def main() -> None:
@@ -209,13 +118,14 @@ def main() -> None:
                 for number, profile in enumerate(PROFILES):
                     routes = workdir / f"routes-{number}.toml"
                     routes.write_text(profile.route)
+                    setup = Setup(3, topic_filter=profile.subscription, routes=str(routes))
                     paho_id, bridge_id = f"bare-{number}-{r}", f"bridge-{number}-{r}"
-                    queue_backlog(broker, profile, paho_id, n)
+                    queue_backlog(broker, setup, [paho_id], n, profile.message)
                     rates.setdefault((profile.name, "bare"), []).append(
-                        bare_subscriber(broker, paho_id, n))  # fmt: skip
-                    queue_backlog(broker, profile, bridge_id, n)
+                        bare_subscriber(broker, setup, paho_id, n))  # fmt: skip
+                    queue_backlog(broker, setup, [bridge_id], n, profile.message)
                     rates.setdefault((profile.name, "bridge"), []).append(
-                        bridge(broker, url, routes, bridge_id, n, n))  # fmt: skip
+                        bridges(broker, url, setup, [bridge_id], n))  # fmt: skip
                     print(f"round {r + 1}/{args.rounds}: {profile.name} done", flush=True)
     finally:
         broker.close()

@@ -175,8 +175,8 @@ class DeviceRegistry:
             for start in range(0, len(pairs), 2 * NOTES_PER_CALL):
                 chunk = pairs[start : start + 2 * NOTES_PER_CALL]
                 with redis_errors():
-                    refused += int(MERGE_DEVICES(self.clients[shard], [self.keys[shard].devices],
-                                                 head + chunk))  # fmt: skip
+                    keys = [self.keys[shard].devices, self.keys[shard].meta]
+                    refused += int(MERGE_DEVICES(self.clients[shard], keys, head + chunk))
         return refused
 
     def get(self, sensor_id: str) -> Device | None:

@@ -72,6 +72,10 @@ class StreamStatus:
     # Where the coarse tiers' roll-up of the finest tier stands: fine buckets starting before
     # this time are in them (None before anything was aggregated).
     rolled_up_to_ms: int | None = None
+    # Sensors in the device registry, and fields inputs dropped from readings they wrote
+    # (lenient decoding; per sensor: `telemetry devices list`).
+    devices: int = 0
+    dropped_fields: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +126,8 @@ def stream_status(
         pipe.hgetall(keys.lost)
         pipe.hgetall(keys.dead_counts)
         pipe.hget(keys.rollup_mark, "bucket")
+        pipe.hlen(keys.devices)
+        pipe.hget(keys.meta, "dropped_fields")
         pipe.exists(stream)
         pipe.xinfo_stream(stream)
         pipe.xinfo_groups(stream)
@@ -133,6 +139,8 @@ def stream_status(
             lost,
             dead_counts,
             mark,
+            devices,
+            dropped_fields,
             exists,
             info,
             groups_info,
@@ -143,8 +151,10 @@ def stream_status(
             if recorded_maxlen
             else (default_maxlen, "from settings; no writer has recorded one yet")
         )
+        dropped = int(dropped_fields or 0)
         if not exists:
-            return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [])
+            return StreamStatus(stream, False, 0, maxlen, source, None, None, 0, dead_letters, [],
+                                devices=devices, dropped_fields=dropped)  # fmt: skip
         for reply in (info, groups_info, *ledgers):
             if isinstance(reply, Exception):
                 raise reply
@@ -183,6 +193,8 @@ def stream_status(
         dead_letters=dead_letters,
         groups=groups,
         rolled_up_to_ms=None if mark is None else int(mark),
+        devices=devices,
+        dropped_fields=dropped,
     )
 
 
@@ -256,6 +268,8 @@ def format_status(status: StreamStatus) -> str:
         f"({fill:.0%}; maxlen {status.maxlen_source})",
         f"  first {status.first_id}  last {status.last_id}  ever added {status.entries_added}",
         f"  dead letters: {status.dead_letters}",
+        f"  devices in the registry: {status.devices}; fields dropped from written readings: "
+        f"{status.dropped_fields} (per sensor: telemetry devices list)",
     ]
     if status.rolled_up_to_ms is not None:
         behind_s = time.time() - status.rolled_up_to_ms / 1000
@@ -317,6 +331,8 @@ def shard_totals(statuses: Sequence[StreamStatus]) -> dict[str, Any]:
         "length": sum(s.length for s in statuses),
         "entries_added": sum(s.entries_added for s in statuses),
         "dead_letters": sum(s.dead_letters for s in statuses),
+        "devices": sum(s.devices for s in statuses),
+        "dropped_fields": sum(s.dropped_fields for s in statuses),
         "groups": groups,
     }
 
@@ -340,7 +356,8 @@ def format_totals(statuses: Sequence[StreamStatus]) -> str:
     totals = shard_totals(statuses)
     lines = [
         f"all {totals['shards']} shards: {totals['length']} entries, ever added "
-        f"{totals['entries_added']}, dead letters {totals['dead_letters']}"
+        f"{totals['entries_added']}, dead letters {totals['dead_letters']}, devices "
+        f"{totals['devices']}, dropped fields {totals['dropped_fields']}"
     ]
     for name, g in totals["groups"].items():
         missing = totals["shards"] - g["shards"]

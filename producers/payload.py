@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from math import isfinite
 from typing import Any, NamedTuple
 
@@ -34,7 +33,7 @@ from ingest.contract.reading import (
 from ingest.devices import DeviceNote
 from ingest.errors import InvalidEntry
 from ingest.labels import label_problem
-from producers.lenient import LenientReading, lenient_reading, usual_reading
+from producers.lenient import LenientReading, iso_timestamp_ms, lenient_reading, usual_reading
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
 # Readings one message or body may hold; more are refused whole before any is looked at.
@@ -303,16 +302,7 @@ def _timestamp(value: Any) -> str:
     if _unsigned(value):
         return str(value)
     if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidEntry(f"ts must be milliseconds or ISO 8601, got {value[:40]!r}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        value = int(moment.timestamp() * 1000)
-        if value < 0:
-            raise InvalidEntry(f"ts must not be before 1970, got {value!r}")
-        return str(value)
+        return str(iso_timestamp_ms(value))
     raise InvalidEntry("ts must be non-negative integer milliseconds or an ISO 8601 string")
 
 

@@ -20,6 +20,7 @@ from ingest.keys import StreamKeys
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.settings import Settings
+from ingest.status import format_status, stream_status
 from producers.bridge import Bridge, BridgeCounts, BridgeOptions
 from producers.payload import STRICT
 from producers.routes import Route, Router, default_routes, parse_routes
@@ -167,5 +168,8 @@ def test_one_odd_field_costs_the_field_counted_and_sampled_not_the_reading(
     assert info is not None
     assert info.labels == {"site": "north", "location": "gh-3"}
     assert info.dropped == 100 and "null is not a value" in info.dropped_reason
+    status = stream_status(settings, settings.stream, settings.maxlen, settings.trim_warn_ratio)
+    assert (status.devices, status.dropped_fields) == (1, 100)
+    assert "fields dropped from written readings: 100" in format_status(status)
     # The registry was written once for the labels, then only for the counts.
     assert info.first_ms <= info.updated_ms

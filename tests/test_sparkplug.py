@@ -16,7 +16,7 @@ from ingest.devices import DeviceRegistry
 from ingest.keys import StreamKeys
 from ingest.redis.connection import connect
 from producers.profiles.sparkplug.host import SparkplugHost
-from producers.profiles.sparkplug.wire import decode_payload
+from producers.profiles.sparkplug.wire import decode_payload, encode_varint
 from producers.routes import parse_routes
 from telemetry.localserver import LocalMosquitto
 from tests.conftest import ROOT, make_settings
@@ -150,21 +150,12 @@ def test_hostile_payloads_cost_a_refusal_each() -> None:
 
 def _payload(seq: int | None, metrics: list[tuple[str, int, int]]) -> bytes:
     """A payload with integer metrics (name, datatype, raw value), in protobuf's wire format."""
-    body = b"\x08" + _varint(int(time.time() * 1000))
+    body = b"\x08" + encode_varint(int(time.time() * 1000))
     if seq is not None:
-        body += b"\x18" + _varint(seq)
+        body += b"\x18" + encode_varint(seq)
     for name, datatype, value in metrics:
         raw = name.encode()
-        metric = b"\x0a" + _varint(len(raw)) + raw + b"\x20" + _varint(datatype)
-        metric += b"\x58" + _varint(value)
-        body += b"\x12" + _varint(len(metric)) + metric
+        metric = b"\x0a" + encode_varint(len(raw)) + raw + b"\x20" + encode_varint(datatype)
+        metric += b"\x58" + encode_varint(value)
+        body += b"\x12" + encode_varint(len(metric)) + metric
     return body
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)

@@ -1,6 +1,7 @@
 -- Merge notes about devices into the device registry, one JSON document per sensor.
 --
--- KEYS[1] the registry hash (sensor id -> document); ARGV[1] most sensors it keeps, ARGV[2] now
+-- KEYS[1] the registry hash (sensor id -> document), KEYS[2] the stream's meta hash (its
+-- `dropped_fields` counts every field dropped, of sensors kept or not); ARGV[1] most sensors it keeps, ARGV[2] now
 -- (ms), ARGV[3] most labels, ARGV[4] most units, then sensor id and note (JSON) pairs. A note's
 -- `labels` and `units` are merged name by name (an empty value removes one; names past the
 -- limit are not added), `online` and `profile` replace, `dropped` adds to the count and
@@ -14,6 +15,9 @@ local refused = 0
 for i = 5, #ARGV, 2 do
   local sensor = ARGV[i]
   local note = cjson.decode(ARGV[i + 1])
+  if note.dropped ~= nil then
+    redis.call('HINCRBY', KEYS[2], 'dropped_fields', note.dropped)
+  end
   local old = redis.call('HGET', key, sensor)
   local doc = nil
   if old then

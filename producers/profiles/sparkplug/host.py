@@ -30,7 +30,7 @@ from typing import Any
 
 from producers.payload import Parsed, Refusal, document_readings
 from producers.profiles.base import sensor_id_of
-from producers.profiles.sparkplug.wire import Metric, WireError, decode_payload
+from producers.profiles.sparkplug.wire import Metric, WireError, decode_payload, encode_varint
 
 NAMESPACE = "spBv1.0"
 REBIRTH_EVERY_S = 5.0
@@ -243,20 +243,9 @@ def _bd_seq(metrics: Iterable[Metric]) -> int | None:
 def rebirth_request(timestamp_ms: int) -> bytes:
     """The NCMD payload asking an edge node to publish its births again."""
     name = b"Node Control/Rebirth"
-    metric = (b"\x0a" + _varint(len(name)) + name    # name
-              + b"\x18" + _varint(timestamp_ms)      # timestamp
-              + b"\x20" + _varint(11)                # datatype Boolean
-              + b"\x70" + _varint(1))  # fmt: skip    # boolean_value true
-    return b"\x08" + _varint(timestamp_ms) + b"\x12" + _varint(len(metric)) + metric
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    varint = encode_varint
+    metric = (b"\x0a" + varint(len(name)) + name    # name
+              + b"\x18" + varint(timestamp_ms)      # timestamp
+              + b"\x20" + varint(11)                # datatype Boolean
+              + b"\x70" + varint(1))  # fmt: skip    # boolean_value true
+    return b"\x08" + varint(timestamp_ms) + b"\x12" + varint(len(metric)) + metric
