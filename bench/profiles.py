@@ -48,6 +48,14 @@ def _zigbee(i: int) -> tuple[str, bytes]:
     })  # fmt: skip
 
 
+def _wide_json(i: int) -> tuple[str, bytes]:
+    """The Zigbee payload's seven fields as plain JSON numbers: what the fields cost alone."""
+    return f"sensors/dev-{i % DEVICES:03d}/telemetry", _json({
+        "temperature": 21.32 + i % 7, "humidity": 45.1, "pressure": 1012.3, "battery": 91,
+        "voltage": 2995, "linkquality": 102, "occupancy": float(i % 2 == 0),
+    })  # fmt: skip
+
+
 def _tasmota(i: int) -> tuple[str, bytes]:
     return f"tele/dev-{i % DEVICES:03d}/SENSOR", _json({
         "Time": "2021-01-01T12:00:00", "TempUnit": "C",
@@ -89,6 +97,8 @@ def _sparkplug(i: int) -> tuple[str, bytes]:
 
 PROFILES = [
     Profile("json", "[[route]]\n", "sensors/+/telemetry", json_reading),
+    Profile("json, the zigbee2mqtt fields as numbers", "[[route]]\n", "sensors/+/telemetry",
+            _wide_json),
     Profile(
         "json, label level + rename + scale + units",
         "[[route]]\ntopic = 'site/{site}/sensors/{sensor_id}'\nrename = { 'env.t' = 'temp' }\n"

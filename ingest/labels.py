@@ -21,11 +21,15 @@ MAX_UNITS = 256
 MAX_SELECTOR_TERMS = 16
 
 
+def label_value_ok(value: str) -> bool:
+    return 0 < len(value) <= MAX_LABEL_VALUE_CHARS and value.isprintable()
+
+
 def label_problem(name: str, value: str) -> str | None:
     """What is wrong with a label, or None."""
     if METRIC_NAME.fullmatch(name) is None:
         return f"label name {name[:40]!r} must be [A-Za-z_][A-Za-z0-9_]{{0,63}}"
-    if not 0 < len(value) <= MAX_LABEL_VALUE_CHARS or not value.isprintable():
+    if not label_value_ok(value):
         return (f"label {name} must have a value of 1-{MAX_LABEL_VALUE_CHARS} printable "
                 f"characters, got {value[:40]!r}")  # fmt: skip
     return None

@@ -141,19 +141,34 @@ def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
         if type(sensor_id) is not str:
             return None
     fields = {"sensor_id": sensor_id}
+    known = _known_paths
     for name, value in item.items():
-        if name == "ts":
-            if type(value) is not int or not 0 <= value < _MILLISECONDS_BELOW:
+        kind = type(value)
+        # A flat field is handled here rather than in _usual_field: it is most of them.
+        metric = known.get(name)
+        if metric is not None and metric not in fields:
+            if kind is float:
+                if not isfinite(value):
+                    return None
+                fields[metric] = repr(value)
+            elif kind is bool:
+                fields[metric] = "1.0" if value else "0.0"
+            elif kind is int and -MAX_INT64 <= value <= MAX_INT64:
+                fields[metric] = repr(float(value))
+            else:
+                return None
+        elif name == "ts":
+            if kind is not int or not 0 <= value < _MILLISECONDS_BELOW:
                 return None
             fields["ts"] = str(value if value >= _SECONDS_BELOW else value * 1000)
         elif name == "seq":
-            if type(value) is not int or not 0 <= value <= MAX_INT64:
+            if kind is not int or not 0 <= value <= MAX_INT64:
                 return None
             fields["seq"] = str(value)
         elif name == "sensor_id":
             if value != sensor_id:
                 return None
-        elif not _usual_field(fields, name, value, 1):
+        elif kind is not dict or not _usual_field(fields, name, value, 1):
             return None
     if len(fields) == 1 + ("ts" in fields) + ("seq" in fields):
         return None

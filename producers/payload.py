@@ -32,7 +32,7 @@ from ingest.contract.reading import (
 )
 from ingest.devices import DeviceNote
 from ingest.errors import InvalidEntry
-from ingest.labels import label_problem
+from ingest.labels import label_problem, label_value_ok
 from producers.lenient import LenientReading, iso_timestamp_ms, lenient_reading, usual_reading
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
@@ -83,6 +83,11 @@ class TopicTemplate:
     def label_levels(self) -> tuple[str, ...]:
         """The names of the levels that give labels."""
         return tuple(name for _, name in self._captured if name not in _TOPIC_FIELDS)
+
+    def labels(self, found: dict[str, str]) -> dict[str, str]:
+        """The labels a matched topic gives (its level names were checked when the template
+        was made; a value that cannot be a label is left out)."""
+        return {name: found[name] for name in self.label_levels if label_value_ok(found[name])}
 
     def match(self, topic: str) -> dict[str, str] | None:
         parts = topic.split("/")
@@ -190,8 +195,11 @@ def parse_matched(
     payload: bytes,
     max_readings: int = MAX_READINGS,
     decoding: str = LENIENT,
+    *,
+    topic_labels: bool = True,
 ) -> Parsed:
-    """`parse_message` once the topic matched `template`, giving `found`."""
+    """`parse_message` once the topic matched `template`, giving `found`; with `topic_labels`,
+    a note of the labels the topic's levels give."""
     try:
         sensor_id = validate_sensor_id(found["sensor_id"])
         if "metric" in found:
@@ -200,10 +208,10 @@ def parse_matched(
             parsed = _document_readings(payload, sensor_id, max_readings, decoding)
     except InvalidEntry as exc:
         return Parsed.unreadable(exc.reason)
-    for name in template.label_levels:
-        value = found[name]
-        if label_problem(name, value) is None and parsed.readings:
-            parsed.note(sensor_id).labels[name] = value
+    if topic_labels and parsed.readings:
+        labels = template.labels(found)
+        if labels:
+            parsed.note(sensor_id).labels.update(labels)
     return parsed
 
 

@@ -23,6 +23,7 @@ Without a routes file the bridge takes `sensors/{sensor_id}/telemetry` and
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from producers.payload import (
     subscriptions,
 )
 from producers.profiles.base import JsonProfile
-from producers.profiles.mapping import FieldMapping
+from producers.profiles.mapping import NOTE_AGAIN_S, NOTED_KEPT, FieldMapping
 from producers.profiles.shelly import ShellyGen2
 from producers.profiles.sparkplug.host import NAMESPACE, PROFILE, SparkplugHost
 from producers.profiles.tasmota import Tasmota
@@ -93,6 +94,8 @@ class Router:
         self.max_bytes = max_bytes
         self.max_readings = max_readings
         self.sparkplug = SparkplugHost()
+        # Sensor -> the topic labels last noted for it, and when.
+        self._labelled: dict[str, tuple[dict[str, str], float]] = {}
 
     def subscriptions(self) -> list[str]:
         templated = [r.template for r in self.routes if r.template is not None]
@@ -128,16 +131,29 @@ class Router:
     def _templated(self, route: Route, template: TopicTemplate, found: dict[str, str],
                    payload: bytes) -> Parsed:  # fmt: skip
         if "metric" in found or (route.profile == "json" and route.mapping.is_empty):
-            return parse_matched(template, found, payload, self.max_readings, route.decoding)
-        profile = JSON_PROFILES[route.profile]
-        parsed = profile.parse(found["sensor_id"], payload, route.decoding, route.mapping,
-                               self.max_readings)  # fmt: skip
-        labels = {name: found[name] for name in template.label_levels
-                  if label_problem(name, found[name]) is None}  # fmt: skip
-        if labels:
-            for fields in parsed.readings:
-                parsed.note(fields["sensor_id"]).labels.update(labels)
+            parsed = parse_matched(template, found, payload, self.max_readings, route.decoding,
+                                   topic_labels=False)  # fmt: skip
+        else:
+            profile = JSON_PROFILES[route.profile]
+            parsed = profile.parse(found["sensor_id"], payload, route.decoding, route.mapping,
+                                   self.max_readings)  # fmt: skip
+        if template.label_levels and parsed.readings:
+            self._note_topic_labels(parsed, template.labels(found))
         return parsed
+
+    def _note_topic_labels(self, parsed: Parsed, labels: dict[str, str]) -> None:
+        """Note the topic's labels for the sensors of the readings, unless they were noted the
+        same less than NOTE_AGAIN_S ago."""
+        now = time.monotonic()
+        for fields in parsed.readings:
+            sensor_id = fields["sensor_id"]
+            last = self._labelled.get(sensor_id)
+            if last is not None and last[0] == labels and now - last[1] < NOTE_AGAIN_S:
+                continue
+            parsed.note(sensor_id).labels.update(labels)
+            if len(self._labelled) >= NOTED_KEPT:
+                self._labelled.clear()
+            self._labelled[sensor_id] = (labels, now)
 
 
 def load_routes(path: str | Path, decoding: str = LENIENT) -> list[Route]:

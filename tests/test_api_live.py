@@ -60,10 +60,29 @@ def test_posted_readings_are_written_in_order_with_their_ids(
 def test_bad_readings_get_a_reason_and_nothing_is_written(
     api: TestClient, client: redis.Redis, settings: Settings, body: bytes, reason: str
 ) -> None:
-    response = api.post("/readings", content=body, headers={"Content-Type": "application/json"})
+    response = api.post("/readings?decoding=strict", content=body,
+                        headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status_code == 422
     assert any(reason in problem["reason"] for problem in response.json()["detail"])
     assert client.exists(settings.stream) == 0
+
+
+def test_lenient_posts_keep_what_they_can_and_list_what_they_dropped(
+    api: TestClient, client: redis.Redis, settings: Settings
+) -> None:
+    body = [{"sensor_id": "s1", "temp": "21.5", "ok": True, "site": "gh-3", "bad": None},
+            {"sensor_id": "s2", "temp": {"inner": 2}, "list": [1]}]  # fmt: skip
+    response = api.post("/readings", json=body)
+    assert response.status_code == 202
+    assert response.json()["dropped"] == [
+        {"sensor_id": "s1", "field": "bad", "reason": "null is not a value"},
+        {"sensor_id": "s2", "field": "list", "reason": "a list is not a metric"},
+    ]
+    assert [fields for _, fields in entries(client, settings.stream)] == [
+        {"sensor_id": "s1", "temp": "21.5", "ok": "1.0"},
+        {"sensor_id": "s2", "temp_inner": "2.0"},
+    ]
+    assert api.get("/sensors/s1/device").json()["labels"] == {"site": "gh-3"}
 
 
 def test_an_oversized_body_is_refused_unread(settings: Settings, client: redis.Redis) -> None:

@@ -32,17 +32,20 @@ for i = 5, #ARGV, 2 do
       local have = doc[section] or {}
       local count = 0
       for _ in pairs(have) do count = count + 1 end
-      for name, value in pairs(note[section] or {}) do
-        if value == '' then
-          if have[name] ~= nil then
-            have[name] = nil
-            count = count - 1
+      local changes = note[section] or {}
+      -- Removals first, so that a note removing one name and adding another fits the limit.
+      for name, value in pairs(changes) do
+        if value == '' and have[name] ~= nil then
+          have[name] = nil
+          count = count - 1
+        end
+      end
+      for name, value in pairs(changes) do
+        if value ~= '' and (have[name] ~= nil or count < limit) then
+          if have[name] == nil then
+            count = count + 1
           end
-        elseif have[name] ~= nil then
           have[name] = value
-        elseif count < limit then
-          have[name] = value
-          count = count + 1
         end
       end
       doc[section] = have

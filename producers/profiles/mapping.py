@@ -3,6 +3,7 @@ field path, scaling, units, fixed labels and fields to leave out (pure)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
@@ -23,6 +24,11 @@ class FieldMapping:
     # Flattened field names left out without counting them as dropped.
     ignore: frozenset[str] = frozenset()
     _plans: dict[tuple[tuple[str, ...], Hashable], _Plan] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    # Sensor -> the plan whose note it was last given, and when: the same note again is news
+    # to nobody (the registry and the input's sink keep it), so it is made once a minute.
+    _noted: dict[str, tuple[_Plan | None, float]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -55,6 +61,7 @@ class FieldMapping:
         `units_of` gives for the field names as the profile made them, which may depend on
         `context` only)."""
         kept = []
+        now = time.monotonic()
         for fields in parsed.readings:
             key = (tuple(fields), context)
             plan = self._plans.get(key)
@@ -63,14 +70,23 @@ class FieldMapping:
                 if len(self._plans) >= PLANS_KEPT:
                     self._plans.clear()
                 self._plans[key] = plan
-            note = parsed.note(fields["sensor_id"])
-            note.profile = profile
-            if self.labels:
-                note.labels.update(self.labels)
-            if plan.units:
-                note.units.update(plan.units)
+            sensor_id = fields["sensor_id"]
+            if self._noted.get(sensor_id, _NEVER)[0] is not plan or \
+                    now - self._noted[sensor_id][1] >= NOTE_AGAIN_S:  # fmt: skip
+                self._note(parsed, sensor_id, profile, plan, now)
             kept.append(fields if plan.identity else plan.applied(fields))
         parsed.readings = kept
+
+    def _note(self, parsed: Parsed, sensor_id: str, profile: str, plan: _Plan,
+              now: float) -> None:  # fmt: skip
+        """What the route says about the sensor: its profile, fixed labels and units."""
+        note = parsed.note(sensor_id)
+        note.profile = profile
+        note.labels.update(self.labels)
+        note.units.update(plan.units)
+        if len(self._noted) >= NOTED_KEPT:
+            self._noted.clear()
+        self._noted[sensor_id] = (plan, now)
 
     def _plan(self, names: Sequence[str], profile_units: Mapping[str, str]) -> _Plan:
         renamed: list[str | None] = []
@@ -89,6 +105,10 @@ class FieldMapping:
 
 # Plans kept per mapping: one per shape of reading (its field names) a route meets.
 PLANS_KEPT = 10_000
+# Sensors whose last note a mapping remembers, and how often it notes one again unchanged.
+NOTED_KEPT = 200_000
+NOTE_AGAIN_S = 60.0
+_NEVER: tuple[None, float] = (None, 0.0)
 
 
 @dataclass(frozen=True)
