@@ -3,6 +3,7 @@ and the real bridge into Redis, field by field."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -173,3 +174,27 @@ def test_one_odd_field_costs_the_field_counted_and_sampled_not_the_reading(
     assert "fields dropped from written readings: 100" in format_status(status)
     # The registry was written once for the labels, then only for the counts.
     assert info.first_ms <= info.updated_ms
+
+
+def test_devices_are_listed_labelled_and_forgotten_from_the_command_line(
+    settings: Settings,
+) -> None:
+    def telemetry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "telemetry", "devices", *args],
+                              env=child_env(settings), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    labelled = telemetry("label", "s1", "s2", "site=gh-3", "room=north")
+    assert labelled.returncode == 0 and labelled.stdout == "labelled 2 sensors\n"
+    assert telemetry("label", "s2", "room=").returncode == 0
+    listed = telemetry("list", "--where", "site=gh-*,room=north", "--format", "json")
+    assert [(d["sensor_id"], d["labels"]) for d in json.loads(listed.stdout)] == [
+        ("s1", {"site": "gh-3", "room": "north"})
+    ]
+    bad = telemetry("label", "s1", "bad name=x")
+    assert bad.returncode == 2 and "label name 'bad name'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert telemetry("forget", "s1").stdout == "removed 1 devices from the registry\n"
+    assert [d["sensor_id"] for d in json.loads(telemetry("list", "--format", "json").stdout)] == [
+        "s2"
+    ]
