@@ -131,9 +131,9 @@ def number_text(value: Any) -> str | None:
 
 
 def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
-    """The fields of a reading made only of known paths with numbers or booleans, an integer
-    `ts` in milliseconds or seconds, and `seq`; None for anything else, which
-    `lenient_reading` judges (tests check both agree)."""
+    """The fields of a reading made only of known paths with numbers or booleans, a numeric
+    `ts`, and `seq`; None for anything else, which `lenient_reading` judges (tests check both
+    agree)."""
     if type(item) is not dict:
         return None
     if sensor_id is None:
@@ -158,9 +158,12 @@ def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
             else:
                 return None
         elif name == "ts":
-            if kind is not int or not 0 <= value < _MILLISECONDS_BELOW:
+            if kind is not int and kind is not float:
                 return None
-            fields["ts"] = str(value if value >= _SECONDS_BELOW else value * 1000)
+            try:
+                fields["ts"] = str(timestamp_ms(value))
+            except InvalidEntry:
+                return None
         elif name == "seq":
             if kind is not int or not 0 <= value <= MAX_INT64:
                 return None
