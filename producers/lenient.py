@@ -147,16 +147,10 @@ def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
         # A flat field is handled here rather than in _usual_field: it is most of them.
         metric = known.get(name)
         if metric is not None and metric not in fields:
-            if kind is float:
-                if not isfinite(value):
-                    return None
-                fields[metric] = repr(value)
-            elif kind is bool:
-                fields[metric] = "1.0" if value else "0.0"
-            elif kind is int and -MAX_INT64 <= value <= MAX_INT64:
-                fields[metric] = repr(float(value))
-            else:
+            text = _quick_number(kind, value)
+            if text is None:
                 return None
+            fields[metric] = text
         elif name == "ts":
             if kind is not int and kind is not float:
                 return None
@@ -189,17 +183,22 @@ def _usual_field(fields: dict[str, str], path: str, value: Any, depth: int) -> b
     name = _known_paths.get(path)
     if name is None or name in fields:
         return False
-    if kind is float:
-        if not isfinite(value):
-            return False
-        fields[name] = repr(value)
-    elif kind is bool:
-        fields[name] = "1.0" if value else "0.0"
-    elif kind is int and -MAX_INT64 <= value <= MAX_INT64:
-        fields[name] = repr(float(value))
-    else:
+    text = _quick_number(kind, value)
+    if text is None:
         return False
+    fields[name] = text
     return True
+
+
+def _quick_number(kind: type, value: Any) -> str | None:
+    """A float, int or bool value as a metric's text; None for anything else."""
+    if kind is float:
+        return repr(value) if isfinite(value) else None
+    if kind is bool:
+        return "1.0" if value else "0.0"
+    if kind is int and -MAX_INT64 <= value <= MAX_INT64:
+        return repr(float(value))
+    return None
 
 
 def lenient_reading(sensor_id: str | None, item: Any) -> LenientReading:
