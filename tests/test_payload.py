@@ -136,7 +136,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(document=st.lists(json_values) | st.dictionaries(st.text(), json_values),
        garbage=st.binary(max_size=40), cut=st.integers(0, 200))  # fmt: skip
 def test_json_is_read_exactly_as_the_standard_parser_reads_it(
@@ -164,7 +164,7 @@ field_values = (
 )  # fmt: skip
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(item=st.dictionaries(field_names, field_values) | st.lists(st.integers()),
        topic_sensor=st.sampled_from([None, "s1"]))  # fmt: skip
 def test_the_quick_path_for_usual_readings_agrees_with_the_full_checks(
