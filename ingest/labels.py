@@ -25,10 +25,17 @@ def label_value_ok(value: str) -> bool:
     return 0 < len(value) <= MAX_LABEL_VALUE_CHARS and value.isprintable()
 
 
-def label_problem(name: str, value: str) -> str | None:
-    """What is wrong with a label, or None."""
+def label_name_problem(name: str) -> str | None:
+    """What is wrong with a label's name, or None."""
     if METRIC_NAME.fullmatch(name) is None:
         return f"label name {name[:40]!r} must be [A-Za-z_][A-Za-z0-9_]{{0,63}}"
+    return None
+
+
+def label_problem(name: str, value: str) -> str | None:
+    """What is wrong with a label, or None."""
+    if problem := label_name_problem(name):
+        return problem
     if not label_value_ok(value):
         return (f"label {name} must have a value of 1-{MAX_LABEL_VALUE_CHARS} printable "
                 f"characters, got {value[:40]!r}")  # fmt: skip
@@ -44,15 +51,13 @@ def parse_labels(pairs: list[str]) -> tuple[dict[str, str], list[str]]:
         name, equals, value = pair.partition("=")
         if not equals:
             raise ValueError(f"expected name=value (or name= to remove), got {pair[:40]!r}")
-        if value == "":
-            if METRIC_NAME.fullmatch(name) is None:
-                raise ValueError(f"label name {name[:40]!r} must be [A-Za-z_][A-Za-z0-9_]{{0,63}}")
-            removing.append(name)
-            continue
-        problem = label_problem(name, value)
+        problem = label_name_problem(name) if value == "" else label_problem(name, value)
         if problem:
             raise ValueError(problem)
-        setting[name] = value
+        if value == "":
+            removing.append(name)
+        else:
+            setting[name] = value
     return setting, removing
 
 

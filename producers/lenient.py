@@ -39,13 +39,12 @@ from ingest.contract.reading import (
     validate_sensor_id,
 )
 from ingest.errors import InvalidEntry
+from ingest.labels import MAX_LABEL_VALUE_CHARS, label_value_ok
 
 # Levels of nesting flattened into names; deeper values are dropped.
 MAX_DEPTH = 4
 # Fields (at every level together) looked at in one reading; the rest are dropped unread.
 MAX_FIELDS = 256
-# A label value is at most this long; a longer string is dropped.
-MAX_LABEL_CHARS = 128
 _NOT_NAME_CHARS = re.compile(r"[^A-Za-z0-9_]")
 _SECONDS_BELOW = 10**11
 _MILLISECONDS_BELOW = 10**14
@@ -113,21 +112,13 @@ def iso_timestamp_ms(text: str) -> int:
 def number_text(value: Any) -> str | None:
     """A JSON value as a metric's stream text, or None when it is not a number leniently."""
     kind = type(value)
-    if kind is float:
-        return repr(value) if isfinite(value) else None
-    if kind is int:
-        try:
-            return repr(float(value))
-        except OverflowError:
-            return None
-    if kind is bool:
-        return "1.0" if value else "0.0"
-    if kind is str and len(value) <= 64:
-        text = value.strip()
+    if kind is str:
+        text = value.strip() if len(value) <= 64 else ""
         if DECIMAL.fullmatch(text):
             number = float(text)
             return repr(number) if isfinite(number) else None
-    return None
+        return None
+    return _numeric_text(kind, value)
 
 
 def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
@@ -147,7 +138,7 @@ def usual_reading(sensor_id: str | None, item: Any) -> dict[str, str] | None:
         # A flat field is handled here rather than in _usual_field: it is most of them.
         metric = known.get(name)
         if metric is not None and metric not in fields:
-            text = _quick_number(kind, value)
+            text = _numeric_text(kind, value)
             if text is None:
                 return None
             fields[metric] = text
@@ -183,21 +174,24 @@ def _usual_field(fields: dict[str, str], path: str, value: Any, depth: int) -> b
     name = _known_paths.get(path)
     if name is None or name in fields:
         return False
-    text = _quick_number(kind, value)
+    text = _numeric_text(kind, value)
     if text is None:
         return False
     fields[name] = text
     return True
 
 
-def _quick_number(kind: type, value: Any) -> str | None:
+def _numeric_text(kind: type, value: Any) -> str | None:
     """A float, int or bool value as a metric's text; None for anything else."""
     if kind is float:
         return repr(value) if isfinite(value) else None
     if kind is bool:
         return "1.0" if value else "0.0"
-    if kind is int and -MAX_INT64 <= value <= MAX_INT64:
-        return repr(float(value))
+    if kind is int:
+        try:
+            return repr(float(value))
+        except OverflowError:
+            return None
     return None
 
 
@@ -271,10 +265,10 @@ def _put(reading: LenientReading, path: str, value: Any, depth: int, budget: lis
     elif type(value) is str and DECIMAL.fullmatch(value.strip()):
         reading.dropped.append((shown, "number out of range"))
     elif type(value) is str:
-        if len(value) <= MAX_LABEL_CHARS and value.isprintable() and value.strip():
+        if label_value_ok(value) and value.strip():
             reading.labels[name] = value
         else:
-            reading.dropped.append((shown, f"a string label must be 1-{MAX_LABEL_CHARS} "
+            reading.dropped.append((shown, f"a string label must be 1-{MAX_LABEL_VALUE_CHARS} "
                                            "printable characters"))  # fmt: skip
     elif value is None:
         reading.dropped.append((shown, "null is not a value"))

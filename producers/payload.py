@@ -32,7 +32,7 @@ from ingest.contract.reading import (
 )
 from ingest.devices import DeviceNote
 from ingest.errors import InvalidEntry
-from ingest.labels import label_problem, label_value_ok
+from ingest.labels import label_name_problem, label_value_ok
 from producers.lenient import LenientReading, iso_timestamp_ms, lenient_reading, usual_reading
 
 DEFAULT_TOPICS = ("sensors/{sensor_id}/telemetry", "sensors/{sensor_id}/{metric}")
@@ -61,7 +61,7 @@ class TopicTemplate:
             )
         names = [p[1:-1] for p in parts if p.startswith("{") and p.endswith("}")]
         if any(p in ("+", "#") or ("{" in p and not (p.startswith("{") and p.endswith("}")))
-               for p in parts) or any(label_problem(n, "x") for n in names):  # fmt: skip
+               for p in parts) or any(map(label_name_problem, names)):  # fmt: skip
             raise ValueError(
                 f"topic template {self.template!r} has a wildcard or a level that is not a "
                 "{name} of letters, digits and _"
@@ -90,7 +90,10 @@ class TopicTemplate:
         return {name: found[name] for name in self.label_levels if label_value_ok(found[name])}
 
     def match(self, topic: str) -> dict[str, str] | None:
-        parts = topic.split("/")
+        return self.match_levels(topic.split("/"))
+
+    def match_levels(self, parts: Sequence[str]) -> dict[str, str] | None:
+        """`match` for a topic already split into its levels."""
         if len(parts) != self._depth:
             return None
         for i, text in self._fixed:

@@ -44,7 +44,7 @@ from producers.payload import (
     subscriptions,
 )
 from producers.profiles.base import JsonProfile
-from producers.profiles.mapping import NOTE_AGAIN_S, NOTED_KEPT, FieldMapping
+from producers.profiles.mapping import FieldMapping, RecentNotes
 from producers.profiles.shelly import ShellyGen2
 from producers.profiles.sparkplug.host import NAMESPACE, PROFILE, SparkplugHost
 from producers.profiles.tasmota import Tasmota
@@ -68,12 +68,6 @@ class Route:
     mapping: FieldMapping = field(default_factory=FieldMapping)
     groups: frozenset[str] = frozenset()
 
-    @property
-    def subscription(self) -> str:
-        if self.template is not None:
-            return self.template.subscription
-        return f"{NAMESPACE}/#"
-
     def takes_sparkplug(self, levels: Sequence[str]) -> bool:
         return (len(levels) > 1 and levels[0] == NAMESPACE
                 and (not self.groups or levels[1] in self.groups))  # fmt: skip
@@ -94,8 +88,8 @@ class Router:
         self.max_bytes = max_bytes
         self.max_readings = max_readings
         self.sparkplug = SparkplugHost()
-        # Sensor -> the topic labels last noted for it, and when.
-        self._labelled: dict[str, tuple[dict[str, str], float]] = {}
+        # The topic labels each sensor was last given.
+        self._labelled = RecentNotes()
 
     def subscriptions(self) -> list[str]:
         templated = [r.template for r in self.routes if r.template is not None]
@@ -120,7 +114,7 @@ class Router:
                         route.mapping.apply(parsed, PROFILE, lambda _names: {})
                     return parsed
                 continue
-            found = route.template.match(topic)
+            found = route.template.match_levels(levels)
             if found is not None:
                 return self._templated(route, route.template, found, payload)
         if levels[0] == NAMESPACE:
@@ -143,17 +137,12 @@ class Router:
 
     def _note_topic_labels(self, parsed: Parsed, labels: dict[str, str]) -> None:
         """Note the topic's labels for the sensors of the readings, unless they were noted the
-        same less than NOTE_AGAIN_S ago."""
+        same lately (RecentNotes)."""
         now = time.monotonic()
         for fields in parsed.readings:
             sensor_id = fields["sensor_id"]
-            last = self._labelled.get(sensor_id)
-            if last is not None and last[0] == labels and now - last[1] < NOTE_AGAIN_S:
-                continue
-            parsed.note(sensor_id).labels.update(labels)
-            if len(self._labelled) >= NOTED_KEPT:
-                self._labelled.clear()
-            self._labelled[sensor_id] = (labels, now)
+            if self._labelled.due(sensor_id, labels, now):
+                parsed.note(sensor_id).labels.update(labels)
 
 
 def load_routes(path: str | Path, decoding: str = LENIENT) -> list[Route]:
@@ -200,16 +189,13 @@ def _route(table: Any, where: str, decoding: str) -> Route:
     decoding = table.get("decoding", decoding)
     if decoding not in DECODINGS:
         raise SettingsError(f"{where}: decoding must be one of {', '.join(DECODINGS)}")
-    try:
-        mapping = FieldMapping.of(
-            rename=_strings(table, "rename", where, names=True),
-            scale=_factors(table, where),
-            units=_strings(table, "units", where),
-            labels=_labels(table, where),
-            ignore=_list(table, "ignore", where),
-        )
-    except ValueError as exc:
-        raise SettingsError(f"{where}: {exc}") from None
+    mapping = FieldMapping.of(
+        rename=_strings(table, "rename", where, names=True),
+        scale=_factors(table, where),
+        units=_strings(table, "units", where),
+        labels=_labels(table, where),
+        ignore=_list(table, "ignore", where),
+    )
     if profile == PROFILE:
         if "topic" in table:
             raise SettingsError(f"{where}: a sparkplug route takes spBv1.0/#; choose groups with "

@@ -3,12 +3,12 @@ registry (`ingest.devices`) at start and again every REFRESH_S."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 
 import redis
 
+from ingest.devices import Device
 from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text
 from ingest.redis.errors import redis_errors
@@ -39,9 +39,9 @@ class LabelView:
         labels: dict[str, Mapping[str, str]] = {}
         with redis_errors():
             for sensor, document in self.client.hscan_iter(self.keys.devices, count=1000):
-                found = json.loads(as_text(document)).get("labels")
-                if isinstance(found, dict) and found:
-                    labels[as_text(sensor)] = {str(k): str(v) for k, v in found.items()}
+                device = Device.from_json(as_text(sensor), as_text(document))
+                if device.labels:
+                    labels[device.sensor_id] = device.labels
         changed = labels != self._labels
         self._labels = labels
         return changed

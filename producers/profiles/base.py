@@ -68,7 +68,6 @@ class JsonProfile:
         if not isinstance(readings, dict | list):
             return Parsed.unreadable(f"the {self.name} profile found no readings object")
         parsed = document_readings(readings, sensor_id, max_readings, decoding)
-        if not mapping.is_empty or type(self) is not JsonProfile:
-            context = self.units_context(document)
-            mapping.apply(parsed, self.name, lambda names: self.units_of(names, context), context)
+        context = self.units_context(document)
+        mapping.apply(parsed, self.name, lambda names: self.units_of(names, context), context)
         return parsed

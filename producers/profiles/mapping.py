@@ -11,6 +11,29 @@ from math import isfinite
 from producers.lenient import metric_name
 from producers.payload import Parsed
 
+# Sensors whose last note is remembered, and how often one is noted again unchanged.
+NOTED_KEPT = 200_000
+NOTE_AGAIN_S = 60.0
+
+
+class RecentNotes:
+    """What each sensor was last noted with, and when: the same note again is news to nobody
+    (the registry and the input's sink keep it), so it is made again once a minute, sparing a
+    note per reading."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[object, float]] = {}
+
+    def due(self, sensor_id: str, what: object, now: float) -> bool:
+        """Whether to note `what` for the sensor now; if so, it is remembered as noted."""
+        last = self._last.get(sensor_id)
+        if last is not None and last[0] == what and now - last[1] < NOTE_AGAIN_S:
+            return False
+        if len(self._last) >= NOTED_KEPT:
+            self._last.clear()
+        self._last[sensor_id] = (what, now)
+        return True
+
 
 @dataclass(frozen=True)
 class FieldMapping:
@@ -26,11 +49,8 @@ class FieldMapping:
     _plans: dict[tuple[tuple[str, ...], Hashable], _Plan] = field(
         default_factory=dict, compare=False, repr=False
     )
-    # Sensor -> the plan whose note it was last given, and when: the same note again is news
-    # to nobody (the registry and the input's sink keep it), so it is made once a minute.
-    _noted: dict[str, tuple[_Plan | None, float]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    # The plan whose note each sensor was last given (see RecentNotes).
+    _noted: RecentNotes = field(default_factory=RecentNotes, compare=False, repr=False)
 
     @classmethod
     def of(cls, rename: Mapping[str, str] | None = None, scale: Mapping[str, float] | None = None,
@@ -71,22 +91,13 @@ class FieldMapping:
                     self._plans.clear()
                 self._plans[key] = plan
             sensor_id = fields["sensor_id"]
-            if self._noted.get(sensor_id, _NEVER)[0] is not plan or \
-                    now - self._noted[sensor_id][1] >= NOTE_AGAIN_S:  # fmt: skip
-                self._note(parsed, sensor_id, profile, plan, now)
+            if self._noted.due(sensor_id, plan, now):
+                note = parsed.note(sensor_id)
+                note.profile = profile
+                note.labels.update(self.labels)
+                note.units.update(plan.units)
             kept.append(fields if plan.identity else plan.applied(fields))
         parsed.readings = kept
-
-    def _note(self, parsed: Parsed, sensor_id: str, profile: str, plan: _Plan,
-              now: float) -> None:  # fmt: skip
-        """What the route says about the sensor: its profile, fixed labels and units."""
-        note = parsed.note(sensor_id)
-        note.profile = profile
-        note.labels.update(self.labels)
-        note.units.update(plan.units)
-        if len(self._noted) >= NOTED_KEPT:
-            self._noted.clear()
-        self._noted[sensor_id] = (plan, now)
 
     def _plan(self, names: Sequence[str], profile_units: Mapping[str, str]) -> _Plan:
         renamed: list[str | None] = []
@@ -105,13 +116,10 @@ class FieldMapping:
 
 # Plans kept per mapping: one per shape of reading (its field names) a route meets.
 PLANS_KEPT = 10_000
-# Sensors whose last note a mapping remembers, and how often it notes one again unchanged.
-NOTED_KEPT = 200_000
-NOTE_AGAIN_S = 60.0
-_NEVER: tuple[None, float] = (None, 0.0)
 
 
-@dataclass(frozen=True)
+# Compared by identity: one plan object per shape of reading.
+@dataclass(frozen=True, eq=False)
 class _Plan:
     """What a mapping does to readings with one list of field names."""
 
