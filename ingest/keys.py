@@ -166,6 +166,11 @@ class AlertKeys:
         value (absent: nothing kept yet)."""
         return f"{self.stream}:state"
 
+    @property
+    def silences(self) -> str:
+        """Hash silence id -> JSON of a maintenance silence (analytics/alerts/silences.py)."""
+        return f"{self.stream}:silences"
+
     def heard(self, rule: str) -> str:
         """Sorted set sensor_id -> when a silence rule last heard from it (stream time, ms);
         a sensor leaves it when its silence alert is raised and returns when it speaks."""

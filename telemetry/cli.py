@@ -31,7 +31,14 @@ from ingest.settings import (
 from ingest.shards import Shard, parse_shard_list, shard_for, shards
 from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
-from telemetry.alertscmd import alerts_listing
+from telemetry.alertscmd import (
+    acknowledge_command,
+    alerts_listing,
+    rules_check,
+    silence_command,
+    silences_listing,
+    unsilence_command,
+)
 from telemetry.consume import run_consume
 from telemetry.devicescmd import devices_forget, devices_listing, label_command
 from telemetry.inspect import (
@@ -134,6 +141,27 @@ def _shard_of(settings: Settings, args: argparse.Namespace) -> None:
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> None:
     print(alerts_listing(settings, args.open, args.sensor, args.since, args.format, args.tz))
+
+
+def _acknowledge(settings: Settings, args: argparse.Namespace) -> None:
+    print(acknowledge_command(settings, args.sensor_id, args.rule, args.by, args.comment))
+
+
+def _silence(settings: Settings, args: argparse.Namespace) -> None:
+    print(silence_command(settings, args.sensor, args.rule, args.where or "", args.duration,
+                          args.by, args.comment))  # fmt: skip
+
+
+def _silences(settings: Settings, args: argparse.Namespace) -> None:
+    print(silences_listing(settings, args.format, args.tz))
+
+
+def _unsilence(settings: Settings, args: argparse.Namespace) -> None:
+    print(unsilence_command(settings, args.silence_id, args.by))
+
+
+def _rules_check(settings: Settings, args: argparse.Namespace) -> None:
+    print(rules_check(args.file))
 
 
 def _query(settings: Settings, args: argparse.Namespace) -> None:
@@ -273,6 +301,47 @@ def build_parser() -> OneLineArgumentParser:
     alert_list.add_argument("--since", help="changes since: ISO 8601 or a time ago such as 1h")
     alert_list.add_argument("--format", choices=["table", "json"], default="table")
     alert_list.add_argument("--tz", help="show times in this zone (default UTC)")
+    alert_actions = alert_list.add_subparsers(dest="alerts_command", metavar="ACTION")
+    alert_settings = [*CONNECTION, *STREAM_NAMING, *ALERTS]
+    by_help = "who does it, as the alerts stream records it (default: $USER)"
+
+    def alert_action(name: str, action: Action, help: str) -> argparse.ArgumentParser:
+        sub = alert_actions.add_parser(name, help=help, description=help)
+        add_settings_arguments(sub, alert_settings)
+        sub.set_defaults(action=action)
+        return sub
+
+    acking = alert_action("ack", _acknowledge, "acknowledge an open alert: someone is on it")
+    acking.add_argument("sensor_id", metavar="SENSOR")
+    acking.add_argument("rule", metavar="RULE")
+    acking.add_argument("--by", help=by_help)
+    acking.add_argument("--comment", default="", help="a note kept with the acknowledgement")
+    silencing = alert_action(
+        "silence", _silence,
+        "hold back notifications of some sensors, labels or rules for a while (maintenance)",
+    )  # fmt: skip
+    silencing.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
+    silencing.add_argument("--rule", default="*", metavar="GLOB", help="rule name glob")
+    silencing.add_argument("--where", metavar="SELECTOR", help="labels, such as site=gh-3")
+    silencing.add_argument("--for", dest="duration", required=True, metavar="DURATION",
+                           help="how long, such as 2h or 30m")  # fmt: skip
+    silencing.add_argument("--by", help=by_help)
+    silencing.add_argument("--comment", default="", help="why, such as the ticket")
+    listing_silences = alert_action("silences", _silences, "the silences in force")
+    listing_silences.add_argument("--format", choices=["table", "json"], default="table")
+    listing_silences.add_argument("--tz", help="show times in this zone (default UTC)")
+    ending = alert_action("unsilence", _unsilence, "end a silence now")
+    ending.add_argument("silence_id", metavar="ID")
+    ending.add_argument("--by", help=by_help)
+
+    rules = commands.add_parser("rules", help="alert rules files")
+    rules_actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    checking = rules_actions.add_parser(
+        "check", help="check a rules file (rules and notify targets) without starting a worker"
+    )
+    add_settings_arguments(checking, [])
+    checking.set_defaults(action=_rules_check)
+    checking.add_argument("file", metavar="FILE")
 
     question = command(
         "query",

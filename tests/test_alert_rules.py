@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from analytics.alerts import kernels
 from analytics.alerts.rules import Rule, load_rules, parse_rules
-from analytics.alerts.worker import rules_from
+from analytics.alerts.worker import config_from
 from ingest.settings import Settings
 from telemetry.up import sample_rules
 from tests import alerts_reference as reference
@@ -50,7 +50,7 @@ def feed_reference(rule: Rule, points: Points) -> tuple[list[tuple[str, int]], r
 def test_the_sample_rules_load() -> None:
     rules = load_rules(sample_rules())
     assert {r.kind for r in rules} == {"threshold", "anomaly", "rate", "silence"}
-    assert rules_from(Settings(rules=sample_rules())) == rules
+    assert config_from(Settings(rules=sample_rules())).rules == rules
 
 
 def test_below_threshold_clears_above_its_clear_level() -> None:

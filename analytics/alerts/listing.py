@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,9 @@ from ingest.shards import shards
 
 @dataclass(frozen=True)
 class AlertChange:
-    """One alert change (or, for open alerts, the change that raised it)."""
+    """One alert change (or, for open alerts, the change that raised it): raised, resolved,
+    acknowledged; or a maintenance silence added or ended (`sensor_id` and `rule` are then its
+    globs)."""
 
     sensor_id: str
     rule: str
@@ -28,16 +31,23 @@ class AlertChange:
     metric: str
     state: str
     ts_ms: int
-    value: str
-    limit: str
+    # The reading's value (a silence rule: ms without a reading) and the rule's level.
+    value: float | None
+    limit: float | None
     message: str
-    # When the raised alert began (resolved changes only), and the alerts stream entry.
+    # When the alert was raised, and its alerts stream entry (for an open alert: the entry that
+    # raised it).
     raised_ms: int | None = None
     id: str | None = None
+    # An acknowledgement or silence: who, and their note; an open alert: who acknowledged it.
+    by: str | None = None
+    comment: str | None = None
+    acknowledged_ms: int | None = None
 
     @classmethod
     def from_fields(cls, fields: dict[str, str], entry_id: str | None = None) -> AlertChange:
-        raised = fields.get("raised_ts")
+        raised = fields.get("raised_ts") or (fields["ts"] if fields["state"] == "raised" else "")
+        acknowledged = fields.get("acknowledged_ms")
         return cls(
             sensor_id=fields["sensor_id"],
             rule=fields["rule"],
@@ -46,12 +56,24 @@ class AlertChange:
             metric=fields.get("metric", ""),
             state=fields["state"],
             ts_ms=int(fields["ts"]),
-            value=fields.get("value", ""),
-            limit=fields.get("limit", ""),
+            value=_number(fields.get("value")),
+            limit=_number(fields.get("limit")),
             message=fields.get("message", ""),
             raised_ms=int(raised) if raised else None,
-            id=entry_id,
+            id=entry_id or fields.get("id"),
+            by=fields.get("by") or fields.get("acknowledged_by"),
+            comment=fields.get("comment"),
+            acknowledged_ms=int(acknowledged) if acknowledged else None,
         )
+
+
+def _number(text: str | None) -> float | None:
+    """A recorded number; None when absent, or not finite (JSON has no NaN)."""
+    try:
+        number = float(text) if text else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 AlertSources = list[tuple[redis.Redis, AlertKeys]]

@@ -79,49 +79,67 @@ class Rule:
 
 def load_rules(path: str | Path) -> list[Rule]:
     """Read and check a rules file; RulesError names the line that is wrong and why."""
+    text, source = read_rules_file(path)
+    return parse_rules(text, source)
+
+
+def read_rules_file(path: str | Path) -> tuple[str, str]:
+    """The text of a rules file and the name its errors give it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8"), str(path)
     except OSError as exc:
         raise RulesError(f"{path}: cannot read the rules file: {exc.strerror}") from None
-    return parse_rules(text, str(path))
 
 
 def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
+    return rules_of(parse_toml(text, source), text, source)
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{source}: not valid TOML: {exc}") from None
-    unknown = set(document) - {"rule"}
+    unknown = set(document) - {"rule", "notify"}
     if unknown:
         raise RulesError(f"{source}:1: unknown top-level key {sorted(unknown)[0]!r}; rules go "
-                         "in [[rule]] tables")  # fmt: skip
+                         "in [[rule]] tables, notification targets in [[notify]]")  # fmt: skip
+    return document
+
+
+def rules_of(document: dict[str, Any], text: str, source: str) -> list[Rule]:
+    """The `[[rule]]` tables of a parsed rules file, checked."""
     tables = document.get("rule", [])
     if not isinstance(tables, list) or not tables:
         raise RulesError(f"{source}:1: no [[rule]] tables; nothing to evaluate")
-    starts = _table_lines(text)
+    starts = table_starts(text, "rule")
     rules: list[Rule] = []
     for index, table in enumerate(tables):
-        locate = _Locator(source, text, starts[index] if index < len(starts) else 1)
-        rule = _rule(table, locate)
+        reader = TableReader(table, source, text, starts[index] if index < len(starts) else 1)
+        rule = _rule(reader)
         if any(r.name == rule.name for r in rules):
-            raise RulesError(locate.at("name", f"rule name {rule.name!r} is used twice"))
+            raise RulesError(reader.at("name", f"rule name {rule.name!r} is used twice"))
         rules.append(rule)
     return rules
 
 
-def _table_lines(text: str) -> list[int]:
+def table_starts(text: str, name: str) -> list[int]:
+    """The line numbers where each `[[name]]` table begins."""
+    header = f"[[{name}]]"
     return [
         number
         for number, line in enumerate(text.splitlines(), start=1)
-        if line.strip().replace(" ", "").startswith("[[rule]]")
+        if line.strip().replace(" ", "").startswith(header)
     ]
 
 
-class _Locator:
-    """Turns a key of one [[rule]] table into `file:line: reason`."""
+class TableReader:
+    """One table of a rules file read key by key (see `kinds.base.RuleTable`); a problem comes
+    out as `file:line: reason`."""
 
-    def __init__(self, source: str, text: str, start: int) -> None:
+    def __init__(self, table: Mapping[str, Any], source: str, text: str, start: int) -> None:
+        self.table = table
         self.source, self.start = source, start
         self.lines = text.splitlines()
 
@@ -137,16 +155,8 @@ class _Locator:
                     break
         return f"{self.source}:{line}: {reason}"
 
-
-class _Table:
-    """One [[rule]] table read key by key (see `kinds.base.RuleTable`)."""
-
-    def __init__(self, table: Mapping[str, Any], locate: _Locator) -> None:
-        self.table = table
-        self.locate = locate
-
     def fail(self, key: str | None, reason: str) -> RulesError:
-        return RulesError(self.locate.at(key, reason))
+        return RulesError(self.at(key, reason))
 
     def has(self, key: str) -> bool:
         return key in self.table
@@ -156,6 +166,14 @@ class _Table:
         if not isinstance(value, str):
             raise self.fail(key, f"{key} must be a string" if key in self.table else
                             f"{key} is missing")  # fmt: skip
+        return value
+
+    def texts(self, key: str, default: list[str], most: int) -> list[str]:
+        value = self.table.get(key, default)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f'{key} must be a list of strings such as ["a", "b"]')
+        if len(value) > most:
+            raise self.fail(key, f"{key} has at most {most} items, got {len(value)}")
         return value
 
     def number(self, key: str, default: float | None = None) -> float:
@@ -180,8 +198,8 @@ class _Table:
             raise self.fail(key, f"{key}: {exc}") from None
 
 
-def _rule(raw: Mapping[str, Any], locate: _Locator) -> Rule:
-    table = _Table(raw, locate)
+def _rule(table: TableReader) -> Rule:
+    raw = table.table
     kind_name = raw.get("type")
     kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:

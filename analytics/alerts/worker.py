@@ -9,11 +9,14 @@ from collections.abc import Sequence
 
 import redis
 
+from analytics.alerts.config import AlertConfig, load_config
 from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.fanout import GROUP as FANOUT_GROUP
 from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
-from analytics.alerts.rules import Rule, load_rules
+from analytics.alerts.labelview import LabelView
+from analytics.alerts.rules import Rule
 from analytics.alerts.silence import SilenceSweeper
+from analytics.alerts.silences import SilenceView
 from analytics.worker import default_consumer_name
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.entries import per_entry
@@ -31,10 +34,10 @@ from ingest.shards import Shard, shards
 log = logging.getLogger(__name__)
 
 
-def rules_from(settings: Settings) -> list[Rule]:
+def config_from(settings: Settings) -> AlertConfig:
     if settings.rules is None:
         raise CommandLineError("give the rules file with --rules FILE (or TELEMETRY_ALERT_RULES)")
-    return load_rules(settings.rules)
+    return load_config(settings.rules)
 
 
 def alert_runner(
@@ -53,14 +56,18 @@ def run_alert_worker(
 ) -> RunnerStats:
     """Serve the shards in `serve` (default: every one), each with its silence sweep and
     fan-out, until stopped, or drained."""
-    rules = rules_from(settings)
+    config = config_from(settings)
+    rules = config.rules
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
     serve_metrics(settings.metrics_port, settings.metrics_host)
     name = consumer or default_consumer_name()
     stop = stop_on_signals()
-    fanout = AlertFanout(targets_from(MqttBroker.from_settings(settings), settings.webhook_urls))
-    if fanout.targets:
-        log.info("alert changes go to %s", ", ".join(t.name for t in fanout.targets))
+    broker = MqttBroker.from_settings(settings)
+    targets = targets_from(broker, settings.webhook_urls, config.notifications)
+    if targets:
+        log.info("alert changes go to %s", ", ".join(t.name for t in targets))
+    first = shards(settings)[0].settings
+    silences = SilenceView(connect(first), AlertKeys(first.alerts_stream))
     runners, background = [], []
     for shard in serve or shards(settings):
         each = shard.settings
@@ -70,7 +77,9 @@ def run_alert_worker(
         sweeping = threading.Thread(target=sweeper.run, args=(stop,),
                                     name=f"silence-{shard.index}", daemon=True)  # fmt: skip
         background.append(sweeping)
-        if fanout.targets:
+        if targets:
+            labels = LabelView(connect(each), keys)
+            fanout = AlertFanout(targets, silences, labels)
             fanout_runner = GroupRunner(
                 connect(each), each, FANOUT_GROUP, name, fanout,
                 per_entry(decode_change), stream=each.alerts_stream, start_id="$",
@@ -86,4 +95,5 @@ def run_alert_worker(
         stop.set()
         for thread in background:
             thread.join(timeout=5)
-        fanout.close()
+        for target in targets:
+            target.close()

@@ -52,6 +52,7 @@ from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
 from ingest.status import status_report
+from telemetry.web.alerting import alerting_router
 from telemetry.web.auth import Access, AccessGuard, Grant
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
@@ -206,6 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dead_letters_router(settings))
     registry = DeviceRegistry(settings)
     app.include_router(devices_router(settings, stores, registry))
+    app.include_router(alerting_router(settings, shard_alerts))
     app.include_router(live_router(settings, [c.live for c in shard_clients], access))
     collectors = CollectorRegistry()
     system_status = SystemStatus(settings, [c.status for c in shard_clients])

@@ -85,7 +85,7 @@ local detected_ms = tostring(now[1] * 1000 + math.floor(now[2] / 1000))
 local function add_change(fields)
   fields[#fields + 1] = 'detected_ms'
   fields[#fields + 1] = detected_ms
-  redis.call('XADD', alerts, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  return redis.call('XADD', alerts, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
 
 -- 1. The gate.
@@ -120,9 +120,10 @@ for _ = 1, tonumber(take()) do
 end
 for _ = 1, tonumber(take()) do
   local field, state, record = take(), take(), take()
-  add_change(take_fields())
+  local id = add_change(take_fields())
   if state == 'raised' then
-    redis.call('HSET', open, field, record)
+    -- The open record names its alerts stream entry: a JSON object from Python, closed by `}`.
+    redis.call('HSET', open, field, string.sub(record, 1, -2) .. ', "id": "' .. id .. '"}')
   else
     redis.call('HDEL', open, field)
   end

@@ -84,7 +84,7 @@ for i = 1, tonumber(ARGV[3]) do
         fields[#fields + 1] = name
         fields[#fields + 1] = value
       end
-      redis.call('XADD', alerts, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+      record['id'] = redis.call('XADD', alerts, 'MAXLEN', '~', maxlen, '*', unpack(fields))
       redis.call('HSET', open, field, cjson.encode(record))
       raised = raised + 1
     end
