@@ -23,6 +23,8 @@ from tests.test_alerts import THRESHOLD_RULES
 # The API wants a token, as one others can reach must: the dashboard asks for it, sends it as
 # a header and opens its websockets with tickets.
 TOKEN = "dashboard-reader"
+# Acknowledging and silencing take the admin token: the page asks for it when they need it.
+ADMIN_TOKEN = "dashboard-admin"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -37,7 +39,7 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[str]:
     rules.write_text(THRESHOLD_RULES.replace('for = "30s"', ""))
     port = free_port()
     env = child_env(settings, TELEMETRY_API_PORT=str(port), TELEMETRY_LOG_LEVEL="WARNING",
-                    API_READ_TOKEN=TOKEN)  # fmt: skip
+                    API_READ_TOKEN=TOKEN, API_TOKEN=ADMIN_TOKEN)  # fmt: skip
     commands = [
         ["api"],
         ["aggregate"],
@@ -97,6 +99,23 @@ def test_the_dashboard_shows_sensors_a_growing_live_chart_and_raised_alerts(
         assert live_points(page) > before
         expect(page.locator("#alert-feed li", has_text="hot").first).to_be_visible(timeout=30_000)
         expect(page.locator("#health")).to_contain_text("aggregates")
+        # Acknowledge an open alert (the reader's token cannot: the page asks for the admin's),
+        # silence it for an hour, end the silence.
+        opened = page.locator("#open-alerts li", has_text="hot").first
+        opened.get_by_role("button", name="ack").click()
+        expect(page.locator("#token-form")).to_be_visible(timeout=5_000)
+        page.locator("#token-input").fill(ADMIN_TOKEN)
+        page.locator("#token-form button").click()
+        opened = page.locator("#open-alerts li", has_text="hot").first
+        opened.get_by_role("button", name="ack").click()
+        expect(page.locator("#open-alerts")).to_contain_text("acknowledged by dashboard",
+                                                             timeout=10_000)  # fmt: skip
+        page.locator("#open-alerts li", has_text="hot").first.get_by_role(
+            "button", name="silence 1 h").click()  # fmt: skip
+        silenced = page.locator("#open-alerts li", has_text="silenced:")
+        expect(silenced).to_have_count(1, timeout=10_000)
+        silenced.get_by_role("button", name="end").click()
+        expect(silenced).to_have_count(0, timeout=10_000)
         # The fleet's own metrics, with units, and the fleet by label.
         expect(page.locator("#sensor-head")).to_contain_text("temp (°C)")
         page.locator("#group-label").select_option("site")

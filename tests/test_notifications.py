@@ -24,12 +24,15 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from fastapi.testclient import TestClient
 
 from analytics.alerts.config import parse_config
 from analytics.alerts.fanout import GROUP as FANOUT_GROUP
 from analytics.alerts.rules import RulesError
+from analytics.alerts.silences import MAX_SILENCES
 from ingest.settings import Settings
 from telemetry.localserver import free_port
+from telemetry.web.app import create_app
 from tests.alerting import changes
 from tests.conftest import child_env
 from tests.test_alert_fanout import groups_of
@@ -89,8 +92,9 @@ class Mailbox:
         mailbox = self
 
         class Handler:
-            async def handle_DATA(self, _server: SMTP, _session: Session,
-                                  envelope: Envelope) -> str:  # fmt: skip
+            async def handle_DATA(  # noqa: N802 (the name aiosmtpd calls)
+                self, _server: SMTP, _session: Session, envelope: Envelope
+            ) -> str:
                 assert isinstance(envelope.content, bytes)
                 mailbox.messages.append(message_from_bytes(envelope.content))
                 return "250 OK"
@@ -282,10 +286,12 @@ RULE = '[[rule]]\nname = "hot"\ntype = "threshold"\nmetric = "t"\nabove = 1\n'
 def test_a_bad_notify_table_names_its_line_and_never_the_url() -> None:
     secret = "https://hooks.slack.example/T0/B0/secret-token"
     assert config_error(RULE + f'[[notify]]\nname = "x"\nurl = "{secret}"\n').startswith(
-        "alerts.toml:8: notify x: url is not a notification URL apprise knows")
+        "alerts.toml:8: notify x: url is not a notification URL apprise knows"
+    )
     assert "secret" not in config_error(RULE + f'[[notify]]\nname = "x"\nurl = "{secret}"\n')
     assert config_error(RULE + '[[notify]]\nname = "x"\nurl = "${HOOK}"\n') == (
-        "alerts.toml:8: url needs the environment variable HOOK, which is not set")
+        "alerts.toml:8: url needs the environment variable HOOK, which is not set"
+    )
     good = '[[notify]]\nname = "x"\nurl = "json://localhost/"\n'
     assert "no field 'passwd'" in config_error(RULE + good + 'body = "$passwd"\n')
     assert "a $ must start a field name" in config_error(RULE + good + 'title = "cost: 5$"\n')
@@ -313,3 +319,38 @@ def test_rules_check_passes_a_good_file_and_fails_a_bad_one_in_one_line(
     failed = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr.count("\n") == 1 and "bad.toml" in failed.stderr
+
+
+def test_hostile_silences_and_acknowledgements_are_refused_at_bounded_cost(
+    settings: Settings, client: redis.Redis
+) -> None:
+    api = TestClient(create_app(settings))
+    silence = {"sensors": "room-*", "duration": "1h", "by": "test"}
+    refused = [
+        {**silence, "duration": "0s"},
+        {**silence, "duration": "400d"},
+        {**silence, "duration": "x" * 33},
+        {**silence, "sensors": "*"},  # everything: not offered
+        {**silence, "sensors": "room-\x00\n"},
+        {**silence, "sensors": "s" * 257},
+        {**silence, "comment": "c" * 501},
+        {**silence, "labels": ",".join(f"k{i}=v" for i in range(17))},
+        {**silence, "rules": "bad rule!"},
+    ]
+    for body in refused:
+        assert api.post("/silences", json=body).status_code == 422, body
+    # A thousand silences at most; the next one is refused, the first ones still listed.
+    for _ in range(MAX_SILENCES):
+        assert api.post("/silences", json=silence).status_code == 201
+    assert api.post("/silences", json=silence).status_code == 409
+    listed = api.get("/silences").json()
+    assert len(listed) == MAX_SILENCES
+    assert client.hlen(f"{settings.alerts_stream}:silences") == MAX_SILENCES
+    json_body = {"Content-Type": "application/json"}
+    assert api.delete("/silences/00000000", headers=json_body).status_code == 404
+    assert api.delete("/silences/..%2F..%2Fx", headers=json_body).status_code in (404, 422)
+    assert api.delete(f"/silences/{listed[0]['id']}?by=test", headers=json_body).status_code == 204
+    # Acknowledging: only open alerts, only real names.
+    assert api.post("/alerts/room-1/hot/ack", json={}).status_code == 404
+    assert api.post(f"/alerts/{'s' * 300}/hot/ack", json={}).status_code == 422
+    assert api.post("/alerts/room-1/hot/ack", json={"by": "b" * 65}).status_code == 422

@@ -122,11 +122,13 @@ def add_silence(client: redis.Redis, keys: AlertKeys, silence: Silence, maxlen: 
               "labels": str(silence.labels), "by": silence.by, "comment": silence.comment,
               "silence": silence.id, "message": message}  # fmt: skip
     args: list[Arg] = ["add", silence.id, silence.to_json(), MAX_SILENCES, maxlen]
+    args += [x for pair in record.items() for x in pair]
     with redis_errors():
-        # Expired silences make room first.
-        active_silences(client, keys, silence.starts_ms)
-        entry = SILENCES(client, [keys.stream, keys.silences],
-                         [*args, *(x for pair in record.items() for x in pair)])  # fmt: skip
+        entry = SILENCES(client, [keys.stream, keys.silences], args)
+        if not entry:
+            # Expired silences make room.
+            active_silences(client, keys, silence.starts_ms)
+            entry = SILENCES(client, [keys.stream, keys.silences], args)
     if not entry:
         raise ActionError(f"{MAX_SILENCES} silences are active already; remove some first")
     return str(entry)

@@ -9,7 +9,7 @@ const CHART_SPAN_MS = 15 * 60 * 1000;
 // a header (never in a URL); websockets get a single-use ticket for it.
 let token = sessionStorage.getItem("telemetry-token");
 const state = { offset: 0, total: 0, query: "", sensor: null, metric: null, openBySensor: {},
-  bands: [], live: [], socket: null, units: {}, labels: [], metrics: [] };
+  bands: [], live: [], socket: null, alertSocket: null, units: {}, labels: [], metrics: [] };
 const $ = (id) => document.getElementById(id);
 
 function authorised(headers = {}) {
@@ -26,6 +26,21 @@ async function getJson(path) {
   }
   if (!response.ok) throw new Error(`${path}: ${response.status}`);
   return [await response.json(), response];
+}
+
+// POST or DELETE; alert actions need the admin token, which the token form then asks for.
+async function sendJson(method, path, body) {
+  const response = await fetch(path, {
+    method, body: body === undefined ? undefined : JSON.stringify(body),
+    headers: authorised({ "Content-Type": "application/json" }),
+  });
+  if (response.status === 401 || response.status === 403) {
+    $("token-input").placeholder = "admin API token";
+    $("token-form").hidden = false;
+    throw new TokenNeeded(`${path}: ${response.status}`);
+  }
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.status === 204 ? null : response.json();
 }
 
 // Runs a loader; one stopped by a missing token waits for the token form instead of failing.
@@ -287,7 +302,7 @@ function alertItem(a) {
   const head = document.createElement("span");
   const sev = document.createElement("span");
   sev.className = `sev ${a.severity}`;
-  sev.textContent = a.state === "raised" ? a.severity : "resolved";
+  sev.textContent = a.state === "raised" ? a.severity : a.state;
   head.append(sev, ` ${a.sensor_id} · ${a.rule}`);
   const what = document.createElement("span");
   what.className = "what";
@@ -301,7 +316,13 @@ async function loadAlerts() {
   const feed = recent.map((a) => alertItem({ ...a, ts: a.ts_ms }));
   $("alert-feed").replaceChildren(...feed);
   await loadOpenAlerts();
+  // A new token starts the page again: the feed follows one socket, not one per start.
+  if (state.alertSocket) {
+    state.alertSocket.onclose = null;
+    state.alertSocket.close();
+  }
   const socket = await openSocket("/ws/alerts");
+  state.alertSocket = socket;
   socket.onmessage = (event) => {
     const { fields } = JSON.parse(event.data);
     $("alert-feed").prepend(alertItem(fields));
@@ -311,11 +332,48 @@ async function loadAlerts() {
   socket.onclose = () => setTimeout(whenAllowed(loadAlerts), 2000);
 }
 
+function actionButton(label, act) {
+  const button = document.createElement("button");
+  button.textContent = label;
+  button.addEventListener("click", whenAllowed(async () => { await act(); await loadOpenAlerts(); }));
+  return button;
+}
+
+function openAlertItem(a) {
+  const li = document.createElement("li");
+  const sev = document.createElement("span");
+  sev.className = `sev ${a.severity}`;
+  sev.textContent = a.severity;
+  const what = document.createElement("span");
+  what.className = "what";
+  what.textContent = `${a.sensor_id} · ${a.rule} · ${a.message}`;
+  const path = `/alerts/${encodeURIComponent(a.sensor_id)}/${encodeURIComponent(a.rule)}/ack`;
+  const acked = document.createElement("span");
+  acked.className = "acked muted";
+  if (a.acknowledged_ms) acked.textContent = `acknowledged by ${a.by}`;
+  const buttons = a.acknowledged_ms ? [] : [actionButton("ack", () => sendJson("POST", path, { by: "dashboard" }))];
+  buttons.push(actionButton("silence 1 h", () => sendJson("POST", "/silences",
+    { sensors: a.sensor_id, rules: a.rule, duration: "1h", by: "dashboard" })));
+  li.append(sev, what, acked, ...buttons);
+  return li;
+}
+
+function silenceItem(s) {
+  const li = document.createElement("li");
+  const what = document.createElement("span");
+  what.className = "what";
+  const labels = s.labels ? ` · ${s.labels}` : "";
+  what.textContent = `silenced: ${s.sensors} · ${s.rules}${labels} until ${new Date(s.ends_ms).toLocaleTimeString()} by ${s.by}`;
+  li.append(what, actionButton("end", () => sendJson("DELETE", `/silences/${s.id}?by=dashboard`)));
+  return li;
+}
+
 async function loadOpenAlerts() {
-  const [open] = await getJson("/alerts?open=true&limit=10000");
+  const [[open], [silences]] = await Promise.all([getJson("/alerts?open=true&limit=10000"), getJson("/silences")]);
   state.openBySensor = {};
   for (const a of open) state.openBySensor[a.sensor_id] = (state.openBySensor[a.sensor_id] || 0) + 1;
   $("open-count").textContent = `${open.length} open`;
+  $("open-alerts").replaceChildren(...open.slice(0, 50).map(openAlertItem), ...silences.map(silenceItem));
 }
 
 // -- health -------------------------------------------------------------------------------
