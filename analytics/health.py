@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from analytics.alerts.listing import AlertSources
+from analytics.alerts.rules import SEVERITIES
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
@@ -94,8 +95,8 @@ class SystemCollector(Collector):
                 by_severity[severity] = by_severity.get(severity, 0) + 1
             added += int(info.get("entries-added", 0))
         gauge = GaugeMetricFamily("telemetry_alerts_open", "alerts open now", labels=["severity"])
-        for severity, count in sorted(by_severity.items()):
-            gauge.add_metric([severity], count)
+        for severity in sorted({*SEVERITIES, *by_severity}):
+            gauge.add_metric([severity], by_severity.get(severity, 0))
         yield gauge
         changes = CounterMetricFamily("telemetry_alert_changes", "alert changes ever recorded")
         changes.add_metric([], added)

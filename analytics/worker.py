@@ -16,7 +16,7 @@ from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.groups.shardrun import run_each
 from ingest.keys import StreamKeys
-from ingest.metrics import serve_metrics
+from ingest.metrics import GROUP_WORKER, serve_metrics
 from ingest.redis.connection import connect
 from ingest.runtime import stop_on_signals
 from ingest.settings import Settings
@@ -47,7 +47,7 @@ def run_aggregator(
     settings: Settings, consumer: str | None, *, drain: bool, serve: Sequence[Shard] | None = None
 ) -> RunnerStats:
     """Serve the shards in `serve` (default: every one) until stopped, or drained."""
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port, settings.metrics_host, GROUP_WORKER)
     name = consumer or default_consumer_name()
     runners = [aggregator_runner(connect(shard.settings), shard.settings, name)
                for shard in (serve or shards(settings))]  # fmt: skip

@@ -38,6 +38,8 @@ from producers.routes import Route, Router
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("telemetry_bridge_messages", "MQTT messages by outcome", ["outcome"])
+for _outcome in ("written", "dead_lettered", "retained"):
+    MESSAGES.labels(_outcome)
 RECONNECTS = Counter("telemetry_bridge_reconnects", "Connections to the broker after the first")
 SILENT = Gauge("telemetry_bridge_silent", "1 while connected but no message has arrived lately")
 DROPPED_FIELDS = Counter("telemetry_bridge_dropped_fields",

@@ -6,7 +6,7 @@ import argparse
 import socket
 
 from ingest.errors import SettingsError
-from ingest.metrics import serve_metrics
+from ingest.metrics import WRITER, serve_metrics
 from ingest.mqttclient import MqttBroker
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
@@ -72,5 +72,5 @@ def bridge_options(settings: Settings, args: argparse.Namespace) -> BridgeOption
 
 def run_bridge(settings: Settings, args: argparse.Namespace) -> BridgeCounts:
     options = bridge_options(settings, args)
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port, settings.metrics_host, (*WRITER, "telemetry_bridge_"))
     return Bridge(settings, options).run(stop_on_signals())

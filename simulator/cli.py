@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ingest.contract.reading import validate_sensor_id
 from ingest.errors import InvalidEntry
-from ingest.metrics import serve_metrics
+from ingest.metrics import WRITER, serve_metrics
 from ingest.mqttclient import MqttBroker
 from ingest.redis.shardedwriter import open_writer
 from ingest.runtime import CommandLineError, stop_on_signals
@@ -125,7 +125,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> FleetReport:
     ids = sensor_ids(args)
     seed = args.seed if args.seed is not None else secrets.randbits(32)
     bank = SensorBank(ids, args.rate, seed, fault_config(args))
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port, settings.metrics_host, WRITER)
     stop = stop_on_signals()
     writer: ReadingSink
     if args.via_mqtt:

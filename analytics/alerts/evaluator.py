@@ -13,6 +13,7 @@ of a round's sensors at once (see `kernels`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 import redis
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from analytics.alerts.commit import (
     RAISED,
@@ -59,6 +60,11 @@ GROUP = "alerts"
 COMMIT = LuaScript("analytics.alerts", "commit.lua", prelude=SETTLE_LIBRARY)
 ALERT_CHANGES = Counter(
     "telemetry_alert_worker_changes", "Alert changes this worker recorded", ["rule", "state"]
+)
+ALERT_LATENCY = Histogram(
+    "telemetry_alert_latency_seconds",
+    "From the deciding reading's arrival on the stream to its alert change being recorded",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
 
@@ -99,6 +105,9 @@ class AlertEvaluator:
         self.rules = list(rules)
         self.alerts_maxlen = alerts_maxlen
         self.stats = EvaluatorStats()
+        for rule in self.rules:
+            for state in (RAISED, RESOLVED):
+                ALERT_CHANGES.labels(rule.name, state)
         selects_by_label = any(rule.labels.terms for rule in self.rules)
         self.labels = LabelView(client, keys) if selects_by_label else None
         self.tables = self._fresh_tables()
@@ -153,8 +162,10 @@ class AlertEvaluator:
                 self.stats.readings += len(batch.entries)
                 self.stats.stale += args.stale
                 self.stats.changes += len(args.decided)
+                now = time.time()
                 for record in args.decided:
                     ALERT_CHANGES.labels(record["rule"], record["state"]).inc()
+                    ALERT_LATENCY.observe(max(0.0, now - entry_time_ms(record["reading"]) / 1000))
                     log.info("alert %s: %s %s (%s, %s)", record["state"], record["sensor_id"],
                              record["rule"], record["severity"], record["message"])  # fmt: skip
                 return

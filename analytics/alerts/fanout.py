@@ -77,6 +77,8 @@ class MqttTarget:
     def __init__(self, broker: MqttBroker) -> None:
         self.name = broker.name
         self.client = start_publisher(broker, "alerts", QUEUE_LIMIT)
+        for outcome in ("queued", "dropped"):
+            SENT.labels(self.name, outcome)
 
     def wants(self, change: Mapping[str, str]) -> bool:
         return change.get("state", "") in ALERT_STATES
@@ -116,6 +118,8 @@ class QueuedTarget:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        for outcome in ("delivered", "failed", "refused", "dropped", "silenced"):
+            SENT.labels(name, outcome)
         self._queue: deque[Mapping[str, str]] = deque()
         self._ready = threading.Condition()
         self._closed = False

@@ -24,7 +24,7 @@ from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats
 from ingest.groups.shardrun import run_each
 from ingest.keys import AlertKeys, StreamKeys
-from ingest.metrics import serve_metrics
+from ingest.metrics import GROUP_WORKER, serve_metrics
 from ingest.mqttclient import MqttBroker
 from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError, stop_on_signals
@@ -59,7 +59,8 @@ def run_alert_worker(
     config = config_from(settings)
     rules = config.rules
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port, settings.metrics_host,
+                  (*GROUP_WORKER, "telemetry_alert_"))
     name = consumer or default_consumer_name()
     stop = stop_on_signals()
     broker = MqttBroker.from_settings(settings)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ingest import metrics
 from ingest.backlog import backlog_warning
+from ingest.contract.reading import entry_time_ms
 from ingest.groups.batch import DeadEntry, RunnerStats
 
 log = logging.getLogger("ingest.groups")
@@ -23,6 +24,14 @@ class RunnerObserver:
         self.stats = RunnerStats()
         self._labels = {"stream": stream, "group": group}
         self._outage_since: float | None = None
+        # Every series present from the start, at zero, so a dashboard shows 0, not "No data".
+        for outcome in ("processed", "dead_lettered", "trimmed"):
+            metrics.GROUP_ENTRIES.labels(**self._labels, outcome=outcome)
+        for family in (metrics.GROUP_HANDLER_ERRORS, metrics.GROUP_CLAIMED,
+                       metrics.GROUP_COUNTER_REPAIRS):  # fmt: skip
+            family.labels(**self._labels)
+        metrics.REDIS_OUTAGES.labels(component=f"group:{group}")
+        self._entry_age = metrics.GROUP_ENTRY_AGE.labels(**self._labels)
 
     def joined(self) -> None:
         log.info("consumer %s joined group %s on %s", self.consumer, self.group, self.stream)
@@ -41,9 +50,10 @@ class RunnerObserver:
             log.info("redis is back after %.1fs", time.monotonic() - self._outage_since)
             self._outage_since = None
 
-    def processed(self, count: int) -> None:
+    def processed(self, count: int, oldest_id: str) -> None:
         self.stats.processed += count
         metrics.GROUP_ENTRIES.labels(**self._labels, outcome="processed").inc(count)
+        self._entry_age.observe(max(0.0, time.time() - entry_time_ms(oldest_id) / 1000))
 
     def handler_error(self) -> None:
         self.stats.handler_errors += 1

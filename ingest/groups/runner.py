@@ -532,7 +532,7 @@ class GroupRunner(Generic[D]):
             log.warning("writing a prepared batch failed (%s); handling it again", exc)
             self._handle(writing.entries)
             return
-        self.observe.processed(len(writing.entries))
+        self.observe.processed(len(writing.entries), writing.entries.ids[0])
 
     def _write_prepared(self) -> None:
         self._finish_writing(self._behind.start())
@@ -571,7 +571,7 @@ class GroupRunner(Generic[D]):
             return [(entry_id, error)]
         if not self.handler.acknowledges:
             self.redis.ack(batch.ids)
-        self.observe.processed(len(entries))
+        self.observe.processed(len(entries), entries.ids[0])
         return []
 
     def _batch(self, entries: D, handovers: int | None) -> Batch[D]:

@@ -48,6 +48,7 @@ from ingest.durability import DurabilityError
 from ingest.durations import parse_duration_ms
 from ingest.errors import RedisUnavailable, SettingsError, StreamFull
 from ingest.keys import StreamKeys
+from ingest.metrics import WRITER, Exported
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
@@ -58,6 +59,7 @@ from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.devices import Where, among, devices_router
 from telemetry.web.live import live_router
+from telemetry.web.observe import RequestTimer
 from telemetry.web.readings import readings_router
 
 log = logging.getLogger(__name__)
@@ -130,10 +132,12 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     access = Access(settings)
+    collectors = CollectorRegistry()
     app.add_middleware(AccessGuard, access=access)
     # A name no one configured is refused: a page that rebinds its own DNS name to this
     # address reaches the API under that name.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
+    app.add_middleware(RequestTimer, registry=collectors)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -209,9 +213,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(devices_router(settings, stores, registry))
     app.include_router(alerting_router(settings, shard_alerts))
     app.include_router(live_router(settings, [c.live for c in shard_clients], access))
-    collectors = CollectorRegistry()
     system_status = SystemStatus(settings, [c.status for c in shard_clients])
     collectors.register(SystemCollector(shard_alerts, system_status))
+    # POST /readings writes: the API's own writer and its Redis outages.
+    collectors.register(Exported(WRITER))
 
     @app.get("/groups")
     def groups() -> dict[str, Any]:
