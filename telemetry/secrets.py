@@ -68,12 +68,18 @@ def make_secrets(
     env = _read_env(env_file)
     wanted = {
         "API_TOKEN": secrets.token_urlsafe(32),
+        "API_READ_TOKEN": secrets.token_urlsafe(32),
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         **{f"REDIS_{role.upper()}_PASSWORD": secrets.token_urlsafe(32) for role in ROLES},
         **{_broker_variable(user): secrets.token_urlsafe(32) for user in BROKER_USERS},
     }
     if any(name not in env for name in wanted):
         env = {**wanted, **env}
         made.append(private_file(env_file, "".join(f"{k}={v}\n" for k, v in env.items())))
+    read_token = folder / "api-read-token"
+    if not read_token.exists():
+        # Prometheus reads its bearer token from a file.
+        made.append(private_file(read_token, env["API_READ_TOKEN"]))
     acl = folder / "redis-users.acl"
     if not acl.exists():
         lines = ["user default off"]

@@ -5,6 +5,7 @@ zero before anything happens."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ingest.settings import Settings
 from telemetry.localserver import LocalMosquitto, free_port, port_open
 from tests.conftest import child_env
 from tests.test_alerts import THRESHOLD_RULES
+from tests.test_grafana import DASHBOARD
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -112,7 +114,8 @@ def test_prometheus_scrapes_every_process_and_promtool_passes_them(
     assert 'telemetry_http_request_seconds_count{method="GET",route="/sensors",status="2xx"}' in api
 
     for name, port in processes.items():
-        checked = subprocess.run([PROMTOOL, "check", "metrics"], input=fetch(metrics_url(name, port)),
+        exported = fetch(metrics_url(name, port))
+        checked = subprocess.run([PROMTOOL, "check", "metrics"], input=exported,
                                  capture_output=True, text=True)  # fmt: skip
         assert checked.returncode == 0, f"{name}: {checked.stdout} {checked.stderr}"
 
@@ -125,8 +128,9 @@ def test_prometheus_scrapes_every_process_and_promtool_passes_them(
             for name, port in processes.items()
         ],
     }))  # fmt: skip
-    checked = subprocess.run([PROMTOOL, "check", "config", str(config)], capture_output=True)
-    assert checked.returncode == 0, checked.stdout
+    config_checked = subprocess.run([PROMTOOL, "check", "config", str(config)],
+                                    capture_output=True, text=True)  # fmt: skip
+    assert config_checked.returncode == 0, config_checked.stdout
     server = subprocess.Popen(
         [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{prometheus_port}"],
@@ -154,6 +158,18 @@ def test_prometheus_scrapes_every_process_and_promtool_passes_them(
             'sum by (group) (telemetry_group_entries_total{outcome="processed"})'))  # fmt: skip
         assert {r["metric"]["group"]: float(r["value"][1]) for r in processed} == {
             "aggregates": 20.0, "alerts": 20.0, "alert-fanout": 4.0}  # fmt: skip
+        # Every Prometheus panel of the provisioned Grafana dashboard is a query Prometheus
+        # takes (a bad one answers 400), over series these processes export.
+        exported_names = set(re.findall(r"^(telemetry_\w+?)(?:_bucket|_total)?[{ ]",
+                                        "".join(fetch(metrics_url(name, port)) for name, port
+                                                in processes.items()), re.MULTILINE))  # fmt: skip
+        for panel in DASHBOARD["panels"]:
+            for target in panel["targets"]:
+                if target["datasource"]["type"] == "prometheus":
+                    query(target["expr"])
+                    named = re.findall(r"telemetry_\w+", target["expr"])
+                    assert {re.sub(r"_(bucket|total)$", "", n) for n in named} <= exported_names, (
+                        target["expr"])  # fmt: skip
     finally:
         server.terminate()
         server.wait(30)

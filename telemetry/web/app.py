@@ -55,6 +55,7 @@ from ingest.shards import shards
 from ingest.status import status_report
 from telemetry.web.alerting import alerting_router
 from telemetry.web.auth import Access, AccessGuard, Grant
+from telemetry.web.charts import charts_router
 from telemetry.web.clients import ApiClients
 from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.devices import Where, among, devices_router
@@ -212,6 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     registry = DeviceRegistry(settings)
     app.include_router(devices_router(settings, stores, registry))
     app.include_router(alerting_router(settings, shard_alerts))
+    app.include_router(charts_router(stores, registry))
     app.include_router(live_router(settings, [c.live for c in shard_clients], access))
     system_status = SystemStatus(settings, [c.status for c in shard_clients])
     collectors.register(SystemCollector(shard_alerts, system_status))
