@@ -24,6 +24,16 @@ class StreamKeys:
         return f"{self.stream}:dead"
 
     @property
+    def archived(self) -> str:
+        """The ID of the newest entry the archive group has committed to Parquet files."""
+        return f"{self.stream}:archived"
+
+    @property
+    def archiver(self) -> str:
+        """Lease held by the one archiver of this stream."""
+        return f"{self.stream}:archiver"
+
+    @property
     def lost(self) -> str:
         """Hash group -> entries trimmed away before that group processed them."""
         return f"{self.stream}:lost"

@@ -277,6 +277,18 @@ class Settings:
         100_000, "TELEMETRY_MAX_SENSORS", _positive_int,
         "sensors the aggregates keep; readings of more are dead-lettered", "N",
     )  # fmt: skip
+    archive_dir: str = _setting(
+        "archive", "TELEMETRY_ARCHIVE_DIR", str,
+        "folder of the raw readings' Parquet archive (a folder per stream, one per day)", "DIR",
+    )  # fmt: skip
+    archive_flush_ms: int = _setting(
+        10_000, "TELEMETRY_ARCHIVE_FLUSH_MS", _positive_int,
+        "the archive writes a file at least this often while readings arrive", "MS",
+    )  # fmt: skip
+    archive_flush_readings: int = _setting(
+        100_000, "TELEMETRY_ARCHIVE_FLUSH_READINGS", _positive_int,
+        "or once this many readings wait", "N",
+    )  # fmt: skip
     api_port: int = _setting(8000, "TELEMETRY_API_PORT", _port, "HTTP API port", "PORT")
     api_host: str = _setting(
         "127.0.0.1", "TELEMETRY_API_HOST", str, "HTTP API address to listen on", "HOST"
@@ -376,6 +388,7 @@ WORKER = ("read_batch", "reads_per_batch", "block_ms", "claim_idle_ms", "max_del
 AGGREGATES = ("tiers",)
 AGGREGATE_LIMITS = ("max_metrics_per_reading", "max_metric_names", "max_sensors")
 ALERTS = ("alerts_stream", "alerts_maxlen")
+ARCHIVE = ("archive_dir", "archive_flush_ms", "archive_flush_readings")
 ALERT_WORKER = (*ALERTS, "rules", "webhooks")
 API = ("api_port", "api_host", "api_token", "api_write_token", "api_read_token", "api_hosts",
        "api_origins", "api_max_body", "block_ms", "trim_warn_ratio")  # fmt: skip

@@ -1,0 +1,1 @@
+"""The raw readings kept past the stream's cap: Parquet files written by the `archive` group."""
