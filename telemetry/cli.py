@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 from analytics.alerts.worker import run_alert_worker
+from analytics.archive.export import FORMATS as EXPORT_FORMATS
+from analytics.archive.worker import run_archiver
 from analytics.fleet import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
@@ -19,6 +21,7 @@ from ingest.settings import (
     ALERT_WORKER,
     ALERTS,
     API,
+    ARCHIVE,
     CONNECTION,
     MQTT,
     STREAM,
@@ -29,6 +32,8 @@ from ingest.settings import (
     add_settings_arguments,
 )
 from ingest.shards import Shard, parse_shard_list, shard_for, shards
+from producers.backfill import FORMATS as IMPORT_FORMATS
+from producers.backfill import PRECISIONS
 from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import (
@@ -39,6 +44,7 @@ from telemetry.alertscmd import (
     silences_listing,
     unsilence_command,
 )
+from telemetry.archivecmd import export_command, import_command
 from telemetry.consume import run_consume
 from telemetry.devicescmd import devices_forget, devices_listing, label_command
 from telemetry.inspect import (
@@ -114,6 +120,22 @@ def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
     run_alert_worker(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
+
+
+def _archive(settings: Settings, args: argparse.Namespace) -> None:
+    run_archiver(settings, drain=args.drain, serve=_served(settings, args))
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> None:
+    print(export_command(settings, args.since, args.until, args.sensor, args.format,
+                         args.output))  # fmt: skip
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    report, status = import_command(settings, args.file, args.format, args.sensor_tag,
+                                    args.precision)  # fmt: skip
+    print(report)
+    return status
 
 
 def _devices_list(settings: Settings, args: argparse.Namespace) -> None:
@@ -270,6 +292,51 @@ def build_parser() -> OneLineArgumentParser:
     alerting.add_argument("--consumer", help="consumer name (default: host-pid)")
     alerting.add_argument("--drain", action="store_true", help="exit when nothing is left")
     alerting.add_argument("--shards", dest="serve", metavar="LIST", help=SERVE_HELP)
+
+    archiving = command(
+        "archive",
+        _archive,
+        "run the archiver: raw readings to Parquet files a day apart (one per stream at a time)",
+        [*CONNECTION, *STREAM, *WORKER, *ARCHIVE],
+    )
+    archiving.add_argument("--drain", action="store_true", help="exit when nothing is left")
+    archiving.add_argument("--shards", dest="serve", metavar="LIST", help=SERVE_HELP)
+
+    exporting = command(
+        "export",
+        _export,
+        "raw readings between two times, from the archive and the stream, to a file",
+        [*CONNECTION, *STREAM_NAMING, "archive_dir"],
+    )
+    exporting.add_argument("--since", required=True,
+                           help="ISO 8601, epoch ms, or a time ago such as 30d")  # fmt: skip
+    exporting.add_argument("--until", default="now", help="ISO 8601, epoch ms, a time ago, now")
+    exporting.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
+    exporting.add_argument("--format", choices=EXPORT_FORMATS, default="parquet",
+                           help="parquet and csv: a row per reading and metric; jsonl: a "
+                           "reading per line (default parquet)")  # fmt: skip
+    exporting.add_argument("--output", "-o", type=Path,
+                           help="the file to write (default readings.FORMAT)")  # fmt: skip
+
+    importing = command(
+        "import",
+        _import,
+        "write the readings of a file to the stream, at the pace the groups take them",
+        [*CONNECTION, *STREAM, *WRITING],
+    )
+    importing.add_argument("file", type=Path, metavar="FILE")
+    importing.add_argument(
+        "--format", choices=IMPORT_FORMATS,
+        help="default: from the file's suffix (.csv .jsonl .parquet .lp)",
+    )  # fmt: skip
+    importing.add_argument(
+        "--sensor-tag", default="sensor_id",
+        help="Influx: the tag naming the sensor (default sensor_id)",
+    )  # fmt: skip
+    importing.add_argument(
+        "--precision", choices=list(PRECISIONS), default="ns",
+        help="Influx: the timestamps' unit (default ns)",
+    )  # fmt: skip
 
     shard_of = command(
         "shard-of",

@@ -56,8 +56,9 @@ def test_series_are_each_sensors_buckets_in_epoch_ms(loaded: tuple[Settings, Mad
     api = TestClient(create_app(settings))
     to = (int(made.ts.max()) // 60_000) * 60_000
     start = to - 20 * 60_000
-    answer = api.get("/series", params={"metric": "temp", "from": str(start), "to": str(to),
-                                        "interval_ms": "60000", "sensor": "dev-000[0-2]"})  # fmt: skip
+    window = {"metric": "temp", "from": str(start), "to": str(to)}
+    answer = api.get("/series", params={**window, "interval_ms": "60000",
+                                        "sensor": "dev-000[0-2]"})  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert answer.headers["X-Tier"] == "1m"
     points = answer.json()
@@ -66,11 +67,12 @@ def test_series_are_each_sensors_buckets_in_epoch_ms(loaded: tuple[Settings, Mad
     assert [p["time"] for p in points] == sorted(p["time"] for p in points)
     for point in points:
         index = int(point["sensor"][-4:])
-        mask = (made.sensor == index) & (made.ts >= point["time"]) & (made.ts < point["time"] + 60_000)
+        mask = (
+            (made.sensor == index) & (made.ts >= point["time"]) & (made.ts < point["time"] + 60_000)
+        )
         assert point["value"] == pytest.approx(float(np.mean(made.values["temp"][mask])), rel=1e-9)
     # A coarser interval, a coarser tier; a percentile; bad questions refused with a reason.
-    coarse = api.get("/series", params={"metric": "temp", "from": str(start), "to": str(to),
-                                        "interval_ms": "600000", "stat": "p95"})  # fmt: skip
+    coarse = api.get("/series", params={**window, "interval_ms": "600000", "stat": "p95"})
     assert coarse.headers["X-Tier"] == "1h" and all(p["value"] > 0 for p in coarse.json())
     for params in ({"from": "yesterday"}, {"stat": "median"}, {"limit": "101"},
                    {"from": str(to), "to": str(start)}, {"interval_ms": "-1"}):  # fmt: skip
@@ -128,7 +130,8 @@ def test_provisioning_agrees_with_the_dashboard_and_compose(tmp_path: Path) -> N
     promtool = shutil.which("promtool")
     if promtool is not None:
         checked = subprocess.run(
-            [promtool, "check", "config", "--syntax-only", str(DEPLOY / "prometheus/prometheus.yml")],
+            [promtool, "check", "config", "--syntax-only",
+             str(DEPLOY / "prometheus/prometheus.yml")],
             capture_output=True, text=True,
         )  # fmt: skip
         assert checked.returncode == 0, checked.stdout + checked.stderr

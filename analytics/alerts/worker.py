@@ -59,8 +59,7 @@ def run_alert_worker(
     config = config_from(settings)
     rules = config.rules
     log.info("evaluating %d rules from %s", len(rules), settings.rules)
-    serve_metrics(settings.metrics_port, settings.metrics_host,
-                  (*GROUP_WORKER, "telemetry_alert_"))
+    serve_metrics(settings.metrics_port, settings.metrics_host, (*GROUP_WORKER, "telemetry_alert_"))
     name = consumer or default_consumer_name()
     stop = stop_on_signals()
     broker = MqttBroker.from_settings(settings)

@@ -73,8 +73,12 @@ def archiver_runner(
     # Draining writes what each batch brings at once: nothing may stay pending.
     archiver = Archiver(client, keys, folder, settings.archive_flush_ms,
                         1 if drain else settings.archive_flush_readings)  # fmt: skip
+    # Entries wait here, unacknowledged, until their flush: the runner must not take them for
+    # abandoned (claim them back, count deliveries, dead-letter them) meanwhile.
+    patient = settings.replace(claim_idle_ms=max(settings.claim_idle_ms,
+                                                 3 * settings.archive_flush_ms))  # fmt: skip
     runner = GroupRunner(
-        client, settings, GROUP, CONSUMER, archiver, decode_columns,
+        client, patient, GROUP, CONSUMER, archiver, decode_columns,
         reads_per_batch=settings.reads_per_batch, decode_replies=decode_layouts,
     )  # fmt: skip
     return runner, archiver
