@@ -395,10 +395,13 @@ API = ("api_port", "api_host", "api_token", "api_write_token", "api_read_token",
 
 
 def add_settings_arguments(
-    parser: argparse.ArgumentParser, names: Sequence[str] | None = None
+    parser: argparse.ArgumentParser,
+    names: Sequence[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> None:
     """Add one flag per setting in `names` (default: all); each defaults to None so the
-    environment can fill it in."""
+    environment can fill it in. `defaults` says what a command does instead of a setting's
+    default, where it does something else."""
     group = parser.add_argument_group("settings (flags override environment variables)")
     wanted = set(names) if names is not None else None
     for spec in dataclasses.fields(Settings):
@@ -410,7 +413,7 @@ def add_settings_arguments(
             default=None,
             metavar=spec.metadata["metavar"] or None,
             help=f"{spec.metadata['help']} (env {spec.metadata['env']}, default "
-            f"{'no' if spec.default is False else spec.default})",
+            f"{(defaults or {}).get(spec.name, 'no' if spec.default is False else spec.default)})",
         )
 
 

@@ -287,11 +287,16 @@ def format_status(status: StreamStatus) -> str:
             "-" if g.oldest_pending_idle_ms is None else f"{g.oldest_pending_idle_ms / 1000:.1f}s"
         )
         scanned = "" if g.pending_scanned >= g.pending else f" (first {g.pending_scanned} scanned)"
+        held = (
+            f"    pending {g.pending}: oldest idle {idle}, "
+            f"most deliveries {_or_unknown(g.max_delivery_count)}{scanned}"
+            if g.pending
+            else "    pending 0"
+        )
         lines += [
             f"  group {g.name}: lag {_or_unknown(g.lag)}, read {_or_unknown(g.entries_read)}, "
             f"last delivered {g.last_delivered_id}, lost to trimming {g.lost_to_trimming}",
-            f"    pending {g.pending}: oldest idle {idle}, "
-            f"most deliveries {_or_unknown(g.max_delivery_count)}{scanned}",
+            held,
         ]
         if g.settled:
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(g.settled.items()))

@@ -78,7 +78,8 @@ class FleetRunner:
             n,
             self.bank.rate_hz,
             self._slot_rate,
-            "" if total_slots is None else f", {self.count_per_sensor} readings each",
+            "" if total_slots is None else f", {self.count_per_sensor} readings each: about "
+            f"{_duration(total_slots / n / self.bank.rate_hz)} (--rate sets the pace)",
         )
         while not stop.is_set() and (total_slots is None or self.report.slots < total_slots):
             now = time.monotonic()
@@ -181,3 +182,11 @@ class FleetRunner:
                 log.warning("redis unavailable at shutdown (%s); retrying", exc)
                 time.sleep(backoff.next_delay())
         log.error("gave up: %d readings could not be written", self.writer.buffered)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

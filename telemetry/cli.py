@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -241,16 +241,21 @@ def build_parser() -> OneLineArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, action: Action, help: str, settings: Sequence[str] | None
-    ) -> argparse.ArgumentParser:
+        name: str, action: Action, help: str, settings: Sequence[str] | None,
+        defaults: Mapping[str, str] | None = None,
+    ) -> argparse.ArgumentParser:  # fmt: skip
         """A subcommand offering flags for `settings` (None: all of them)."""
         sub = commands.add_parser(name, help=help, description=help)
         assert isinstance(sub, OneLineArgumentParser)
-        add_settings_arguments(sub, settings)
+        add_settings_arguments(sub, settings, defaults)
         sub.set_defaults(action=action)
         return sub
 
-    up = command("up", _up, "run the whole pipeline here until Ctrl-C", None)
+    up = command("up", _up, "run the whole pipeline here until Ctrl-C", None, {
+        "redis_url": "a private redis-server this command starts, its data kept between runs",
+        "mqtt_url": "a private mosquitto this command starts",
+        "archive_dir": "the archive folder beside the private servers' data",
+    })  # fmt: skip
     up.add_argument("--fleet", type=int, default=200, help="simulated sensors (default 200)")
     up.add_argument("--rate", type=float, default=1.0, help="readings/s per sensor (default 1)")
     up.add_argument("--shards", type=int, help="spread the readings over N streams (default 1)")

@@ -88,8 +88,10 @@ def show_dead_letters(settings: Settings, count: int, output_format: str) -> str
         )
     lines = []
     for letter in letters:
+        # A producer's dead letter (bridge, import) never was a stream entry.
+        origin = f"from {letter.entry_id}" if letter.entry_id else f"from {letter.consumer}"
         lines.append(
-            f"{letter.dead_id}  from {letter.entry_id} (group {letter.group}, "
+            f"{letter.dead_id}  {origin} (group {letter.group}, "
             f"{letter.deliveries} deliveries): {letter.reason}"
         )
         lines.append(f"    fields {json.dumps(dict(letter.fields))[:300]}")

@@ -4,7 +4,8 @@ Starts a private redis-server when REDIS_URL is not set and a private mosquitto 
 is not set (without one on PATH, it runs without the bridge and says so), then each service as
 a child process running its own `telemetry` subcommand. It restarts a child or a private server
 that dies (a server on the same port, from the same data folder), logs a status line now and
-then, and stops everything that runs in order on SIGINT/SIGTERM.
+then, and stops everything that runs in order on SIGINT/SIGTERM. The private servers keep their
+data, and the archiver its files, in one folder (DATA_HOME) that the next run uses again.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def services(fleet: int, rate: float, with_bridge: bool, rules: str) -> list[Ser
     running = [
         Service("aggregator", ["aggregate"]),
         Service("alerts", ["alert-worker", "--rules", rules]),
+        Service("archiver", ["archive"]),
         Service("api", ["api"]),
         Service("simulator", ["simulate", "--fleet", str(fleet - over_mqtt),
                               "--rate", str(rate), *SIMULATED_FAULTS]),
@@ -148,13 +150,23 @@ def services(fleet: int, rate: float, with_bridge: bool, rules: str) -> list[Ser
     return running
 
 
+def data_home(env: Mapping[str, str]) -> Path:
+    """Where `up` keeps its private servers' data and the archive between runs."""
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "telemetry" / "up"
+
+
 def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) -> int:
     stop = stop_on_signals()
     servers: list[PrivateServer] = []
+    home = data_home(env)
+    if "TELEMETRY_ARCHIVE_DIR" not in env:
+        settings = settings.replace(archive_dir=str(home / "archive"))
     if "REDIS_URL" not in env:
         # Private, but not open to every local user: a password of its own each time.
         redis_server = LocalRedis(appendonly=True, appendfsync=settings.durability,
-                                  password=secrets.token_urlsafe(24))  # fmt: skip
+                                  password=secrets.token_urlsafe(24),
+                                  workdir=home / "redis")  # fmt: skip
         redis_server.start(SERVER_START_TIMEOUT_S)
         servers.append(PrivateServer(redis_server))
         settings = settings.replace(redis_url=redis_server.url)
@@ -166,7 +178,8 @@ def run_up(settings: Settings, env: Mapping[str, str], fleet: int, rate: float) 
             redis_server.workdir,
         )
     if settings.mqtt_url is None:
-        broker = LocalMosquitto(credentials=("telemetry", secrets.token_urlsafe(24)))
+        broker = LocalMosquitto(credentials=("telemetry", secrets.token_urlsafe(24)),
+                                workdir=home / "mosquitto")  # fmt: skip
         try:
             broker.start()
             servers.append(PrivateServer(broker))

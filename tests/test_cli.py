@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -117,13 +118,17 @@ def test_dead_letters_are_listed_fixed_and_replayed(
     assert str(reading.ts_ms) == bad.split("-")[0]
 
 
-def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: Settings) -> None:
+def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(
+    settings: Settings, tmp_path: Path
+) -> None:
     """The README's main-job command: within 15 s the dashboard is served and data flows, from
     simulated sensors writing to the stream and from simulated devices publishing over MQTT (here
-    over two shards: `up` without `--shards` runs in tests/test_server_crashes.py)."""
+    over two shards: `up` without `--shards` runs in tests/test_server_crashes.py); its servers'
+    data and the archive are kept in one folder for the next run."""
     api_port = free_port()
-    env = child_env(settings, TELEMETRY_API_PORT=str(api_port))
+    env = child_env(settings, TELEMETRY_API_PORT=str(api_port), XDG_DATA_HOME=str(tmp_path))
     env.pop("REDIS_URL")
+    env.pop("TELEMETRY_ARCHIVE_DIR")
     started = time.monotonic()
     up = subprocess.Popen(
         [sys.executable, "-m", "telemetry", "up", "--fleet", "50", "--rate", "5", "--shards", "2"],
@@ -151,10 +156,20 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     assert sum(s.startswith("mqtt-") for s in found) == 5, "devices publish through the bridge"
     with urllib.request.urlopen(f"{api}/dashboard", timeout=5) as page:
         assert "<title>telemetry</title>" in page.read().decode()
-    with urllib.request.urlopen(f"{api}/groups", timeout=5) as answer:
-        report = json.load(answer)
+
+    def groups() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{api}/groups", timeout=5) as answer:
+            found: dict[str, Any] = json.load(answer)
+            return found
+
+    report = groups()
     assert [s["stream"] for s in report["shards"]] == ["app:event:{0}", "app:event:{1}"]
-    assert set(report["total"]["groups"]) == {"aggregates", "alerts"}
+    # The archiver holds what it read until its flush (or its stop).
+    deadline = time.monotonic() + 20
+    while groups()["total"]["groups"].get("archive", {}).get("pending", 0) == 0:
+        assert time.monotonic() < deadline, "the archiver read nothing"
+        time.sleep(0.2)
+    assert set(groups()["total"]["groups"]) == {"aggregates", "alerts", "archive"}
     started_at = re.search(r"private redis-server at redis://127.0.0.1:(\d+)/0", "".join(lines))
     assert started_at is not None
     with pytest.raises(redis.AuthenticationError):
@@ -163,8 +178,11 @@ def test_up_runs_the_pipeline_on_a_private_redis_and_stops_on_ctrl_c(settings: S
     assert up.wait(30) == 0
     reader.join(10)
     log = "".join(lines)
-    for service in ("simulator", "devices", "aggregator", "alerts", "api", "bridge"):
+    for service in ("simulator", "devices", "aggregator", "alerts", "archiver", "api", "bridge"):
         assert f"stopped {service} (status 0)" in log
+    kept = tmp_path / "telemetry" / "up"
+    assert (kept / "redis" / "appendonlydir").is_dir()
+    assert list((kept / "archive").glob("app_event_*/day=*/part-*.parquet"))
     url = re.search(r"private redis-server at (redis://\S+)", log)
     assert url is not None
     assert not port_open(int(url.group(1).rsplit(":", 1)[1].split("/")[0]))
@@ -201,8 +219,10 @@ def test_a_signal_arriving_inside_stop_wait_stops_the_process() -> None:
             service.wait()
 
 
-def test_up_without_redis_server_says_how_to_install_it(settings: Settings) -> None:
-    env = child_env(settings, PATH="/nonexistent")
+def test_up_without_redis_server_says_how_to_install_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = child_env(settings, PATH="/nonexistent", XDG_DATA_HOME=str(tmp_path))
     env.pop("REDIS_URL")
     done = subprocess.run(
         [sys.executable, "-m", "telemetry", "up"],

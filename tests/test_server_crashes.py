@@ -307,8 +307,9 @@ def test_redis_killed_under_the_full_pipeline(
 def test_up_restarts_its_private_redis_and_mosquitto(tmp_path: Path) -> None:
     settings = make_settings("redis://127.0.0.1:1/0")
     api_port = free_port()
-    env = child_env(settings, TELEMETRY_API_PORT=str(api_port))
+    env = child_env(settings, TELEMETRY_API_PORT=str(api_port), XDG_DATA_HOME=str(tmp_path))
     env.pop("REDIS_URL")
+    env.pop("TELEMETRY_ARCHIVE_DIR")
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen(
