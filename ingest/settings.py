@@ -319,6 +319,11 @@ class Settings:
         "origins (comma-separated) allowed to open websockets besides the API's own",
         "ORIGINS",
     )
+    api_streams: str | None = _setting(
+        None, "TELEMETRY_API_STREAMS", str,
+        "more streams the live tail /stream/{name} serves: globs, comma-separated, such as "
+        "test,lab:* (a stream may be watched before its first entry)", "GLOBS",
+    )  # fmt: skip
     api_max_body: int = _setting(
         1_048_576, "TELEMETRY_API_MAX_BODY", _positive_int, "largest POST body in bytes", "BYTES"
     )
@@ -391,7 +396,7 @@ ALERTS = ("alerts_stream", "alerts_maxlen")
 ARCHIVE = ("archive_dir", "archive_flush_ms", "archive_flush_readings")
 ALERT_WORKER = (*ALERTS, "rules", "webhooks")
 API = ("api_port", "api_host", "api_token", "api_write_token", "api_read_token", "api_hosts",
-       "api_origins", "api_max_body", "block_ms", "trim_warn_ratio")  # fmt: skip
+       "api_origins", "api_streams", "api_max_body", "block_ms", "trim_warn_ratio")  # fmt: skip
 
 
 def add_settings_arguments(

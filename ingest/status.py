@@ -81,6 +81,14 @@ class StreamStatus:
         return asdict(self)
 
 
+@dataclass
+class ShardedStatus:
+    """Each shard's status and their totals (`shard_totals`)."""
+
+    shards: list[StreamStatus]
+    total: dict[str, Any]
+
+
 def trim_warnings(group: GroupStatus, maxlen: int, first_id: str | None, ratio: float) -> list[str]:
     """Why this group is losing, or about to lose, entries to MAXLEN trimming."""
     warnings = []

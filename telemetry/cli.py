@@ -47,6 +47,7 @@ from telemetry.alertscmd import (
 from telemetry.archivecmd import export_command, import_command
 from telemetry.consume import run_consume
 from telemetry.devicescmd import devices_forget, devices_listing, label_command
+from telemetry.healthcheck import healthcheck
 from telemetry.inspect import (
     replay_dead_letters,
     show_dead_letters,
@@ -134,6 +135,12 @@ def _export(settings: Settings, args: argparse.Namespace) -> None:
 def _import(settings: Settings, args: argparse.Namespace) -> int:
     report, status = import_command(settings, args.file, args.format, args.sensor_tag,
                                     args.precision)  # fmt: skip
+    print(report)
+    return status
+
+
+def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    report, status = healthcheck(settings)
     print(report)
     return status
 
@@ -342,6 +349,13 @@ def build_parser() -> OneLineArgumentParser:
         "--precision", choices=list(PRECISIONS), default="ns",
         help="Influx: the timestamps' unit (default ns)",
     )  # fmt: skip
+
+    command(
+        "healthcheck",
+        _healthcheck,
+        "exit 0 while this container's service answers on its metrics or API port",
+        ["metrics_port", "api_port"],
+    )
 
     shard_of = command(
         "shard-of",

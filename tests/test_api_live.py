@@ -181,6 +181,21 @@ def test_websockets_refuse_unknown_forbidden_unauthorised_and_foreign_clients(
         assert _close_code(guarded, path) == 4401
 
 
+def test_more_streams_by_glob_even_before_their_first_entry(
+    settings: Settings, client: redis.Redis
+) -> None:
+    exposed = settings.replace(api_streams="test, lab:*")
+    client.hset("lab:not-a-stream", "k", "v")
+    with TestClient(create_app(exposed)) as api:
+        assert not client.exists("test")
+        with api.websocket_connect("/stream/test?max_frequency=1") as ws:
+            client.xadd("test", {"greeting": "hello there", "from": "kyle"})
+            assert ws.receive_json()["fields"] == {"greeting": "hello there", "from": "kyle"}
+        assert _close_code(api, "/stream/lab:not-a-stream") == 4403
+        assert _close_code(api, f"/stream/lab:{'x' * 300}") == 4400
+        assert _close_code(api, "/stream/other") == 4404
+
+
 def test_resuming_with_last_id_replays_then_tails_without_a_gap(
     api: TestClient, client: redis.Redis, settings: Settings
 ) -> None:

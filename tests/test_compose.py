@@ -32,6 +32,12 @@ SETTINGS_VARIABLES = {spec.metadata["env"] for spec in dataclasses.fields(Settin
 
 def test_every_project_service_is_there_and_scalable() -> None:
     assert set(PROJECT_SERVICES) == {"bridge", "aggregator", "alerts", "api", "simulator"}
+    # Workers and the API have a health check; the simulator runs only in the demo profile.
+    for name in ("bridge", "aggregator", "alerts", "api"):
+        assert PROJECT_SERVICES[name]["healthcheck"]["test"] == ["CMD", "telemetry", "healthcheck"]
+    assert PROJECT_SERVICES["simulator"]["profiles"] == ["demo"]
+    redis_command = COMPOSE["services"]["redis"]["command"]
+    assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
     assert COMPOSE["services"]["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     for service in PROJECT_SERVICES.values():
         assert service["environment"]["TELEMETRY_DURABILITY"] == DURABILITY
@@ -94,6 +100,14 @@ def test_each_service_command_starts_with_its_settings(
     try:
         time.sleep(3)
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        # Its health check, run as compose runs it: in the service's environment.
+        check = service.get("healthcheck", {}).get("test", [])
+        if check[1:] == ["telemetry", "healthcheck"]:
+            checked = subprocess.run(
+                [sys.executable, "-m", "telemetry", "healthcheck"],
+                env={**base, **environment}, capture_output=True, text=True,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stdout + checked.stderr
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:

@@ -6,6 +6,7 @@ telemetry api      # or: uvicorn --factory telemetry.web.app:app_from_environmen
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import pathlib
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 import redis
 import uvicorn
-from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
@@ -28,6 +29,7 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
@@ -50,9 +52,10 @@ from ingest.errors import RedisUnavailable, SettingsError, StreamFull
 from ingest.keys import StreamKeys
 from ingest.metrics import WRITER, Exported
 from ingest.redis.errors import redis_errors
+from ingest.runtime import LOG_FORMAT
 from ingest.settings import Settings
 from ingest.shards import shards
-from ingest.status import status_report
+from ingest.status import ShardedStatus, StreamStatus, status_report
 from telemetry.web.alerting import alerting_router
 from telemetry.web.auth import Access, AccessGuard, Grant
 from telemetry.web.charts import charts_router
@@ -131,6 +134,9 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_size=settings.api_max_body,
         docs_url=None,
         redoc_url=None,
+        # The token goes in a header (AccessGuard checks it); this documents it for clients.
+        dependencies=[Depends(HTTPBearer(auto_error=False, description="API_TOKEN, "
+                                         "API_WRITE_TOKEN or API_READ_TOKEN"))],
     )
     access = Access(settings)
     collectors = CollectorRegistry()
@@ -220,7 +226,7 @@ def create_app(settings: Settings) -> FastAPI:
     # POST /readings writes: the API's own writer and its Redis outages.
     collectors.register(Exported(WRITER))
 
-    @app.get("/groups")
+    @app.get("/groups", response_model=StreamStatus | ShardedStatus)
     def groups() -> dict[str, Any]:
         """The stream, its consumer groups, their lag, pending entries and ledgers: what
         `telemetry status` shows."""
@@ -275,6 +281,10 @@ def create_app(settings: Settings) -> FastAPI:
                         value=window.stats.last, ts_ms=window.stats.last_ts_ms
                     )
         return answer
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> RedirectResponse:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
@@ -388,9 +398,22 @@ def serve(settings: Settings, *, insecure: bool = False) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        log_config=_uvicorn_logging(),
     )
     logging.getLogger("uvicorn.access").addFilter(_scrub_secret_parameters)
     _Server(config).run()
+
+
+def _uvicorn_logging() -> dict[str, Any]:
+    """uvicorn's own logging, its lines stamped with the time as every other service's are."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["default"]["fmt"] = LOG_FORMAT
+    config["formatters"]["access"]["fmt"] = (
+        '%(asctime)s %(levelname)s %(name)s: %(client_addr)s "%(request_line)s" %(status_code)s'
+    )
+    for formatter in config["formatters"].values():
+        formatter["use_colors"] = False
+    return config
 
 
 SECRET_PARAMETER = re.compile(r"([?&](?:token|ticket)=)[^&\s]*")

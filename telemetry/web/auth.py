@@ -30,7 +30,7 @@ from ingest.settings import Settings
 
 TICKET_TTL_S = 30.0
 TICKETS_HELD = 10_000
-PUBLIC_PATHS = frozenset({"/", "/dashboard", "/healthz", "/docs", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/dashboard", "/healthz", "/docs", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/", "/docs-static/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SECURITY_HEADERS = [

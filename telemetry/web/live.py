@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ CLOSE_TOO_SLOW = 1013
 CLOSE_UNAUTHORISED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_UNKNOWN = 4404
+# Streams found by glob that may be watched at once, and the longest name taken.
+MAX_HUBS = 1000
+MAX_STREAM_NAME = 256
 CLOSE_BAD_REQUEST = 4400
 Entry = tuple[str, dict[str, str]]
 
@@ -168,13 +172,26 @@ class Live:
         }  # fmt: skip
         self.client = clients[0]
         self.origins = {o.strip() for o in (settings.api_origins or "").split(",") if o.strip()}
+        # More streams, by glob (TELEMETRY_API_STREAMS), read through the first shard's client.
+        self.patterns = [g.strip() for g in (settings.api_streams or "").split(",") if g.strip()]
         self.hubs: dict[str, StreamHub] = {}
+
+    def client_of(self, stream: str) -> aioredis.Redis:
+        return self.exposed.get(stream, self.client)
 
     def hub(self, stream: str) -> StreamHub:
         if stream not in self.hubs:
-            client = self.exposed[stream]
-            self.hubs[stream] = StreamHub(client, stream, self.settings.block_ms)
+            self.hubs[stream] = StreamHub(self.client_of(stream), stream, self.settings.block_ms)
         return self.hubs[stream]
+
+    def left(self, stream: str) -> None:
+        """Forget the hub of a stream found by glob once nobody watches it."""
+        hub = self.hubs.get(stream)
+        if stream not in self.exposed and hub is not None and not hub.subscribers:
+            del self.hubs[stream]
+
+    def _matched(self, stream: str) -> bool:
+        return any(fnmatch.fnmatchcase(stream, glob) for glob in self.patterns)
 
     async def refusal(self, websocket: WebSocket, stream: str, ticket: str | None
                       ) -> tuple[int, str] | None:  # fmt: skip
@@ -188,11 +205,20 @@ class Live:
         origin = websocket.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, websocket.headers):
             return CLOSE_FORBIDDEN, f"origin {origin} is not allowed"
-        if stream not in self.exposed:
-            if await self.client.exists(stream):
-                return CLOSE_FORBIDDEN, f"stream {stream} is not exposed"
-            return CLOSE_UNKNOWN, f"no stream {stream}"
-        return None
+        if stream in self.exposed:
+            return None
+        if len(stream) > MAX_STREAM_NAME:
+            return CLOSE_BAD_REQUEST, f"a stream name has at most {MAX_STREAM_NAME} characters"
+        kind = await self.client.type(stream)
+        if self._matched(stream):
+            if kind not in ("stream", "none"):
+                return CLOSE_FORBIDDEN, f"{stream} is not a stream"
+            if stream not in self.hubs and len(self.hubs) >= MAX_HUBS:
+                return CLOSE_TOO_SLOW, f"{MAX_HUBS} streams are watched already; try later"
+            return None
+        if kind != "none":
+            return CLOSE_FORBIDDEN, f"stream {stream} is not exposed (TELEMETRY_API_STREAMS)"
+        return CLOSE_UNKNOWN, f"no stream {stream}"
 
     def _origin_allowed(self, origin: str, headers: Mapping[str, str]) -> bool:
         return origin in self.origins or urlsplit(origin).netloc == headers.get("host")
@@ -227,13 +253,14 @@ def live_router(settings: Settings, clients: Sequence[aioredis.Redis], access: A
             await websocket.accept()
             if last_id is not None:
                 for stream in streams:
-                    await sender.replay(live.exposed[stream], stream, last_id)
+                    await sender.replay(live.client_of(stream), stream, last_id)
             await sender.run()
         except WebSocketDisconnect:
             pass
         finally:
             for hub in hubs:
                 hub.leave(subscriber)
+                live.left(hub.stream)
 
     @router.websocket("/stream/{name}")
     async def stream(

@@ -114,7 +114,7 @@ async function loadSensors() {
   $("sensor-count").textContent = `${state.total.toLocaleString()}`;
   $("page-info").textContent = state.total
     ? `${state.offset + 1}–${state.offset + sensors.length} of ${state.total.toLocaleString()}`
-    : "no sensors yet";
+    : state.query ? `no sensor matches “${state.query}”` : "no sensors yet";
   $("prev").disabled = state.offset === 0;
   $("next").disabled = state.offset + PAGE >= state.total;
   const metrics = learn(sensors);
