@@ -60,7 +60,15 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     """Reports a bad flag in one line (and the exit status 2), not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{error_label(self.prog)} {message} (see --help)\n")
+
+
+def error_label(prog: str) -> str:
+    """`prog: error:`, in red on a terminal unless NO_COLOR is set (https://no-color.org)."""
+    label = f"{prog}: error:"
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb":
+        return f"\033[1;31m{label}\033[0m"
+    return label
 
 
 def run_command(prog: str, command: Callable[[], int | None]) -> int:
@@ -68,11 +76,11 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
     try:
         return command() or 0
     except (SettingsError, CommandLineError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{error_label(prog)} {exc}", file=sys.stderr)
         return 2
     except RedisUnavailable as exc:
-        print(f"{prog}: error: cannot reach Redis: {exc}", file=sys.stderr)
+        print(f"{error_label(prog)} cannot reach Redis: {exc}", file=sys.stderr)
         return 1
     except IngestError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{error_label(prog)} {exc}", file=sys.stderr)
         return 1

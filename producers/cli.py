@@ -36,9 +36,12 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-id", help="fixed MQTT client id, which keeps the session (default: host name)"
     )
     parser.add_argument("--share", metavar="GROUP", help="MQTT v5 shared subscription group")
-    parser.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=1,
+                        help="1: a message is acknowledged once written (default); 0: at most "
+                        "once")  # fmt: skip
     parser.add_argument("--mqtt-version", type=int, choices=[3, 5], default=5, help="3 = 3.1.1")
-    parser.add_argument("--max-payload", type=int, default=65_536, metavar="BYTES")
+    parser.add_argument("--max-payload", type=int, default=65_536, metavar="BYTES",
+                        help="larger messages are dead-lettered (default 65536)")  # fmt: skip
     parser.add_argument("--silence", type=float, default=60.0, metavar="S",
                         help="warn when connected but nothing arrives for this long")  # fmt: skip
 

@@ -68,17 +68,49 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "writing to the stream (the bridge writes them)",
     )  # fmt: skip
     faults = parser.add_argument_group("faults (probabilities are per reading)")
-    faults.add_argument("--spike", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--spike-size", type=float, default=25.0, metavar="DEG")
-    faults.add_argument("--stuck", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--stuck-for", type=_positive_float, default=60.0, metavar="S")
-    faults.add_argument("--stuck-value", type=float, metavar="DEG", help="default: last value")
-    faults.add_argument("--drift", type=float, default=0.0, metavar="DEG_PER_HOUR")
-    faults.add_argument("--dropout", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--dropout-for", type=_positive_float, default=30.0, metavar="S")
-    faults.add_argument("--late", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--late-for", type=_positive_float, default=30.0, metavar="S")
-    faults.add_argument("--duplicate", type=_probability, default=0.0, metavar="P")
+    fault = faults.add_argument
+    fault(
+        "--spike",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="a reading jumps by --spike-size (default 0)",
+    )
+    fault("--spike-size", type=float, default=25.0, metavar="DEG", help="default 25")
+    fault(
+        "--stuck",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="the sensor repeats one value for --stuck-for (default 0)",
+    )
+    fault("--stuck-for", type=_positive_float, default=60.0, metavar="S", help="default 60")
+    fault("--stuck-value", type=float, metavar="DEG", help="default: last value")
+    fault(
+        "--drift",
+        type=float,
+        default=0.0,
+        metavar="DEG_PER_HOUR",
+        help="the temperature drifts this much an hour (default 0)",
+    )
+    fault(
+        "--dropout",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="the sensor sends nothing for --dropout-for (default 0)",
+    )
+    fault("--dropout-for", type=_positive_float, default=30.0, metavar="S", help="default 30")
+    fault(
+        "--late",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="the sensor buffers --late-for seconds of readings, then sends them (default 0)",
+    )
+    fault("--late-for", type=_positive_float, default=30.0, metavar="S", help="default 30")
+    fault("--duplicate", type=_probability, default=0.0, metavar="P",
+          help="a reading is sent twice (default 0)")  # fmt: skip
 
 
 def sensor_ids(args: argparse.Namespace) -> list[str]:

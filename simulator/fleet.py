@@ -78,7 +78,9 @@ class FleetRunner:
             n,
             self.bank.rate_hz,
             self._slot_rate,
-            "" if total_slots is None else f", {self.count_per_sensor} readings each: about "
+            ""
+            if total_slots is None
+            else f", {self.count_per_sensor} readings each: about "
             f"{_duration(total_slots / n / self.bank.rate_hz)} (--rate sets the pace)",
         )
         while not stop.is_set() and (total_slots is None or self.report.slots < total_slots):

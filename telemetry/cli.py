@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
+import shtab
+
 from analytics.alerts.worker import run_alert_worker
 from analytics.archive.export import FORMATS as EXPORT_FORMATS
 from analytics.archive.worker import run_archiver
@@ -67,6 +69,7 @@ from telemetry.up import run_up
 from telemetry.web.app import serve
 
 SERVE_HELP = "serve only these shards, such as 0,2 or 0-3 (default: all)"
+FORMAT_HELP = "table for people (default), json or csv for programs"
 
 Action = Callable[[Settings, argparse.Namespace], int | None]
 
@@ -137,6 +140,10 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
                                     args.precision)  # fmt: skip
     print(report)
     return status
+
+
+def _completion(settings: Settings, args: argparse.Namespace) -> None:
+    print(shtab.complete(build_parser(), shell=args.shell))
 
 
 def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
@@ -277,9 +284,9 @@ def build_parser() -> OneLineArgumentParser:
         "read a stream with a consumer group, print JSON lines",
         [*CONNECTION, *STREAM, *WORKER],
     )
-    consume.add_argument("stream_name", metavar="STREAM")
-    consume.add_argument("group", metavar="GROUP")
-    consume.add_argument("consumer", metavar="CONSUMER")
+    consume.add_argument("stream_name", metavar="STREAM", help="the stream to read")
+    consume.add_argument("group", metavar="GROUP", help="the consumer group (made if missing)")
+    consume.add_argument("consumer", metavar="CONSUMER", help="this reader's name in the group")
     consume.add_argument("--drain", action="store_true", help="exit when nothing is left")
     consume.add_argument(
         "--start-id", default="0", help="where a new group starts: 0 (all) or $ (new only)"
@@ -336,7 +343,7 @@ def build_parser() -> OneLineArgumentParser:
         "write the readings of a file to the stream, at the pace the groups take them",
         [*CONNECTION, *STREAM, *WRITING],
     )
-    importing.add_argument("file", type=Path, metavar="FILE")
+    importing.add_argument("file", type=Path, metavar="FILE", help="the file to import")
     importing.add_argument(
         "--format", choices=IMPORT_FORMATS,
         help="default: from the file's suffix (.csv .jsonl .parquet .lp)",
@@ -349,6 +356,14 @@ def build_parser() -> OneLineArgumentParser:
         "--precision", choices=list(PRECISIONS), default="ns",
         help="Influx: the timestamps' unit (default ns)",
     )  # fmt: skip
+
+    completing = command(
+        "completion",
+        _completion,
+        "print the shell completion script: eval \"$(telemetry completion bash)\" in ~/.bashrc",
+        [],
+    )
+    completing.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="your shell")
 
     command(
         "healthcheck",
@@ -363,7 +378,7 @@ def build_parser() -> OneLineArgumentParser:
         "the shard and stream each sensor's readings go to (for hand-written producers)",
         [*STREAM_NAMING, "redis_cluster"],
     )
-    shard_of.add_argument("sensor_ids", nargs="+", metavar="SENSOR")
+    shard_of.add_argument("sensor_ids", nargs="+", metavar="SENSOR", help="sensor ids")
 
     placing = command(
         "shards",
@@ -385,7 +400,9 @@ def build_parser() -> OneLineArgumentParser:
     alert_list.add_argument("--open", action="store_true", help="only alerts open now")
     alert_list.add_argument("--sensor", default="*", metavar="GLOB", help="sensor id glob")
     alert_list.add_argument("--since", help="changes since: ISO 8601 or a time ago such as 1h")
-    alert_list.add_argument("--format", choices=["table", "json"], default="table")
+    alert_list.add_argument(
+        "--format", choices=["table", "json"], default="table", help=FORMAT_HELP
+    )
     alert_list.add_argument("--tz", help="show times in this zone (default UTC)")
     alert_actions = alert_list.add_subparsers(dest="alerts_command", metavar="ACTION")
     alert_settings = [*CONNECTION, *STREAM_NAMING, *ALERTS]
@@ -398,8 +415,8 @@ def build_parser() -> OneLineArgumentParser:
         return sub
 
     acking = alert_action("ack", _acknowledge, "acknowledge an open alert: someone is on it")
-    acking.add_argument("sensor_id", metavar="SENSOR")
-    acking.add_argument("rule", metavar="RULE")
+    acking.add_argument("sensor_id", metavar="SENSOR", help="the sensor of the open alert")
+    acking.add_argument("rule", metavar="RULE", help="the rule that raised it")
     acking.add_argument("--by", help=by_help)
     acking.add_argument("--comment", default="", help="a note kept with the acknowledgement")
     silencing = alert_action(
@@ -414,20 +431,24 @@ def build_parser() -> OneLineArgumentParser:
     silencing.add_argument("--by", help=by_help)
     silencing.add_argument("--comment", default="", help="why, such as the ticket")
     listing_silences = alert_action("silences", _silences, "the silences in force")
-    listing_silences.add_argument("--format", choices=["table", "json"], default="table")
+    listing_silences.add_argument(
+        "--format", choices=["table", "json"], default="table", help=FORMAT_HELP
+    )
     listing_silences.add_argument("--tz", help="show times in this zone (default UTC)")
     ending = alert_action("unsilence", _unsilence, "end a silence now")
-    ending.add_argument("silence_id", metavar="ID")
+    ending.add_argument("silence_id", metavar="ID", help="as `alerts silences` lists it")
     ending.add_argument("--by", help=by_help)
 
-    rules = commands.add_parser("rules", help="alert rules files")
+    rules = commands.add_parser("rules", help="alert rules files", description="alert rules files")
     rules_actions = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     checking = rules_actions.add_parser(
-        "check", help="check a rules file (rules and notify targets) without starting a worker"
+        "check",
+        help="check a rules file (rules and notify targets) without starting a worker",
+        description="check a rules file (rules and notify targets) without starting a worker",
     )
     add_settings_arguments(checking, [])
     checking.set_defaults(action=_rules_check)
-    checking.add_argument("file", metavar="FILE")
+    checking.add_argument("file", metavar="FILE", help="the rules file (TOML)")
 
     question = command(
         "query",
@@ -435,7 +456,8 @@ def build_parser() -> OneLineArgumentParser:
         "aggregates of a sensor, or the fleet's top sensors",
         [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
-    question.add_argument("sensor_id", metavar="SENSOR", nargs="?")
+    question.add_argument("sensor_id", metavar="SENSOR", nargs="?",
+                          help="the sensor (or --fleet for the whole fleet)")  # fmt: skip
     question.add_argument("--metric", help="one metric (default: all of the sensor's)")
     question.add_argument("--tier", help="bucket tier such as 10s, 1m, 1h (default: finest fit)")
     question.add_argument("--since", default="1h", help="ISO 8601 or a time ago (default 1h)")
@@ -453,7 +475,9 @@ def build_parser() -> OneLineArgumentParser:
         "--where", metavar="SELECTOR",
         help="with --fleet: only sensors whose labels match, such as site=gh-*,kind!=test",
     )  # fmt: skip
-    question.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    question.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help=FORMAT_HELP
+    )
     question.add_argument("--tz", help="show times in this zone, such as Europe/Paris (UTC)")
 
     listing_sensors = command(
@@ -462,16 +486,21 @@ def build_parser() -> OneLineArgumentParser:
         "every known sensor, its metrics, last seen",
         [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
-    listing_sensors.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    listing_sensors.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help=FORMAT_HELP
+    )
     listing_sensors.add_argument("--tz", help="show times in this zone (default UTC)")
     forgetting = listing_sensors.add_subparsers(
         dest="sensors_command", metavar="ACTION"
     ).add_parser(
-        "forget", help="remove sensors and everything kept about them (see README, Operations)"
+        "forget",
+        help="remove sensors and everything kept about them (see README, Operations)",
+        description="remove sensors and everything kept about them (see README, Operations)",
     )
     add_settings_arguments(forgetting, [*CONNECTION, *STREAM_NAMING, "alerts_stream", *AGGREGATES])
     forgetting.set_defaults(action=_forget_sensors)
-    forgetting.add_argument("sensor_ids", nargs="*", metavar="SENSOR_ID")
+    forgetting.add_argument("sensor_ids", nargs="*", metavar="SENSOR_ID",
+                            help="the sensors to forget")  # fmt: skip
     forgetting.add_argument(
         "--idle-for", metavar="DURATION",
         help="also every sensor whose newest reading is older than this (90d, 12h)",
@@ -519,7 +548,7 @@ def build_parser() -> OneLineArgumentParser:
         "stream length, groups, lag, pending, trimming risk",
         [*CONNECTION, *STREAM, "trim_warn_ratio"],
     )
-    status.add_argument("--format", choices=["table", "json"], default="table")
+    status.add_argument("--format", choices=["table", "json"], default="table", help=FORMAT_HELP)
 
     storage = command(
         "storage",
@@ -527,43 +556,67 @@ def build_parser() -> OneLineArgumentParser:
         "what the aggregates cost per bucket and tier, and will cost at full retention",
         [*CONNECTION, *STREAM_NAMING, *AGGREGATES],
     )
-    storage.add_argument("--format", choices=["table", "json"], default="table")
+    storage.add_argument("--format", choices=["table", "json"], default="table", help=FORMAT_HELP)
 
     devices = commands.add_parser(
-        "devices", help="the device registry: labels, units, online state, dropped fields"
+        "devices",
+        help="the device registry: labels, units, online state, dropped fields",
+        description="the device registry: labels, units, online state, dropped fields",
     )
     device_commands = devices.add_subparsers(dest="devices_command", required=True,
                                              metavar="ACTION")  # fmt: skip
     registry_settings = [*CONNECTION, *STREAM_NAMING, "max_sensors"]
-    device_list = device_commands.add_parser("list", help="every device, or those --where picks")
+    device_list = device_commands.add_parser(
+        "list",
+        help="every device, or those --where picks",
+        description="every device, or those --where picks",
+    )
     add_settings_arguments(device_list, registry_settings)
     device_list.set_defaults(action=_devices_list)
     device_list.add_argument("--where", metavar="SELECTOR", help="such as site=gh-*,kind!=test")
-    device_list.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    device_list.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help=FORMAT_HELP
+    )
     device_list.add_argument("--tz", help="show times in this zone (default UTC)")
-    labelling = device_commands.add_parser("label", help="set or remove labels of sensors")
+    labelling = device_commands.add_parser(
+        "label",
+        help="set or remove labels of sensors",
+        description="set or remove labels of sensors",
+    )
     add_settings_arguments(labelling, registry_settings)
     labelling.set_defaults(action=_devices_label)
     labelling.add_argument(
         "items", nargs="+", metavar="SENSOR_ID|NAME=VALUE",
         help="sensors, then labels to set (site=gh-3) or remove (site=)",
     )  # fmt: skip
-    device_forget = device_commands.add_parser(
-        "forget",
-        help="remove sensors from the registry (their aggregates stay; see sensors forget)",
-    )
+    forget_help = "remove sensors from the registry (their aggregates stay; see sensors forget)"
+    device_forget = device_commands.add_parser("forget", help=forget_help,
+                                               description=forget_help)  # fmt: skip
     add_settings_arguments(device_forget, registry_settings)
     device_forget.set_defaults(action=_devices_forget)
-    device_forget.add_argument("sensor_ids", nargs="+", metavar="SENSOR_ID")
+    device_forget.add_argument("sensor_ids", nargs="+", metavar="SENSOR_ID",
+                               help="the sensors to remove")  # fmt: skip
 
-    dead = commands.add_parser("dead-letter", help="inspect and replay dead-lettered entries")
+    dead = commands.add_parser(
+        "dead-letter",
+        help="inspect and replay dead-lettered entries",
+        description="inspect and replay dead-lettered entries",
+    )
     dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
-    listing = dead_commands.add_parser("list", help="show dead letters with their reasons")
+    listing = dead_commands.add_parser(
+        "list",
+        help="show dead letters with their reasons",
+        description="show dead letters with their reasons",
+    )
     add_settings_arguments(listing, [*CONNECTION, *STREAM])
     listing.set_defaults(action=_dead_letter_list)
-    listing.add_argument("--count", type=int, default=100)
-    listing.add_argument("--format", choices=["table", "json"], default="table")
-    again = dead_commands.add_parser("replay", help="put dead letters back on the stream")
+    listing.add_argument("--count", type=int, default=100, help="newest first, at most this many")
+    listing.add_argument("--format", choices=["table", "json"], default="table", help=FORMAT_HELP)
+    again = dead_commands.add_parser(
+        "replay",
+        help="put dead letters back on the stream",
+        description="put dead letters back on the stream",
+    )
     add_settings_arguments(again, [*CONNECTION, *STREAM])
     again.set_defaults(action=_dead_letter_replay)
     again.add_argument("--id", action="append", default=[], help="dead-letter ID (repeatable)")

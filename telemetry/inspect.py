@@ -16,6 +16,7 @@ from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from ingest.shards import shards
 from ingest.status import format_report, status_report, stream_status
+from telemetry.progress import progress_bar
 
 
 def show_status(settings: Settings, output_format: str) -> str:
@@ -108,6 +109,9 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
     return fixes
 
 
+REPLAY_BATCH = 1000
+
+
 def replay_dead_letters(
     settings: Settings,
     ids: Sequence[str],
@@ -123,7 +127,16 @@ def replay_dead_letters(
     chosen, missing = letters.chosen(None if replay_all else ids)
     if missing:
         raise CommandLineError(f"no dead letter with ID {missing[0]}")
-    results = letters.replay(chosen, fixes, unset)
+    # Replayed a thousand at a time, so a long replay shows its progress.
+    batches = [(shard, list(shard_letters[start : start + REPLAY_BATCH]))
+               for shard, shard_letters in enumerate(chosen)
+               for start in range(0, len(shard_letters), REPLAY_BATCH)]  # fmt: skip
+    results = []
+    with progress_bar("replay", sum(len(c) for c in chosen)) as bar:
+        for shard, batch in batches:
+            part = [batch if i == shard else [] for i in range(len(chosen))]
+            results += letters.replay(part, fixes, unset)
+            bar.advance(len(batch))
     lines = []
     for result in results:
         if result.error is None:

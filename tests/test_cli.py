@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +24,7 @@ import redis
 from ingest.contract.reading import Reading
 from ingest.keys import StreamKeys
 from ingest.settings import Settings
+from telemetry.cli import build_parser
 from telemetry.localserver import free_port, port_open
 from tests.conftest import child_env
 from tests.helpers import Recorder, add, drain, entries, reading_runner
@@ -219,9 +222,7 @@ def test_a_signal_arriving_inside_stop_wait_stops_the_process() -> None:
             service.wait()
 
 
-def test_up_without_redis_server_says_how_to_install_it(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_up_without_redis_server_says_how_to_install_it(settings: Settings, tmp_path: Path) -> None:
     env = child_env(settings, PATH="/nonexistent", XDG_DATA_HOME=str(tmp_path))
     env.pop("REDIS_URL")
     done = subprocess.run(
@@ -263,3 +264,33 @@ def test_each_command_offers_the_settings_it_uses(
     flags = set(re.findall(r"--[a-z-]+", done.stdout))
     assert set(offered) <= flags
     assert not set(not_offered) & flags
+
+
+def test_every_command_and_option_says_what_it_is_for() -> None:
+    def helpless(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                described = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not described.get(name) or not sub.description:
+                        yield f"{path} {name}"
+                    yield from helpless(sub, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(helpless(build_parser(), "telemetry")) == []
+
+
+def test_shell_completion_completes_commands_and_actions(tmp_path: Path) -> None:
+    script = tmp_path / "telemetry.bash"
+    done = subprocess.run([sys.executable, "-m", "telemetry", "completion", "bash"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0
+    script.write_text(done.stdout)
+    completed = subprocess.run(
+        ["bash", "-c", f"source {script}; COMP_WORDS=(telemetry alerts si); COMP_CWORD=2; "
+         'COMP_LINE="telemetry alerts si"; COMP_POINT=19; _shtab_telemetry; '
+         'echo "${COMPREPLY[@]}"'],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert completed.stdout.split() == ["silence", "silences"]

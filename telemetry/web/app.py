@@ -135,8 +135,13 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         # The token goes in a header (AccessGuard checks it); this documents it for clients.
-        dependencies=[Depends(HTTPBearer(auto_error=False, description="API_TOKEN, "
-                                         "API_WRITE_TOKEN or API_READ_TOKEN"))],
+        dependencies=[
+            Depends(
+                HTTPBearer(
+                    auto_error=False, description="API_TOKEN, API_WRITE_TOKEN or API_READ_TOKEN"
+                )
+            )
+        ],
     )
     access = Access(settings)
     collectors = CollectorRegistry()
