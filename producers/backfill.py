@@ -78,26 +78,43 @@ def records(path: Path, file_format: str, advance: Advance, *, sensor_tag: str =
     if file_format == "parquet":
         yield from _parquet_records(path, advance)
         return
-    lines = _lines(path, advance)
+    overlong: list[int] = []
+    lines = _lines(path, advance, overlong)
     if file_format == "jsonl":
-        yield from _json_records(lines)
+        found = _json_records(lines)
     elif file_format == "csv":
-        yield from _table_records(_csv_rows(lines))
+        found = _table_records(_csv_rows(lines, overlong))
     else:
-        scale = PRECISIONS[precision]
-        for number, line in lines:
-            if line.strip() and not line.lstrip().startswith("#"):
-                yield number, influx_reading(line, sensor_tag, scale)
+        found = _influx_records(lines, sensor_tag, PRECISIONS[precision])
+    for record in found:
+        yield from _refused_lines(overlong)
+        yield record
+    yield from _refused_lines(overlong)
 
 
-def _lines(path: Path, advance: Advance) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, advance: Advance, overlong: list[int]) -> Iterator[tuple[int, str]]:
+    """The file's lines, numbered from 1; a line past MAX_LINE bytes is left out (unread
+    beyond its end) and its number added to `overlong`."""
     with path.open("rb") as raw:
         for number, line in enumerate(raw, start=1):
             advance(len(line))
             if len(line) > MAX_LINE:
-                yield number, ""
+                overlong.append(number)
                 continue
             yield number, line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _refused_lines(overlong: list[int]) -> Iterator[Record]:
+    while overlong:
+        yield overlong.pop(0), f"the line is longer than {MAX_LINE} bytes"
+
+
+def _influx_records(
+    lines: Iterable[tuple[int, str]], sensor_tag: str, scale: int
+) -> Iterator[Record]:
+    for number, line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield number, influx_reading(line, sensor_tag, scale)
 
 
 _json = msgspec.json.Decoder()
@@ -120,10 +137,12 @@ def _json_records(lines: Iterable[tuple[int, str]]) -> Iterator[Record]:
             yield number, "a JSON line must be an object"
 
 
-def _csv_rows(lines: Iterable[tuple[int, str]]) -> Iterator[Record]:
+def _csv_rows(lines: Iterable[tuple[int, str]], overlong: list[int]) -> Iterator[Record]:
     at = [0]
     rows = csv.reader(_remembering(iter(lines), at))
     header = next(rows, None)
+    if overlong[:1] == [1]:
+        raise BackfillError(f"the header line is longer than {MAX_LINE} bytes")
     if header is None:
         return
     while True:

@@ -244,3 +244,43 @@ def test_import_waits_for_the_groups_instead_of_outrunning_them(
     assert not any(int(v) for v in lost.values())
     sensors = json.loads(telemetry(small, "sensors", "--format", "json").stdout)
     assert len(sensors) == 5
+
+
+def test_hostile_import_files_are_refused_at_bounded_cost(
+    settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    huge_line = '{"sensor_id": "h1", "ts": 1796000000000, "note": "' + "x" * 5_000_000 + '"}\n'
+    deep = '{"sensor_id": "h2", "ts": 1796000000000, "a": ' + "[" * 10_000 + "]" * 10_000 + "}\n"
+    wide_header = ",".join(["sensor_id", "ts", *(f"m{i}" for i in range(50_000))])
+    wide_row = ",".join(["h3", "1796000000000", *("1" for _ in range(50_000))])
+    files = {
+        "huge.jsonl": huge_line + '{"sensor_id": "ok1", "ts": 1796000000000, "temp": 1}\n',
+        "deep.jsonl": deep + '{"sensor_id": "ok2", "ts": 1796000000000, "temp": 2}\n',
+        "wide.csv": wide_header + "\n" + wide_row + "\n",
+        "binary.jsonl": "\x00\xff garbage \x1b[31m\n" * 1000,
+        "many-names.lp": "".join(
+            f"m,sensor_id=s{i} f{i}=1 1796000000000000000\n" for i in range(20_000)
+        ),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, errors="surrogateescape")
+    (tmp_path / "fake.parquet").write_bytes(b"PAR1 this is not parquet")
+    # 1: records refused (dead-lettered); 2: the file cannot be read at all, one line says why;
+    # 0: twenty thousand sensors with a metric name each are readings (the aggregates' own
+    # limits bound what they keep of them).
+    expected = {"huge.jsonl": 1, "deep.jsonl": 1, "wide.csv": 2, "binary.jsonl": 1,
+                "many-names.lp": 0, "fake.parquet": 2}  # fmt: skip
+    for name, status in expected.items():
+        started = time.monotonic()
+        done = telemetry(settings, "import", str(tmp_path / name))
+        assert time.monotonic() - started < 60, name
+        assert done.returncode == status, (name, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, (name, done.stderr)
+        if status == 2:
+            assert done.stderr.count("\n") == 1, done.stderr
+    # The good readings beside the bad ones were written; the rest dead-lettered, each bounded.
+    sensors = {f["sensor_id"] for _, f in read_range(client, settings.stream)}
+    assert {"ok1", "ok2"} <= sensors and "h1" not in sensors
+    dead = read_range(client, f"{settings.stream}:dead")
+    assert len(dead) >= 1000 and max(len(json.dumps(f)) for _, f in dead) < 20_000
+    assert client.memory_usage(f"{settings.stream}:dead") < 64 * 1024 * 1024  # type: ignore[operator]
