@@ -35,17 +35,12 @@ from ingest.redis.errors import redis_errors
 from ingest.redis.shardedwriter import open_writer
 from ingest.settings import Settings
 from ingest.shards import shards
+from producers.backfillformats import FORMATS, PRECISIONS, SUFFIXES
 from producers.lenient import lenient_reading, usual_reading
 from producers.payload import Parsed
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl", "parquet", "influx")
-SUFFIXES = {
-    ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".parquet": "parquet", ".lp": "influx", ".influx": "influx", ".line": "influx",
-}  # fmt: skip
-PRECISIONS = {"ns": 1_000_000, "us": 1_000, "ms": 1, "s": 0}
 CHUNK = 1000
 # A line or row longer than this is refused unread: no reading needs it.
 MAX_LINE = 65_536
@@ -128,6 +123,9 @@ def _json_records(lines: Iterable[tuple[int, str]]) -> Iterator[Record]:
             item = _json.decode(line)
         except msgspec.DecodeError as exc:
             yield number, f"not JSON: {exc}"
+            continue
+        except RecursionError:
+            yield number, "JSON nested too deeply"
             continue
         if isinstance(item, dict):
             # An exported reading's entry ID: it gets a new one.

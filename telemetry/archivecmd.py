@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analytics.archive.export import FORMATS as EXPORT_FORMATS
+from analytics.archive import EXPORT_FORMATS
 from analytics.archive.export import Output, sources
 from analytics.query import now_ms
 from analytics.times import parse_time_ms

@@ -9,11 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-import shtab
-
 from analytics.alerts.worker import run_alert_worker
-from analytics.archive.export import FORMATS as EXPORT_FORMATS
-from analytics.archive.worker import run_archiver
+from analytics.archive import EXPORT_FORMATS
 from analytics.fleet import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
@@ -34,8 +31,8 @@ from ingest.settings import (
     add_settings_arguments,
 )
 from ingest.shards import Shard, parse_shard_list, shard_for, shards
-from producers.backfill import FORMATS as IMPORT_FORMATS
-from producers.backfill import PRECISIONS
+from producers.backfillformats import FORMATS as IMPORT_FORMATS
+from producers.backfillformats import PRECISIONS
 from producers.cli import add_bridge_arguments, run_bridge
 from simulator.cli import SIMULATE_SETTINGS, add_simulate_arguments, run_simulate
 from telemetry.alertscmd import (
@@ -46,7 +43,6 @@ from telemetry.alertscmd import (
     silences_listing,
     unsilence_command,
 )
-from telemetry.archivecmd import export_command, import_command
 from telemetry.consume import run_consume
 from telemetry.devicescmd import devices_forget, devices_listing, label_command
 from telemetry.healthcheck import healthcheck
@@ -127,15 +123,22 @@ def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _archive(settings: Settings, args: argparse.Namespace) -> None:
+    # pyarrow loads only in the processes that write or read Parquet.
+    from analytics.archive.worker import run_archiver  # noqa: PLC0415
+
     run_archiver(settings, drain=args.drain, serve=_served(settings, args))
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> None:
+    from telemetry.archivecmd import export_command  # noqa: PLC0415 (pyarrow)
+
     print(export_command(settings, args.since, args.until, args.sensor, args.format,
                          args.output))  # fmt: skip
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from telemetry.archivecmd import import_command  # noqa: PLC0415 (pyarrow)
+
     report, status = import_command(settings, args.file, args.format, args.sensor_tag,
                                     args.precision)  # fmt: skip
     print(report)
@@ -143,6 +146,8 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _completion(settings: Settings, args: argparse.Namespace) -> None:
+    import shtab  # noqa: PLC0415 (only this command needs it)
+
     print(shtab.complete(build_parser(), shell=args.shell))
 
 
@@ -360,7 +365,7 @@ def build_parser() -> OneLineArgumentParser:
     completing = command(
         "completion",
         _completion,
-        "print the shell completion script: eval \"$(telemetry completion bash)\" in ~/.bashrc",
+        'print the shell completion script: eval "$(telemetry completion bash)" in ~/.bashrc',
         [],
     )
     completing.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="your shell")

@@ -5,18 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class Bar:
@@ -36,11 +28,23 @@ class Bar:
 
 @contextmanager
 def progress_bar(description: str, total: float | None, *, in_bytes: bool = False) -> Iterator[Bar]:
-    console = Console(stderr=True)
-    if not console.is_terminal or not sys.stderr.isatty():
+    if not sys.stderr.isatty():
         yield Bar(None, None)
         return
-    counted = TransferSpeedColumn() if in_bytes else MofNCompleteColumn()
+    # rich loads only where a bar is drawn: every other command starts sooner.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    counted: Any = TransferSpeedColumn() if in_bytes else MofNCompleteColumn()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                counted, TimeRemainingColumn(), TextColumn("{task.fields[note]}")]  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:

@@ -103,10 +103,10 @@ def assert_ledger(client: redis.Redis, readings: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
 def test_a_million_readings_exact_while_a_worker_is_killed_five_times(
-    own_redis: RedisProcess, seed: int
+    own_redis: RedisProcess,
 ) -> None:
+    seed = 1
     settings = make_settings(own_redis.url, claim_idle_ms=1000)
     client = connect(settings)
     made = make_readings(sensors=1000, per_sensor=1000, burst=50, seed=seed)

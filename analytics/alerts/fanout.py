@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import apprise
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter, Histogram
 
@@ -214,6 +213,8 @@ class NotifyTarget(QueuedTarget):
     def __init__(self, route: Notification) -> None:
         super().__init__(f"notify {route.name}")
         self.route = route
+        import apprise  # noqa: PLC0415 (loaded only where targets are configured)
+
         self.service = apprise.Apprise()
         self.service.add(route.url)
 

@@ -26,8 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import apprise
-
 from analytics.alerts.rules import SEVERITIES, RulesError, TableReader, table_starts
 from analytics.times import iso
 
@@ -117,6 +115,9 @@ def _route(table: TableReader, environ: Mapping[str, str]) -> Notification:
     if ROUTE_NAME.fullmatch(name) is None:
         raise table.fail("name", f"name must be 1-64 chars of A-Z a-z 0-9 _ . -, got {name!r}")
     url = _expand(table, environ)
+    # apprise takes a fifth of a second to load: only a rules file with targets pays for it.
+    import apprise  # noqa: PLC0415
+
     if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
         # The URL itself may be a secret: the message names the table, not the URL.
         raise table.fail("url", f"notify {name}: url is not a notification URL apprise knows "

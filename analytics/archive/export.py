@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from analytics.archive import EXPORT_FORMATS as FORMATS
 from analytics.archive.files import DAY_MS, SCHEMA, committed_parts, readings_table, stream_folder
 from ingest.contract.columns import decode_columns
 from ingest.keys import StreamKeys
@@ -27,7 +28,6 @@ from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
 from ingest.shards import shards
 
-FORMATS = ("parquet", "csv", "jsonl")
 PAGE = 10_000
 
 
