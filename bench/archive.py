@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
 from analytics.archive.files import SCHEMA
 from analytics.archive.worker import archiver_runner
 from bench.common import print_table, redis_for_bench
-from ingest.redis.connection import connect
+from ingest.keys import StreamKeys
+from ingest.redis.connection import connect, read_range_newest_first
 from ingest.settings import Settings
 from simulator.dataset import make_readings, write
 
@@ -67,10 +69,22 @@ def plain_loop(client: redis.Redis, stream: str, folder: Path) -> int:
 
 
 def archive(settings: Settings) -> int:
-    runner, archiver = archiver_runner(connect(settings), settings, drain=False)
-    processed = runner.run(threading.Event(), drain=True).processed
-    archiver.flush_if_due(force=True)
-    return processed
+    """Run the archive group until every entry is committed, flushing what is held once the
+    group has read everything (as the archiver's clock does); the readings in the files."""
+    client = connect(settings)
+    runner, archiver = archiver_runner(client, settings, drain=False)
+    stop = threading.Event()
+    running = threading.Thread(target=runner.run, args=(stop,))
+    running.start()
+    newest = read_range_newest_first(client, settings.stream, count=1)[0][0]
+    while client.get(StreamKeys(settings.stream).archived) != newest:
+        if client.xinfo_groups(settings.stream)[0]["lag"] == 0:
+            archiver.flush_if_due(force=True)
+        time.sleep(0.01)
+    stop.set()
+    running.join()
+    ids = pq.read_table(settings.archive_dir, columns=["id"])["id"]
+    return len(pc.unique(ids))
 
 
 def timed(
