@@ -6,11 +6,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
 
+from analytics.aggregator import GROUP as AGGREGATES_GROUP
+from analytics.alerts.evaluator import GROUP as ALERTS_GROUP
 from analytics.alerts.worker import run_alert_worker
 from analytics.archive import EXPORT_FORMATS
+from analytics.archive import GROUP as ARCHIVE_GROUP
 from analytics.fleet import RANKINGS
 from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
@@ -45,6 +49,7 @@ from telemetry.alertscmd import (
 )
 from telemetry.consume import run_consume
 from telemetry.devicescmd import devices_forget, devices_listing, label_command
+from telemetry.drainbar import drain_bar
 from telemetry.healthcheck import healthcheck
 from telemetry.inspect import (
     replay_dead_letters,
@@ -114,19 +119,32 @@ def _served(settings: Settings, args: argparse.Namespace) -> list[Shard] | None:
     return [shards(settings)[i] for i in chosen]
 
 
+def _draining(
+    settings: Settings, args: argparse.Namespace, group: str
+) -> AbstractContextManager[None]:
+    """A progress bar while a worker drains (`--drain`), nothing otherwise."""
+    if not args.drain:
+        return nullcontext()
+    return drain_bar(group, _served(settings, args) or shards(settings))
+
+
 def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
-    run_aggregator(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
+    with _draining(settings, args, AGGREGATES_GROUP):
+        run_aggregator(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
 
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
-    run_alert_worker(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
+    with _draining(settings, args, ALERTS_GROUP):
+        run_alert_worker(settings, args.consumer, drain=args.drain,
+                         serve=_served(settings, args))  # fmt: skip
 
 
 def _archive(settings: Settings, args: argparse.Namespace) -> None:
     # pyarrow loads only in the processes that write or read Parquet.
     from analytics.archive.worker import run_archiver  # noqa: PLC0415
 
-    run_archiver(settings, drain=args.drain, serve=_served(settings, args))
+    with _draining(settings, args, ARCHIVE_GROUP):
+        run_archiver(settings, drain=args.drain, serve=_served(settings, args))
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> None:

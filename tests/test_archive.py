@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from analytics.archive.writer import GROUP
+from analytics.archive import GROUP
 from ingest.redis.connection import read_range
 from ingest.settings import Settings
 from tests.conftest import child_env

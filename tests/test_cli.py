@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pty
 import re
 import signal
 import stat
@@ -294,3 +295,41 @@ def test_shell_completion_completes_commands_and_actions(tmp_path: Path) -> None
         capture_output=True, text=True,
     )  # fmt: skip
     assert completed.stdout.split() == ["silence", "silences"]
+
+
+def on_a_terminal(settings: Settings, *args: str) -> str:
+    """What a command writes to a terminal (a pseudo-terminal as its stderr)."""
+    main, child = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "telemetry", *args],
+                               env=child_env(settings, TELEMETRY_LOG_LEVEL="WARNING"),
+                               stdout=subprocess.DEVNULL, stderr=child)  # fmt: skip
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert process.wait(60) == 0
+    return seen.decode(errors="replace")
+
+
+def test_long_work_shows_its_progress_on_a_terminal(
+    settings: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    lines = "".join(json.dumps({"sensor_id": f"p{i % 9}", "ts": 1_796_000_000_000 + i,
+                                "temp": i}) + "\n" for i in range(20_000))  # fmt: skip
+    (tmp_path / "readings.jsonl").write_text(lines)
+    shown = on_a_terminal(settings, "import", str(tmp_path / "readings.jsonl"))
+    assert "import readings.jsonl" in shown and "100%" in shown
+    shown = on_a_terminal(settings, "aggregate", "--drain")
+    assert "drain aggregates" in shown and "20000/20000" in shown
+    # Not on a terminal: no bar, only the closing line.
+    done = subprocess.run([sys.executable, "-m", "telemetry", "archive", "--drain"],
+                          env=child_env(settings.replace(archive_dir=str(tmp_path / "a"))),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "━" not in done.stderr

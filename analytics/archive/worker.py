@@ -16,7 +16,8 @@ from pathlib import Path
 import redis
 
 from analytics.archive.files import remove_uncommitted, stream_folder
-from analytics.archive.writer import CONSUMER, GROUP, Archiver
+from analytics.archive import GROUP
+from analytics.archive.writer import CONSUMER, Archiver
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.replycolumns import decode_layouts
 from ingest.groups import GroupRunner, RunnerStats

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from analytics.archive import GROUP
 from analytics.archive.files import readings_table, write_flush
 from ingest.contract.columns import Ints, ReadingColumns
 from ingest.contract.reading import entry_order
@@ -30,7 +31,6 @@ from ingest.redis.errors import redis_errors
 
 log = logging.getLogger(__name__)
 
-GROUP = "archive"
 CONSUMER = "archiver"
 ACK_CHUNK = 10_000
 
