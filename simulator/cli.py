@@ -68,49 +68,27 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         "writing to the stream (the bridge writes them)",
     )  # fmt: skip
     faults = parser.add_argument_group("faults (probabilities are per reading)")
-    fault = faults.add_argument
-    fault(
-        "--spike",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="a reading jumps by --spike-size (default 0)",
-    )
-    fault("--spike-size", type=float, default=25.0, metavar="DEG", help="default 25")
-    fault(
-        "--stuck",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="the sensor repeats one value for --stuck-for (default 0)",
-    )
-    fault("--stuck-for", type=_positive_float, default=60.0, metavar="S", help="default 60")
-    fault("--stuck-value", type=float, metavar="DEG", help="default: last value")
-    fault(
-        "--drift",
-        type=float,
-        default=0.0,
-        metavar="DEG_PER_HOUR",
-        help="the temperature drifts this much an hour (default 0)",
-    )
-    fault(
-        "--dropout",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="the sensor sends nothing for --dropout-for (default 0)",
-    )
-    fault("--dropout-for", type=_positive_float, default=30.0, metavar="S", help="default 30")
-    fault(
-        "--late",
-        type=_probability,
-        default=0.0,
-        metavar="P",
-        help="the sensor buffers --late-for seconds of readings, then sends them (default 0)",
-    )
-    fault("--late-for", type=_positive_float, default=30.0, metavar="S", help="default 30")
-    fault("--duplicate", type=_probability, default=0.0, metavar="P",
-          help="a reading is sent twice (default 0)")  # fmt: skip
+
+    def chance(flag: str, what: str) -> None:
+        faults.add_argument(flag, type=_probability, default=0.0, metavar="P",
+                            help=f"{what} (default 0)")  # fmt: skip
+
+    def seconds(flag: str, default: float) -> None:
+        faults.add_argument(flag, type=_positive_float, default=default, metavar="S",
+                            help=f"default {default:g}")  # fmt: skip
+
+    chance("--spike", "a reading jumps by --spike-size")
+    faults.add_argument("--spike-size", type=float, default=25.0, metavar="DEG", help="default 25")
+    chance("--stuck", "the sensor repeats one value for --stuck-for")
+    seconds("--stuck-for", 60.0)
+    faults.add_argument("--stuck-value", type=float, metavar="DEG", help="default: last value")
+    faults.add_argument("--drift", type=float, default=0.0, metavar="DEG_PER_HOUR",
+                        help="the temperature drifts this much an hour (default 0)")  # fmt: skip
+    chance("--dropout", "the sensor sends nothing for --dropout-for")
+    seconds("--dropout-for", 30.0)
+    chance("--late", "the sensor buffers --late-for seconds of readings, then sends them")
+    seconds("--late-for", 30.0)
+    chance("--duplicate", "a reading is sent twice")
 
 
 def sensor_ids(args: argparse.Namespace) -> list[str]:
