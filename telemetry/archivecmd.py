@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 from analytics.archive import EXPORT_FORMATS
 from analytics.archive.export import Output, sources
 from analytics.query import now_ms
@@ -38,7 +40,12 @@ def export_command(
         with progress_bar("export", len(found)) as bar:
             for source in found:
                 bar.note(Path(source.name).name)
-                out.write(source.read())
+                try:
+                    rows = source.read()
+                except (OSError, pa.ArrowException) as exc:
+                    raise CommandLineError(f"{source.name} cannot be read ({exc}); move it "
+                                           "aside to export the rest") from None  # fmt: skip
+                out.write(rows)
                 bar.advance(1)
     finally:
         out.close()

@@ -157,6 +157,13 @@ def test_export_reads_archive_and_stream_together_in_each_format(
     assert empty.returncode == 0 and empty.stdout.startswith("0 readings")
     bad = telemetry(settings, "export", "--since", "last tuesday")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    # An archive file damaged on disk: named, in one line.
+    damaged = next(Path(settings.archive_dir).glob("*/day=*/part-*.parquet"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    broken = telemetry(settings, "export", "--since", str(since), "--until", str(until),
+                       "-o", str(tmp_path / "x.parquet"))  # fmt: skip
+    assert broken.returncode == 2 and damaged.name in broken.stderr
+    assert broken.stderr.count("\n") == 1
 
 
 def test_import_reads_every_format_and_dead_letters_what_is_not_a_reading(
