@@ -151,14 +151,17 @@ def test_a_killed_bridge_loses_nothing_the_broker_held(
         time.sleep(random.uniform(0.2, 1.0))
         bridge = bridge_process(settings, broker, "bridge-1", "--mqtt-version", version)
         publishing.join()
-        wait_for(client, settings.stream, 100_000, 120)
+        # Under a loaded machine (tests run side by side) the redelivery takes its time.
+        arrived = wait_for(client, settings.stream, 100_000, 240)
     finally:
         devices.close()
         bridge.terminate()
         bridge.wait(30)
     per_device = seqs_by_device(client, settings.stream)
     duplicates = sum(len(seqs) - len(set(seqs)) for seqs in per_device.values())
-    assert all(set(seqs) == set(range(1000)) for seqs in per_device.values())
+    missing = {device: 1000 - len(set(seqs)) for device, seqs in per_device.items()
+               if set(seqs) != set(range(1000))}  # fmt: skip
+    assert len(per_device) == 100 and not missing, (arrived, missing)
     # At most the messages in flight at the kill: one batch the bridge wrote but had not
     # acknowledged yet (the broker allows 1000 unacknowledged messages per client).
     assert duplicates <= 1000
