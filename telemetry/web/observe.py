@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Histogram
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -43,10 +42,6 @@ class RequestTimer:
 
 
 def _route(scope: Scope) -> str:
-    """The template of the route that matches, or `other` (unknown paths are not labels)."""
-    app = scope.get("app")
-    for route in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "other"
+    """The template of the route the router matched (it leaves it in the scope), or `other`:
+    unknown paths are not labels."""
+    return str(getattr(scope.get("route"), "path", "other"))
