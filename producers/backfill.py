@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 
-from ingest.backoff import Backoff, retry_delay, why_writes_wait
+from ingest.backoff import Backoff, why_writes_wait, write_waiting
 from ingest.deadletter import dead_letter_record, queue_dead_letter
 from ingest.devices import DeviceRegistry
 from ingest.errors import InvalidEntry, RedisUnavailable, SettingsError
@@ -358,28 +358,13 @@ class Backfill:
         return None
 
     def _write(self, readings: list[dict[str, str]]) -> None:
-        backoff = Backoff()
-        try:
-            # Buffered by the writer whatever happens next; a failed flush keeps what it could
-            # not write and writes it first when flushed again.
-            self.writer.add_many(readings)
-            self.writer.flush()
-        except RedisUnavailable as exc:
-            self._wait(exc, backoff)
-            while True:
-                try:
-                    self.writer.flush()
-                    break
-                except RedisUnavailable as again:
-                    self._wait(again, backoff)
-        self.counts.written += len(readings)
+        if write_waiting(self.writer, readings, self.stop, Backoff(), self._waiting) is not None:
+            self.counts.written += len(readings)
 
-    def _wait(self, failure: RedisUnavailable, backoff: Backoff) -> None:
+    def _waiting(self, failure: RedisUnavailable, _waits: int) -> None:
         self.counts.waits += 1
         if self.counts.waits == 1 or self.counts.waits % 100 == 0:
             log.info("%s; the import waits", why_writes_wait(failure))
-        if self.stop.wait(retry_delay(backoff, failure)):
-            raise failure
 
     def _dead_letter(self, refused: list[tuple[int, str]], chunk: list[Record]) -> None:
         items = dict(chunk)

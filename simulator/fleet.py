@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ingest.backoff import Backoff, retry_delay, why_writes_wait
-from ingest.errors import RedisCommandFailed, RedisUnavailable
+from ingest.backoff import Backoff, why_writes_wait, write_waiting
+from ingest.errors import RedisUnavailable
 from simulator.model import SensorBank
 
 log = logging.getLogger(__name__)
@@ -152,28 +152,16 @@ class FleetRunner:
     def _write(
         self, entries: list[dict[str, str]], stop: threading.Event, backoff: Backoff
     ) -> bool:
-        try:
-            # A tick's readings go out as the tick ends, as devices send what they read; the
-            # writer still splits a large tick into batches.
-            self.writer.add_many(entries)
-            self.writer.flush()
-            backoff.reset()
-            return True
-        except RedisCommandFailed:
-            raise
-        except RedisUnavailable as exc:
-            failure: RedisUnavailable = exc
-            log.warning("%s; %d readings buffered", why_writes_wait(exc), self.writer.buffered)
-        while not stop.is_set():
-            stop.wait(retry_delay(backoff, failure))
-            try:
-                self.writer.flush()
-                log.info("buffered readings written")
-                backoff.reset()
-                return True
-            except RedisUnavailable as exc:
-                failure = exc
-        return False
+        # A tick's readings go out as the tick ends, as devices send what they read; the
+        # writer still splits a large tick into batches.
+        waits = write_waiting(self.writer, entries, stop, backoff, self._waiting)
+        if waits:
+            log.info("buffered readings written")
+        return waits is not None
+
+    def _waiting(self, failure: RedisUnavailable, waits: int) -> None:
+        if waits == 1:
+            log.warning("%s; %d readings buffered", why_writes_wait(failure), self.writer.buffered)
 
     def _flush_until_done(self, backoff: Backoff, attempts: int = 20) -> None:
         for _ in range(attempts):
