@@ -14,14 +14,13 @@ from analytics.alerts.config import load_config
 from analytics.alerts.listing import alert_sources, list_alerts
 from analytics.alerts.silences import active_silences, add_silence, new_silence, remove_silence
 from analytics.query import now_ms
-from analytics.times import iso, parse_time_ms
-from ingest.durations import parse_duration_ms
+from analytics.times import iso
 from ingest.keys import AlertKeys
 from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
 from ingest.shards import shard_for, shards
-from telemetry.querycmd import render, zone
+from telemetry.querycmd import parse_flag, render, zone
 
 
 def alerts_listing(
@@ -33,12 +32,7 @@ def alerts_listing(
     tz_name: str | None,
 ) -> str:
     tz = zone(tz_name)
-    since_ms = None
-    if since is not None:
-        try:
-            since_ms = parse_time_ms(since, now_ms())
-        except ValueError as exc:
-            raise CommandLineError(f"--since: {exc}") from None
+    since_ms = None if since is None else parse_flag("time", "--since", since, now_ms())
     found = list_alerts(
         alert_sources(settings),
         open_only=open_only,
@@ -78,10 +72,7 @@ def silence_command(
     settings: Settings, sensors: str, rules: str, labels: str, duration: str,
     by: str | None, comment: str,
 ) -> str:  # fmt: skip
-    try:
-        duration_ms = parse_duration_ms(duration)
-    except ValueError as exc:
-        raise CommandLineError(f"--for: {exc}") from None
+    duration_ms = parse_flag("duration", "--for", duration, now_ms())
     silence = new_silence(sensors=sensors, rules=rules, labels=labels, duration_ms=duration_ms,
                           by=by or operator_name(), comment=comment, now_ms=now_ms())  # fmt: skip
     client, keys = silence_keys(settings)

@@ -10,25 +10,20 @@ import pyarrow as pa
 from analytics.archive import EXPORT_FORMATS
 from analytics.archive.export import Output, sources
 from analytics.query import now_ms
-from analytics.times import parse_time_ms
 from ingest.runtime import CommandLineError, stop_on_signals
 from ingest.settings import Settings
 from producers.backfill import Backfill, detect_format, parquet_rows, records
 from telemetry.progress import progress_bar
-
-
-def _time(flag: str, text: str) -> int:
-    try:
-        return parse_time_ms(text, now_ms())
-    except ValueError as exc:
-        raise CommandLineError(f"{flag}: {exc}") from None
+from telemetry.querycmd import parse_flag
 
 
 def export_command(
     settings: Settings, since: str, until: str, sensor_glob: str, output_format: str,
     output: Path | None,
 ) -> str:  # fmt: skip
-    since_ms, until_ms = _time("--since", since), _time("--until", until)
+    now = now_ms()
+    since_ms = parse_flag("time", "--since", since, now)
+    until_ms = parse_flag("time", "--until", until, now)
     if since_ms >= until_ms:
         raise CommandLineError("--since must be before --until")
     if output_format not in EXPORT_FORMATS:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import redis
 
+from ingest.backlog import largest_backlog
 from ingest.redis.connection import connect
 from ingest.redis.errors import redis_errors
 from ingest.shards import Shard
@@ -26,13 +27,13 @@ def entries_left(clients: Sequence[tuple[redis.Redis, str]], group: str) -> int:
                 groups = client.xinfo_groups(stream)
             except redis.ResponseError:  # no stream yet
                 continue
-        mine = [found for found in groups if found["name"] == group]
-        if not mine:
+        backlog = largest_backlog([found for found in groups if found["name"] == group])
+        if backlog is None:
             # The worker makes its group at the start of the stream: all of it is left.
             with redis_errors():
                 left += int(client.xlen(stream))
-        for found in mine:
-            left += int(found.get("lag") or 0) + int(found["pending"])
+        else:
+            left += backlog.entries
     return left
 
 

@@ -67,7 +67,9 @@ def render(rows: Sequence[dict[str, str]], output_format: str, data: Any) -> str
     return "\n".join(lines)
 
 
-def _parse(kind: str, flag: str, text: str, now: int) -> int:
+def parse_flag(kind: str, flag: str, text: str, now: int) -> int:
+    """A `time` (ISO 8601, a time ago, epoch ms) or a `duration` flag, or one line naming the
+    flag and what to fix."""
     try:
         return parse_duration_ms(text) if kind == "duration" else parse_time_ms(text, now)
     except ValueError as exc:
@@ -94,7 +96,7 @@ def sensor_query(
     now = query.now_ms()
     try:
         if last is not None:
-            span = _parse("duration", "--last", last, now)
+            span = parse_flag("duration", "--last", last, now)
             windows = [
                 query.rolling(store, sensor_id, m, span, at_ms=now, tier_name=tier) for m in metrics
             ]
@@ -107,8 +109,8 @@ def sensor_query(
                 row["edges"] = _edges(w)
                 rows.append(row)
             return render(rows, output_format, [asdict(w) for w in windows])
-        start = _parse("time", "--since", since, now)
-        end = _parse("time", "--until", until, now)
+        start = parse_flag("time", "--since", since, now)
+        end = parse_flag("time", "--until", until, now)
         if start >= end:
             raise CommandLineError("--since must be before --until")
         chosen = tier or query.choose_tier(store.tiers, end - start).name
@@ -154,9 +156,9 @@ def fleet_query(
         among = set(selected_sensors(stores, DeviceRegistry(settings), selector))
     now = query.now_ms()
     try:
-        span = _parse("duration", "--last", last, now)
+        span = parse_flag("duration", "--last", last, now)
         ranked = fleet_top(
-            stores, metric, by, span, top, at_ms=_parse("time", "--until", until, now),
+            stores, metric, by, span, top, at_ms=parse_flag("time", "--until", until, now),
             among=among,
         )  # fmt: skip
     except QueryError as exc:
@@ -181,8 +183,8 @@ def group_query(
     try:
         groups = group_by(
             Stores.from_settings(settings), DeviceRegistry(settings), metric, label,
-            _parse("duration", "--last", last, now), selector=selector_of(where),
-            at_ms=_parse("time", "--until", until, now),
+            parse_flag("duration", "--last", last, now), selector=selector_of(where),
+            at_ms=parse_flag("time", "--until", until, now),
         )  # fmt: skip
     except QueryError as exc:
         raise CommandLineError(str(exc)) from None

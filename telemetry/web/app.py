@@ -12,7 +12,7 @@ import os
 import pathlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -64,6 +64,7 @@ from telemetry.web.deadletters import dead_letters_router
 from telemetry.web.devices import Where, among, devices_router
 from telemetry.web.live import live_router
 from telemetry.web.observe import RequestTimer
+from telemetry.web.params import parameter
 from telemetry.web.readings import readings_router
 
 log = logging.getLogger(__name__)
@@ -92,14 +93,6 @@ class OutageLog:
         if self._since is not None:
             log.info("redis is back after %.1fs", time.monotonic() - self._since)
             self._since = None
-
-
-def _parameter(name: str, parse: Callable[[], int]) -> int:
-    """A parsed query parameter, or 422 naming it."""
-    try:
-        return parse()
-    except ValueError as exc:
-        raise HTTPException(422, f"{name}: {exc}") from None
 
 
 class LatestValue(BaseModel):
@@ -318,8 +311,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Every bucket of a tier between two times, oldest first."""
         known_sensor(sensor_id)
         now = query.now_ms()
-        start = _parameter("from", lambda: parse_time_ms(from_, now))
-        end = _parameter("to", lambda: parse_time_ms(to, now))
+        start = parameter("from", lambda: parse_time_ms(from_, now))
+        end = parameter("to", lambda: parse_time_ms(to, now))
         if start >= end:
             raise HTTPException(422, "from must be before to")
         columns = query.bucket_columns(stores.of(sensor_id), sensor_id, metric, tier, start, end)
@@ -337,7 +330,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Window:
         """The last N minutes merged; the answer says which span its buckets cover."""
         known_sensor(sensor_id)
-        span = _parameter("last", lambda: parse_duration_ms(last))
+        span = parameter("last", lambda: parse_duration_ms(last))
         return query.rolling(stores.of(sensor_id), sensor_id, metric, span, tier_name=tier)
 
     @app.get("/alerts")
@@ -351,7 +344,7 @@ def create_app(settings: Settings) -> FastAPI:
         since_ms = (
             None
             if since is None
-            else _parameter("since", lambda: parse_time_ms(since, query.now_ms()))
+            else parameter("since", lambda: parse_time_ms(since, query.now_ms()))
         )
         return list_alerts(shard_alerts, open_only=open, sensor_glob=sensor,
                            since_ms=since_ms, limit=limit)  # fmt: skip
@@ -367,8 +360,8 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> list[Ranked]:
         """The n sensors ranking highest by a statistic over the window `last` before
         `until`, among those whose labels match `where` when given."""
-        span = _parameter("last", lambda: parse_duration_ms(last))
-        end = _parameter("until", lambda: parse_time_ms(until, query.now_ms()))
+        span = parameter("last", lambda: parse_duration_ms(last))
+        end = parameter("until", lambda: parse_time_ms(until, query.now_ms()))
         return fleet.fleet_top(stores, metric, by, span, n, at_ms=end,
                                among=among(stores, registry, where))  # fmt: skip
 

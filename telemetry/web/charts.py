@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from analytics.groupby import selected_sensors
 from analytics.query import Stores, now_ms
@@ -16,13 +16,7 @@ from analytics.times import parse_time_ms
 from ingest.contract.reading import METRIC_NAME
 from ingest.devices import DeviceRegistry
 from telemetry.web.devices import Where, selector
-
-
-def _time(name: str, text: str, now: int) -> int:
-    try:
-        return parse_time_ms(text, now)
-    except ValueError as exc:
-        raise HTTPException(422, f"{name}: {exc}") from None
+from telemetry.web.params import parameter
 
 
 def charts_router(stores: Stores, registry: DeviceRegistry) -> APIRouter:
@@ -46,7 +40,8 @@ def charts_router(stores: Stores, registry: DeviceRegistry) -> APIRouter:
         matching `sensor` and `where`. The tier (response header X-Tier) is the finest whose
         buckets are at least `interval_ms`, at most 2,000 buckets per sensor."""
         now = now_ms()
-        start, end = _time("from", from_, now), _time("to", to, now)
+        start = parameter("from", lambda: parse_time_ms(from_, now))
+        end = parameter("to", lambda: parse_time_ms(to, now))
         chosen = selected_sensors(stores, registry, selector(where))
         ids = sorted(s for s in chosen if fnmatch.fnmatchcase(s, sensor))[:limit]
         if not ids:
