@@ -7,19 +7,20 @@ import getpass
 import os
 from dataclasses import asdict
 
-import redis
-
 from analytics.alerts.acknowledge import acknowledge
 from analytics.alerts.config import load_config
-from analytics.alerts.listing import alert_sources, list_alerts
-from analytics.alerts.silences import active_silences, add_silence, new_silence, remove_silence
+from analytics.alerts.listing import alert_sources, list_alerts, sensor_source
+from analytics.alerts.silences import (
+    active_silences,
+    add_silence,
+    new_silence,
+    remove_silence,
+    silences_home,
+)
 from analytics.query import now_ms
 from analytics.times import iso
-from ingest.keys import AlertKeys
-from ingest.redis.connection import connect
 from ingest.runtime import CommandLineError
 from ingest.settings import Settings
-from ingest.shards import shard_for, shards
 from telemetry.querycmd import parse_flag, render, zone
 
 
@@ -58,7 +59,7 @@ def alerts_listing(
 def acknowledge_command(
     settings: Settings, sensor_id: str, rule: str, by: str | None, comment: str
 ) -> str:
-    client, keys = sensor_alert_keys(settings, sensor_id)
+    client, keys = sensor_source(settings, alert_sources(settings), sensor_id)
     entry = acknowledge(client, keys, sensor_id, rule, by=by or operator_name(),
                         comment=comment, now_ms=now_ms(),
                         maxlen=settings.alerts_maxlen)  # fmt: skip
@@ -75,14 +76,14 @@ def silence_command(
     duration_ms = parse_flag("duration", "--for", duration, now_ms())
     silence = new_silence(sensors=sensors, rules=rules, labels=labels, duration_ms=duration_ms,
                           by=by or operator_name(), comment=comment, now_ms=now_ms())  # fmt: skip
-    client, keys = silence_keys(settings)
+    client, keys = silences_home(alert_sources(settings))
     add_silence(client, keys, silence, settings.alerts_maxlen)
     return f"silence {silence.id}: until {iso(silence.ends_ms)}"
 
 
 def silences_listing(settings: Settings, output_format: str, tz_name: str | None) -> str:
     tz = zone(tz_name)
-    client, keys = silence_keys(settings)
+    client, keys = silences_home(alert_sources(settings))
     found = active_silences(client, keys, now_ms())
     rows = [{"id": s.id, "sensors": s.sensors, "rules": s.rules, "labels": str(s.labels),
              "until": iso(s.ends_ms, tz), "by": s.by, "comment": s.comment}
@@ -93,7 +94,7 @@ def silences_listing(settings: Settings, output_format: str, tz_name: str | None
 
 
 def unsilence_command(settings: Settings, silence_id: str, by: str | None) -> str:
-    client, keys = silence_keys(settings)
+    client, keys = silences_home(alert_sources(settings))
     if not remove_silence(client, keys, silence_id, by or operator_name(),
                           settings.alerts_maxlen, now_ms()):  # fmt: skip
         raise CommandLineError(f"no silence {silence_id!r} (telemetry alerts silences lists them)")
@@ -109,18 +110,6 @@ def rules_check(path: str) -> str:
               f"{', '.join(n.rules)}, severities {', '.join(sorted(n.severities))}"
               for n in config.notifications]  # fmt: skip
     return "\n".join(lines)
-
-
-def sensor_alert_keys(settings: Settings, sensor_id: str) -> tuple[redis.Redis, AlertKeys]:
-    """A client and the alerts keys of the shard the sensor's alerts live in."""
-    shard = shard_for(settings, sensor_id).settings
-    return connect(shard), AlertKeys(shard.alerts_stream)
-
-
-def silence_keys(settings: Settings) -> tuple[redis.Redis, AlertKeys]:
-    """A client and the alerts keys that keep the silences: the first shard's."""
-    first = shards(settings)[0].settings
-    return connect(first), AlertKeys(first.alerts_stream)
 
 
 def operator_name() -> str:

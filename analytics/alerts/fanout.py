@@ -58,6 +58,12 @@ def decode_change(entry_id: str, fields: Mapping[str, str]) -> dict[str, str]:
     return {"id": entry_id, **fields}
 
 
+def is_alert_change(change: Mapping[str, str]) -> bool:
+    """An alert raised, resolved or acknowledged (not a silence added or ended): what machines
+    (MQTT, webhooks) are sent."""
+    return change.get("state", "") in ALERT_STATES
+
+
 class Target(Protocol):
     name: str
     # Whether maintenance silences hold its changes back (targets that reach people).
@@ -80,7 +86,7 @@ class MqttTarget:
             SENT.labels(self.name, outcome)
 
     def wants(self, change: Mapping[str, str]) -> bool:
-        return change.get("state", "") in ALERT_STATES
+        return is_alert_change(change)
 
     def offer(self, change: Mapping[str, str]) -> None:
         info = self.client.publish(f"alerts/{change['sensor_id']}", json.dumps(change), qos=1)
@@ -126,7 +132,7 @@ class QueuedTarget:
         self._thread.start()
 
     def wants(self, change: Mapping[str, str]) -> bool:
-        return change.get("state", "") in ALERT_STATES
+        return is_alert_change(change)
 
     def attempt(self, change: Mapping[str, str]) -> Failure | None:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from ingest.keys import AlertKeys
 from ingest.redis.connection import connect, read_range_newest_first
 from ingest.redis.errors import redis_errors
 from ingest.settings import Settings
-from ingest.shards import shards
+from ingest.shards import shard_for, shards
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,13 @@ def alert_sources(settings: Settings, clients: Sequence[redis.Redis] = ()) -> Al
     chosen = clients or [connect(shard.settings) for shard in every]
     return [(client, AlertKeys(shard.settings.alerts_stream))
             for client, shard in zip(chosen, every, strict=True)]  # fmt: skip
+
+
+def sensor_source(
+    settings: Settings, sources: AlertSources, sensor_id: str
+) -> tuple[redis.Redis, AlertKeys]:
+    """The client and alerts keys of the shard a sensor's alerts live in."""
+    return sources[shard_for(settings, sensor_id).index]
 
 
 def list_alerts(

@@ -2,8 +2,8 @@
 person (`[[notify]]` targets); the alerts group still raises and records them. Not to be confused
 with the `silence` rule type, which raises an alert when a sensor stops speaking.
 
-Silences live in one hash beside the first shard's alerts stream, which records each one added
-or removed; an expired silence is dropped the next time silences are read.
+Silences live in one hash beside the first shard's alerts stream (`silences_home`), which records
+each one added or removed; an expired silence is dropped the next time silences are read.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from analytics.alerts.listing import AlertSources
 from analytics.alerts.rules import RULE_NAME
 from analytics.times import iso
 from ingest.errors import SettingsError
@@ -31,6 +32,16 @@ MAX_SILENCES = 1000
 MAX_TEXT = 500
 MAX_GLOB = 256
 REFRESH_S = 2.0
+
+
+def silences_home(sources: AlertSources) -> tuple[redis.Redis, AlertKeys]:
+    """Where silences are kept: beside the first shard's alerts stream."""
+    return sources[0]
+
+
+def _flat(record: Mapping[str, str]) -> list[Arg]:
+    """A record as the script takes it: name, value, name, value..."""
+    return [item for pair in record.items() for item in pair]
 
 
 class ActionError(SettingsError):
@@ -121,8 +132,7 @@ def add_silence(client: redis.Redis, keys: AlertKeys, silence: Silence, maxlen: 
               "ts": str(silence.starts_ms), "until": str(silence.ends_ms),
               "labels": str(silence.labels), "by": silence.by, "comment": silence.comment,
               "silence": silence.id, "message": message}  # fmt: skip
-    args: list[Arg] = ["add", silence.id, silence.to_json(), MAX_SILENCES, maxlen]
-    args += [x for pair in record.items() for x in pair]
+    args: list[Arg] = ["add", silence.id, silence.to_json(), MAX_SILENCES, maxlen, *_flat(record)]
     with redis_errors():
         entry = SILENCES(client, [keys.stream, keys.silences], args)
         if not entry:
@@ -145,9 +155,11 @@ def remove_silence(
               "ts": str(now_ms), "labels": str(found.labels), "by": checked_text("by", by, 64),
               "silence": found.id, "message": f"silence {found.id} ended by {by}"}  # fmt: skip
     with redis_errors():
-        entry = SILENCES(client, [keys.stream, keys.silences],
-                         ["remove", silence_id, "", 0, maxlen,
-                          *(x for pair in record.items() for x in pair)])  # fmt: skip
+        entry = SILENCES(
+            client,
+            [keys.stream, keys.silences],
+            ["remove", silence_id, "", 0, maxlen, *_flat(record)],
+        )
     return bool(entry)
 
 

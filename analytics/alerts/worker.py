@@ -14,9 +14,10 @@ from analytics.alerts.evaluator import GROUP, AlertEvaluator
 from analytics.alerts.fanout import GROUP as FANOUT_GROUP
 from analytics.alerts.fanout import AlertFanout, decode_change, targets_from
 from analytics.alerts.labelview import LabelView
+from analytics.alerts.listing import alert_sources
 from analytics.alerts.rules import Rule
 from analytics.alerts.silence import SilenceSweeper
-from analytics.alerts.silences import SilenceView
+from analytics.alerts.silences import SilenceView, silences_home
 from analytics.worker import default_consumer_name
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.entries import per_entry
@@ -66,8 +67,7 @@ def run_alert_worker(
     targets = targets_from(broker, settings.webhook_urls, config.notifications)
     if targets:
         log.info("alert changes go to %s", ", ".join(t.name for t in targets))
-    first = shards(settings)[0].settings
-    silences = SilenceView(connect(first), AlertKeys(first.alerts_stream))
+    silences = SilenceView(*silences_home(alert_sources(settings)))
     runners, background = [], []
     for shard in serve or shards(settings):
         each = shard.settings

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from analytics.alerts.acknowledge import acknowledge
-from analytics.alerts.listing import AlertSources
+from analytics.alerts.listing import AlertSources, sensor_source
 from analytics.alerts.rules import RULE_NAME
 from analytics.alerts.silences import (
     MAX_TEXT,
@@ -19,12 +19,12 @@ from analytics.alerts.silences import (
     add_silence,
     new_silence,
     remove_silence,
+    silences_home,
 )
 from analytics.query import now_ms
 from ingest.contract.reading import SENSOR_ID
 from ingest.durations import parse_duration_ms
 from ingest.settings import Settings
-from ingest.shards import shard_for
 
 SensorId = Annotated[str, Path(pattern=f"^{SENSOR_ID.pattern}$", description="a sensor id")]
 RuleName = Annotated[str, Path(pattern=f"^{RULE_NAME.pattern}$", description="a rule name")]
@@ -65,14 +65,14 @@ class SilenceView(BaseModel):
 
 def alerting_router(settings: Settings, sources: AlertSources) -> APIRouter:
     router = APIRouter()
-    silences_client, silences_keys = sources[0]
+    silences_client, silences_keys = silences_home(sources)
 
     @router.post("/alerts/{sensor_id}/{rule}/ack", responses={404: {"description": "not open"}})
     def acknowledge_alert(
         sensor_id: SensorId, rule: RuleName, body: Acknowledgement
     ) -> Acknowledged:
         """Acknowledge an open alert (admin); recorded on the alerts stream."""
-        client, keys = sources[shard_for(settings, sensor_id).index]
+        client, keys = sensor_source(settings, sources, sensor_id)
         try:
             entry = acknowledge(client, keys, sensor_id, rule, by=body.by, comment=body.comment,
                                 now_ms=now_ms(), maxlen=settings.alerts_maxlen)  # fmt: skip
