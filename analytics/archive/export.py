@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import redis
 
 from analytics.archive import EXPORT_FORMATS as FORMATS
 from analytics.archive.files import DAY_MS, SCHEMA, committed_parts, readings_table, stream_folder
@@ -53,7 +54,8 @@ def sources(settings: Settings, since_ms: int, until_ms: int, sensor_glob: str) 
             day = _day_of(path.parent.name)
             if first_day <= day <= last_day:
                 found.append(Source(str(path), _file_reader(path, since_ms, until_ms, sensor_glob)))
-        unarchived = _stream_reader(shard.settings, committed, since_ms, until_ms, sensor_glob)
+        unarchived = _stream_reader(client, shard.stream, committed, since_ms, until_ms,
+                                    sensor_glob)  # fmt: skip
         found.append(Source(f"{shard.stream} after {committed}", unarchived))
     return found
 
@@ -97,13 +99,11 @@ def _file_reader(
 
 
 def _stream_reader(
-    settings: Settings, after: str, since_ms: int, until_ms: int, sensor_glob: str
+    client: redis.Redis, stream: str, after: str, since_ms: int, until_ms: int, sensor_glob: str
 ) -> Callable[[], pa.Table]:
-    """The entries of the stream of `settings` after `after`."""
-    stream = settings.stream
+    """The entries of the stream after `after`, read through the shard's client."""
 
     def read() -> pa.Table:
-        client = connect(settings)
         tables, start = [], f"({after}" if after != "0-0" else "-"
         while True:
             with redis_errors():
