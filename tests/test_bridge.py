@@ -141,26 +141,25 @@ def test_a_killed_bridge_loses_nothing_the_broker_held(
     bridge = bridge_process(settings, broker, "bridge-1", "--mqtt-version", version)
     wait_subscribed(bridge)
     devices = Devices(broker)
-    publishing = threading.Thread(target=devices.publish, args=(100, 1000))
+    publishing = threading.Thread(target=devices.publish, args=(100, 500))
     publishing.start()
     try:
-        while client.xlen(settings.stream) < 30_000:
+        while client.xlen(settings.stream) < 15_000:
             time.sleep(0.05)
         bridge.send_signal(signal.SIGKILL)
         bridge.wait()
         time.sleep(random.uniform(0.2, 1.0))
         bridge = bridge_process(settings, broker, "bridge-1", "--mqtt-version", version)
         publishing.join()
-        # Under a loaded machine (tests run side by side) the redelivery takes its time.
-        arrived = wait_for(client, settings.stream, 100_000, 240)
+        arrived = wait_for(client, settings.stream, 50_000, 120)
     finally:
         devices.close()
         bridge.terminate()
         bridge.wait(30)
     per_device = seqs_by_device(client, settings.stream)
     duplicates = sum(len(seqs) - len(set(seqs)) for seqs in per_device.values())
-    missing = {device: 1000 - len(set(seqs)) for device, seqs in per_device.items()
-               if set(seqs) != set(range(1000))}  # fmt: skip
+    missing = {device: 500 - len(set(seqs)) for device, seqs in per_device.items()
+               if set(seqs) != set(range(500))}  # fmt: skip
     assert len(per_device) == 100 and not missing, (arrived, missing)
     # At most the messages in flight at the kill: one batch the bridge wrote but had not
     # acknowledged yet (the broker allows 1000 unacknowledged messages per client).
@@ -294,6 +293,24 @@ payloads = (
 )
 
 
+class Refusals:
+    """Dead letters of refused messages, not the samples of fields dropped from readings that
+    were written; each call reads only the letters that came since the last."""
+
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.client, self.stream = client, stream
+        self.start, self.count = "-", 0
+
+    def __call__(self) -> int:
+        letters = cast(
+            list[tuple[str, dict[str, str]]], self.client.xrange(self.stream, self.start)
+        )
+        if letters:
+            self.start = f"({letters[-1][0]}"
+        self.count += sum(not fields["reason"].startswith(DROPPED_FIELDS) for _, fields in letters)
+        return self.count
+
+
 def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
     redis_url: str, broker: LocalMosquitto
 ) -> None:
@@ -305,9 +322,10 @@ def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
     before = set(client.keys("*"))
     publisher = Devices(broker, clients=1).clients[0]
     expected = {"valid": 0, "invalid": 0, "messages": 0, "examples": 0}
+    refusals = Refusals(client, keys.dead)
 
     @settings(
-        max_examples=130, deadline=None, suppress_health_check=list(HealthCheck), phases=[
+        max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), phases=[
             Phase.explicit, Phase.reuse, Phase.generate,
         ],
     )  # fmt: skip
@@ -327,11 +345,6 @@ def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
         for info in infos:
             info.wait_for_publish(30)
 
-        def refusals() -> int:
-            # Not the samples of fields dropped from readings that were written.
-            letters = cast(list[tuple[str, dict[str, str]]], client.xrange(keys.dead))
-            return sum(not fields["reason"].startswith(DROPPED_FIELDS) for _, fields in letters)
-
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (
             client.xlen(keys.stream) < expected["valid"] or refusals() < expected["invalid"]
@@ -346,6 +359,6 @@ def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
         publisher.disconnect()
         bridge.terminate()
     assert bridge.wait(30) == 0
-    assert expected["messages"] >= 10_000, expected
-    assert expected["valid"] >= 200, expected
+    assert expected["messages"] >= 4_000, expected
+    assert expected["valid"] >= 100, expected
     assert set(client.keys("*")) - before <= {keys.stream, keys.dead, keys.meta, keys.devices}

@@ -72,7 +72,7 @@ def role_url(folder: Path, server: LocalRedis, role: str) -> str:
 
 
 def test_each_redis_role_runs_its_components_and_nothing_more(
-    folder: Path, acl_redis: LocalRedis
+    folder: Path, acl_redis: LocalRedis, tmp_path: Path
 ) -> None:
     auditor = redis.Redis.from_url(acl_redis.address, username="auditor", password="-")
     with pytest.raises(redis.AuthenticationError):
@@ -89,6 +89,8 @@ def test_each_redis_role_runs_its_components_and_nothing_more(
               "--stuck", "0.5", "--stuck-value", "45")  # fmt: skip
     telemetry("worker", "aggregate", "--drain")
     telemetry("worker", "alert-worker", "--rules", str(SAMPLE_RULES), "--drain")
+    telemetry("worker", "archive", "--drain", "--archive-dir", str(tmp_path / "archive"))
+    assert list((tmp_path / "archive").rglob("*.parquet"))
     telemetry("api", "status")
     api_settings = make_settings(role_url(folder, acl_redis, "api"))
     api = TestClient(create_app(api_settings))

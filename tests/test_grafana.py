@@ -125,6 +125,14 @@ def test_provisioning_agrees_with_the_dashboard_and_compose(tmp_path: Path) -> N
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             assert not source.startswith("./") or (ROOT / source).exists() or "secrets" in source
+    # Prometheus scrapes each service that serves metrics, by its compose name.
+    jobs = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+    serving = {
+        name
+        for name, service in services.items()
+        if "TELEMETRY_METRICS_PORT" in service.get("environment", {}) or name == "api"
+    }
+    assert {job["job_name"] for job in jobs} == serving
     plugins = services["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
     assert "yesoreyeram-infinity-datasource" in plugins
     promtool = shutil.which("promtool")
