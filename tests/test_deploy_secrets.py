@@ -169,6 +169,8 @@ def device(folder: Path, port: int, name: str | None) -> tuple[mqtt.Client, list
                        keyfile=str(tls / f"devices/{name}.key"))  # fmt: skip
     answers: list[str] = []
     client.on_connect = lambda _c, _u, _f, reason, _p: answers.append(str(reason))
+    # A refused TLS handshake never reaches CONNACK: the connection just drops.
+    client.on_disconnect = lambda _c, _u, _f, reason, _p: answers.append(f"dropped: {reason}")
     try:
         client.connect("127.0.0.1", port)
         client.loop_start()
