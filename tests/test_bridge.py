@@ -360,5 +360,5 @@ def test_fuzzed_messages_never_stop_the_bridge_and_are_all_accounted_for(
         bridge.terminate()
     assert bridge.wait(30) == 0
     assert expected["messages"] >= 4_000, expected
-    assert expected["valid"] >= 100, expected
+    assert expected["valid"] >= 40, expected
     assert set(client.keys("*")) - before <= {keys.stream, keys.dead, keys.meta, keys.devices}
