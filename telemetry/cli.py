@@ -1,4 +1,8 @@
-"""`telemetry SUBCOMMAND`: every job of the system behind one command."""
+"""`telemetry SUBCOMMAND`: every job of the system behind one command.
+
+The services (workers, the API, `up`) and the Parquet commands import their modules when they
+run, so that a short command (a query, `status`, the health check compose runs every 15 s)
+loads neither FastAPI, the workers nor pyarrow."""
 
 from __future__ import annotations
 
@@ -10,13 +14,9 @@ from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
 
-from analytics.aggregator import GROUP as AGGREGATES_GROUP
-from analytics.alerts.evaluator import GROUP as ALERTS_GROUP
-from analytics.alerts.worker import run_alert_worker
 from analytics.archive import EXPORT_FORMATS
 from analytics.archive import GROUP as ARCHIVE_GROUP
 from analytics.fleet import RANKINGS
-from analytics.worker import run_aggregator
 from ingest.runtime import CommandLineError, OneLineArgumentParser, configure_logging, run_command
 from ingest.settings import (
     AGGREGATE_LIMITS,
@@ -66,8 +66,6 @@ from telemetry.querycmd import (
 )
 from telemetry.secrets import make_secrets
 from telemetry.shardscmd import show_shards
-from telemetry.up import run_up
-from telemetry.web.app import serve
 
 SERVE_HELP = "serve only these shards, such as 0,2 or 0-3 (default: all)"
 FORMAT_HELP = "table for people (default), json or csv for programs"
@@ -129,18 +127,23 @@ def _draining(
 
 
 def _aggregate(settings: Settings, args: argparse.Namespace) -> None:
+    from analytics.aggregator import GROUP as AGGREGATES_GROUP  # noqa: PLC0415
+    from analytics.worker import run_aggregator  # noqa: PLC0415
+
     with _draining(settings, args, AGGREGATES_GROUP):
         run_aggregator(settings, args.consumer, drain=args.drain, serve=_served(settings, args))
 
 
 def _alert_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from analytics.alerts.evaluator import GROUP as ALERTS_GROUP  # noqa: PLC0415
+    from analytics.alerts.worker import run_alert_worker  # noqa: PLC0415
+
     with _draining(settings, args, ALERTS_GROUP):
         run_alert_worker(settings, args.consumer, drain=args.drain,
                          serve=_served(settings, args))  # fmt: skip
 
 
 def _archive(settings: Settings, args: argparse.Namespace) -> None:
-    # pyarrow loads only in the processes that write or read Parquet.
     from analytics.archive.worker import run_archiver  # noqa: PLC0415
 
     with _draining(settings, args, ARCHIVE_GROUP):
@@ -247,6 +250,8 @@ def _forget_sensors(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> None:
+    from telemetry.web.app import serve  # noqa: PLC0415
+
     serve(settings, insecure=args.insecure)
 
 
@@ -263,6 +268,8 @@ def _bridge(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from telemetry.up import run_up  # noqa: PLC0415
+
     if args.shards is not None:
         settings = settings.replace(shard_count=args.shards)
     return run_up(settings, os.environ, args.fleet, args.rate)
