@@ -29,7 +29,7 @@ from telemetry.localserver import free_port, port_open
 from tests.conftest import child_env
 
 RATE = 5000
-SECONDS = 6.0
+SECONDS = 4.0
 
 
 @pytest.fixture
@@ -88,7 +88,9 @@ Received = list[tuple[float, dict[str, Any]]]
 
 async def watch(url: str, seconds: float) -> Received:
     got: Received = []
-    async with websockets.connect(url, max_queue=None) as ws:
+    # The server may be busy sending when the client leaves: no need to wait long for its
+    # closing handshake.
+    async with websockets.connect(url, max_queue=None, close_timeout=1) as ws:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -116,7 +118,7 @@ async def stall(url: str, seconds: float) -> Stalled:
     sock.connect((address.hostname, address.port))
     ids: list[str] = []
     async with websockets.connect(
-        url, sock=sock, max_queue=1, ping_interval=None, compression=None
+        url, sock=sock, max_queue=1, ping_interval=None, compression=None, close_timeout=1
     ) as ws:
         ws.transport.pause_reading()
         await asyncio.sleep(seconds)
