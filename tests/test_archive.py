@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import pytest
 import redis
 
 from analytics.archive import GROUP
+from analytics.archive.compaction import compact, merge
+from analytics.archive.files import DAY_MS, committed_parts_of_day, covered, parts
 from ingest.redis.connection import read_range
 from ingest.settings import Settings
 from tests.conftest import child_env
@@ -119,6 +122,121 @@ def test_every_reading_is_archived_once_through_kill_9(
     assert days == (0,)
     newest = read_range(client, settings.stream)[-1][0]
     assert client.get(f"{settings.stream}:archived") == newest
+
+
+def archive_files(root: Path) -> dict[str, int]:
+    """Files per day folder."""
+    found: dict[str, int] = {}
+    for path in root.glob("*/day=*/part-*.parquet"):
+        found[path.parent.name] = found.get(path.parent.name, 0) + 1
+    return found
+
+
+def assert_archived_once(root: Path, total: int) -> None:
+    counts = first_row(
+        f"select count(*), count(distinct id || metric) "
+        f"from read_parquet('{archive_glob(root)}', hive_partitioning=true)"
+    )  # fmt: skip
+    assert counts == (total * len(METRICS), total * len(METRICS))
+
+
+def small_files(settings: Settings, client: redis.Redis, total: int) -> Settings:
+    """`total` readings archived twenty at a time by an archiver that then stops (a stopped
+    archiver merges nothing on its way out): many small files over two ended days."""
+    small = settings.replace(archive_flush_readings=20, read_batch=20, reads_per_batch=1)
+    write(client, small.stream, 0, total)
+    last = read_range(client, small.stream)[-1][0]
+    worker = subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
+                              env=child_env(small), stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while client.get(f"{small.stream}:archived") != last:
+            assert time.monotonic() < deadline, "the archiver did not catch up"
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0
+    return small
+
+
+def test_small_files_of_ended_days_are_merged_and_read_once_through_kill_9(
+    archived: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    total = 12_000
+    settings = small_files(archived, client, total)
+    root = Path(settings.archive_dir)
+    assert sum(archive_files(root).values()) >= 20
+    # Each archiver merges as it starts: killed once its merge is under way, each a little later
+    # into it than the one before, until a merge is left complete.
+    rng = random.Random(3)
+    for delay in sorted(rng.uniform(0.0, 4.0) for _ in range(4)):
+        worker = subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
+                                  env=child_env(settings), stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not list(root.glob("*/day=*/.*.tmp")) and sum(archive_files(root).values()) > 1:
+            assert time.monotonic() < deadline, "the archiver merged nothing"
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        export = tmp_path / "export.parquet"
+        done = telemetry(settings, "export", "--since", str(T0), "--until", str(T0 + 3 * DAY_MS),
+                         "-o", str(export))  # fmt: skip
+        # Whatever the kill left, an export reads each reading once.
+        assert done.returncode == 0, done.stderr
+        assert first_row(f"select count(distinct id), count(*) from read_parquet('{export}')") == (
+            total,
+            total * len(METRICS),
+        )
+    done = telemetry(settings, "archive", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert set(archive_files(root).values()) == {1}
+    assert not list(root.glob("*/day=*/.*.tmp"))
+    assert_archived_once(root, total)
+
+
+def test_the_sources_of_a_merge_left_by_a_crash_are_skipped_then_removed(
+    archived: Settings, client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = small_files(archived, client, 3000)
+    root = Path(settings.archive_dir)
+    committed = str(client.get(f"{settings.stream}:archived"))
+    day_folder = sorted(root.glob("*/day=*"))[0]
+    run = committed_parts_of_day(day_folder, committed)
+    saved = {part.path: part.path.read_bytes() for part in run}
+    # The state of a crash after the merged file's rename, before its sources' removal.
+    merged = merge(day_folder, run)
+    for path, data in saved.items():
+        path.write_bytes(data)
+    assert [part.path for part in committed_parts_of_day(day_folder, committed)] == [merged]
+    assert sorted(part.path for part in covered(parts(day_folder.parent))) == sorted(saved)
+    done = telemetry(settings, "export", "--since", str(T0), "--until", str(T0 + 3 * DAY_MS),
+                     "-o", str(tmp_path / "export.parquet"))  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("3000 readings"), done.stderr
+    done = telemetry(settings, "archive", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert not any(path.exists() for path in saved)
+    assert_archived_once(root, 3000)
+
+
+def test_a_day_still_going_is_merged_only_in_runs_of_half_a_file(
+    archived: Settings, client: redis.Redis
+) -> None:
+    settings = small_files(archived, client, 3000)
+    folder = next(Path(settings.archive_dir).iterdir())
+    committed = str(client.get(f"{settings.stream}:archived"))
+    before = archive_files(folder.parent)
+    assert len(before) == 1 and sum(before.values()) >= 5
+    during_the_day, never = T0 + 1000, threading.Event()
+    # Its 6,000 rows are under half of 16,000: nothing is due while the day goes on ...
+    assert compact(folder, committed, during_the_day, never, file_rows=16_000) == 0
+    assert archive_files(folder.parent) == before
+    # ... they are half of 12,000: one run, merged into one file ...
+    assert compact(folder, committed, during_the_day, never, file_rows=12_000) == 1
+    assert archive_files(folder.parent) == dict.fromkeys(before, 1)
+    # ... which holds over a quarter of that, so it is never merged again.
+    assert compact(folder, committed, during_the_day, never, file_rows=12_000) == 0
+    assert_archived_once(folder.parent, 3000)
 
 
 def test_export_reads_archive_and_stream_together_in_each_format(

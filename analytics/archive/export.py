@@ -10,7 +10,6 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,8 +19,14 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import redis
 
-from analytics.archive import EXPORT_FORMATS as FORMATS
-from analytics.archive.files import DAY_MS, SCHEMA, committed_parts, readings_table, stream_folder
+from analytics.archive.files import (
+    DAY_MS,
+    SCHEMA,
+    committed_parts,
+    day_of_folder,
+    readings_table,
+    stream_folder,
+)
 from ingest.contract.columns import decode_columns
 from ingest.keys import StreamKeys
 from ingest.redis.connection import as_text, connect, read_range
@@ -51,18 +56,13 @@ def sources(settings: Settings, since_ms: int, until_ms: int, sensor_glob: str) 
             committed = as_text(client.get(keys.archived) or "0-0")
         folder = stream_folder(Path(settings.archive_dir), shard.stream)
         for path in committed_parts(folder, committed) if folder.exists() else []:
-            day = _day_of(path.parent.name)
+            day = day_of_folder(path.parent.name)
             if first_day <= day <= last_day:
                 found.append(Source(str(path), _file_reader(path, since_ms, until_ms, sensor_glob)))
         unarchived = _stream_reader(client, shard.stream, committed, since_ms, until_ms,
                                     sensor_glob)  # fmt: skip
         found.append(Source(f"{shard.stream} after {committed}", unarchived))
     return found
-
-
-def _day_of(folder_name: str) -> int:
-    day = datetime.strptime(folder_name.removeprefix("day="), "%Y-%m-%d").replace(tzinfo=UTC)
-    return int(day.timestamp() * 1000) // DAY_MS
 
 
 def _selected(table: pa.Table, since_ms: int, until_ms: int, sensor_glob: str) -> pa.Table:
@@ -120,7 +120,7 @@ def _stream_reader(
 
 
 class Output:
-    """Rows written to a file in one of FORMATS."""
+    """Rows written to a file in one of EXPORT_FORMATS (parquet, csv, jsonl)."""
 
     def __init__(self, path: Path, output_format: str) -> None:
         self.format = output_format

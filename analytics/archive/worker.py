@@ -2,7 +2,9 @@
 
 Each stream has one archiver at a time: it holds a lease in Redis, kept while it runs; a second
 one waits for the lease (a killed archiver's lapses after LEASE_MS). At start it removes the
-files of a flush it never committed, then re-reads its own pending entries first, in order."""
+files of a flush it never committed, then re-reads its own pending entries first, in order.
+A thread of its own merges small files (compaction.py) at start and every COMPACT_EVERY_S; a
+drain merges once more at the end."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
-from analytics.archive.files import remove_uncommitted, stream_folder
 from analytics.archive import GROUP
+from analytics.archive.compaction import compact
+from analytics.archive.files import remove_uncommitted, stream_folder
 from analytics.archive.writer import CONSUMER, Archiver
 from ingest.contract.columns import ReadingColumns, decode_columns
 from ingest.contract.replycolumns import decode_layouts
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 LEASE = LuaScript("analytics.archive", "lease.lua")
 LEASE_MS = 5_000
 TICK_S = 0.2
+COMPACT_EVERY_S = 300
 
 
 class Lease:
@@ -100,17 +105,44 @@ def run_archiver(
     archivers = [archiver for _, archiver in made]
     ticking = threading.Thread(target=_tick, args=(archivers, leases, stop), daemon=True,
                                name="archive-tick")  # fmt: skip
+    compacting = threading.Thread(target=_compacting, args=(archivers, stop, not drain),
+                                  daemon=True, name="archive-compact")  # fmt: skip
     ticking.start()
+    compacting.start()
     log.info("archiving %s to %s", ", ".join(s.stream for s in chosen), settings.archive_dir)
     try:
-        return run_each([runner for runner, _ in made], stop, drain=drain)
+        stats = run_each([runner for runner, _ in made], stop, drain=drain)
+        if drain:
+            compacting.join()
+            _compact_all(archivers, stop)
+        return stats
     finally:
         stop.set()
         ticking.join(timeout=5)
+        compacting.join()
         for archiver in archivers:
             archiver.flush_if_due(force=True)
         for lease in leases:
             lease.call("give")
+
+
+def _compacting(archivers: Sequence[Archiver], stop: threading.Event, repeat: bool) -> None:
+    """Merge small files now and, when `repeat`, every COMPACT_EVERY_S until stopped."""
+    while True:
+        try:
+            _compact_all(archivers, stop)
+        except Exception as exc:
+            log.warning("archive compaction failed (%s); trying again later", exc)
+        if not repeat or stop.wait(COMPACT_EVERY_S):
+            return
+
+
+def _compact_all(archivers: Sequence[Archiver], stop: threading.Event) -> None:
+    for archiver in archivers:
+        with redis_errors():
+            committed = as_text(archiver.client.get(archiver.keys.archived) or "0-0")
+        if archiver.folder.exists():
+            compact(archiver.folder, committed, time.time_ns() // 1_000_000, stop)
 
 
 def _tick(archivers: Sequence[Archiver], leases: Sequence[Lease], stop: threading.Event) -> None:
