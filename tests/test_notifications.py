@@ -29,7 +29,15 @@ from fastapi.testclient import TestClient
 from analytics.alerts.config import parse_config
 from analytics.alerts.fanout import GROUP as FANOUT_GROUP
 from analytics.alerts.rules import RulesError
-from analytics.alerts.silences import MAX_SILENCES
+from analytics.alerts.silences import (
+    MAX_SILENCES,
+    SilenceView,
+    active_silences,
+    add_silence,
+    new_silence,
+)
+from analytics.query import now_ms
+from ingest.keys import AlertKeys
 from ingest.settings import Settings
 from telemetry.localserver import free_port
 from telemetry.web.app import create_app
@@ -272,6 +280,26 @@ def test_alerts_reach_slack_teams_and_mail_routed_silenced_and_acknowledged(
     telemetry(settings, "alerts", "unsilence", silence_id, "--by", "maria")
     assert telemetry(settings, "alerts", "silences").strip() == "no silences"
     assert changes(client, settings.alerts_stream)[-1]["state"] == "unsilenced"
+
+
+def test_a_silence_lapses_at_its_end_and_is_then_forgotten(
+    client: redis.Redis, settings: Settings
+) -> None:
+    keys = AlertKeys(settings.alerts_stream)
+    silence = new_silence(sensors="room-*", duration_ms=1000, by="maria", now_ms=now_ms())
+    add_silence(client, keys, silence, settings.alerts_maxlen)
+    view = SilenceView(client, keys)
+    change = {"sensor_id": "room-1", "rule": "hot", "state": "raised"}
+    covering = view.covering(change, {})
+    assert covering is not None and covering.id == silence.id
+    assert view.covering({**change, "sensor_id": "cellar"}, {}) is None
+    time.sleep(max(0, silence.ends_ms - now_ms()) / 1000 + 0.05)
+    # Lapsed at once, though the view has not read the silences again yet ...
+    assert view.covering(change, {}) is None
+    # ... and forgotten once read.
+    assert active_silences(client, keys, now_ms()) == []
+    assert client.hlen(keys.silences) == 0
+    assert telemetry(settings, "alerts", "silences").strip() == "no silences"
 
 
 def config_error(text: str, **environ: str) -> str:
