@@ -38,8 +38,9 @@ def export_command(
                 try:
                     rows = source.read()
                 except FileNotFoundError:
-                    raise CommandLineError(f"{source.name} was merged into a larger file while "
-                                           "this export ran; run it again") from None  # fmt: skip
+                    raise CommandLineError(f"{source.name} is gone (merged into a larger "
+                                           "file while this export ran?); run it again"
+                                           ) from None  # fmt: skip
                 except (OSError, pa.ArrowException) as exc:
                     raise CommandLineError(f"{source.name} cannot be read ({exc}); move it "
                                            "aside to export the rest") from None  # fmt: skip

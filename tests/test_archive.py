@@ -52,6 +52,13 @@ def telemetry(settings: Settings, *args: str, **env: str) -> subprocess.Complete
                           timeout=180)  # fmt: skip
 
 
+def archiver_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """`telemetry archive` running until stopped or killed."""
+    return subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
+                            env=child_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def first_row(query: str) -> tuple[object, ...]:
     result = duckdb.sql(query)
     assert result is not None
@@ -77,9 +84,7 @@ def test_every_reading_is_archived_once_through_kill_9(
     written, commits = 0, []
     try:
         for _ in range(3):
-            worker = subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
-                                      env=child_env(settings), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)  # fmt: skip
+            worker = archiver_process(settings)
             before = client.get(f"{settings.stream}:archived")
             write(client, settings.stream, written, 2000)
             written += 2000
@@ -146,8 +151,7 @@ def small_files(settings: Settings, client: redis.Redis, total: int) -> Settings
     small = settings.replace(archive_flush_readings=20, read_batch=20, reads_per_batch=1)
     write(client, small.stream, 0, total)
     last = read_range(client, small.stream)[-1][0]
-    worker = subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
-                              env=child_env(small), stderr=subprocess.DEVNULL)  # fmt: skip
+    worker = archiver_process(small)
     try:
         deadline = time.monotonic() + 60
         while client.get(f"{small.stream}:archived") != last:
@@ -170,8 +174,7 @@ def test_small_files_of_ended_days_are_merged_and_read_once_through_kill_9(
     # into it than the one before, until a merge is left complete.
     rng = random.Random(3)
     for delay in sorted(rng.uniform(0.0, 4.0) for _ in range(4)):
-        worker = subprocess.Popen([sys.executable, "-m", "telemetry", "archive"],
-                                  env=child_env(settings), stderr=subprocess.DEVNULL)  # fmt: skip
+        worker = archiver_process(settings)
         deadline = time.monotonic() + 30
         while not list(root.glob("*/day=*/.*.tmp")) and sum(archive_files(root).values()) > 1:
             assert time.monotonic() < deadline, "the archiver merged nothing"
