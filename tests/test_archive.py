@@ -222,6 +222,25 @@ def test_the_sources_of_a_merge_left_by_a_crash_are_skipped_then_removed(
     assert_archived_once(root, 3000)
 
 
+def test_a_damaged_file_is_left_alone_and_the_rest_merged_around_it(
+    archived: Settings, client: redis.Redis
+) -> None:
+    settings = small_files(archived, client, 3000)
+    root = Path(settings.archive_dir)
+    committed = str(client.get(f"{settings.stream}:archived"))
+    day_folder = sorted(root.glob("*/day=*"))[0]
+    found = committed_parts_of_day(day_folder, committed)
+    assert len(found) >= 5
+    damaged = found[len(found) // 2].path
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    done = telemetry(settings, "archive", "--drain")
+    assert done.returncode == 0, done.stderr
+    assert damaged.name in done.stderr and "not merged" in done.stderr
+    # The files before it and after it, each merged into one; it stays for a person.
+    assert [part.path for part in committed_parts_of_day(day_folder, committed)][1] == damaged
+    assert archive_files(root) == {day_folder.name: 3}
+
+
 def test_a_day_still_going_is_merged_only_in_runs_of_half_a_file(
     archived: Settings, client: redis.Redis
 ) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analytics.archive.files import (
@@ -54,8 +55,7 @@ def compact(
         for run in due_runs(found, file_rows, ended=ended):
             if stop.is_set():
                 return merged
-            merge(day_folder, run)
-            merged += 1
+            merged += merge(day_folder, run) is not None
     return merged
 
 
@@ -72,7 +72,12 @@ def due_runs(parts: Sequence[Part], file_rows: int, *, ended: bool) -> list[list
         run.clear()
 
     for part in parts:
-        size = pq.ParquetFile(part.path).metadata.num_rows
+        try:
+            size = pq.ParquetFile(part.path).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            # Left where it is, for a person to look at (export names it): runs go around it.
+            log.warning("archive file %s cannot be read (%s); not merged", part.path, exc)
+            size = file_rows
         if size >= file_rows // 4 or rows + size > file_rows:
             close()
             rows = 0
@@ -83,14 +88,21 @@ def due_runs(parts: Sequence[Part], file_rows: int, *, ended: bool) -> list[list
     return runs
 
 
-def merge(day_folder: Path, run: Sequence[Part]) -> Path:
-    """One file holding the run's rows in order, in place of the run's files."""
+def merge(day_folder: Path, run: Sequence[Part]) -> Path | None:
+    """One file holding the run's rows in order, in place of the run's files; None when one of
+    them cannot be read (they stay)."""
     started = time.monotonic()
     name = part_name(run[0].first, run[-1].last)
     temporary = day_folder / f".{name}.tmp"
-    with pq.ParquetWriter(temporary, SCHEMA, compression="zstd") as writer:
-        for part in run:
-            writer.write_table(pq.read_table(part.path, schema=SCHEMA))
+    try:
+        with pq.ParquetWriter(temporary, SCHEMA, compression="zstd") as writer:
+            for part in run:
+                writer.write_table(pq.read_table(part.path, schema=SCHEMA))
+    except (OSError, pa.ArrowException) as exc:
+        temporary.unlink(missing_ok=True)
+        log.warning("archive files of %s cannot be merged (%s); left as they are",
+                    day_folder.name, exc)  # fmt: skip
+        return None
     merged = synced_rename(temporary, day_folder / name)
     for part in run:
         part.path.unlink()
